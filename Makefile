@@ -1,0 +1,76 @@
+# luasip — build, test, run, bench, check-memory, install.
+# One core.so per Lua flavour under build/<flavour>/luasip/core.so.
+
+CC        ?= cc
+PKG       ?= pkg-config
+SOFIA_CFLAGS := $(shell $(PKG) --cflags sofia-sip-ua 2>/dev/null)
+SOFIA_LIBS   := $(shell $(PKG) --libs sofia-sip-ua 2>/dev/null)
+WARN      = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -Wpointer-arith
+CFLAGS    ?= -O2 -g
+ALL_CFLAGS = -std=gnu99 -fPIC -fvisibility=hidden $(WARN) $(CFLAGS) $(SOFIA_CFLAGS)
+LDFLAGS   ?=
+SRCS      = $(wildcard csrc/*.c)
+HDRS      = $(wildcard csrc/*.h)
+
+# flavour -> interpreter and headers
+LUA_5.1     = lua5.1
+LUA_5.3     = lua5.3
+LUA_5.4     = lua5.4
+LUA_luajit  = luajit
+INC_5.1     = /usr/include/lua5.1
+INC_5.3     = /usr/include/lua5.3
+INC_5.4     = /usr/include/lua5.4
+INC_luajit  = /usr/include/luajit-2.1
+TEST_FLAVOURS ?= 5.4 luajit
+
+# LuaRocks sets these (build.type = "make")
+LUA_INCDIR ?=
+LIBFLAG    ?= -shared
+INST_LIBDIR ?=
+INST_LUADIR ?=
+
+.PHONY: all deps build test run bench check-memory lint install clean warnings
+
+all: build
+
+deps:
+	@CI_QUIET=1 sh scripts/install-deps.sh
+
+build: $(foreach f,$(TEST_FLAVOURS),build/$(f)/luasip/core.so)
+
+build/%/luasip/core.so: $(SRCS) $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -I$(INC_$*) $(SRCS) -shared -o $@ $(LDFLAGS) $(SOFIA_LIBS)
+
+# every flavour, warnings as errors (CI runs this through make test)
+warnings:
+	@for f in 5.1 5.3 5.4 luajit; do \
+	  $(MAKE) -s --no-print-directory build/$$f/luasip/core.so CFLAGS="-O2 -Werror" || exit 1; \
+	done
+
+test: deps warnings
+	@sh scripts/run-specs.sh $(TEST_FLAVOURS)
+
+run: deps build
+	LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/5.4/?.so;;" \
+	  lua5.4 examples/uas.lua $(ARGS)
+
+bench: deps build
+	@sh bench/run.sh
+
+check-memory: deps build
+	@sh scripts/check-memory.sh
+
+lint:
+	@luacheck lua spec examples 2>/dev/null || echo "luacheck not installed"
+
+# luarocks make: builds against LUA_INCDIR and installs into the rock tree
+install:
+	$(CC) $(ALL_CFLAGS) -I$(LUA_INCDIR) $(SRCS) $(LIBFLAG) -o core.so $(LDFLAGS) $(SOFIA_LIBS)
+	mkdir -p $(INST_LIBDIR)/luasip $(INST_LUADIR)/luasip
+	cp core.so $(INST_LIBDIR)/luasip/core.so
+	cp lua/luasip.lua $(INST_LUADIR)/luasip.lua
+	cp lua/luasip/*.lua $(INST_LUADIR)/luasip/
+
+clean:
+	rm -rf build core.so

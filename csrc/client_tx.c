@@ -1,0 +1,408 @@
+/* SPDX-License-Identifier: MIT
+ * luasip.client_tx: a request we send (UAC, out of dialog) on nta_outgoing_mcreate.
+ * The userdata is anchored from creation until the final response has been delivered to
+ * Lua.  INVITE: the ACK for a 2xx is sent here (UA(0) nta leaves it to us), remembered
+ * for 64*T1 so retransmitted 2xx are ACKed again; a 2xx from another fork is ACKed and
+ * BYEd (nta_msg_ackbye).  Non-2xx ACKs are nta's.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <sofia-sip/sip_status.h>
+#include <sofia-sip/sip_protos.h>
+#include <sofia-sip/sip_util.h>
+#include <sofia-sip/su_string.h>
+#include <sofia-sip/su_tag.h>
+#include <sofia-sip/url.h>
+
+#include "luasip.h"
+
+#define ACK_KEEP_MS (64 * 500)
+
+typedef struct lsip_client {
+  lsip_obj_t obj;
+  lsip_link_t link;
+  lsip_agent_t *agent;
+  nta_outgoing_t *orq;
+  int status;
+  unsigned is_invite:1, creating:1, done:1;
+} lsip_client_t;
+
+/* ---------------------------------------------------------------- ACK memory */
+
+typedef struct acked {
+  struct acked *next;
+  char *call_id, *to_tag;
+  uint32_t cseq;
+  su_time_t until;
+} acked_t;
+
+static void acks_prune(lsip_agent_t *a, int all)
+{
+  acked_t **pp = (acked_t **)&a->acks, *k;
+  su_time_t now = su_now();
+  while ((k = *pp)) {
+    if (all || su_time_cmp(k->until, now) < 0) {
+      *pp = k->next;
+      free(k->call_id);
+      free(k->to_tag);
+      free(k);
+    } else {
+      pp = &k->next;
+    }
+  }
+}
+
+static void acks_remember(lsip_agent_t *a, sip_t const *resp)
+{
+  acked_t *k = calloc(1, sizeof *k);
+  acks_prune(a, 0);
+  if (!k)
+    return;
+  k->call_id = strdup(resp->sip_call_id->i_id);
+  k->to_tag = strdup(resp->sip_to->a_tag ? resp->sip_to->a_tag : "");
+  k->cseq = resp->sip_cseq->cs_seq;
+  k->until = su_time_add(su_now(), ACK_KEEP_MS / 1000);
+  if (!k->call_id || !k->to_tag) {
+    free(k->call_id);
+    free(k->to_tag);
+    free(k);
+    return;
+  }
+  k->next = (acked_t *)a->acks;
+  a->acks = k;
+}
+
+/* 1: same dialog (retransmission), 2: same INVITE, other fork, 0: unknown */
+static int acks_match(lsip_agent_t *a, sip_t const *resp)
+{
+  acked_t *k;
+  int found = 0;
+  acks_prune(a, 0);
+  for (k = (acked_t *)a->acks; k; k = k->next) {
+    if (k->cseq != resp->sip_cseq->cs_seq || strcmp(k->call_id, resp->sip_call_id->i_id))
+      continue;
+    if (!strcmp(k->to_tag, resp->sip_to->a_tag ? resp->sip_to->a_tag : ""))
+      return 1;
+    found = 2;
+  }
+  return found;
+}
+
+/* ACK for a 2xx, built from the response (RFC 3261 13.2.2.4): Request-URI from Contact,
+ * Route from the reversed Record-Route, same Call-ID/From/To and CSeq number. */
+static int send_2xx_ack(lsip_agent_t *a, sip_t const *resp, url_t const *fallback)
+{
+  nta_agent_t *nta = luasip_agent_nta(a);
+  msg_t *ack;
+  sip_t *as;
+  su_home_t *home;
+  url_t const *target;
+  sip_route_t *route = NULL;
+  if (!nta || !(ack = nta_msg_create(nta, 0)))
+    return -1;
+  as = sip_object(ack);
+  home = msg_home(ack);
+  target = resp->sip_contact ? resp->sip_contact->m_url : fallback;
+  if (resp->sip_record_route)
+    route = sip_route_reverse(home, (sip_route_t const *)resp->sip_record_route);
+  if (route && !url_has_param(route->r_url, "lr")) {
+    /* strict router: it becomes the Request-URI, the target goes last (RFC 3261 12.2.1.1) */
+    sip_route_t *r, *last = route;
+    url_t const *first = route->r_url;
+    while (last->r_next)
+      last = last->r_next;
+    r = sip_route_create(home, target, NULL);
+    if (r)
+      last->r_next = r;
+    target = first;
+    route = route->r_next;
+  }
+  if (!target ||
+      sip_add_tl(ack, as,
+                 SIPTAG_REQUEST(sip_request_create(home, SIP_METHOD_ACK,
+                                                   (url_string_t const *)target, NULL)),
+                 SIPTAG_ROUTE(route),
+                 SIPTAG_FROM(resp->sip_from),
+                 SIPTAG_TO(resp->sip_to),
+                 SIPTAG_CALL_ID(resp->sip_call_id),
+                 SIPTAG_CSEQ(sip_cseq_create(home, resp->sip_cseq->cs_seq, SIP_METHOD_ACK)),
+                 SIPTAG_MAX_FORWARDS_STR("70"),
+                 SIPTAG_USER_AGENT_STR(a->user_agent),
+                 TAG_END()) < 0) {
+    msg_destroy(ack);
+    return -1;
+  }
+  return nta_msg_tsend(nta, ack, NULL, TAG_END());
+}
+
+int luasip_client_stray(lsip_agent_t *a, msg_t *msg, sip_t *sip)
+{
+  int m;
+  if (!sip->sip_cseq || sip->sip_cseq->cs_method != sip_method_invite ||
+      sip->sip_status->st_status < 200 || sip->sip_status->st_status >= 300 ||
+      !sip->sip_call_id || !sip->sip_to)
+    return 0;
+  m = acks_match(a, sip);
+  if (m == 1) {
+    send_2xx_ack(a, sip, NULL);
+    msg_destroy(msg);
+    return 1;
+  }
+  if (m == 2) {
+    nta_msg_ackbye(luasip_agent_nta(a), msg);  /* a late fork: confirm and end it */
+    return 1;
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------- lifetime */
+
+static void client_release(lsip_client_t *c)
+{
+  if (c->orq) {
+    nta_outgoing_destroy(c->orq);
+    c->orq = NULL;
+  }
+  luasip_link_del(&c->link);
+}
+
+static void client_destroy(lsip_obj_t *obj)
+{
+  lsip_client_t *c = (lsip_client_t *)obj;
+  client_release(c);
+  free(c);
+}
+
+void luasip_clients_detach(lsip_agent_t *a)
+{
+  while (a->clients.next != &a->clients) {
+    lsip_client_t *c = (lsip_client_t *)((char *)a->clients.next -
+                                         offsetof(lsip_client_t, link));
+    client_release(c);
+    c->done = 1;
+    c->agent = NULL;
+    luasip_unanchor(luasip_L(), &c->obj);
+  }
+  acks_prune(a, 1);
+}
+
+static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
+                           sip_t const *sip)
+{
+  lsip_client_t *c = (lsip_client_t *)magic;
+  int status = sip && sip->sip_status ? sip->sip_status->st_status : 408;
+  lsip_obj_t *resp = NULL;
+  msg_t *msg;
+
+  if (c->done)
+    return 0;
+  if (c->is_invite && status >= 200 && status < 300 && sip && c->agent) {
+    msg_t *req = nta_outgoing_getrequest(orq);
+    sip_t const *rs = req ? sip_object(req) : NULL;
+    send_2xx_ack(c->agent, sip, rs ? rs->sip_request->rq_url : NULL);
+    acks_remember(c->agent, sip);
+    if (req)
+      msg_destroy(req);
+  }
+  if (status > c->status || status >= 200)
+    c->status = status;
+  msg = nta_outgoing_getresponse(orq);
+  if (msg) {
+    resp = luasip_response_alloc(msg);
+    if (!resp)
+      msg_destroy(msg);
+  }
+  if (status >= 200)
+    c->done = 1;
+  luasip_bridge("response", &c->obj, resp);
+  if (resp && !resp->born)
+    resp->destroy(resp);
+  if (c->done) {
+    if (!c->creating) {
+      nta_outgoing_destroy(orq);
+      c->orq = NULL;
+    }
+    luasip_link_del(&c->link);
+    luasip_unanchor(luasip_L(), &c->obj);
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------- Lua API */
+
+static int dialog_creating(sip_method_t m)
+{
+  return m == sip_method_invite || m == sip_method_subscribe || m == sip_method_refer ||
+         m == sip_method_notify || m == sip_method_update;
+}
+
+/* agent:send{ method=, uri=, headers=, body=, content_type=, proxy=, from=, to= }
+ *   -> client_tx | nil, err, code.  Responses reach the dispatcher as
+ *   ("response", client_tx, response). */
+static int agent_send(lua_State *L)
+{
+  static const char *const fname = "luasip.agent:request";
+  lsip_agent_t *a = luasip_agent_check(L, 1);
+  nta_agent_t *nta = a->nta;
+  const char *method_name, *uri, *proxy = NULL;
+  sip_method_t method;
+  lsip_client_t *c;
+  msg_t *msg;
+  sip_t *sip;
+  su_home_t *home;
+  nta_outgoing_t *orq;
+
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_getfield(L, 2, "method");
+  method_name = lua_tostring(L, -1);
+  if (!method_name || lua_type(L, -1) != LUA_TSTRING)
+    return luaL_error(L, "%s: method must be a string", fname);
+  method = sip_method_code(method_name);
+  if (method == sip_method_invalid || method == sip_method_ack ||
+      method == sip_method_cancel)
+    return luaL_error(L, "%s: cannot send %s this way", fname, method_name);
+  lua_getfield(L, 2, "uri");
+  uri = luasip_uri_arg(L, -1, fname);
+  lua_getfield(L, 2, "proxy");
+  if (!lua_isnil(L, -1))
+    proxy = luasip_uri_arg(L, -1, fname);
+
+  msg = nta_msg_create(nta, 0);
+  if (!msg)
+    return luasip_fail(L, "out of memory", "memory");
+  luasip_response_new(L, msg);      /* owns msg while anything below may raise */
+  sip = sip_object(msg);
+  home = msg_home(msg);
+  if (sip_add_tl(msg, sip,
+                 SIPTAG_REQUEST(sip_request_create(home, method,
+                                                   method == sip_method_unknown
+                                                   ? method_name : NULL,
+                                                   (url_string_t const *)uri, NULL)),
+                 TAG_END()) < 0 || !sip->sip_request)
+    return luaL_error(L, "%s: bad uri '%s'", fname, uri);
+  lua_getfield(L, 2, "headers");
+  luasip_add_headers(L, lua_gettop(L), msg, sip, fname);
+  lua_pop(L, 1);
+  luasip_set_body(L, 2, msg, sip, fname);
+
+  if (!sip->sip_from) {
+    lua_getfield(L, 2, "from");
+    if (lua_isstring(L, -1)) {
+      if (sip_add_make(msg, sip, sip_from_class, lua_tostring(L, -1)) < 0)
+        return luaL_error(L, "%s: bad from '%s'", fname, lua_tostring(L, -1));
+    } else {
+      sip_contact_t const *m = nta_agent_contact(nta);
+      char buf[300];
+      snprintf(buf, sizeof buf, "<sip:luasip@%s%s%s>", m->m_url->url_host,
+               m->m_url->url_port ? ":" : "", m->m_url->url_port ? m->m_url->url_port : "");
+      sip_add_make(msg, sip, sip_from_class, buf);
+    }
+    lua_pop(L, 1);
+  }
+  if (sip->sip_from && !sip->sip_from->a_tag)
+    sip_from_tag(home, sip->sip_from, nta_agent_newtag(home, "tag=%s", nta));
+  if (!sip->sip_to) {
+    lua_getfield(L, 2, "to");
+    if (sip_add_make(msg, sip, sip_to_class, lua_isstring(L, -1) ? lua_tostring(L, -1)
+                     : uri) < 0)
+      return luaL_error(L, "%s: bad to", fname);
+    lua_pop(L, 1);
+  }
+  if (!sip->sip_from || !sip->sip_to)
+    return luaL_error(L, "%s: bad from or to", fname);
+  if (!sip->sip_call_id)
+    sip_add_tl(msg, sip, SIPTAG_CALL_ID(sip_call_id_create(home, NULL)), TAG_END());
+  if (!sip->sip_cseq)
+    sip_add_tl(msg, sip,
+               SIPTAG_CSEQ(sip_cseq_create(home, (uint32_t)(su_randint(1, 0x7fff)), method,
+                                           method_name)),
+               TAG_END());
+  if (!sip->sip_max_forwards)
+    sip_add_tl(msg, sip, SIPTAG_MAX_FORWARDS_STR("70"), TAG_END());
+  if (!sip->sip_user_agent)
+    sip_add_tl(msg, sip, SIPTAG_USER_AGENT_STR(a->user_agent), TAG_END());
+  if (!sip->sip_contact && dialog_creating(method))
+    sip_add_tl(msg, sip, SIPTAG_CONTACT(nta_agent_contact(nta)), TAG_END());
+  if (!sip->sip_call_id || !sip->sip_cseq)
+    return luasip_fail(L, "out of memory", "memory");
+
+  c = luasip_newobj(L, sizeof *c, LUASIP_CLIENT_TX, client_destroy);
+  c->agent = a;
+  c->is_invite = method == sip_method_invite;
+  c->creating = 1;
+  luasip_anchor(L, &c->obj, -1);
+  luasip_link_add(&a->clients, &c->link);
+  orq = nta_outgoing_mcreate(nta, client_response, (nta_outgoing_magic_t *)c,
+                             (url_string_t const *)proxy, msg_ref_create(msg),
+                             TAG_END());
+  c->creating = 0;
+  if (!orq) {
+    luasip_link_del(&c->link);
+    luasip_unanchor(L, &c->obj);
+    c->done = 1;
+    return luasip_fail(L, "cannot send request", "send");
+  }
+  if (c->done)
+    nta_outgoing_destroy(orq);    /* answered (failed) inside mcreate */
+  else
+    c->orq = orq;
+  return 1;
+}
+
+/* tx:cancel() -> true | nil, err, code   (INVITE before its final response) */
+static int client_cancel(lua_State *L)
+{
+  lsip_client_t *c = (lsip_client_t *)luasip_checkobj(L, 1, LUASIP_CLIENT_TX);
+  if (!c->is_invite)
+    return luaL_error(L, "luasip.client_tx:cancel: only an INVITE can be cancelled");
+  if (c->done || !c->orq)
+    return luasip_fail(L, "already answered", "answered");
+  if (nta_outgoing_cancel(c->orq) < 0)
+    return luasip_fail(L, "cannot send CANCEL", "send");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* tx:status() -> highest status received (0 before any) */
+static int client_status(lua_State *L)
+{
+  lsip_client_t *c = (lsip_client_t *)luasip_checkobj(L, 1, LUASIP_CLIENT_TX);
+  lua_pushinteger(L, c->status);
+  return 1;
+}
+
+/* tx:close() -> true: stop listening (the transaction itself runs its course in nta) */
+static int client_close(lua_State *L)
+{
+  lsip_client_t *c = (lsip_client_t *)luasip_checkobj(L, 1, LUASIP_CLIENT_TX);
+  if (!c->done) {
+    c->done = 1;
+    if (c->orq && !luasip_in_callback()) {
+      nta_outgoing_destroy(c->orq);
+      c->orq = NULL;
+    }
+    luasip_link_del(&c->link);
+    luasip_unanchor(L, &c->obj);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static const luaL_Reg client_methods[] = {
+  {"cancel", client_cancel},
+  {"status", client_status},
+  {"close", client_close},
+  {NULL, NULL}
+};
+
+static const luaL_Reg agent_client_methods[] = {
+  {"send", agent_send},
+  {NULL, NULL}
+};
+
+void luasip_client_open(lua_State *L)
+{
+  luasip_newclass(L, LUASIP_CLIENT_TX, client_methods, NULL);
+  luasip_add_methods(L, LUASIP_AGENT, agent_client_methods);
+}

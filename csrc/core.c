@@ -1,0 +1,455 @@
+/* SPDX-License-Identifier: MIT
+ * luasip.core: module entry, the su_root event loop (run/step/stop), timers, the object
+ * box shared by every userdata type, deferred destruction and logging.
+ * Uses su_root (single-threaded) and su_timer.  The module state lives for the process.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "luasip.h"
+
+lsip_state_t *luasip_S = NULL;
+
+static int log_level = 2; /* 0 none, 1 errors, 2 warnings, 3 info, 4 debug */
+static const char OBJECTS_KEY = 'o'; /* registry: weak table lightuserdata -> userdata */
+
+void luasip_log(int level, const char *fmt, ...)
+{
+  va_list ap;
+  if (level > log_level)
+    return;
+  va_start(ap, fmt);
+  fputs("luasip: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+
+int luasip_in_callback(void)
+{
+  return luasip_S && luasip_S->depth > 0;
+}
+
+lua_State *luasip_L(void)
+{
+  return luasip_S->T;
+}
+
+/* ---------------------------------------------------------------- objects */
+
+/* Gives an existing struct its userdata (on top of the stack).  Used for objects born
+ * in sofia callbacks: the struct is malloc'd there, the userdata only inside the bridge's
+ * protected call. */
+void luasip_wrapobj(lua_State *L, lsip_obj_t *obj)
+{
+  lsip_obj_t **box = (lsip_obj_t **)luasip_newuserdata(L, sizeof *box);
+  *box = NULL;
+  luaL_getmetatable(L, obj->tname);
+  lua_setmetatable(L, -2);
+  lua_newtable(L);
+  luasip_setuv(L, -2);
+  lua_pushlightuserdata(L, (void *)&OBJECTS_KEY);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  lua_pushlightuserdata(L, obj);
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  *box = obj;                       /* only now: every allocation above succeeded */
+  obj->alive = 1;
+  obj->born = 1;
+}
+
+void luasip_initobj(lsip_obj_t *obj, const char *tname, lsip_destroy_f *destroy)
+{
+  obj->destroy = destroy;
+  obj->tname = tname;
+  obj->anchor = LUA_NOREF;
+}
+
+void *luasip_newobj(lua_State *L, size_t size, const char *tname, lsip_destroy_f *destroy)
+{
+  lsip_obj_t *obj = calloc(1, size);
+  if (!obj)
+    luaL_error(L, "%s: out of memory", tname);
+  luasip_initobj(obj, tname, destroy);
+  /* on a memory error inside wrap the struct leaks, but nothing dangles */
+  luasip_wrapobj(L, obj);
+  return obj;
+}
+
+lsip_obj_t *luasip_testobj(lua_State *L, int idx, const char *tname)
+{
+  lsip_obj_t **box = (lsip_obj_t **)luaL_testudata(L, idx, tname);
+  return box ? *box : NULL;
+}
+
+lsip_obj_t *luasip_checkobj(lua_State *L, int idx, const char *tname)
+{
+  lsip_obj_t **box = (lsip_obj_t **)luaL_checkudata(L, idx, tname);
+  if (!*box)
+    luaL_error(L, "attempt to use a closed %s", tname);
+  return *box;
+}
+
+/* Pushes the userdata of obj, or nil when it has been collected. */
+int luasip_pushobj(lua_State *L, lsip_obj_t *obj)
+{
+  if (!obj || !obj->alive) {
+    lua_pushnil(L);
+    return 0;
+  }
+  if (obj->anchor != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, obj->anchor);
+    return 1;
+  }
+  lua_pushlightuserdata(L, (void *)&OBJECTS_KEY);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  lua_pushlightuserdata(L, obj);
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+  return !lua_isnil(L, -1);
+}
+
+void luasip_anchor(lua_State *L, lsip_obj_t *obj, int idx)
+{
+  if (obj->anchor != LUA_NOREF)
+    return;
+  lua_pushvalue(L, idx);
+  obj->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+void luasip_unanchor(lua_State *L, lsip_obj_t *obj)
+{
+  if (obj->anchor == LUA_NOREF)
+    return;
+  luaL_unref(L, LUA_REGISTRYINDEX, obj->anchor);
+  obj->anchor = LUA_NOREF;
+}
+
+void luasip_defer(lsip_obj_t *obj)
+{
+  if (obj->queued)
+    return;
+  obj->queued = 1;
+  obj->next = luasip_S->deferred;
+  luasip_S->deferred = obj;
+}
+
+/* Destroys what __gc queued.  Called only outside sofia frames (after su_root_step). */
+void luasip_drain(void)
+{
+  lsip_obj_t *obj;
+  while ((obj = luasip_S->deferred)) {
+    luasip_S->deferred = obj->next;
+    obj->queued = 0;
+    obj->destroy(obj);
+  }
+}
+
+/* __gc of every class: never raises, never calls sofia, never calls Lua. */
+int luasip_obj__gc(lua_State *L)
+{
+  lsip_obj_t **box = (lsip_obj_t **)lua_touserdata(L, 1);
+  if (box && *box) {
+    (*box)->alive = 0;
+    luasip_defer(*box);
+    *box = NULL;
+  }
+  return 0;
+}
+
+/* __index: methods, then values stored on the object, then computed fields (cached). */
+static int obj__index(lua_State *L)
+{
+  lua_CFunction fields = lua_tocfunction(L, lua_upvalueindex(2));
+  lua_pushvalue(L, 2);
+  lua_rawget(L, lua_upvalueindex(1));
+  if (!lua_isnil(L, -1))
+    return 1;
+  lua_pop(L, 1);
+  luasip_getuv(L, 1);
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  if (!lua_isnil(L, -1) || !fields || lua_type(L, 2) != LUA_TSTRING)
+    return 1;
+  lua_settop(L, 3);                 /* ud key uv */
+  lua_pushcfunction(L, fields);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_call(L, 2, 1);
+  if (!lua_isnil(L, -1)) {          /* cache: the message is immutable */
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, 3);
+  }
+  return 1;
+}
+
+static int obj__newindex(lua_State *L)
+{
+  luasip_getuv(L, 1);
+  lua_replace(L, 1);
+  lua_rawset(L, 1);
+  return 0;
+}
+
+static int obj__tostring(lua_State *L)
+{
+  lsip_obj_t **box = (lsip_obj_t **)lua_touserdata(L, 1);
+  lua_getfield(L, lua_upvalueindex(1), "__name");
+  if (box && *box)
+    lua_pushfstring(L, "%s: %p", lua_tostring(L, -1), (void *)*box);
+  else
+    lua_pushfstring(L, "%s (closed)", lua_tostring(L, -1));
+  return 1;
+}
+
+void luasip_newclass(lua_State *L, const char *tname, const luaL_Reg *methods,
+                     lua_CFunction fields)
+{
+  luaL_newmetatable(L, tname);
+  lua_pushstring(L, tname);
+  lua_setfield(L, -2, "__name");
+  lua_pushcfunction(L, luasip_obj__gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, obj__tostring, 1);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushcfunction(L, obj__newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_newtable(L);
+  luasip_setfuncs(L, methods);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "methods");
+  if (fields)
+    lua_pushcfunction(L, fields);
+  else
+    lua_pushnil(L);
+  lua_pushcclosure(L, obj__index, 2);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+}
+
+/* Adds functions to the methods table of an existing class. */
+void luasip_add_methods(lua_State *L, const char *tname, const luaL_Reg *l)
+{
+  luaL_getmetatable(L, tname);
+  lua_getfield(L, -1, "methods");
+  luasip_setfuncs(L, l);
+  lua_pop(L, 2);
+}
+
+/* methods(tname) -> the methods table of a class, for the Lua layer to extend */
+static int core_methods(lua_State *L)
+{
+  luaL_getmetatable(L, luaL_checkstring(L, 1));
+  if (!lua_istable(L, -1))
+    return luaL_error(L, "luasip.core.methods: no class %s", lua_tostring(L, 1));
+  lua_getfield(L, -1, "methods");
+  return 1;
+}
+
+/* The fail tuple: nil, message, code. */
+int luasip_fail(lua_State *L, const char *msg, const char *code)
+{
+  lua_pushnil(L);
+  lua_pushstring(L, msg);
+  lua_pushstring(L, code ? code : msg);
+  return 3;
+}
+
+/* ---------------------------------------------------------------- loop */
+
+static void check_not_in_callback(lua_State *L, const char *fname)
+{
+  if (luasip_S->depth > 0)
+    luaL_error(L, "%s: called from a handler (the loop is already running)", fname);
+}
+
+/* step(ms) -> ms to the next timer (or -1) */
+static int core_step(lua_State *L)
+{
+  lua_Integer ms = luaL_optinteger(L, 1, 0);
+  su_duration_t next;
+  check_not_in_callback(L, "luasip.step");
+  luasip_drain();
+  next = su_root_step(luasip_S->root, ms < 0 ? 0 : (su_duration_t)ms);
+  luasip_drain();
+  lua_pushinteger(L, next == SU_WAIT_FOREVER ? -1 : (lua_Integer)next);
+  return 1;
+}
+
+/* run() -> true: steps until stop() */
+static int core_run(lua_State *L)
+{
+  check_not_in_callback(L, "luasip.run");
+  if (luasip_S->running)
+    return luaL_error(L, "luasip.run: already running");
+  luasip_S->running = 1;
+  luasip_S->stopping = 0;
+  while (!luasip_S->stopping) {
+    luasip_drain();
+    su_root_step(luasip_S->root, 1000);
+  }
+  luasip_drain();
+  luasip_S->running = 0;
+  luasip_S->stopping = 0;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int core_stop(lua_State *L)
+{
+  luasip_S->stopping = 1;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* now() -> seconds (monotonic, with fractions) */
+static int core_now(lua_State *L)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
+
+static int core_log_level(lua_State *L)
+{
+  int old = log_level;
+  if (!lua_isnoneornil(L, 1))
+    log_level = (int)luaL_checkinteger(L, 1);
+  lua_pushinteger(L, old);
+  return 1;
+}
+
+/* ---------------------------------------------------------------- timers */
+
+typedef struct lsip_timer {
+  lsip_obj_t obj;
+  su_timer_t *t;
+} lsip_timer_t;
+
+static void timer_destroy(lsip_obj_t *obj)
+{
+  lsip_timer_t *t = (lsip_timer_t *)obj;
+  if (t->t)
+    su_timer_destroy(t->t);
+  free(t);
+}
+
+static void timer_fired(su_root_magic_t *magic, su_timer_t *st, su_timer_arg_t *arg)
+{
+  lsip_timer_t *t = (lsip_timer_t *)arg;
+  (void)magic; (void)st;
+  /* the anchor is dropped after the call, so the callback still sees the object */
+  luasip_bridge("timer", &t->obj, NULL);
+  luasip_unanchor(luasip_S->T, &t->obj);
+}
+
+/* timer(seconds) -> timer: fires once, calling the dispatcher with ("timer", t) */
+static int core_timer(lua_State *L)
+{
+  lua_Number s = luaL_checknumber(L, 1);
+  lsip_timer_t *t;
+  if (s < 0)
+    return luaL_argerror(L, 1, "luasip.timer: seconds must be >= 0");
+  t = luasip_newobj(L, sizeof *t, LUASIP_TIMER, timer_destroy);
+  t->t = su_timer_create(su_root_task(luasip_S->root), 0);
+  if (!t->t || su_timer_set_interval(t->t, timer_fired, t, (su_duration_t)(s * 1000)) < 0)
+    return luaL_error(L, "luasip.timer: cannot create timer");
+  luasip_anchor(L, &t->obj, -1);
+  return 1;
+}
+
+/* timer:cancel() -> true (idempotent) */
+static int timer_cancel(lua_State *L)
+{
+  lsip_timer_t *t = (lsip_timer_t *)luasip_testobj(L, 1, LUASIP_TIMER);
+  if (!t && !luaL_testudata(L, 1, LUASIP_TIMER))
+    luaL_checkudata(L, 1, LUASIP_TIMER);
+  if (t && t->t && t->obj.anchor != LUA_NOREF) {
+    su_timer_reset(t->t);
+    luasip_unanchor(L, &t->obj);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int timer_pending(lua_State *L)
+{
+  lsip_timer_t *t = (lsip_timer_t *)luasip_testobj(L, 1, LUASIP_TIMER);
+  lua_pushboolean(L, t && t->obj.anchor != LUA_NOREF);
+  return 1;
+}
+
+static const luaL_Reg timer_methods[] = {
+  {"cancel", timer_cancel},
+  {"pending", timer_pending},
+  {NULL, NULL}
+};
+
+/* ---------------------------------------------------------------- module */
+
+static const luaL_Reg core_funcs[] = {
+  {"step", core_step},
+  {"run", core_run},
+  {"stop", core_stop},
+  {"now", core_now},
+  {"timer", core_timer},
+  {"log_level", core_log_level},
+  {"set_dispatcher", luasip_set_dispatcher},
+  {"agent", luasip_agent_new},
+  {"methods", core_methods},
+  {NULL, NULL}
+};
+
+static void state_open(lua_State *L)
+{
+  if (luasip_S)
+    return;
+  if (su_init() != 0)
+    luaL_error(L, "luasip: su_init failed");
+  luasip_S = calloc(1, sizeof *luasip_S);
+  if (!luasip_S)
+    luaL_error(L, "luasip: out of memory");
+  su_home_init(luasip_S->home);
+  luasip_S->root = su_root_create(NULL);
+  if (!luasip_S->root)
+    luaL_error(L, "luasip: cannot create su_root");
+  su_root_threading(luasip_S->root, 0);
+}
+
+__attribute__((visibility("default"))) int luaopen_luasip_core(lua_State *L);
+
+/* Idempotent: busted and package.loaded resets may require the module again; the loop,
+ * the bridge thread and the object table are created once per process. */
+int luaopen_luasip_core(lua_State *L)
+{
+  state_open(L);
+  lua_pushlightuserdata(L, (void *)&OBJECTS_KEY);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (lua_isnil(L, -1)) {
+    lua_pushlightuserdata(L, (void *)&OBJECTS_KEY);
+    lua_newtable(L);
+    lua_newtable(L);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+    luasip_newclass(L, LUASIP_TIMER, timer_methods, NULL);
+    luasip_bridge_open(L);
+    luasip_message_open(L);
+    luasip_agent_open(L);
+    luasip_request_open(L);
+    luasip_client_open(L);
+  }
+  lua_pop(L, 1);
+  luasip_newlib(L, core_funcs);
+  lua_pushstring(L, nta_agent_version(NULL) ? nta_agent_version(NULL) : "unknown");
+  lua_setfield(L, -2, "sofia_version");
+  return 1;
+}

@@ -1,0 +1,145 @@
+/* SPDX-License-Identifier: MIT
+ * luasip.core shared declarations: the object header every sofia-facing struct starts
+ * with, the module state, class names, and the helpers the C files share.
+ * The only file allowed to probe sofia-sip versions.
+ */
+#ifndef LUASIP_H
+#define LUASIP_H
+
+#include <sofia-sip/su.h>
+#include <sofia-sip/su_wait.h>
+#include <sofia-sip/nta.h>
+#include <sofia-sip/nta_stateless.h>
+#include <sofia-sip/su_uniqueid.h>
+#include <sofia-sip/sip.h>
+
+#include "compat.h"
+
+#define LUASIP_VERSION "0.1.0"
+#define LUASIP_TIMER "luasip.timer"
+#define LUASIP_AGENT "luasip.agent"
+#define LUASIP_REQUEST "luasip.request"
+#define LUASIP_RESPONSE "luasip.response"
+#define LUASIP_CLIENT_TX "luasip.client_tx"
+
+/* Every object sofia may point at is a malloc'd struct starting with lsip_obj_t; the Lua
+ * userdata holds only a pointer to it ("box").  The struct outlives the userdata when
+ * needed: __gc clears `alive` and queues the struct; lsip_drain() destroys it outside any
+ * sofia frame.  While sofia holds the struct as magic and Lua must hear about it, the
+ * userdata is anchored in the registry (`anchor`). */
+typedef struct lsip_obj lsip_obj_t;
+typedef void lsip_destroy_f(lsip_obj_t *obj);
+
+struct lsip_obj {
+  lsip_destroy_f *destroy;  /* frees sofia resources and the struct itself */
+  const char *tname;        /* metatable name */
+  int alive;                /* the userdata exists */
+  int born;                 /* a userdata was ever made for it */
+  int anchor;               /* registry ref keeping the userdata alive, or LUA_NOREF */
+  int queued;               /* on the deferred list */
+  lsip_obj_t *next;         /* deferred list link */
+};
+
+typedef struct lsip_state {
+  su_home_t home[1];
+  su_root_t *root;
+  lua_State *T;             /* thread the bridge calls Lua on */
+  int depth;                /* > 0 while Lua runs from a sofia callback */
+  int stopping;             /* sip.stop() seen by run() */
+  int running;              /* inside run() */
+  lsip_obj_t *deferred;     /* objects to destroy at the next safe point */
+} lsip_state_t;
+
+extern lsip_state_t *luasip_S;
+
+/* core.c: objects */
+void luasip_initobj(lsip_obj_t *obj, const char *tname, lsip_destroy_f *destroy);
+void luasip_wrapobj(lua_State *L, lsip_obj_t *obj);
+void *luasip_newobj(lua_State *L, size_t size, const char *tname, lsip_destroy_f *destroy);
+lsip_obj_t *luasip_checkobj(lua_State *L, int idx, const char *tname);
+lsip_obj_t *luasip_testobj(lua_State *L, int idx, const char *tname);
+int luasip_pushobj(lua_State *L, lsip_obj_t *obj);
+void luasip_anchor(lua_State *L, lsip_obj_t *obj, int idx);
+void luasip_unanchor(lua_State *L, lsip_obj_t *obj);
+void luasip_defer(lsip_obj_t *obj);
+void luasip_drain(void);
+void luasip_newclass(lua_State *L, const char *tname, const luaL_Reg *methods,
+                     lua_CFunction fields);
+int luasip_obj__gc(lua_State *L);
+int luasip_fail(lua_State *L, const char *msg, const char *code);
+void luasip_log(int level, const char *fmt, ...)
+#if defined(__GNUC__)
+  __attribute__((format(printf, 2, 3)))
+#endif
+  ;
+int luasip_in_callback(void);
+lua_State *luasip_L(void);
+
+/* bridge.c: the only way into Lua from sofia callbacks.  Calls the Lua dispatcher as
+ * dispatcher(event, a, b) where a and b are objects (or nil); objects never seen by Lua
+ * get their userdata inside the protected call.  Returns 0 when the call ran (its errors
+ * are logged), -1 when Lua could not be entered at all. */
+int luasip_bridge(const char *event, lsip_obj_t *a, lsip_obj_t *b);
+void luasip_bridge_open(lua_State *L);
+int luasip_set_dispatcher(lua_State *L);
+
+/* message.c: read-only views of sofia messages.  Requests and responses both start
+ * with this header; msg is our own reference (msg_ref_create), freed with the object. */
+typedef struct lsip_msgobj {
+  lsip_obj_t obj;
+  msg_t *msg;
+  sip_t *sip;
+} lsip_msgobj_t;
+lsip_msgobj_t *luasip_msgobj_check(lua_State *L, int idx);
+int luasip_msg_method_header(lua_State *L);
+int luasip_msg_method_headers(lua_State *L);
+int luasip_msg_method_raw(lua_State *L);
+void luasip_message_open(lua_State *L);
+int luasip_msg_field(lua_State *L, msg_t *msg, sip_t const *sip, const char *key);
+int luasip_msg_header(lua_State *L, msg_t *msg, sip_t const *sip, const char *name,
+                      int all);
+lsip_obj_t *luasip_response_new(lua_State *L, msg_t *msg);
+lsip_obj_t *luasip_response_alloc(msg_t *msg);
+int luasip_add_headers(lua_State *L, int idx, msg_t *msg, sip_t *sip,
+                       const char *fname);
+int luasip_set_body(lua_State *L, int idx, msg_t *msg, sip_t *sip, const char *fname);
+const char *luasip_uri_arg(lua_State *L, int idx, const char *fname);
+
+/* agent.c */
+typedef struct lsip_agent lsip_agent_t;
+void luasip_agent_open(lua_State *L);
+int luasip_agent_new(lua_State *L);
+nta_agent_t *luasip_agent_nta(lsip_agent_t *a);
+lsip_agent_t *luasip_agent_check(lua_State *L, int idx);
+
+/* server_tx.c: incoming requests */
+void luasip_request_open(lua_State *L);
+void luasip_request_incoming(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_t *sip);
+int luasip_request_ack(lsip_agent_t *a, msg_t *msg, sip_t *sip);
+void luasip_requests_detach(lsip_agent_t *a);
+
+/* client_tx.c: outgoing requests */
+void luasip_client_open(lua_State *L);
+void luasip_add_methods(lua_State *L, const char *tname, const luaL_Reg *l);
+int luasip_client_stray(lsip_agent_t *a, msg_t *msg, sip_t *sip);
+void luasip_clients_detach(lsip_agent_t *a);
+
+/* links the live transactions of an agent, so closing it detaches them */
+typedef struct lsip_link {
+  struct lsip_link *prev, *next;
+} lsip_link_t;
+void luasip_link_add(lsip_link_t *head, lsip_link_t *l);
+void luasip_link_del(lsip_link_t *l);
+
+struct lsip_agent {
+  lsip_obj_t obj;
+  su_home_t home[1];
+  nta_agent_t *nta;
+  lsip_link_t requests;     /* lsip_req_t with sofia state */
+  lsip_link_t clients;      /* lsip_client_t pending */
+  void *acks;               /* client_tx.c: sent ACKs kept for 2xx retransmissions */
+  const char *user_agent;   /* User-Agent / Server value */
+  int closed;
+};
+
+#endif

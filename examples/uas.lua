@@ -1,0 +1,108 @@
+#!/usr/bin/env lua
+--[[ uas.lua — a SIP endpoint (UAS) that answers every SIP method the way the RFCs say.
+  OPTIONS 200 with Allow/Accept/Supported; MESSAGE 200 (prints the body); INVITE 180 then
+  200 with an SDP answer (Request-URI user "ring": rings 10 s first, so it can be
+  cancelled); ACK, BYE, INFO, UPDATE, PRACK, NOTIFY 200; REGISTER 200 echoing the
+  Contacts with their expires; SUBSCRIBE 200 with Expires; PUBLISH 200 with SIP-ETag;
+  REFER 202.
+Usage: lua examples/uas.lua [host:port]     (default 127.0.0.1:5060; [::1]:5060 for IPv6)
+]]
+local sip = require "luasip"
+
+local hostport = arg[1] or "127.0.0.1:5060"
+local app = assert(sip.agent{ listen = { "sip:" .. hostport }, user_agent = "luasip-uas" })
+local ALLOW = table.concat(sip.methods, ", ")
+local ACCEPT = "application/sdp, text/plain, message/cpim, application/json, multipart/mixed"
+local host = hostport:match("^%[?([^%]]+)%]?:%d+$") or "127.0.0.1"
+
+local function log(...)
+  io.stdout:write(os.date("%H:%M:%S "), table.concat({ ... }, " "), "\n")
+  io.stdout:flush()
+end
+
+local function sdp_answer()
+  local ip = host:find(":") and "IP6 " .. host or "IP4 " .. host
+  return table.concat({
+    "v=0", "o=luasip 1 1 IN " .. ip, "s=luasip", "c=IN " .. ip, "t=0 0",
+    "m=audio 40000 RTP/AVP 0 8 101", "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000",
+    "a=rtpmap:101 telephone-event/8000", "a=sendrecv", "" }, "\r\n")
+end
+
+local function accepts(list, ctype)
+  for item in (list or ""):gmatch("[^,]+") do
+    local t = item:match("^%s*([^;%s]+)"):lower()
+    if t == "*/*" or t == ctype or t == ctype:match("^[^/]+") .. "/*" then return true end
+  end
+  return false
+end
+
+local function ok(req) log(req.method, req.uri); req:reply(200) end
+
+app:on("OPTIONS", function(req)
+  log("OPTIONS", req.uri, "from", req.from.uri)
+  req:reply(200, { headers = { Allow = ALLOW, Accept = ACCEPT, Supported = "path" } })
+end)
+
+app:on("MESSAGE", function(req)
+  log("MESSAGE from", req.from.uri, "(" .. tostring(req.content_type) .. "):", req.body or "")
+  req:reply(200)
+end)
+
+app:on("INVITE", function(req)
+  log("INVITE", req.uri, "from", req.from.uri)
+  local accept = req:header("Accept")
+  if accept and not accepts(accept, "application/sdp") then
+    return req:reply(406, { headers = { Accept = "application/sdp",
+      Warning = '399 luasip "only application/sdp sessions"' } })
+  end
+  if req.body and req.content_type ~= "application/sdp" then
+    return req:reply(415, { headers = { Accept = "application/sdp" } })
+  end
+  req:reply(180)
+  if req.ruri.user == "ring" then
+    local _, err = sip.sleep(10)
+    if err == "cancelled" then return log("INVITE cancelled by the caller") end
+  end
+  req:reply(200, { body = sdp_answer(), content_type = "application/sdp" })
+  local ack, err = req:wait_ack()
+  log(ack and "call established" or ("no ACK: " .. tostring(err)))
+end)
+
+app:on("ACK", function(req) log("ACK", req.uri) end)
+for _, m in ipairs{ "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY" } do app:on(m, ok) end
+
+app:on("REGISTER", function(req)
+  local scheme = req.to.uri:match("^(%a+):")
+  if scheme ~= "sip" and scheme ~= "sips" then
+    return req:reply(400, "Bad To URI Scheme")
+  end
+  local contacts, default = {}, req.expires or 3600
+  for _, c in ipairs(req.contact) do
+    if not c.star then
+      local e = c.expires or default
+      if e > 0 then contacts[#contacts + 1] = "<" .. c.uri .. ">;expires=" .. e end
+    end
+  end
+  log("REGISTER", req.to.uri, #contacts .. " contact(s)")
+  req:reply(200, { headers = { Contact = contacts, Date = os.date("!%a, %d %b %Y %H:%M:%S GMT") } })
+end)
+
+app:on("SUBSCRIBE", function(req)
+  log("SUBSCRIBE", req.uri, req:header("Event") or "")
+  req:reply(200, { headers = { Expires = tostring(req.expires or 3600) } })
+end)
+
+app:on("PUBLISH", function(req)
+  log("PUBLISH", req.uri, req:header("Event") or "")
+  local etag = req:header("SIP-If-Match") or ("%08x"):format(math.random(0, 0x7fffffff))
+  req:reply(200, { headers = { ["SIP-ETag"] = etag, Expires = tostring(req.expires or 3600) } })
+end)
+
+app:on("REFER", function(req)
+  log("REFER", req.uri, "to", req:header("Refer-To") or "?")
+  if not req:header("Refer-To") then return req:reply(400, "Missing Refer-To") end
+  req:reply(202)
+end)
+
+log("luasip uas listening on", app:contact())
+sip.run()

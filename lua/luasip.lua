@@ -1,0 +1,176 @@
+-- luasip: SIP applications as Lua scripts, on sofia-sip.
+--   local sip = require "luasip"
+--   local app = assert(sip.agent{ listen = { "sip:127.0.0.1:5060" } })
+--   app:on("OPTIONS", function(req) req:reply(200) end)
+--   sip.run()
+local core = require "luasip.core"
+local dispatcher = require "luasip.dispatcher"
+
+local sip = {
+  _VERSION = "luasip 0.1.0",
+  sofia_version = core.sofia_version,
+  run = core.run,
+  stop = core.stop,
+  now = core.now,
+  spawn = dispatcher.spawn,
+  sleep = dispatcher.sleep,
+  timer = dispatcher.timer,
+  log = dispatcher.log,
+  set_logger = dispatcher.set_logger,
+  methods = {
+    "INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "SUBSCRIBE", "NOTIFY",
+    "PUBLISH", "REFER", "INFO", "UPDATE", "PRACK", "MESSAGE",
+  },
+}
+
+-- step([ms]) -> ms until the next timer (-1: none).  For hosts that drive the loop.
+function sip.step(ms)
+  if ms ~= nil and type(ms) ~= "number" then error("luasip.step: ms must be a number", 2) end
+  return core.step(ms and math.floor(ms) or 0)
+end
+
+local agent_methods = core.methods("luasip.agent")
+local tx_methods = core.methods("luasip.client_tx")
+local req_methods = core.methods("luasip.request")
+
+local function check_agent(self, fname)
+  if type(self) ~= "userdata" or not self.closed then
+    error(fname .. ": luasip.agent expected, got " .. type(self), 3)
+  end
+  if self:closed() then error("attempt to use a closed luasip.agent (" .. fname .. ")", 3) end
+end
+
+-- agent{ listen = {uri...} | uri, user_agent =, supported = {tag...} } -> agent | nil, err, code
+function sip.agent(opts)
+  if type(opts) ~= "table" then error("luasip.agent: options table expected", 2) end
+  local listen = opts.listen or { "sip:127.0.0.1:0" }
+  if type(listen) == "string" then listen = { listen } end
+  if type(listen) ~= "table" or #listen == 0 then
+    error("luasip.agent: listen must be a URI or a list of URIs", 2)
+  end
+  for i, u in ipairs(listen) do
+    if type(u) ~= "string" or not u:match("^sips?:") then
+      error("luasip.agent: listen[" .. i .. "] must be a sip: URI", 2)
+    end
+  end
+  if opts.user_agent ~= nil and type(opts.user_agent) ~= "string" then
+    error("luasip.agent: user_agent must be a string", 2)
+  end
+  local a, err, code = core.agent{ listen = listen, user_agent = opts.user_agent }
+  if not a then return nil, err, code end
+  a._handlers = {}
+  a._supported = {}
+  for _, tag in ipairs(opts.supported or {}) do a._supported[tag:lower()] = true end
+  return a
+end
+
+local function norm_method(m, fname)
+  if type(m) ~= "string" or not m:match("^[%w%-%.!%%%*_%+`'~]+$") then
+    error(fname .. ": method must be a SIP method token", 3)
+  end
+  return m:upper()
+end
+
+-- agent:on(method, fn | nil) -> previous handler
+function agent_methods.on(self, method, fn)
+  check_agent(self, "luasip.agent:on")
+  method = norm_method(method, "luasip.agent:on")
+  if fn ~= nil and type(fn) ~= "function" then
+    error("luasip.agent:on: handler must be a function or nil", 2)
+  end
+  if method == "CANCEL" then
+    error("luasip.agent:on: CANCEL is handled by the core (use req:on_cancel)", 2)
+  end
+  local old = self._handlers[method]
+  self._handlers[method] = fn
+  return old
+end
+
+-- agent:handlers() -> list of methods with a handler
+function agent_methods.handlers(self)
+  local list = {}
+  for m in pairs(self._handlers) do list[#list + 1] = m end
+  table.sort(list)
+  return list
+end
+
+-- agent:allow() -> the Allow value the agent advertises
+function agent_methods.allow(self)
+  return dispatcher.allow_list(self._handlers)
+end
+
+-- agent:uri([user]) -> "sip:user@host:port" for this agent
+function agent_methods.uri(self, user)
+  local c = assert(self:contact())
+  if user then c = c:gsub("^sip:", "sip:" .. user .. "@") end
+  return c
+end
+
+-- tx:wait([timeout]) -> response | nil, err, code [, response]
+function tx_methods.wait(self, timeout)
+  local res = self._final
+  if not res then
+    local slot = dispatcher.new_slot("luasip.client_tx:wait")
+    self._slot = slot
+    local err, code
+    res, err, code = dispatcher.wait(slot, timeout)
+    self._slot = nil
+    if not res then
+      if self._is_invite and self:status() < 200 then
+        -- stop ringing; nta finishes the INVITE (487) in the background
+        self:cancel()
+      else
+        self:close()
+      end
+      return nil, err, code
+    end
+  end
+  if res.status >= 300 then
+    return nil, tostring(res.status) .. " " .. tostring(res.reason), res.status, res
+  end
+  return res
+end
+
+-- agent:request{ method=, uri=, headers=, body=, content_type=, timeout=,
+--   on_provisional = fn(res, tx) } -> response | nil, err, code [, response]
+function agent_methods.request(self, opts)
+  check_agent(self, "luasip.agent:request")
+  if type(opts) ~= "table" then error("luasip.agent:request: options table expected", 2) end
+  dispatcher.current("luasip.agent:request")
+  if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout <= 0) then
+    error("luasip.agent:request: timeout must be a positive number", 2)
+  end
+  if opts.on_provisional ~= nil and type(opts.on_provisional) ~= "function" then
+    error("luasip.agent:request: on_provisional must be a function", 2)
+  end
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.method = norm_method(opts.method, "luasip.agent:request")
+  local tx, err, code = self:send(o)
+  if not tx then return nil, err, code end
+  tx._is_invite = o.method == "INVITE"
+  tx._on_provisional = opts.on_provisional
+  if opts.on_sent then opts.on_sent(tx) end
+  return tx:wait(opts.timeout)
+end
+
+-- req:wait_ack([timeout]) -> ack | nil, "timeout" | nil, "terminated"
+function req_methods.wait_ack(self, timeout)
+  if self._ack then return self._ack end
+  if self._ack_timeout then return nil, "timeout", "timeout" end
+  local slot = dispatcher.new_slot("luasip.request:wait_ack")
+  self._ack_slot = slot
+  return dispatcher.wait(slot, timeout)
+end
+
+-- req:on_cancel(fn) -> previous: fn(req) runs when a CANCEL ends this INVITE
+function req_methods.on_cancel(self, fn)
+  if fn ~= nil and type(fn) ~= "function" then
+    error("luasip.request:on_cancel: function expected", 2)
+  end
+  local old = self._on_cancel
+  self._on_cancel = fn
+  return old
+end
+
+return sip

@@ -1,0 +1,23 @@
+#!/bin/sh
+# Installs the Debian 12 packages luasip needs to build, test and benchmark.
+# Idempotent: does nothing when every package is present.  Usage: install-deps.sh [extra...]
+set -eu
+
+PKGS="gcc make pkg-config libsofia-sip-ua-dev
+lua5.1 liblua5.1-0-dev lua5.3 liblua5.3-dev lua5.4 liblua5.4-dev luajit libluajit-5.1-dev
+lua-busted luarocks sip-tester valgrind iproute2 util-linux procps $*"
+
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+    missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+echo "install-deps: installing$missing"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null

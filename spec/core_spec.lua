@@ -1,0 +1,48 @@
+local H = require "spec.helper"
+local sip = H.sip
+
+describe("luasip loop", function()
+  after_each(function() H.close_agents() end)
+
+  it("runs timers and reports the time to the next one", function()
+    local fired = false
+    local t = sip.timer(0.05, function() fired = true end)
+    assert.is_true(t:pending())
+    local next_ms = sip.step(0)
+    assert.is_true(next_ms >= 0 and next_ms <= 60)
+    H.run_until(function() return fired end, 2)
+    assert.is_false(t:pending())
+  end)
+
+  it("cancels a timer before it fires", function()
+    local fired = false
+    local t = sip.timer(0.05, function() fired = true end)
+    assert.is_true(t:cancel())
+    assert.is_true(t:cancel())       -- idempotent
+    H.settle(0.15)
+    assert.is_false(fired)
+  end)
+
+  it("sleeps inside a luasip coroutine and refuses outside one", function()
+    local t0 = sip.now()
+    H.run(function() sip.sleep(0.05) end)
+    assert.is_true(sip.now() - t0 >= 0.05)
+    assert.has_error(function() sip.sleep(0.01) end,
+      "not in a luasip coroutine: use sip.spawn (luasip.sleep)")
+  end)
+
+  it("stops run() from a timer", function()
+    sip.timer(0.02, function() sip.stop() end)
+    assert.is_true(sip.run())
+  end)
+
+  it("refuses to step the loop from inside a handler", function()
+    local err
+    sip.timer(0, function()
+      local ok, e = pcall(sip.step, 0)
+      err = not ok and e
+    end)
+    H.run_until(function() return err ~= nil end)
+    assert.matches("called from a handler", err)
+  end)
+end)
