@@ -11,7 +11,10 @@
 #include <sofia-sip/nta_tport.h>
 #include <sofia-sip/tport.h>
 #include <sofia-sip/sip_status.h>
+#include <sofia-sip/sip_protos.h>
 #include <sofia-sip/su_tag.h>
+#include <sofia-sip/su_string.h>
+#include <sofia-sip/url.h>
 
 #include "luasip.h"
 
@@ -123,11 +126,19 @@ int luasip_agent_new(lua_State *L)
   a->user_agent = su_strdup(a->home, lua_isstring(L, -1) ? lua_tostring(L, -1)
                             : "luasip/" LUASIP_VERSION);
   lua_pop(L, 1);
+  lua_getfield(L, 1, "t1");
+  a->t1 = lua_isnumber(L, -1) ? (unsigned)(lua_tonumber(L, -1) * 1000) : 500;
+  lua_pop(L, 1);
+  if (a->t1 < 1 || a->t1 > 60000)
+    return luaL_error(L, "luasip.agent: t1 must be 0.001-60 seconds");
+  a->t2 = a->t1 * 8 > 4000 ? a->t1 * 8 : 4000;
   lua_rawgeti(L, -2, 1);
   first = lua_tostring(L, -1);
   a->nta = nta_agent_create(luasip_S->root, (url_string_t const *)first, agent_message,
                             (nta_agent_magic_t *)a,
                             NTATAG_UA(0),
+                            NTATAG_SIP_T1(a->t1),
+                            NTATAG_SIP_T2(a->t2),
                             NTATAG_SERVER_RPORT(1),
                             NTATAG_CLIENT_RPORT(1),
                             NTATAG_MERGE_482(1),
@@ -153,6 +164,47 @@ int luasip_agent_new(lua_State *L)
   }
   luasip_anchor(L, &a->obj, -1);
   return 1;
+}
+
+/* The primary transport a message to dest (or one answering a request delivered by hint)
+ * leaves through. */
+static tport_t *primary_for(lsip_agent_t *a, tport_t *hint, url_t const *dest)
+{
+  char proto[16] = "udp";
+  int v6;
+  tport_t *tp;
+  if (hint)
+    return tport_is_primary(hint) ? hint : tport_parent(hint);
+  if (!dest || !dest->url_host)
+    return tport_primaries(nta_agent_tports(a->nta));
+  v6 = dest->url_host[0] == '[' || strchr(dest->url_host, ':') != NULL;
+  if (dest->url_params)
+    url_param(dest->url_params, "transport", proto, sizeof proto);
+  for (tp = tport_primaries(nta_agent_tports(a->nta)); tp; tp = tport_next(tp)) {
+    if (su_casematch(tport_name(tp)->tpn_proto, proto) &&
+        (v6 ? tport_has_ip6(tp) : tport_has_ip4(tp)))
+      return tp;
+  }
+  return tport_primaries(nta_agent_tports(a->nta));
+}
+
+/* A Contact for the transport a message goes out on: with IPv4 and IPv6 (or UDP and
+ * TCP) on one agent, nta_agent_contact() would name only the first. */
+sip_contact_t *luasip_agent_contact_for(lsip_agent_t *a, su_home_t *home, tport_t *hint,
+                                        url_t const *dest)
+{
+  tport_t *tp = a->nta ? primary_for(a, hint, dest) : NULL;
+  tp_name_t const *tpn;
+  const char *host, *lb = "", *rb = "";
+  if (!tp)
+    return a->nta ? sip_contact_dup(home, nta_agent_contact(a->nta)) : NULL;
+  tpn = tport_name(tp);
+  host = tpn->tpn_host;
+  if (strchr(host, ':') && host[0] != '[')
+    lb = "[", rb = "]";
+  return sip_contact_format(home, "<sip:%s%s%s:%s%s%s>", lb, host, rb, tpn->tpn_port,
+                            su_casematch(tpn->tpn_proto, "udp") ? "" : ";transport=",
+                            su_casematch(tpn->tpn_proto, "udp") ? "" : tpn->tpn_proto);
 }
 
 /* agent:close() -> true (idempotent) */

@@ -252,6 +252,7 @@ static int agent_send(lua_State *L)
   sip_t *sip;
   su_home_t *home;
   nta_outgoing_t *orq;
+  url_t const *dest;
 
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_getfield(L, 2, "method");
@@ -286,13 +287,16 @@ static int agent_send(lua_State *L)
   lua_pop(L, 1);
   luasip_set_body(L, 2, msg, sip, fname);
 
+  /* the next hop decides which of our transports (and so which Contact) is used */
+  dest = proxy ? url_make(home, proxy) : sip->sip_route ? sip->sip_route->r_url
+         : sip->sip_request->rq_url;
   if (!sip->sip_from) {
     lua_getfield(L, 2, "from");
     if (lua_isstring(L, -1)) {
       if (sip_add_make(msg, sip, sip_from_class, lua_tostring(L, -1)) < 0)
         return luaL_error(L, "%s: bad from '%s'", fname, lua_tostring(L, -1));
     } else {
-      sip_contact_t const *m = nta_agent_contact(nta);
+      sip_contact_t const *m = luasip_agent_contact_for(a, home, NULL, dest);
       char buf[300];
       snprintf(buf, sizeof buf, "<sip:luasip@%s%s%s>", m->m_url->url_host,
                m->m_url->url_port ? ":" : "", m->m_url->url_port ? m->m_url->url_port : "");
@@ -323,7 +327,8 @@ static int agent_send(lua_State *L)
   if (!sip->sip_user_agent)
     sip_add_tl(msg, sip, SIPTAG_USER_AGENT_STR(a->user_agent), TAG_END());
   if (!sip->sip_contact && dialog_creating(method))
-    sip_add_tl(msg, sip, SIPTAG_CONTACT(nta_agent_contact(nta)), TAG_END());
+    sip_add_tl(msg, sip, SIPTAG_CONTACT(luasip_agent_contact_for(a, home, NULL, dest)),
+               TAG_END());
   if (!sip->sip_call_id || !sip->sip_cseq)
     return luasip_fail(L, "out of memory", "memory");
 

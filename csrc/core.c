@@ -9,7 +9,12 @@
 #include <string.h>
 #include <time.h>
 
+#include <sofia-sip/su_log.h>
+
 #include "luasip.h"
+
+extern su_log_t nta_log[];
+extern su_log_t tport_log[];
 
 lsip_state_t *luasip_S = NULL;
 
@@ -421,6 +426,10 @@ static void state_open(lua_State *L)
   if (!luasip_S->root)
     luaL_error(L, "luasip: cannot create su_root");
   su_root_threading(luasip_S->root, 0);
+  /* sofia's own debug output stays quiet unless NTA_DEBUG / TPORT_DEBUG ask for it;
+   * luasip reports failures through return values and its logger */
+  su_log_soft_set_level(nta_log, 0);
+  su_log_soft_set_level(tport_log, 0);
 }
 
 __attribute__((visibility("default"))) int luaopen_luasip_core(lua_State *L);

@@ -12,6 +12,7 @@
 #include <sofia-sip/nta_stateless.h>
 #include <sofia-sip/su_uniqueid.h>
 #include <sofia-sip/sip.h>
+#include <sofia-sip/tport.h>
 
 #include "compat.h"
 
@@ -111,6 +112,8 @@ void luasip_agent_open(lua_State *L);
 int luasip_agent_new(lua_State *L);
 nta_agent_t *luasip_agent_nta(lsip_agent_t *a);
 lsip_agent_t *luasip_agent_check(lua_State *L, int idx);
+sip_contact_t *luasip_agent_contact_for(lsip_agent_t *a, su_home_t *home, tport_t *hint,
+                                        url_t const *dest);
 
 /* server_tx.c: incoming requests */
 void luasip_request_open(lua_State *L);
@@ -139,6 +142,7 @@ struct lsip_agent {
   lsip_link_t clients;      /* lsip_client_t pending */
   void *acks;               /* client_tx.c: sent ACKs kept for 2xx retransmissions */
   const char *user_agent;   /* User-Agent / Server value */
+  unsigned t1, t2;          /* RFC 3261 timers in ms (defaults 500 / 4000) */
   int closed;
 };
 

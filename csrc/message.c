@@ -126,6 +126,26 @@ static void push_uri_parts(lua_State *L, url_t const *u)
   }
 }
 
+/* A display name without its quotes and backslash escapes. */
+static void push_display(lua_State *L, const char *d)
+{
+  luaL_Buffer B;
+  size_t n = strlen(d);
+  if (n < 2 || d[0] != '"' || d[n - 1] != '"') {
+    lua_pushstring(L, d);
+    return;
+  }
+  luaL_buffinit(L, &B);
+  for (d++, n -= 2; n > 0; d++, n--) {
+    if (*d == '\\' && n > 1) {
+      d++;
+      n--;
+    }
+    luaL_addchar(&B, *d);
+  }
+  luaL_pushresult(&B);
+}
+
 /* name-addr: {display=, uri=, tag=, params={}} */
 static void push_addr(lua_State *L, sip_addr_t const *a)
 {
@@ -134,7 +154,10 @@ static void push_addr(lua_State *L, sip_addr_t const *a)
     return;
   }
   lua_newtable(L);
-  setstr(L, "display", a->a_display);
+  if (a->a_display) {
+    push_display(L, a->a_display);
+    lua_setfield(L, -2, "display");
+  }
   push_url(L, a->a_url);
   lua_setfield(L, -2, "uri");
   setstr(L, "tag", a->a_tag);
@@ -177,7 +200,10 @@ static void push_contacts(lua_State *L, sip_contact_t const *m)
       lua_pushboolean(L, 1);
       lua_setfield(L, -2, "star");
     }
-    setstr(L, "display", m->m_display);
+    if (m->m_display) {
+      push_display(L, m->m_display);
+      lua_setfield(L, -2, "display");
+    }
     push_url(L, m->m_url);
     lua_setfield(L, -2, "uri");
     if (m->m_expires) {
@@ -348,7 +374,8 @@ static msg_header_t const *find_header(msg_t *msg, sip_t const *sip, const char 
   return *(msg_header_t const * const *)((char const *)sip + hr->hr_offset);
 }
 
-/* Pushes the first value (all=0) or a list of every value (all=1) of a header. */
+/* Pushes the first value (all=0) or a list of every value (all=1) of a header.  Items of
+ * list headers (Supported, Require, Allow...) count as values: "k: a, b" gives {"a","b"}. */
 int luasip_msg_header(lua_State *L, msg_t *msg, sip_t const *sip, const char *name, int all)
 {
   int unknown, i = 0;
@@ -361,6 +388,13 @@ int luasip_msg_header(lua_State *L, msg_t *msg, sip_t const *sip, const char *na
       if (!un->un_name || !su_casematch(un->un_name, name))
         continue;
       lua_pushstring(L, un->un_value ? un->un_value : "");
+    } else if (all && h->sh_class->hc_kind == msg_kind_list) {
+      msg_param_t const *item = ((msg_list_t const *)h)->k_items;
+      for (; item && *item; item++) {
+        lua_pushstring(L, *item);
+        lua_rawseti(L, -2, ++i);
+      }
+      continue;
     } else {
       push_encoded(L, enc_field, h);
     }

@@ -20,8 +20,6 @@
 
 #include "luasip.h"
 
-#define T1_MS 500
-#define T2_MS 4000
 
 typedef struct lsip_req {
   lsip_msgobj_t m;
@@ -153,7 +151,7 @@ static void start_2xx_rtx(lsip_req_t *r)
   r->rtx_tpn->tpn_port = v->v_rport && v->v_rport[0] ? v->v_rport
                          : v->v_port ? v->v_port : "5060";
   r->rtx = su_timer_create(su_root_task(luasip_S->root), 0);
-  r->rtx_interval = T1_MS;
+  r->rtx_interval = r->agent->t1;
   r->rtx_elapsed = 0;
   if (!r->rtx || su_timer_set_interval(r->rtx, rtx_tick, r, r->rtx_interval) < 0)
     rtx_stop(r);
@@ -197,7 +195,7 @@ static void rtx_tick(su_root_magic_t *magic, su_timer_t *t, su_timer_arg_t *arg)
   lsip_req_t *r = (lsip_req_t *)arg;
   (void)magic; (void)t;
   r->rtx_elapsed += r->rtx_interval;
-  if (r->rtx_elapsed >= 64 * T1_MS) {
+  if (!r->agent || r->rtx_elapsed >= 64 * r->agent->t1) {
     luasip_log(3, "no ACK for 2xx to INVITE %s: sending BYE",
                r->m.sip->sip_call_id ? r->m.sip->sip_call_id->i_id : "?");
     send_bye(r);
@@ -209,7 +207,7 @@ static void rtx_tick(su_root_magic_t *magic, su_timer_t *t, su_timer_arg_t *arg)
   }
   if (r->tport)
     tport_tsend(r->tport, r->resp2xx, r->rtx_tpn, TAG_END());
-  r->rtx_interval = r->rtx_interval * 2 < T2_MS ? r->rtx_interval * 2 : T2_MS;
+  r->rtx_interval = r->rtx_interval * 2 < r->agent->t2 ? r->rtx_interval * 2 : r->agent->t2;
   su_timer_set_interval(r->rtx, rtx_tick, r, r->rtx_interval);
 }
 
@@ -441,7 +439,9 @@ static int req_reply(lua_State *L)
   if (!rs->sip_server && !rs->sip_user_agent)
     sip_add_tl(resp, rs, SIPTAG_SERVER_STR(r->agent->user_agent), TAG_END());
   if (!rs->sip_contact && needs_contact(r->m.sip, (int)status))
-    sip_add_tl(resp, rs, SIPTAG_CONTACT(nta_agent_contact(nta)), TAG_END());
+    sip_add_tl(resp, rs, SIPTAG_CONTACT(luasip_agent_contact_for(r->agent, msg_home(resp),
+                                                                 r->tport, NULL)),
+               TAG_END());
   if ((status == 405 || status == 501) && !rs->sip_allow)
     sip_add_tl(resp, rs, SIPTAG_ALLOW_STR(luasip_methods_allow), TAG_END());
 

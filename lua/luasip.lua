@@ -56,7 +56,17 @@ function sip.agent(opts)
   if opts.user_agent ~= nil and type(opts.user_agent) ~= "string" then
     error("luasip.agent: user_agent must be a string", 2)
   end
-  local a, err, code = core.agent{ listen = listen, user_agent = opts.user_agent }
+  -- IPv6 listen URIs go first: sofia 1.12 matches "[v6]" destinations to the first
+  -- transport of a protocol (its host_is_ip6_address does not take brackets), while
+  -- IPv4 destinations are matched by address family.
+  local ordered = {}
+  for _, u in ipairs(listen) do if u:match("^sips?:%[") then ordered[#ordered + 1] = u end end
+  for _, u in ipairs(listen) do if not u:match("^sips?:%[") then ordered[#ordered + 1] = u end end
+  if opts.t1 ~= nil and (type(opts.t1) ~= "number" or opts.t1 <= 0 or opts.t1 > 60) then
+    error("luasip.agent: t1 must be a number of seconds in (0, 60]", 2)
+  end
+  local a, err, code = core.agent{ listen = ordered, user_agent = opts.user_agent,
+    t1 = opts.t1 }
   if not a then return nil, err, code end
   a._handlers = {}
   a._supported = {}
