@@ -98,7 +98,7 @@ static void agent_destroy(lsip_obj_t *obj)
   }
   agent_free_nta(a);
   su_home_deinit(a->home);
-  free(a);
+  luasip_freeobj(&a->obj);
 }
 
 /* core.agent{ listen = {uri...}, user_agent = s } -> agent | nil, err, code */

@@ -171,7 +171,7 @@ static void client_destroy(lsip_obj_t *obj)
 {
   lsip_client_t *c = (lsip_client_t *)obj;
   client_release(c);
-  free(c);
+  luasip_freeobj(&c->obj);
 }
 
 void luasip_clients_detach(lsip_agent_t *a)
@@ -382,12 +382,9 @@ static int client_close(lua_State *L)
 {
   lsip_client_t *c = (lsip_client_t *)luasip_checkobj(L, 1, LUASIP_CLIENT_TX);
   if (!c->done) {
+    /* nta allows destroying a transaction from inside other callbacks (and its own) */
     c->done = 1;
-    if (c->orq && !luasip_in_callback()) {
-      nta_outgoing_destroy(c->orq);
-      c->orq = NULL;
-    }
-    luasip_link_del(&c->link);
+    client_release(c);
     luasip_unanchor(L, &c->obj);
   }
   lua_pushboolean(L, 1);

@@ -67,8 +67,42 @@ void luasip_wrapobj(lua_State *L, lsip_obj_t *obj)
   obj->born = 1;
 }
 
+/* live C objects per class, for core.stats() (leak checks in specs and benchmarks) */
+static struct { const char *tname; long live; } counts[8];
+
+static long *count_of(const char *tname)
+{
+  size_t i;
+  for (i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+    if (counts[i].tname == tname || !counts[i].tname) {
+      counts[i].tname = tname;
+      return &counts[i].live;
+    }
+  }
+  return &counts[0].live;
+}
+
+void luasip_freeobj(lsip_obj_t *obj)
+{
+  (*count_of(obj->tname))--;
+  free(obj);
+}
+
+/* stats() -> { ["luasip.request"] = live count, ... } */
+static int core_stats(lua_State *L)
+{
+  size_t i;
+  lua_newtable(L);
+  for (i = 0; i < sizeof counts / sizeof counts[0] && counts[i].tname; i++) {
+    lua_pushinteger(L, counts[i].live);
+    lua_setfield(L, -2, counts[i].tname);
+  }
+  return 1;
+}
+
 void luasip_initobj(lsip_obj_t *obj, const char *tname, lsip_destroy_f *destroy)
 {
+  (*count_of(tname))++;
   obj->destroy = destroy;
   obj->tname = tname;
   obj->anchor = LUA_NOREF;
@@ -343,7 +377,7 @@ static void timer_destroy(lsip_obj_t *obj)
   lsip_timer_t *t = (lsip_timer_t *)obj;
   if (t->t)
     su_timer_destroy(t->t);
-  free(t);
+  luasip_freeobj(&t->obj);
 }
 
 static void timer_fired(su_root_magic_t *magic, su_timer_t *st, su_timer_arg_t *arg)
@@ -409,6 +443,7 @@ static const luaL_Reg core_funcs[] = {
   {"set_dispatcher", luasip_set_dispatcher},
   {"agent", luasip_agent_new},
   {"methods", core_methods},
+  {"stats", core_stats},
   {NULL, NULL}
 };
 
@@ -432,6 +467,23 @@ static void state_open(lua_State *L)
   su_log_soft_set_level(tport_log, 0);
 }
 
+/* Finalizer of the Lua state (lua_close): created before any luasip object, so it runs
+ * after all of theirs.  Destroys what they queued, then the loop.  The one place where a
+ * __gc calls sofia: at lua_close no sofia frame can be active. */
+static int state__gc(lua_State *L)
+{
+  (void)L;
+  if (!luasip_S)
+    return 0;
+  luasip_drain();
+  su_root_destroy(luasip_S->root);
+  su_home_deinit(luasip_S->home);
+  free(luasip_S);
+  luasip_S = NULL;
+  su_deinit();
+  return 0;
+}
+
 __attribute__((visibility("default"))) int luaopen_luasip_core(lua_State *L);
 
 /* Idempotent: busted and package.loaded resets may require the module again; the loop,
@@ -442,6 +494,12 @@ int luaopen_luasip_core(lua_State *L)
   lua_pushlightuserdata(L, (void *)&OBJECTS_KEY);
   lua_rawget(L, LUA_REGISTRYINDEX);
   if (lua_isnil(L, -1)) {
+    lua_newuserdata(L, 1);          /* the state sentinel, anchored in the registry */
+    lua_newtable(L);
+    lua_pushcfunction(L, state__gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, "luasip.state");
     lua_pushlightuserdata(L, (void *)&OBJECTS_KEY);
     lua_newtable(L);
     lua_newtable(L);

@@ -56,6 +56,7 @@ extern lsip_state_t *luasip_S;
 /* core.c: objects */
 void luasip_initobj(lsip_obj_t *obj, const char *tname, lsip_destroy_f *destroy);
 void luasip_wrapobj(lua_State *L, lsip_obj_t *obj);
+void luasip_freeobj(lsip_obj_t *obj);
 void *luasip_newobj(lua_State *L, size_t size, const char *tname, lsip_destroy_f *destroy);
 lsip_obj_t *luasip_checkobj(lua_State *L, int idx, const char *tname);
 lsip_obj_t *luasip_testobj(lua_State *L, int idx, const char *tname);

@@ -458,7 +458,7 @@ static void msgobj_destroy(lsip_obj_t *obj)
   lsip_msgobj_t *m = (lsip_msgobj_t *)obj;
   if (m->msg)
     msg_destroy(m->msg);
-  free(m);
+  luasip_freeobj(&m->obj);
 }
 
 /* Wraps msg (takes over one reference) as a luasip.response on top of the stack. */

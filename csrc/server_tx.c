@@ -65,7 +65,7 @@ static void req_free(lsip_req_t *r)
 {
   if (r->m.msg)
     msg_destroy(r->m.msg);
-  free(r);
+  luasip_freeobj(&r->m.obj);
 }
 
 /* Drops sofia state that is no longer needed; frees an orphan with nothing left. */

@@ -17,6 +17,7 @@ local sip = {
   timer = dispatcher.timer,
   log = dispatcher.log,
   set_logger = dispatcher.set_logger,
+  stats = core.stats,
   methods = {
     "INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "SUBSCRIBE", "NOTIFY",
     "PUBLISH", "REFER", "INFO", "UPDATE", "PRACK", "MESSAGE",

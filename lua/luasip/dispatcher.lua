@@ -62,7 +62,9 @@ local function finished(co, ok, err)
   if not ok then
     M.log("error", "handler failed: " .. err_text(err) .. "\n" .. traceback(co))
   end
-  if req and not req.method_is_ack and not req:answered() and not req:cancelled() then
+  local agent = req and req.agent
+  if req and agent and not agent:closed() and not req.method_is_ack and not req:answered()
+    and not req:cancelled() then
     local status = 500
     if not ok then
       local st = type(err) == "table" and err.status
