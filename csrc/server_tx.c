@@ -410,14 +410,28 @@ static int req_reply(lua_State *L)
     lua_pushboolean(L, 1);          /* 100 Trying already went out */
     return 1;
   }
+  has_opts = !lua_isnoneornil(L, opts);
   if (!reason)
     reason = sip_status_phrase((int)status);
   if (!reason)
     reason = status < 200 ? "Session Progress" : status < 300 ? "OK" : "Unknown";
 
-  /* provisional answers and answers after the first run need a transaction */
-  if (!r->irq && (status < 200 || !r->dispatching)) {
-    if (!r->dispatching || !make_irq(r))
+  /* Stateless answers (DESIGN D9) only for idempotent requests answered during their
+   * first run -- OPTIONS, REGISTER, or when the caller says so (opts.stateless, used for
+   * the core's own rejections) -- so a retransmission never runs a handler twice. */
+  if (!r->irq) {
+    int stateless = 0;
+    if (r->dispatching && status >= 200) {
+      sip_method_t m = r->m.sip->sip_request->rq_method;
+      stateless = m == sip_method_options || m == sip_method_register;
+      if (has_opts) {
+        lua_getfield(L, opts, "stateless");
+        if (!lua_isnil(L, -1))
+          stateless = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+      }
+    }
+    if (!stateless && (!r->dispatching || !make_irq(r)))
       return luasip_fail(L, "no transaction for this request", "transaction");
   }
 
@@ -427,7 +441,6 @@ static int req_reply(lua_State *L)
     return luasip_fail(L, "out of memory", "memory");
   /* a luasip.response owns the message while Lua code may raise on bad headers, so
    * nothing leaks; nta gets a reference of its own below */
-  has_opts = !lua_isnoneornil(L, opts);
   luasip_response_new(L, resp);
   if (has_opts) {
     lua_getfield(L, opts, "headers");

@@ -214,7 +214,7 @@ local function on_request(req)
   -- UAS checks of RFC 3261 8.2.2: scheme, then extensions
   local scheme = req.ruri.scheme
   if scheme ~= "sip" and scheme ~= "sips" then
-    return req:reply(416, "Unsupported URI Scheme")
+    return req:reply(416, "Unsupported URI Scheme", { stateless = true })
   end
   if method ~= "CANCEL" then
     local unsupported, supported = {}, agent._supported
@@ -223,15 +223,17 @@ local function on_request(req)
     end
     if #unsupported > 0 then
       return req:reply(420, "Bad Extension",
-        { headers = { Unsupported = table.concat(unsupported, ", ") } })
+        { headers = { Unsupported = table.concat(unsupported, ", ") }, stateless = true })
     end
   end
   local h = handlers[method]
   if not h then
     if KNOWN[method] then
-      return req:reply(405, "Method Not Allowed", { headers = { Allow = allow_list(handlers) } })
+      return req:reply(405, "Method Not Allowed",
+        { headers = { Allow = allow_list(handlers) }, stateless = true })
     end
-    return req:reply(501, "Not Implemented", { headers = { Allow = allow_list(handlers) } })
+    return req:reply(501, "Not Implemented",
+      { headers = { Allow = allow_list(handlers) }, stateless = true })
   end
   spawn_for(req, h, req)
 end
