@@ -83,4 +83,55 @@ function H.free_port()
   return port
 end
 
+local function shquote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+H.shquote = shquote
+
+-- background(argv, max_seconds) -> proc: runs a command (list of words) in the
+-- background, bounded by timeout(1).  proc:done() -> exit code or nil; proc:log();
+-- proc:kill().  Always kill in `finally`.
+function H.background(argv, max_seconds)
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p " .. shquote(dir)))
+  local words = {}
+  for i, w in ipairs(argv) do words[i] = shquote(w) end
+  local p = { dir = dir }
+  local script = ("(timeout %d %s >%s/log 2>&1; echo $? >%s/rc.tmp; mv %s/rc.tmp %s/rc) "
+    .. ">/dev/null 2>&1 & echo $! >%s/pid"):format(max_seconds or 30, table.concat(words, " "),
+    dir, dir, dir, dir, dir)
+  assert(os.execute("sh -c " .. shquote(script)))
+  function p.done()
+    local f = io.open(dir .. "/rc")
+    if not f then return nil end
+    local rc = tonumber(f:read("*l"))
+    f:close()
+    return rc
+  end
+  function p.log()
+    local f = io.open(dir .. "/log")
+    if not f then return "" end
+    local s = f:read("*a")
+    f:close()
+    return s
+  end
+  function p.kill()
+    local f = io.open(dir .. "/pid")
+    local pid = f and f:read("*l")
+    if f then f:close() end
+    if pid and not p.done() then os.execute("pkill -TERM -P " .. pid .. " 2>/dev/null") end
+    os.execute("rm -rf " .. shquote(dir))
+  end
+  return p
+end
+
+-- a sipp run against target (host:port) with a scenario file; returns the process
+function H.sipp(scenario, target, extra, max_seconds)
+  local argv = { "sipp", "-sf", scenario, "-i", "127.0.0.1", "-p", tostring(H.free_port()),
+    "-mp", tostring(H.free_port()), "-m", "1", "-nostdin", "-timeout", tostring(max_seconds or 20),
+    "-timeout_error", "-trace_err" }
+  for _, w in ipairs(extra or {}) do argv[#argv + 1] = w end
+  argv[#argv + 1] = target
+  return H.background(argv, (max_seconds or 20) + 5)
+end
+
 return H
