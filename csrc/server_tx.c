@@ -215,8 +215,9 @@ static int irq_callback(nta_incoming_magic_t *magic, nta_incoming_t *irq, sip_t 
 {
   lsip_req_t *r = (lsip_req_t *)magic;
   (void)irq;
+  /* CANCEL ends only an INVITE (RFC 3261 9.2); for others nta's 200 is all there is */
   if (sip && sip->sip_request && sip->sip_request->rq_method == sip_method_cancel &&
-      r->status < 200) {
+      r->m.sip->sip_request->rq_method == sip_method_invite && r->status < 200) {
     /* nta already answered the CANCEL 200; the INVITE ends with 487 */
     send_final_plain(r, SIP_487_REQUEST_CANCELLED);
     r->cancelled = 1;
