@@ -128,7 +128,7 @@ end
 function H.sipp(scenario, target, extra, max_seconds)
   local argv = { "sipp", "-sf", scenario, "-i", "127.0.0.1", "-p", tostring(H.free_port()),
     "-mp", tostring(H.free_port()), "-m", "1", "-nostdin", "-timeout", tostring(max_seconds or 20),
-    "-timeout_error", "-trace_err" }
+    "-timeout_error" }
   for _, w in ipairs(extra or {}) do argv[#argv + 1] = w end
   argv[#argv + 1] = target
   return H.background(argv, (max_seconds or 20) + 5)
