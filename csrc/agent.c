@@ -83,6 +83,7 @@ static void agent_free_nta(lsip_agent_t *a)
   if (a->nta) {
     luasip_requests_detach(a);
     luasip_clients_detach(a);
+    luasip_dialogs_detach(a);
     nta_agent_destroy(a->nta);
     a->nta = NULL;
   }
@@ -122,6 +123,7 @@ int luasip_agent_new(lua_State *L)
   su_home_init(a->home);
   a->requests.next = a->requests.prev = &a->requests;
   a->clients.next = a->clients.prev = &a->clients;
+  a->dialogs.next = a->dialogs.prev = &a->dialogs;
   lua_getfield(L, 1, "user_agent");
   a->user_agent = su_strdup(a->home, lua_isstring(L, -1) ? lua_tostring(L, -1)
                             : "luasip/" LUASIP_VERSION);

@@ -25,7 +25,8 @@ typedef struct lsip_client {
   lsip_agent_t *agent;
   nta_outgoing_t *orq;
   int status;
-  unsigned is_invite:1, creating:1, done:1;
+  unsigned is_invite:1, creating:1, done:1, want_dialog:1;
+  lsip_obj_t *dialog;         /* dialog created by our 2xx (owned by Lua once born) */
 } lsip_client_t;
 
 /* ---------------------------------------------------------------- ACK memory */
@@ -171,6 +172,8 @@ static void client_destroy(lsip_obj_t *obj)
 {
   lsip_client_t *c = (lsip_client_t *)obj;
   client_release(c);
+  if (c->dialog && !c->dialog->born)
+    c->dialog->destroy(c->dialog);    /* Lua never asked for it */
   luasip_freeobj(&c->obj);
 }
 
@@ -200,6 +203,9 @@ static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
   if (c->is_invite && status >= 200 && status < 300 && sip && c->agent) {
     msg_t *req = nta_outgoing_getrequest(orq);
     sip_t const *rs = req ? sip_object(req) : NULL;
+    if (c->want_dialog && !c->dialog)
+      c->dialog = luasip_dialog_uac(c->agent, sip);   /* before the ACK: the callee may
+                                                          send BYE right after it */
     send_2xx_ack(c->agent, sip, rs ? rs->sip_request->rq_url : NULL);
     acks_remember(c->agent, sip);
     if (req)
@@ -247,12 +253,11 @@ static int agent_send(lua_State *L)
   nta_agent_t *nta = a->nta;
   const char *method_name, *uri, *proxy = NULL;
   sip_method_t method;
-  lsip_client_t *c;
   msg_t *msg;
   sip_t *sip;
   su_home_t *home;
-  nta_outgoing_t *orq;
   url_t const *dest;
+  int want_dialog;
 
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_getfield(L, 2, "method");
@@ -332,13 +337,28 @@ static int agent_send(lua_State *L)
   if (!sip->sip_call_id || !sip->sip_cseq)
     return luasip_fail(L, "out of memory", "memory");
 
-  c = luasip_newobj(L, sizeof *c, LUASIP_CLIENT_TX, client_destroy);
+  lua_getfield(L, 2, "dialog");
+  want_dialog = lua_toboolean(L, -1) && method == sip_method_invite;
+  lua_pop(L, 1);
+  return luasip_client_start(L, a, msg, proxy, want_dialog);
+}
+
+/* Sends msg (completed request; the caller keeps its reference) as a new client
+ * transaction; pushes the luasip.client_tx or the fail tuple.  want_dialog: an INVITE
+ * whose 2xx creates a dialog (tx:dialog()). */
+int luasip_client_start(lua_State *L, lsip_agent_t *a, msg_t *msg, const char *proxy,
+                        int want_dialog)
+{
+  sip_t const *sip = sip_object(msg);
+  nta_outgoing_t *orq;
+  lsip_client_t *c = luasip_newobj(L, sizeof *c, LUASIP_CLIENT_TX, client_destroy);
   c->agent = a;
-  c->is_invite = method == sip_method_invite;
+  c->is_invite = sip->sip_request->rq_method == sip_method_invite;
+  c->want_dialog = want_dialog;
   c->creating = 1;
   luasip_anchor(L, &c->obj, -1);
   luasip_link_add(&a->clients, &c->link);
-  orq = nta_outgoing_mcreate(nta, client_response, (nta_outgoing_magic_t *)c,
+  orq = nta_outgoing_mcreate(a->nta, client_response, (nta_outgoing_magic_t *)c,
                              (url_string_t const *)proxy, msg_ref_create(msg),
                              TAG_END());
   c->creating = 0;
@@ -369,6 +389,19 @@ static int client_cancel(lua_State *L)
   return 1;
 }
 
+/* tx:dialog() -> the dialog the 2xx created (INVITE sent with dialog = true), or nil */
+static int client_dialog(lua_State *L)
+{
+  lsip_client_t *c = (lsip_client_t *)luasip_checkobj(L, 1, LUASIP_CLIENT_TX);
+  if (!c->dialog)
+    return 0;
+  if (!c->dialog->born)
+    luasip_wrapobj(L, c->dialog);
+  else
+    luasip_pushobj(L, c->dialog);
+  return 1;
+}
+
 /* tx:status() -> highest status received (0 before any) */
 static int client_status(lua_State *L)
 {
@@ -394,6 +427,7 @@ static int client_close(lua_State *L)
 static const luaL_Reg client_methods[] = {
   {"cancel", client_cancel},
   {"status", client_status},
+  {"dialog", client_dialog},
   {"close", client_close},
   {NULL, NULL}
 };

@@ -126,6 +126,21 @@ void luasip_requests_detach(lsip_agent_t *a);
 void luasip_client_open(lua_State *L);
 void luasip_add_methods(lua_State *L, const char *tname, const luaL_Reg *l);
 int luasip_client_stray(lsip_agent_t *a, msg_t *msg, sip_t *sip);
+int luasip_client_start(lua_State *L, lsip_agent_t *a, msg_t *msg, const char *proxy,
+                        int want_dialog);
+
+/* dialog.c: dialogs on nta legs */
+void luasip_dialog_open(lua_State *L);
+lsip_obj_t *luasip_dialog_uac(lsip_agent_t *a, sip_t const *resp);
+void luasip_dialogs_detach(lsip_agent_t *a);
+
+/* server_tx.c, for dialog.c */
+lsip_obj_t *luasip_request_from_irq(lsip_agent_t *a, nta_incoming_t *irq);
+void luasip_request_dispatched(lsip_obj_t *req);
+nta_incoming_t *luasip_request_irq(lsip_obj_t *req);
+lsip_agent_t *luasip_request_agent(lsip_obj_t *req);
+#define LUASIP_DIALOG "luasip.dialog"
+sip_t const *luasip_request_sip(lsip_obj_t *req);
 void luasip_clients_detach(lsip_agent_t *a);
 
 /* links the live transactions of an agent, so closing it detaches them */
@@ -141,6 +156,7 @@ struct lsip_agent {
   nta_agent_t *nta;
   lsip_link_t requests;     /* lsip_req_t with sofia state */
   lsip_link_t clients;      /* lsip_client_t pending */
+  lsip_link_t dialogs;      /* lsip_dialog_t with a leg */
   void *acks;               /* client_tx.c: sent ACKs kept for 2xx retransmissions */
   const char *user_agent;   /* User-Agent / Server value */
   unsigned t1, t2;          /* RFC 3261 timers in ms (defaults 500 / 4000) */

@@ -310,6 +310,13 @@ void luasip_request_incoming(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_
   }
   r->dispatching = 1;
   luasip_bridge("request", &r->m.obj, NULL);
+  luasip_request_dispatched(&r->m.obj);
+}
+
+/* After the first run of the request's handler (the bridge call returned). */
+void luasip_request_dispatched(lsip_obj_t *obj)
+{
+  lsip_req_t *r = (lsip_req_t *)obj;
   r->dispatching = 0;
   if (!r->m.obj.born) {
     /* Lua could not even see it (out of memory): answer and forget */
@@ -321,6 +328,46 @@ void luasip_request_incoming(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_
   if (r->status < 200 && !r->irq && !(r->agent && r->agent->closed))
     make_irq(r);                   /* the handler waits: absorb retransmissions */
   req_settle(r);
+}
+
+/* A request nta already made a transaction for (in-dialog requests reach leg callbacks
+ * with one).  Returns an unborn object; the caller bridges it, then calls
+ * luasip_request_dispatched. */
+lsip_obj_t *luasip_request_from_irq(lsip_agent_t *a, nta_incoming_t *irq)
+{
+  msg_t *msg = nta_incoming_getrequest(irq);
+  lsip_req_t *r = msg ? req_new(a, msg, sip_object(msg)) : NULL;
+  tport_t *tp;
+  if (!r) {
+    if (msg)
+      msg_destroy(msg);
+    return NULL;
+  }
+  r->irq = irq;
+  nta_incoming_bind(irq, irq_callback, (nta_incoming_magic_t *)r);
+  tp = nta_incoming_transport(a->nta, irq, msg);
+  if (tp) {
+    r->tport = tp;                  /* nta_incoming_transport gave us a reference */
+    snprintf(r->transport, sizeof r->transport, "%s", tport_name(tp)->tpn_proto);
+  }
+  luasip_link_add(&a->requests, &r->link);
+  r->dispatching = 1;
+  return &r->m.obj;
+}
+
+lsip_agent_t *luasip_request_agent(lsip_obj_t *obj)
+{
+  return ((lsip_req_t *)obj)->agent;
+}
+
+nta_incoming_t *luasip_request_irq(lsip_obj_t *obj)
+{
+  return ((lsip_req_t *)obj)->irq;
+}
+
+sip_t const *luasip_request_sip(lsip_obj_t *obj)
+{
+  return ((lsip_req_t *)obj)->m.sip;
 }
 
 int luasip_request_ack(lsip_agent_t *a, msg_t *msg, sip_t *sip)

@@ -5,6 +5,7 @@
 --   sip.run()
 local core = require "luasip.core"
 local dispatcher = require "luasip.dispatcher"
+require "luasip.dialog"
 
 local sip = {
   _VERSION = "luasip 0.1.0",

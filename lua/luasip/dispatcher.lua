@@ -112,6 +112,8 @@ local function current(fname)
 end
 M.current = current
 
+local parked = {}
+
 -- Slots: new_slot() in the waiting coroutine, fill(slot, ...) from an event.
 function M.new_slot(fname)
   return { co = current(fname), done = false }
@@ -140,10 +142,14 @@ function M.wait(slot, timeout)
     end
     local c = ctx[slot.co]
     if c then c.slot = slot end
+    -- a parked coroutine is reachable only through what will wake it; requests are not
+    -- anchored by sofia, so keep waiters alive here until their slot is filled
+    parked[slot] = true
     while not slot.done do
       slot.parked = true
       co_yield()
     end
+    parked[slot] = nil
     if c then c.slot = nil end
   end
   return unpack(slot.values, 1, slot.n)
@@ -302,6 +308,9 @@ function events.ack_timeout(inv)
     if inv._ack_slot then M.fill(inv._ack_slot, nil, "timeout", "timeout") end
   end
 end
+
+M.events = events
+M.spawn_for = spawn_for
 
 function M.dispatch(event, a, b)
   local fn = events[event]

@@ -1,0 +1,293 @@
+/* SPDX-License-Identifier: MIT
+ * luasip.dialog: a dialog on an nta leg (RFC 3261 12).  UAS dialogs are made by
+ * req:_dialog() before the 2xx goes out, UAC dialogs by the 2xx of an INVITE sent with
+ * dialog = true.  nta routes in-dialog requests (and the ACK) to the leg callback with a
+ * server transaction already made; we check the remote CSeq, wrap the request and hand
+ * it to the dispatcher.  Requests we send go through nta_msg_request_complete (route
+ * set, target, CSeq) and the ordinary client transaction.  The userdata is anchored while
+ * the leg exists, i.e. until terminate().
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <sofia-sip/sip_status.h>
+#include <sofia-sip/sip_protos.h>
+#include <sofia-sip/su_tag.h>
+#include <sofia-sip/url.h>
+
+#include "luasip.h"
+
+typedef struct lsip_dialog {
+  lsip_obj_t obj;
+  lsip_link_t link;           /* in agent->dialogs while the leg exists */
+  lsip_agent_t *agent;
+  nta_leg_t *leg;
+  uint32_t remote_cseq;
+  unsigned uas:1, have_remote_cseq:1, terminated:1;
+} lsip_dialog_t;
+
+static void dialog_release(lsip_dialog_t *d)
+{
+  if (d->leg) {
+    nta_leg_destroy(d->leg);
+    d->leg = NULL;
+  }
+  luasip_link_del(&d->link);
+  d->terminated = 1;
+}
+
+static void dialog_destroy(lsip_obj_t *obj)
+{
+  lsip_dialog_t *d = (lsip_dialog_t *)obj;
+  dialog_release(d);
+  luasip_freeobj(obj);
+}
+
+void luasip_dialogs_detach(lsip_agent_t *a)
+{
+  while (a->dialogs.next != &a->dialogs) {
+    lsip_dialog_t *d = (lsip_dialog_t *)((char *)a->dialogs.next -
+                                         offsetof(lsip_dialog_t, link));
+    dialog_release(d);
+    d->agent = NULL;
+    luasip_unanchor(luasip_L(), &d->obj);
+    if (!d->obj.born)
+      dialog_destroy(&d->obj);
+  }
+}
+
+static int leg_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *irq,
+                       sip_t const *sip)
+{
+  lsip_dialog_t *d = (lsip_dialog_t *)magic;
+  lsip_obj_t *req;
+  (void)leg;
+  if (!d->agent || d->terminated)
+    return 481;
+  if (sip->sip_request->rq_method == sip_method_ack) {
+    msg_t *msg = nta_incoming_getrequest(irq);
+    if (msg)
+      luasip_request_ack(d->agent, msg, sip_object(msg));
+    nta_incoming_destroy(irq);
+    return 0;
+  }
+  /* RFC 3261 12.2.2: lower than the last remote CSeq is out of order */
+  if (d->have_remote_cseq && sip->sip_cseq->cs_seq < d->remote_cseq)
+    return 500;
+  d->remote_cseq = sip->sip_cseq->cs_seq;
+  d->have_remote_cseq = 1;
+  req = luasip_request_from_irq(d->agent, irq);
+  if (!req)
+    return 500;
+  luasip_bridge("dialog_request", &d->obj, req);
+  luasip_request_dispatched(req);
+  return 0;
+}
+
+static lsip_dialog_t *dialog_alloc(lsip_agent_t *a, int uas)
+{
+  lsip_dialog_t *d = calloc(1, sizeof *d);
+  if (!d)
+    return NULL;
+  luasip_initobj(&d->obj, LUASIP_DIALOG, dialog_destroy);
+  d->agent = a;
+  d->uas = uas;
+  return d;
+}
+
+/* The UAC dialog of an INVITE's 2xx; unborn until Lua asks for it (tx:dialog()). */
+lsip_obj_t *luasip_dialog_uac(lsip_agent_t *a, sip_t const *resp)
+{
+  nta_agent_t *nta = luasip_agent_nta(a);
+  lsip_dialog_t *d = nta ? dialog_alloc(a, 0) : NULL;
+  if (!d)
+    return NULL;
+  d->leg = nta_leg_tcreate(nta, leg_request, (nta_leg_magic_t *)d,
+                           SIPTAG_CALL_ID(resp->sip_call_id),
+                           SIPTAG_FROM(resp->sip_from),
+                           SIPTAG_TO(resp->sip_to),
+                           SIPTAG_CSEQ(resp->sip_cseq),
+                           TAG_END());
+  if (!d->leg) {
+    luasip_freeobj(&d->obj);
+    return NULL;
+  }
+  nta_leg_client_route(d->leg, resp->sip_record_route, resp->sip_contact);
+  luasip_link_add(&a->dialogs, &d->link);
+  return &d->obj;
+}
+
+/* req:_dialog() -> dialog: the UAS dialog of an INVITE not yet answered finally */
+static int req_dialog(lua_State *L)
+{
+  lsip_obj_t *r = luasip_checkobj(L, 1, LUASIP_REQUEST);
+  lsip_agent_t *a = luasip_request_agent(r);
+  nta_incoming_t *irq = luasip_request_irq(r);
+  sip_t const *sip = luasip_request_sip(r);
+  nta_agent_t *nta = a ? luasip_agent_nta(a) : NULL;
+  lsip_dialog_t *d;
+  if (sip->sip_request->rq_method != sip_method_invite)
+    return luaL_error(L, "luasip.request:answer: only an INVITE makes a dialog here");
+  if (!nta || !irq || nta_incoming_status(irq) >= 200)
+    return luasip_fail(L, "request already answered", "answered");
+  d = luasip_newobj(L, sizeof *d, LUASIP_DIALOG, dialog_destroy);
+  d->agent = a;
+  d->uas = 1;
+  d->leg = nta_leg_tcreate(nta, leg_request, (nta_leg_magic_t *)d,
+                           SIPTAG_CALL_ID(sip->sip_call_id),
+                           SIPTAG_FROM(sip->sip_to),
+                           SIPTAG_TO(sip->sip_from),
+                           TAG_END());
+  if (!d->leg)
+    return luasip_fail(L, "cannot create dialog", "memory");
+  nta_leg_tag(d->leg, nta_incoming_tag(irq, NULL));
+  nta_leg_server_route(d->leg, sip->sip_record_route, sip->sip_contact);
+  d->remote_cseq = sip->sip_cseq->cs_seq;
+  d->have_remote_cseq = 1;
+  luasip_link_add(&a->dialogs, &d->link);
+  luasip_anchor(L, &d->obj, -1);
+  return 1;
+}
+
+static lsip_dialog_t *dialog_check(lua_State *L, int idx)
+{
+  return (lsip_dialog_t *)luasip_checkobj(L, idx, LUASIP_DIALOG);
+}
+
+/* dialog:send{ method=, headers=, body=, content_type= } -> client_tx | nil, err, code */
+static int dialog_send(lua_State *L)
+{
+  static const char *const fname = "luasip.dialog:request";
+  lsip_dialog_t *d = dialog_check(L, 1);
+  const char *method_name;
+  sip_method_t method;
+  msg_t *msg;
+  sip_t *sip;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_getfield(L, 2, "method");
+  method_name = lua_tostring(L, -1);
+  if (!method_name)
+    return luaL_error(L, "%s: method must be a string", fname);
+  method = sip_method_code(method_name);
+  if (method == sip_method_invalid || method == sip_method_cancel ||
+      method == sip_method_ack)
+    return luaL_error(L, "%s: cannot send %s this way", fname, method_name);
+  if (d->terminated || !d->leg || !d->agent || d->agent->closed)
+    return luasip_fail(L, "dialog terminated", "terminated");
+  msg = nta_msg_create(d->agent->nta, 0);
+  if (!msg)
+    return luasip_fail(L, "out of memory", "memory");
+  luasip_response_new(L, msg);      /* owns msg while anything below may raise */
+  sip = sip_object(msg);
+  lua_getfield(L, 2, "headers");
+  luasip_add_headers(L, lua_gettop(L), msg, sip, fname);
+  lua_pop(L, 1);
+  luasip_set_body(L, 2, msg, sip, fname);
+  if (!sip->sip_user_agent)
+    sip_add_tl(msg, sip, SIPTAG_USER_AGENT_STR(d->agent->user_agent), TAG_END());
+  if (!sip->sip_contact && (method == sip_method_invite || method == sip_method_update ||
+                            method == sip_method_subscribe || method == sip_method_refer ||
+                            method == sip_method_notify))
+    sip_add_tl(msg, sip,
+               SIPTAG_CONTACT(luasip_agent_contact_for(d->agent, msg_home(msg), NULL, NULL)),
+               TAG_END());
+  /* request line, From/To with tags, Call-ID, next CSeq, Route and target from the leg */
+  if (nta_msg_request_complete(msg, d->leg, method,
+                               method == sip_method_unknown ? method_name : NULL,
+                               NULL) < 0)
+    return luasip_fail(L, "cannot build request", "build");
+  return luasip_client_start(L, d->agent, msg, NULL, 0);
+}
+
+/* dialog:terminate() -> true (idempotent): forget the dialog without sending anything */
+static int dialog_terminate(lua_State *L)
+{
+  lsip_dialog_t *d = dialog_check(L, 1);
+  if (!d->terminated) {
+    dialog_release(d);
+    luasip_unanchor(L, &d->obj);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* dialog:_keep(): anchor a dialog first seen by Lua in an event */
+static int dialog_keep(lua_State *L)
+{
+  lsip_dialog_t *d = dialog_check(L, 1);
+  if (!d->terminated && d->leg)
+    luasip_anchor(L, &d->obj, 1);
+  return 0;
+}
+
+static void push_url(lua_State *L, url_t const *u)
+{
+  char buf[512];
+  issize_t n = u ? url_e(buf, sizeof buf, u) : -1;
+  if (n > 0 && (size_t)n < sizeof buf)
+    lua_pushlstring(L, buf, (size_t)n);
+  else
+    lua_pushnil(L);
+}
+
+static int dialog_fields(lua_State *L)
+{
+  lsip_dialog_t *d = (lsip_dialog_t *)luasip_testobj(L, 1, LUASIP_DIALOG);
+  const char *k = lua_tostring(L, 2);
+  if (!d || !k)
+    return 0;
+  if (!strcmp(k, "role")) {
+    lua_pushstring(L, d->uas ? "uas" : "uac");
+    return 1;
+  }
+  if (!d->leg)
+    return 0;
+  if (!strcmp(k, "local_tag")) {
+    lua_pushstring(L, nta_leg_get_tag(d->leg));
+    return 1;
+  }
+  if (!strcmp(k, "remote_tag")) {
+    lua_pushstring(L, nta_leg_get_rtag(d->leg));
+    return 1;
+  }
+  return 0;
+}
+
+/* dialog:state() -> "confirmed" | "terminated" */
+static int dialog_state(lua_State *L)
+{
+  lsip_dialog_t *d = dialog_check(L, 1);
+  lua_pushstring(L, d->terminated ? "terminated" : "confirmed");
+  return 1;
+}
+
+/* dialog:target() -> remote target URI (Contact of the peer) */
+static int dialog_target(lua_State *L)
+{
+  lsip_dialog_t *d = dialog_check(L, 1);
+  sip_contact_t const *m = NULL;
+  if (!d->leg || nta_leg_get_route(d->leg, NULL, &m) < 0 || !m)
+    return 0;
+  push_url(L, m->m_url);
+  return 1;
+}
+
+static const luaL_Reg dialog_methods[] = {
+  {"send", dialog_send},
+  {"terminate", dialog_terminate},
+  {"state", dialog_state},
+  {"target", dialog_target},
+  {"_keep", dialog_keep},
+  {NULL, NULL}
+};
+
+static const luaL_Reg request_dialog_methods[] = {
+  {"_dialog", req_dialog},
+  {NULL, NULL}
+};
+
+void luasip_dialog_open(lua_State *L)
+{
+  luasip_newclass(L, LUASIP_DIALOG, dialog_methods, dialog_fields);
+  luasip_add_methods(L, LUASIP_REQUEST, request_dialog_methods);
+}

@@ -1,0 +1,96 @@
+local H = require "spec.helper"
+local sip = H.sip
+
+describe("luasip.dialog", function()
+  local uas, uac
+  before_each(function() uas, uac = H.agent(), H.agent() end)
+  after_each(function() H.close_agents() end)
+
+  local SDP_A = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=a\r\n"
+  local SDP_B = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=b\r\n"
+
+  it("sets up a call both ways: answer waits for the ACK, invite returns the dialog", function()
+    local server
+    uas:on("INVITE", function(req)
+      server = assert(req:answer{ body = SDP_A, content_type = "application/sdp" })
+      server:wait_end(5)
+    end)
+    local d, res = H.run(function() return uac:invite{ uri = uas:uri("bob"), body = SDP_B } end)
+    assert.equal(200, res.status)
+    assert.equal(SDP_A, res.body)
+    H.run_until(function() return server end)
+    assert.equal("uac", d.role)
+    assert.equal("uas", server.role)
+    assert.equal(d.local_tag, server.remote_tag)
+    assert.equal(d.remote_tag, server.local_tag)
+    assert.equal(uas:contact(), d:target())
+    assert.equal(uac:contact(), server:target())
+    assert.equal(SDP_B, server.remote_sdp)
+    assert.equal("confirmed", d:state())
+    H.run(function() assert.is_true(d:bye()) end)
+    assert.equal("terminated", d:state())
+    H.run_until(function() return server:state() == "terminated" end)
+  end)
+
+  it("carries INFO both ways and answers INFO with no listener 200", function()
+    local server, got = nil, {}
+    uas:on("INVITE", function(req)
+      server = assert(req:answer())
+      server:on("INFO", function(r, dd)
+        got[#got + 1] = r.body .. " " .. tostring(dd == server)
+        r:reply(200, "Server Got It")
+      end)
+    end)
+    local d = H.run(function() return assert(uac:invite{ uri = uas:uri("x") }) end)
+    H.run_until(function() return server end)
+    local r1 = H.run(function() return d:request("INFO", { body = "ping", content_type = "text/plain" }) end)
+    assert.equal("Server Got It", r1.reason)
+    assert.same({ "ping true" }, got)
+    local r2 = H.run(function() return server:request("INFO", { body = "pong", content_type = "text/plain" }) end)
+    assert.equal(200, r2.status)
+    H.run(function() d:bye() end)
+  end)
+
+  it("refreshes the session with a re-INVITE, answered with the current SDP by default", function()
+    local server
+    uas:on("INVITE", function(req) server = assert(req:answer{ body = SDP_A, content_type = "application/sdp" }) end)
+    local d = H.run(function() return assert(uac:invite{ uri = uas:uri("x"), body = SDP_B }) end)
+    local res = H.run(function() return d:request("INVITE", { body = SDP_B, content_type = "application/sdp" }) end)
+    assert.equal(200, res.status)
+    assert.equal(SDP_A, res.body)
+    server:on("INVITE", function(req) req:reply(488) end)
+    local _, err, code = H.run(function() return d:request("INVITE", { body = SDP_B, content_type = "application/sdp" }) end)
+    assert.equal(488, code)
+    assert.matches("^488", err)
+    assert.equal("confirmed", d:state())
+    H.run(function() d:bye() end)
+  end)
+
+  it("ends on a BYE from the callee and wakes what waits on the dialog", function()
+    local server
+    uas:on("INVITE", function(req)
+      server = assert(req:answer())
+      sip.sleep(0.1)
+      assert.is_true(server:bye())
+    end)
+    local reason = H.run(function()
+      local d = assert(uac:invite{ uri = uas:uri("x") })
+      return d:wait_end(5)
+    end)
+    assert.equal("remote bye", reason)
+    local _, err = H.run(function() return server:request("INFO") end)
+    assert.equal("dialog terminated", err)
+  end)
+
+  it("answers 500 to an in-dialog request with a lower CSeq", function()
+    uas:on("INVITE", function(req) assert(req:answer()) end)
+    local d, res = H.run(function() return assert(uac:invite{ uri = uas:uri("x") }) end)
+    assert.equal(200, H.run(function() return d:request("INFO") end).status)
+    local _, _, code = H.run(function()
+      return uac:request{ method = "INFO", uri = uas:contact(), headers = {
+        ["Call-ID"] = res.call_id, From = res.from.value, To = res.to.value, CSeq = "1 INFO" } }
+    end)
+    assert.equal(500, code)
+    H.run(function() d:bye() end)
+  end)
+end)
