@@ -154,7 +154,7 @@ static void push_addr(lua_State *L, sip_addr_t const *a)
     return;
   }
   lua_newtable(L);
-  if (a->a_display) {
+  if (a->a_display && a->a_display[0]) {
     push_display(L, a->a_display);
     lua_setfield(L, -2, "display");
   }
@@ -200,7 +200,7 @@ static void push_contacts(lua_State *L, sip_contact_t const *m)
       lua_pushboolean(L, 1);
       lua_setfield(L, -2, "star");
     }
-    if (m->m_display) {
+    if (m->m_display && m->m_display[0]) {
       push_display(L, m->m_display);
       lua_setfield(L, -2, "display");
     }

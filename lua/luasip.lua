@@ -185,4 +185,15 @@ function req_methods.on_cancel(self, fn)
   return old
 end
 
+-- registrar and location (lua/luasip/registrar.lua) ---------------------------------
+-- registrar{...} -> handler, location;  location{ store = } -> location;
+-- store.memory{...} -> store (DESIGN D10: the embedded default store)
+local registrar = require "luasip.registrar"
+local location = require "luasip.location"
+local memory_store = require "luasip.store.memory"
+sip.registrar = registrar.new
+sip.location = location.new
+sip.store = { memory = memory_store.new }
+-- end of registrar and location -------------------------------------------------------
+
 return sip

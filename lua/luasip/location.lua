@@ -1,0 +1,275 @@
+-- luasip.location: the location service -- bindings of addresses-of-record (AOR) to
+-- contact addresses, kept in a store (luasip.store.memory by default; any store with the
+-- same interface, e.g. Redis, will do).  One store key per AOR holds a serialisable record
+-- { aor =, bindings = { binding... } } whose store TTL is its longest binding's.
+-- A binding: { uri =, q = (nil: none given), expires_at = (store clock), call_id =,
+-- cseq =, path = {"<sip:...>"...} | nil, source = {address =, port =, transport =},
+-- user_agent =, instance = "urn:...", reg_id =, params = {}, registered_at =, updated_at = }.
+-- Also the URI helpers of RFC 3261 19.1.4 used by the registrar: parse, AOR canonical
+-- form (10.3 step 5) and URI equality.
+local memory = require "luasip.store.memory"
+
+local M = {}
+
+-- ------------------------------------------------------------------ URIs
+
+local function unescape(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- characters a SIP user part may carry unescaped (RFC 3261 25.1: unreserved and
+-- user-unreserved); everything else is %HH-escaped in the canonical form
+local function escape_user(s)
+  return (s:gsub("[^%w%-_%.!~%*'%(%)&=%+%$,;%?/]", function(c)
+    return ("%%%02X"):format(c:byte())
+  end))
+end
+
+-- parse(uri) -> { scheme, user, password, host, port, params = {name = value | true},
+--   headers = {name = value} } | nil, err.  Names and host lowercased, %HH unescaped
+--   (the user part keeps its case).  Non-SIP URIs: { scheme, opaque }.
+function M.parse_uri(s)
+  if type(s) ~= "string" then return nil, "URI expected" end
+  s = s:match("^%s*<?(.-)>?%s*$")
+  local scheme, rest = s:match("^([%a][%w%+%-%.]*):(.+)$")
+  if not scheme then return nil, "not a URI" end
+  scheme = scheme:lower()
+  if scheme ~= "sip" and scheme ~= "sips" then
+    return { scheme = scheme, opaque = unescape(rest):lower() }
+  end
+  local u = { scheme = scheme, params = {}, headers = {} }
+  local at = rest:find("@", 1, true)
+  if at then
+    local userinfo = rest:sub(1, at - 1)
+    rest = rest:sub(at + 1)
+    local user, password = userinfo:match("^([^:]*):(.*)$")
+    u.user = unescape(user or userinfo)
+    u.password = password and unescape(password)
+  end
+  local host, after
+  if rest:sub(1, 1) == "[" then
+    host, after = rest:match("^(%[[^%]]*%])(.*)$")
+  else
+    host, after = rest:match("^([^:;%?]*)(.*)$")
+  end
+  if not host or host == "" then return nil, "no host in URI" end
+  u.host = unescape(host):lower()
+  local port
+  port, after = after:match("^:?(%d*)(.*)$")
+  if port ~= "" then u.port = tonumber(port) end
+  local params, headers = after:match("^([^%?]*)%??(.*)$")
+  if params:sub(1, 1) ~= ";" and params ~= "" then return nil, "bad URI after host" end
+  for p in params:gmatch("[^;]+") do
+    local k, v = p:match("^([^=]*)=(.*)$")
+    if k then u.params[unescape(k):lower()] = unescape(v):lower()
+    else u.params[unescape(p):lower()] = true end
+  end
+  for h in headers:gmatch("[^&]+") do
+    local k, v = h:match("^([^=]*)=(.*)$")
+    u.headers[unescape(k or h):lower()] = unescape(v or "")
+  end
+  return u
+end
+
+-- aor(uri | parts) -> canonical AOR "scheme:user@host[:port]" | nil, err
+-- RFC 3261 10.3 step 5: parameters removed, escapes undone (re-escaped where needed),
+-- scheme and host in lower case.  parts is a table as req.ruri.
+function M.aor(uri)
+  local u, err
+  if type(uri) == "table" then
+    u = { scheme = uri.scheme and uri.scheme:lower(), user = uri.user,
+      host = uri.host and uri.host:lower(), port = uri.port }
+    if u.user then u.user = unescape(u.user) end
+  else
+    u, err = M.parse_uri(uri)
+    if not u then return nil, err end
+  end
+  if u.scheme ~= "sip" and u.scheme ~= "sips" then
+    return nil, "an address-of-record must be a sip: or sips: URI"
+  end
+  if not u.host or u.host == "" then return nil, "no host in URI" end
+  return u.scheme .. ":" .. (u.user and u.user ~= "" and escape_user(u.user) .. "@" or "")
+    .. u.host .. (u.port and ":" .. u.port or "")
+end
+
+local ONLY_ONE_NEVER_MATCHES = { user = true, ttl = true, method = true, maddr = true }
+
+-- uri_equal(a, b) -> boolean: URI equality of RFC 3261 19.1.4
+function M.uri_equal(a, b)
+  local x, y = M.parse_uri(a), M.parse_uri(b)
+  if not x or not y then return a == b end
+  if x.scheme ~= y.scheme then return false end
+  if x.opaque or y.opaque then return x.opaque == y.opaque end
+  if x.user ~= y.user or x.password ~= y.password or x.host ~= y.host
+    or x.port ~= y.port then
+    return false
+  end
+  for k, v in pairs(x.params) do
+    local w = y.params[k]
+    if w == nil then
+      if ONLY_ONE_NEVER_MATCHES[k] then return false end
+    elseif w ~= v then
+      return false
+    end
+  end
+  for k in pairs(y.params) do
+    if x.params[k] == nil and ONLY_ONE_NEVER_MATCHES[k] then return false end
+  end
+  for k, v in pairs(x.headers) do
+    if y.headers[k] ~= v then return false end
+  end
+  for k in pairs(y.headers) do
+    if x.headers[k] == nil then return false end
+  end
+  return true
+end
+
+-- ------------------------------------------------------------------ location
+
+local Location = {}
+Location.__index = Location
+
+-- location{ store = (memory store), prefix = "location:" } -> location
+function M.new(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("luasip.location: options table expected", 2) end
+  local store = opts.store or memory.new()
+  if type(store) ~= "table" or type(store.update) ~= "function"
+    or type(store.get) ~= "function" then
+    error("luasip.location: store must be a luasip store (get, set, del, update, keys)", 2)
+  end
+  local prefix = opts.prefix or "location:"
+  if type(prefix) ~= "string" then error("luasip.location: prefix must be a string", 2) end
+  return setmetatable({ store = store, prefix = prefix }, Location)
+end
+
+local function key_of(self, aor, fname)
+  local canon, err = M.aor(aor)
+  if not canon then error(fname .. ": bad address-of-record (" .. tostring(err) .. ")", 3) end
+  return self.prefix .. canon, canon
+end
+
+-- live bindings of a record at time now, sorted: q descending (no q counts as 1), then the
+-- most recently updated first
+local function live(record, now)
+  local list, expired = {}, false
+  for _, b in ipairs(record and record.bindings or {}) do
+    if b.expires_at > now then list[#list + 1] = b else expired = true end
+  end
+  table.sort(list, function(x, y)
+    local qx, qy = x.q or 1, y.q or 1
+    if qx ~= qy then return qx > qy end
+    if x.updated_at ~= y.updated_at then return x.updated_at > y.updated_at end
+    return x.uri < y.uri
+  end)
+  return list, expired
+end
+
+-- a shallow copy of binding b with `expires` = the seconds it has left
+local function with_remaining(b, now)
+  local c = {}
+  for k, v in pairs(b) do c[k] = v end
+  c.expires = math.ceil(b.expires_at - now - 1e-6)
+  return c
+end
+
+-- writes bindings back as the record, or deletes it when none is left
+local function record_of(aor, list, now)
+  if #list == 0 then return nil end
+  local last = now
+  for _, b in ipairs(list) do if b.expires_at > last then last = b.expires_at end end
+  return { aor = aor, bindings = list }, math.max(last - now, 0.001)
+end
+
+-- location:update(aor, fn) -> bindings | nil, err, code
+-- Atomic read-modify-write of an AOR's bindings: fn(bindings, now) gets the live ones
+-- (sorted, expired ones purged) and returns the new list, or nil, reason, status to leave
+-- them unchanged (update then returns nil, reason, status).  fn must not yield and may run
+-- more than once.  Returns the bindings now stored, with `expires` set to what remains.
+function Location:update(aor, fn)
+  local key, canon = key_of(self, aor, "luasip.location:update")
+  if type(fn) ~= "function" then error("luasip.location:update: function expected", 2) end
+  local result, abort
+  local ok, err, code = self.store:update(key, function(record, now)
+    local list = live(record, now)
+    local new, reason, status = fn(list, now)
+    if new == nil then
+      abort = { reason or "update refused", status or 500 }
+      return false
+    end
+    abort = nil
+    local rec, ttl = record_of(canon, new, now)
+    result = {}
+    for i, b in ipairs((live(rec, now))) do result[i] = with_remaining(b, now) end
+    return rec, ttl
+  end)
+  if not ok then return nil, err, code end
+  if abort then return nil, abort[1], abort[2] end
+  return result
+end
+
+-- location:bindings(aor) -> list of bindings (live, sorted, with `expires` remaining)
+function Location:bindings(aor)
+  local key = key_of(self, aor, "luasip.location:bindings")
+  local record, err, code = self.store:get(key)
+  if record == nil and err then return nil, err, code end
+  local now = self.store:now()
+  local list, expired = live(record, now)
+  if expired then
+    -- purge what has expired (unless a writer got there first)
+    local ok, perr, pcode = self:update(aor, function(l) return l end)
+    if not ok then return nil, perr, pcode end
+  end
+  for i, b in ipairs(list) do list[i] = with_remaining(b, now) end
+  return list
+end
+
+-- location:lookup(aor) -> list of targets { uri, q, path, source, expires, instance,
+--   reg_id, user_agent, aor }, highest q first; {} when nobody is registered
+function Location:lookup(aor)
+  local list, err, code = self:bindings(aor)
+  if not list then return nil, err, code end
+  local canon = M.aor(aor)
+  local targets = {}
+  for i, b in ipairs(list) do
+    targets[i] = { uri = b.uri, q = b.q or 1, path = b.path, source = b.source,
+      expires = b.expires, instance = b.instance, reg_id = b.reg_id,
+      user_agent = b.user_agent, aor = canon }
+  end
+  return targets
+end
+
+-- location:remove(aor [, contact]) -> number of bindings removed | nil, err, code
+function Location:remove(aor, contact)
+  if contact ~= nil and type(contact) ~= "string" then
+    error("luasip.location:remove: contact must be a URI string", 2)
+  end
+  local n = 0
+  local ok, err, code = self:update(aor, function(list)
+    n = 0
+    local keep = {}
+    for _, b in ipairs(list) do
+      if contact == nil or M.uri_equal(b.uri, contact) then n = n + 1
+      else keep[#keep + 1] = b end
+    end
+    return keep
+  end)
+  if not ok then return nil, err, code end
+  return n
+end
+
+-- location:aors() -> sorted list of the AORs that have bindings
+function Location:aors()
+  local keys, err, code = self.store:keys(self.prefix)
+  if not keys then return nil, err, code end
+  local list = {}
+  for i, k in ipairs(keys) do list[i] = k:sub(#self.prefix + 1) end
+  return list
+end
+
+-- location:aor(uri) -> canonical AOR | nil, err
+function Location.aor(_, uri)
+  return M.aor(uri)
+end
+
+return M

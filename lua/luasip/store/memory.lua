@@ -1,0 +1,161 @@
+-- luasip.store.memory: the embedded store (DESIGN D10), plain Lua tables in this process.
+-- Every store (memory, and later Redis) has the same interface; its functions may yield,
+-- so callers run in luasip coroutines.  Values are serialisable tables (strings, numbers,
+-- booleans, nested tables): they are copied in and out, never shared with the caller.
+--   store:now() -> seconds on the store's clock (expiry times are on this clock)
+--   store:get(key) -> value | nil
+--   store:set(key, value [, ttl]) -> true
+--   store:del(key) -> true
+--   store:update(key, fn) -> true: atomic read-modify-write; fn(value | nil, now) returns
+--     value [, ttl] to write, nil to delete, false to leave the key as it is.  fn must not
+--     yield and may run more than once (a Redis store retries it on a conflict).
+--   store:keys(prefix) -> sorted list of the live keys that start with prefix
+--   store:purge() -> number of expired keys dropped;  store:close() -> true
+-- Runtime failures (a server gone) return nil, message, code; misuse raises.
+-- Expired keys vanish on access; a sweep of the whole table runs at most every
+-- sweep_interval seconds, on a write, so no timer is needed.
+local core = require "luasip.core"
+
+local M = {}
+
+local Store = {}
+Store.__index = Store
+
+local MAX_DEPTH = 32
+
+-- copy(v) -> deep copy of a serialisable value; raises on anything else
+local function copy(v, fname, depth)
+  local t = type(v)
+  if t == "string" or t == "number" or t == "boolean" then return v end
+  if t ~= "table" then
+    error(fname .. ": values must be strings, numbers, booleans or tables, got " .. t, 4)
+  end
+  if depth > MAX_DEPTH then error(fname .. ": value nested too deep (a cycle?)", 4) end
+  local c = {}
+  for k, x in pairs(v) do
+    local kt = type(k)
+    if kt ~= "string" and kt ~= "number" then
+      error(fname .. ": table keys must be strings or numbers, got " .. kt, 4)
+    end
+    c[k] = copy(x, fname, depth + 1)
+  end
+  return c
+end
+
+local function check_key(key, fname)
+  if type(key) ~= "string" then error(fname .. ": key must be a string", 3) end
+end
+
+local function check_ttl(ttl, fname)
+  if ttl ~= nil and (type(ttl) ~= "number" or ttl <= 0) then
+    error(fname .. ": ttl must be a number of seconds > 0", 3)
+  end
+end
+
+-- memory{ clock = fn() -> seconds (default sip.now), sweep_interval = 60 } -> store
+function M.new(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("luasip.store.memory: options table expected", 2) end
+  if opts.clock ~= nil and type(opts.clock) ~= "function" then
+    error("luasip.store.memory: clock must be a function", 2)
+  end
+  local sweep = opts.sweep_interval or 60
+  if type(sweep) ~= "number" or sweep < 0 then
+    error("luasip.store.memory: sweep_interval must be a number >= 0", 2)
+  end
+  local clock = opts.clock or core.now
+  return setmetatable({
+    _data = {}, _expires = {}, _clock = clock, _sweep = sweep, _swept = clock(),
+  }, Store)
+end
+
+function Store:now()
+  return self._clock()
+end
+
+-- live(key, now) -> the stored value (not a copy) or nil; drops it if expired
+local function live(self, key, now)
+  local exp = self._expires[key]
+  if exp and exp <= now then
+    self._data[key], self._expires[key] = nil, nil
+    return nil
+  end
+  return self._data[key]
+end
+
+function Store:purge()
+  local now, n = self._clock(), 0
+  for key, exp in pairs(self._expires) do
+    if exp <= now then
+      self._data[key], self._expires[key] = nil, nil
+      n = n + 1
+    end
+  end
+  self._swept = now
+  return n
+end
+
+local function write(self, key, value, ttl, now)
+  self._data[key] = value
+  self._expires[key] = ttl and now + ttl or nil
+  if now - self._swept >= self._sweep then self:purge() end
+end
+
+function Store:get(key)
+  check_key(key, "luasip.store:get")
+  local v = live(self, key, self._clock())
+  if v == nil then return nil end
+  return copy(v, "luasip.store:get", 1)
+end
+
+function Store:set(key, value, ttl)
+  check_key(key, "luasip.store:set")
+  check_ttl(ttl, "luasip.store:set")
+  if value == nil then error("luasip.store:set: value expected (use store:del)", 2) end
+  write(self, key, copy(value, "luasip.store:set", 1), ttl, self._clock())
+  return true
+end
+
+function Store:del(key)
+  check_key(key, "luasip.store:del")
+  self._data[key], self._expires[key] = nil, nil
+  return true
+end
+
+function Store:update(key, fn)
+  check_key(key, "luasip.store:update")
+  if type(fn) ~= "function" then error("luasip.store:update: function expected", 2) end
+  local now = self._clock()
+  local old = live(self, key, now)
+  if old ~= nil then old = copy(old, "luasip.store:update", 1) end
+  local new, ttl = fn(old, now)
+  if new == false then return true end
+  if new == nil then
+    self._data[key], self._expires[key] = nil, nil
+    return true
+  end
+  check_ttl(ttl, "luasip.store:update")
+  write(self, key, copy(new, "luasip.store:update", 1), ttl, now)
+  return true
+end
+
+function Store:keys(prefix)
+  if prefix ~= nil and type(prefix) ~= "string" then
+    error("luasip.store:keys: prefix must be a string", 2)
+  end
+  prefix = prefix or ""
+  local now, list = self._clock(), {}
+  for key in pairs(self._data) do
+    if key:sub(1, #prefix) == prefix and live(self, key, now) ~= nil then
+      list[#list + 1] = key
+    end
+  end
+  table.sort(list)
+  return list
+end
+
+function Store:close()
+  return true
+end
+
+return M
