@@ -2,7 +2,8 @@
 --[[ uas.lua — a SIP endpoint (UAS) that answers every SIP method the way the RFCs say.
   OPTIONS 200 with Allow/Accept/Supported; MESSAGE 200 (prints the body); INVITE 180 then
   200 with an SDP answer (Request-URI user "ring": rings 10 s first, so it can be
-  cancelled); ACK, BYE, INFO, UPDATE, PRACK, NOTIFY 200; REGISTER 200 echoing the
+  cancelled), then the call is a dialog (BYE, INFO, re-INVITE in it are answered);
+  INFO, UPDATE, PRACK, NOTIFY 200; REGISTER 200 echoing the
   Contacts with their expires; SUBSCRIBE 200 with Expires; PUBLISH 200 with SIP-ETag;
   REFER 202.
 Usage: lua examples/uas.lua [host:port]     (default 127.0.0.1:5060; [::1]:5060 for IPv6)
@@ -63,13 +64,15 @@ app:on("INVITE", function(req)
     local _, err = sip.sleep(10)
     if err == "cancelled" then return log("INVITE cancelled by the caller") end
   end
-  req:reply(200, { body = sdp_answer(), content_type = "application/sdp" })
-  local ack, err = req:wait_ack()
-  log(ack and "call established" or ("no ACK: " .. tostring(err)))
+  local call, err = req:answer{ body = sdp_answer(), content_type = "application/sdp" }
+  if not call then return log("no ACK: " .. tostring(err)) end
+  log("call established with", req.from.uri)
+  call:on("INFO", function(r) log("INFO in call:", r.body or ""); r:reply(200) end)
+  log("call ended:", call:wait_end())
 end)
 
-app:on("ACK", function(req) log("ACK", req.uri) end)
-for _, m in ipairs{ "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY" } do app:on(m, ok) end
+-- out of dialog (in-dialog ones go to the call; stray ones get 481 from the core)
+for _, m in ipairs{ "INFO", "UPDATE", "PRACK", "NOTIFY" } do app:on(m, ok) end
 
 app:on("REGISTER", function(req)
   local scheme = req.to.uri:match("^(%a+):")

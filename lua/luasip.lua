@@ -72,6 +72,13 @@ function sip.agent(opts)
   if not a then return nil, err, code end
   a._handlers = {}
   a._supported = {}
+  -- in-dialog requests matching no dialog: "481" (RFC 3261 12.2.2) or "handler" (the
+  -- method's handler sees them: proxies and stateless applications)
+  a._in_dialog = opts.in_dialog or "481"
+  if a._in_dialog ~= "481" and a._in_dialog ~= "handler" then
+    a:close()
+    error('luasip.agent: in_dialog must be "481" or "handler"', 2)
+  end
   for _, tag in ipairs(opts.supported or {}) do a._supported[tag:lower()] = true end
   return a
 end

@@ -93,4 +93,20 @@ describe("luasip.dialog", function()
     assert.equal(500, code)
     H.run(function() d:bye() end)
   end)
+
+  it("answers 481 to an in-dialog request for an unknown dialog, or hands it over when asked", function()
+    uas:on("BYE", function(req) req:reply(200, "Handler") end)
+    local headers = { From = "<sip:a@127.0.0.1>;tag=a1", To = "<sip:b@127.0.0.1>;tag=nope" }
+    local _, err, code = H.run(function()
+      return uac:request{ method = "BYE", uri = uas:contact(), headers = headers }
+    end)
+    assert.equal(481, code)
+    assert.equal("481 Call/Transaction Does Not Exist", err)
+    local open = H.agent{ in_dialog = "handler" }
+    open:on("BYE", function(req) req:reply(200, "Handler") end)
+    local res = H.run(function()
+      return uac:request{ method = "BYE", uri = open:contact(), headers = headers }
+    end)
+    assert.equal("Handler", res.reason)
+  end)
 end)

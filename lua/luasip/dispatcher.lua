@@ -222,6 +222,10 @@ local function on_request(req)
   if scheme ~= "sip" and scheme ~= "sips" then
     return req:reply(416, "Unsupported URI Scheme", { stateless = true })
   end
+  -- RFC 3261 12.2.2: a request with a To tag that matches no dialog of ours
+  if req.to_tag and agent._in_dialog == "481" then
+    return req:reply(481, "Call/Transaction Does Not Exist", { stateless = true })
+  end
   if method ~= "CANCEL" then
     local unsupported, supported = {}, agent._supported
     for _, tag in ipairs(tags_of(req:headers("Require"))) do
