@@ -10,6 +10,7 @@
 
 #include <sofia-sip/nta_tport.h>
 #include <sofia-sip/tport.h>
+#include <sofia-sip/tport_tag.h>
 #include <sofia-sip/sip_status.h>
 #include <sofia-sip/sip_protos.h>
 #include <sofia-sip/su_tag.h>
@@ -146,6 +147,9 @@ int luasip_agent_new(lua_State *L)
                             NTATAG_MERGE_482(1),
                             NTATAG_TAG_3261(1),
                             NTATAG_CANCEL_2543(0),
+                            /* bursts of calls overflow the kernel's default ~200 KB */
+                            TPTAG_UDP_RMEM(4 * 1024 * 1024),
+                            TPTAG_UDP_WMEM(1024 * 1024),
                             TAG_END());
   if (!a->nta) {
     a->closed = 1;
@@ -156,7 +160,9 @@ int luasip_agent_new(lua_State *L)
     const char *u;
     lua_rawgeti(L, -2, i);
     u = lua_tostring(L, -1);
-    if (nta_agent_add_tport(a->nta, (url_string_t const *)u, TAG_END()) < 0) {
+    if (nta_agent_add_tport(a->nta, (url_string_t const *)u,
+                            TPTAG_UDP_RMEM(4 * 1024 * 1024), TPTAG_UDP_WMEM(1024 * 1024),
+                            TAG_END()) < 0) {
       nta_agent_destroy(a->nta);
       a->nta = NULL;
       a->closed = 1;

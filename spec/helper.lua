@@ -88,7 +88,8 @@ H.shquote = shquote
 
 -- background(argv, max_seconds) -> proc: runs a command (list of words) in the
 -- background, bounded by timeout(1).  proc:done() -> exit code or nil; proc:log();
--- proc:kill().  Always kill in `finally`.
+-- proc:kill().  Always kill in `finally` (busted keeps only the last finally of a test:
+-- one finally must stop every process the test started).
 function H.background(argv, max_seconds)
   local dir = os.tmpname()
   os.remove(dir)
@@ -118,7 +119,12 @@ function H.background(argv, max_seconds)
     local f = io.open(dir .. "/pid")
     local pid = f and f:read("*l")
     if f then f:close() end
-    if pid and not p.done() then os.execute("pkill -TERM -P " .. pid .. " 2>/dev/null") end
+    if pid and not p.done() then
+      os.execute("pkill -TERM -P " .. pid .. " 2>/dev/null")
+      -- the wrapper shell still writes rc after its child ends: wait for it (bounded)
+      local t0 = sip.now()
+      while not p.done() and sip.now() - t0 < 3 do os.execute("sleep 0.05") end
+    end
     os.execute("rm -rf " .. shquote(dir))
   end
   return p

@@ -1,0 +1,100 @@
+-- sipp as a peer for specs: runs a scenario of spec/peers/sipp/ (or a built-in one) in
+-- the background on 127.0.0.1, bounded in time, with its error and message traces kept
+-- in a temporary directory for failure reports.  Stop every process with S.stop.
+local H = require "spec.helper"
+
+local S = {}
+
+local DIR = "spec/peers/sipp/"
+
+-- available() -> true if a sipp binary is on PATH
+function S.available()
+  local r = os.execute("command -v sipp >/dev/null 2>&1")
+  return r == true or r == 0
+end
+
+-- udp_bound(port) -> true if something is bound to UDP 127.0.0.1:port (reads /proc)
+function S.udp_bound(port)
+  local f = io.open("/proc/net/udp")
+  if not f then return false end
+  local needle = (" 0100007F:%04X "):format(port)
+  local s = f:read("*a")
+  f:close()
+  return s:find(needle, 1, true) ~= nil
+end
+
+local function slurp(path)
+  local f = io.open(path)
+  if not f then return "" end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- run{ scenario = name in spec/peers/sipp/ | sn = built-in name, target = "host:port"
+--      (UAC) | nil (UAS), port = local SIP port (default: OS-chosen), calls = 1,
+--      extra = {args...}, timeout = 15 } -> proc (see H.background) with proc.port,
+--      proc.report() (exit code, output, error and message traces)
+function S.run(o)
+  local port = o.port or H.free_port()
+  local timeout = o.timeout or 15
+  local argv = o.scenario and { "sipp", "-sf", DIR .. o.scenario .. ".xml" }
+    or { "sipp", "-sn", assert(o.sn, "scenario or sn") }
+  local traces = os.tmpname()
+  os.remove(traces)
+  assert(os.execute("mkdir -p " .. H.shquote(traces)))
+  for _, w in ipairs{ "-i", "127.0.0.1", "-p", tostring(port),
+    "-mp", tostring(H.free_port()), "-m", tostring(o.calls or 1), "-nostdin",
+    "-timeout", tostring(timeout), "-timeout_error",
+    "-trace_err", "-error_file", traces .. "/errors.log",
+    "-trace_msg", "-message_file", traces .. "/messages.log" } do
+    argv[#argv + 1] = w
+  end
+  for _, w in ipairs(o.extra or {}) do argv[#argv + 1] = w end
+  argv[#argv + 1] = o.target
+  local p = H.background(argv, timeout + 5)
+  p.port = port
+  local kill = p.kill
+  function p.kill()
+    kill()
+    os.execute("rm -rf " .. H.shquote(traces))
+  end
+  function p.messages() return slurp(traces .. "/messages.log") end
+  function p.report()
+    return ("sipp exit code %s\n--- output\n%s\n--- errors\n%s\n--- messages\n%s")
+      :format(tostring(p.done()), p.log(), slurp(traces .. "/errors.log"), p.messages())
+  end
+  return p
+end
+
+-- stop(proc): stops a background process (H.background) and waits (bounded) for its end
+-- before proc.kill removes its directory, so that the exit code it writes cannot
+-- recreate the directory's contents behind rm -rf
+function S.stop(p)
+  if p.done() == nil then
+    local f = io.open(p.dir .. "/pid")
+    local pid = f and f:read("*l")
+    if f then f:close() end
+    if pid and pid:match("^%d+$") then
+      os.execute("pkill -TERM -P " .. pid .. " 2>/dev/null")
+      pcall(H.run_until, function() return p.done() ~= nil end, 5, "process end")
+    end
+  end
+  p.kill()
+end
+
+-- wait(proc [, timeout=20]) -> exit code, after stepping the luasip loop until it ends
+function S.wait(p, timeout)
+  H.run_until(function() return p.done() ~= nil end, timeout or 20, "sipp exit")
+  return p.done()
+end
+
+-- wait_bound(proc [, timeout=5]): steps the loop until proc's UDP port is bound
+function S.wait_bound(p, timeout)
+  H.run_until(function() return p.done() ~= nil or S.udp_bound(p.port) end, timeout or 5,
+    "UDP port " .. p.port .. " bound")
+  assert(p.done() == nil, "exited before binding its port\n" .. (p.report and p.report()
+    or p.log()))
+end
+
+return S
