@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include <sofia-sip/su_log.h>
+#include <sofia-sip/su_md5.h>
 
 #include "luasip.h"
 
@@ -86,6 +87,37 @@ void luasip_freeobj(lsip_obj_t *obj)
 {
   (*count_of(obj->tname))--;
   free(obj);
+}
+
+/* md5(s) -> lowercase hex digest (for digest authentication, RFC 2617) */
+static int core_md5(lua_State *L)
+{
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  su_md5_t ctx;
+  char hex[2 * SU_MD5_DIGEST_SIZE + 1];
+  su_md5_init(&ctx);
+  su_md5_update(&ctx, s, n);
+  su_md5_hexdigest(&ctx, hex);
+  su_md5_deinit(&ctx);
+  lua_pushlstring(L, hex, 2 * SU_MD5_DIGEST_SIZE);
+  return 1;
+}
+
+/* random_hex(nbytes) -> hex string of nbytes random bytes (nonces, tags, ETags) */
+static int core_random_hex(lua_State *L)
+{
+  lua_Integer n = luaL_checkinteger(L, 1);
+  unsigned char buf[64];
+  char hex[129];
+  int i;
+  if (n < 1 || n > 64)
+    return luaL_argerror(L, 1, "luasip.random_hex: 1-64 bytes");
+  su_randmem(buf, (size_t)n);
+  for (i = 0; i < n; i++)
+    snprintf(hex + 2 * i, 3, "%02x", buf[i]);
+  lua_pushlstring(L, hex, (size_t)(2 * n));
+  return 1;
 }
 
 /* stats() -> { ["luasip.request"] = live count, ... } */
@@ -444,6 +476,8 @@ static const luaL_Reg core_funcs[] = {
   {"agent", luasip_agent_new},
   {"methods", core_methods},
   {"stats", core_stats},
+  {"md5", core_md5},
+  {"random_hex", core_random_hex},
   {NULL, NULL}
 };
 

@@ -19,6 +19,8 @@ local sip = {
   log = dispatcher.log,
   set_logger = dispatcher.set_logger,
   stats = core.stats,
+  md5 = core.md5,
+  random_hex = core.random_hex,
   methods = {
     "INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "SUBSCRIBE", "NOTIFY",
     "PUBLISH", "REFER", "INFO", "UPDATE", "PRACK", "MESSAGE",
