@@ -82,6 +82,7 @@ static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg,
 static void agent_free_nta(lsip_agent_t *a)
 {
   if (a->nta) {
+    luasip_proxies_detach(a);
     luasip_requests_detach(a);
     luasip_clients_detach(a);
     luasip_dialogs_detach(a);
@@ -125,6 +126,7 @@ int luasip_agent_new(lua_State *L)
   a->requests.next = a->requests.prev = &a->requests;
   a->clients.next = a->clients.prev = &a->clients;
   a->dialogs.next = a->dialogs.prev = &a->dialogs;
+  a->proxies.next = a->proxies.prev = &a->proxies;
   lua_getfield(L, 1, "user_agent");
   a->user_agent = su_strdup(a->home, lua_isstring(L, -1) ? lua_tostring(L, -1)
                             : "luasip/" LUASIP_VERSION);

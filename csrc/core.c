@@ -548,6 +548,7 @@ int luaopen_luasip_core(lua_State *L)
     luasip_request_open(L);
     luasip_client_open(L);
     luasip_dialog_open(L);
+    luasip_proxy_open(L);
   }
   lua_pop(L, 1);
   luasip_newlib(L, core_funcs);

@@ -139,8 +139,20 @@ lsip_obj_t *luasip_request_from_irq(lsip_agent_t *a, nta_incoming_t *irq);
 void luasip_request_dispatched(lsip_obj_t *req);
 nta_incoming_t *luasip_request_irq(lsip_obj_t *req);
 lsip_agent_t *luasip_request_agent(lsip_obj_t *req);
+nta_incoming_t *luasip_request_ensure_irq(lsip_obj_t *req);
+void luasip_request_set_proxy(lsip_obj_t *req, lsip_obj_t *proxy);
+int luasip_request_status(lsip_obj_t *req);
+int luasip_request_forward(lsip_obj_t *req, msg_t *resp);
+
+/* proxy.c: stateful proxy (RFC 3261 16) */
+#define LUASIP_PROXY "luasip.proxy"
+void luasip_proxy_open(lua_State *L);
+void luasip_proxy_cancel(lsip_obj_t *proxy);
+void luasip_proxy_forget(lsip_obj_t *proxy);
+void luasip_proxies_detach(lsip_agent_t *a);
 #define LUASIP_DIALOG "luasip.dialog"
 sip_t const *luasip_request_sip(lsip_obj_t *req);
+msg_t *luasip_request_msg(lsip_obj_t *req);
 void luasip_clients_detach(lsip_agent_t *a);
 
 /* links the live transactions of an agent, so closing it detaches them */
@@ -157,6 +169,7 @@ struct lsip_agent {
   lsip_link_t requests;     /* lsip_req_t with sofia state */
   lsip_link_t clients;      /* lsip_client_t pending */
   lsip_link_t dialogs;      /* lsip_dialog_t with a leg */
+  lsip_link_t proxies;      /* lsip_proxy_t with branches */
   void *acks;               /* client_tx.c: sent ACKs kept for 2xx retransmissions */
   const char *user_agent;   /* User-Agent / Server value */
   unsigned t1, t2;          /* RFC 3261 timers in ms (defaults 500 / 4000) */

@@ -31,6 +31,7 @@ typedef struct lsip_req {
   char transport[8];
   int status;                 /* highest status sent */
   unsigned dispatching:1, cancelled:1, is_ack:1, orphan:1;
+  lsip_obj_t *proxy;          /* proxy.c forwarding this request, if any */
   su_timer_t *rtx;            /* 2xx retransmission timer */
   msg_t *resp2xx;
   unsigned rtx_interval, rtx_elapsed;
@@ -63,6 +64,8 @@ static void rtx_stop(lsip_req_t *r)
 
 static void req_free(lsip_req_t *r)
 {
+  if (r->proxy)
+    luasip_proxy_forget(r->proxy);
   if (r->m.msg)
     msg_destroy(r->m.msg);
   luasip_freeobj(&r->m.obj);
@@ -218,9 +221,12 @@ static int irq_callback(nta_incoming_magic_t *magic, nta_incoming_t *irq, sip_t 
   /* CANCEL ends only an INVITE (RFC 3261 9.2); for others nta's 200 is all there is */
   if (sip && sip->sip_request && sip->sip_request->rq_method == sip_method_cancel &&
       r->m.sip->sip_request->rq_method == sip_method_invite && r->status < 200) {
-    /* nta already answered the CANCEL 200; the INVITE ends with 487 */
+    /* nta already answered the CANCEL 200; the INVITE ends with 487, and a proxy
+     * cancels its branches (RFC 3261 16.10) */
     send_final_plain(r, SIP_487_REQUEST_CANCELLED);
     r->cancelled = 1;
+    if (r->proxy)
+      luasip_proxy_cancel(r->proxy);
     if (r->m.obj.alive)
       luasip_bridge("cancel", &r->m.obj, NULL);
     req_settle(r);
@@ -248,7 +254,8 @@ static nta_incoming_t *make_irq(lsip_req_t *r)
 /* After a final response went out through the irq. */
 static void after_final(lsip_req_t *r, int status)
 {
-  if (r->m.sip->sip_request->rq_method == sip_method_invite && status < 300)
+  /* a proxied 2xx is the UAS's to retransmit, not ours */
+  if (r->m.sip->sip_request->rq_method == sip_method_invite && status < 300 && !r->proxy)
     start_2xx_rtx(r);
   nta_incoming_destroy(r->irq);
   r->irq = NULL;
@@ -355,6 +362,56 @@ lsip_obj_t *luasip_request_from_irq(lsip_agent_t *a, nta_incoming_t *irq)
   return &r->m.obj;
 }
 
+/* The request's server transaction, made now if it has none yet (first run only). */
+nta_incoming_t *luasip_request_ensure_irq(lsip_obj_t *obj)
+{
+  lsip_req_t *r = (lsip_req_t *)obj;
+  if (!r->irq && r->dispatching && r->status < 200)
+    make_irq(r);
+  return r->irq;
+}
+
+void luasip_request_set_proxy(lsip_obj_t *obj, lsip_obj_t *proxy)
+{
+  ((lsip_req_t *)obj)->proxy = proxy;
+}
+
+int luasip_request_status(lsip_obj_t *obj)
+{
+  return ((lsip_req_t *)obj)->status;
+}
+
+/* Forwards a response received on a proxy branch (msg: our reference, our Via still on
+ * top) upstream: through the transaction while no final went out, statelessly after
+ * that (late 2xx, RFC 3261 16.7 step 10). */
+int luasip_request_forward(lsip_obj_t *obj, msg_t *msg)
+{
+  lsip_req_t *r = (lsip_req_t *)obj;
+  sip_t *sip = sip_object(msg);
+  nta_agent_t *nta = r->agent ? luasip_agent_nta(r->agent) : NULL;
+  int status = sip->sip_status->st_status, rv;
+  if (!nta) {
+    msg_destroy(msg);
+    return -1;
+  }
+  if (!r->irq || r->status >= 200) {
+    if (status >= 200 && status < 300)
+      return nta_msg_tsend(nta, msg, NULL, TAG_END());  /* removes our Via itself */
+    msg_destroy(msg);
+    return 0;
+  }
+  sip_via_remove(msg, sip);
+  rv = nta_incoming_mreply(r->irq, msg);
+  if (status > r->status)
+    r->status = status;
+  if (status >= 200) {
+    after_final(r, status);
+    if (!r->dispatching)
+      req_settle(r);
+  }
+  return rv;
+}
+
 lsip_agent_t *luasip_request_agent(lsip_obj_t *obj)
 {
   return ((lsip_req_t *)obj)->agent;
@@ -363,6 +420,11 @@ lsip_agent_t *luasip_request_agent(lsip_obj_t *obj)
 nta_incoming_t *luasip_request_irq(lsip_obj_t *obj)
 {
   return ((lsip_req_t *)obj)->irq;
+}
+
+msg_t *luasip_request_msg(lsip_obj_t *obj)
+{
+  return ((lsip_req_t *)obj)->m.msg;
 }
 
 sip_t const *luasip_request_sip(lsip_obj_t *obj)

@@ -6,6 +6,7 @@
 local core = require "luasip.core"
 local dispatcher = require "luasip.dispatcher"
 require "luasip.dialog"
+require "luasip.proxy"
 
 local sip = {
   _VERSION = "luasip 0.1.0",

@@ -1,0 +1,582 @@
+/* SPDX-License-Identifier: MIT
+ * luasip.proxy: stateful forwarding of a request (RFC 3261 16) on nta_outgoing_mcreate,
+ * the pattern of sofia's own test_proxy.c.  One server transaction upstream (the
+ * luasip.request's), one client transaction per branch; parallel or sequential forking,
+ * Timer C per branch, best-response selection, 2xx forwarded as they come (late ones
+ * statelessly), CANCEL propagated, Record-Route, loose routing, Max-Forwards and loop
+ * detection by branch hash (16.3 step 4).  The userdata is anchored while branches are
+ * pending; Lua hears ("proxy_response", p, res) per response when it asked to, and
+ * ("proxy_final", p, res|nil) once the final response went upstream.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <sofia-sip/msg_header.h>
+#include <sofia-sip/sip_status.h>
+#include <sofia-sip/sip_protos.h>
+#include <sofia-sip/sip_util.h>
+#include <sofia-sip/su_md5.h>
+#include <sofia-sip/su_string.h>
+#include <sofia-sip/su_tag.h>
+#include <sofia-sip/nta_tport.h>
+#include <sofia-sip/url.h>
+
+#include "luasip.h"
+
+#define MAX_BRANCHES 32
+
+struct lsip_proxy;
+
+typedef struct branch {
+  struct lsip_proxy *p;
+  nta_outgoing_t *orq;
+  su_timer_t *timer;          /* Timer C */
+  int status;
+  unsigned done:1;
+} branch_t;
+
+typedef struct lsip_proxy {
+  lsip_obj_t obj;
+  lsip_link_t link;           /* in agent->proxies while branches may exist */
+  lsip_agent_t *agent;
+  lsip_obj_t *req;            /* kept alive by the userdata's uservalue (Lua side) */
+  msg_t *base;                /* the request as forwarded, before the target is set */
+  int ntargets, next;
+  char *targets[MAX_BRANCHES];
+  char *routes[MAX_BRANCHES]; /* Path / extra Route of a target, comma-separated */
+  unsigned timer_c_ms;
+  int sequential, observe;
+  branch_t br[MAX_BRANCHES];
+  int nbr, pending;
+  msg_t *best;
+  int best_status;
+  char key[24];               /* branch prefix: loop detection hash */
+  unsigned done:1, cancelled:1, got_2xx:1, is_invite:1;
+} lsip_proxy_t;
+
+/* ---------------------------------------------------------------- helpers */
+
+/* Is url one of our transports' addresses? (a Route for us) */
+static int url_is_us(lsip_agent_t *a, url_t const *u)
+{
+  tport_t *tp;
+  const char *port = u->url_port ? u->url_port : "5060";
+  char host[64];
+  if (!u->url_host)
+    return 0;
+  snprintf(host, sizeof host, "%s", u->url_host);
+  if (host[0] == '[') {
+    size_t n = strlen(host);
+    memmove(host, host + 1, n);
+    if (n >= 2)
+      host[n - 2] = '\0';
+  }
+  for (tp = tport_primaries(nta_agent_tports(a->nta)); tp; tp = tport_next(tp)) {
+    tp_name_t const *tpn = tport_name(tp);
+    const char *h = tpn->tpn_host;
+    size_t hl = strlen(h);
+    if (h[0] == '[' && hl > 2 && strlen(host) == hl - 2 && !strncmp(h + 1, host, hl - 2) &&
+        su_strmatch(tpn->tpn_port, port))
+      return 1;
+    if (su_casematch(h, host) && su_strmatch(tpn->tpn_port, port))
+      return 1;
+  }
+  return 0;
+}
+
+/* RFC 3261 16.6 step 8 / 16.3 step 4: a hash of what identifies the request at this hop */
+static void loop_key(sip_t const *sip, char out[17])
+{
+  su_md5_t md5;
+  char hex[33];
+  char ruri[512];
+  su_md5_init(&md5);
+  if (url_e(ruri, sizeof ruri, sip->sip_request->rq_url) > 0)
+    su_md5_strupdate(&md5, ruri);
+  su_md5_str0update(&md5, sip->sip_from ? sip->sip_from->a_tag : "");
+  su_md5_str0update(&md5, sip->sip_to ? sip->sip_to->a_tag : "");
+  su_md5_str0update(&md5, sip->sip_call_id ? sip->sip_call_id->i_id : "");
+  su_md5_update(&md5, &sip->sip_cseq->cs_seq, sizeof sip->sip_cseq->cs_seq);
+  su_md5_hexdigest(&md5, hex);
+  su_md5_deinit(&md5);
+  memcpy(out, hex, 16);
+  out[16] = '\0';
+}
+
+static int looped(sip_t const *sip, const char *key)
+{
+  sip_via_t const *v;
+  for (v = sip->sip_via; v; v = v->v_next)
+    if (v->v_branch && !strncmp(v->v_branch, "z9hG4bK", 7) &&
+        !strncmp(v->v_branch + 7, key, 16))
+      return 1;
+  return 0;
+}
+
+static void branch_stop_timer(branch_t *b)
+{
+  if (b->timer) {
+    su_timer_destroy(b->timer);
+    b->timer = NULL;
+  }
+}
+
+static void proxy_release(lsip_proxy_t *p)
+{
+  int i;
+  for (i = 0; i < p->nbr; i++) {
+    branch_stop_timer(&p->br[i]);
+    if (p->br[i].orq) {
+      nta_outgoing_destroy(p->br[i].orq);
+      p->br[i].orq = NULL;
+    }
+  }
+  p->pending = 0;
+  if (p->req) {
+    luasip_request_set_proxy(p->req, NULL);
+    p->req = NULL;
+  }
+  luasip_link_del(&p->link);
+}
+
+/* The request is being freed (at lua_close both may go in any order). */
+void luasip_proxy_forget(lsip_obj_t *obj)
+{
+  ((lsip_proxy_t *)obj)->req = NULL;
+}
+
+/* The agent closes: nta frees the branches' transactions with it. */
+void luasip_proxies_detach(lsip_agent_t *a)
+{
+  while (a->proxies.next != &a->proxies) {
+    lsip_proxy_t *p = (lsip_proxy_t *)((char *)a->proxies.next -
+                                       offsetof(lsip_proxy_t, link));
+    proxy_release(p);
+    p->done = 1;
+    p->agent = NULL;
+    luasip_unanchor(luasip_L(), &p->obj);
+  }
+}
+
+static void proxy_destroy(lsip_obj_t *obj)
+{
+  lsip_proxy_t *p = (lsip_proxy_t *)obj;
+  int i;
+  proxy_release(p);
+  if (p->base)
+    msg_destroy(p->base);
+  if (p->best)
+    msg_destroy(p->best);
+  for (i = 0; i < p->ntargets; i++) {
+    free(p->targets[i]);
+    free(p->routes[i]);
+  }
+  luasip_freeobj(obj);
+}
+
+/* ---------------------------------------------------------------- branches */
+
+static int branch_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
+                           sip_t const *sip);
+static int start_next(lsip_proxy_t *p);
+
+static void timer_c(su_root_magic_t *m, su_timer_t *t, su_timer_arg_t *arg)
+{
+  branch_t *b = (branch_t *)arg;
+  (void)m; (void)t;
+  branch_stop_timer(b);
+  /* RFC 3261 16.8: a ringing INVITE branch is cancelled, others just time out */
+  if (b->orq && !b->done) {
+    if (b->p->is_invite && nta_outgoing_status(b->orq) >= 100)
+      nta_outgoing_cancel(b->orq);
+    else
+      branch_response((nta_outgoing_magic_t *)b, b->orq, NULL);
+  }
+}
+
+static void cancel_others(lsip_proxy_t *p, branch_t *except)
+{
+  int i;
+  for (i = 0; i < p->nbr; i++) {
+    branch_t *b = &p->br[i];
+    if (b != except && !b->done && b->orq && p->is_invite)
+      nta_outgoing_cancel(b->orq);
+  }
+}
+
+static lsip_obj_t *response_for_lua(msg_t *msg)
+{
+  lsip_obj_t *o = luasip_response_alloc(msg_ref_create(msg));
+  return o;
+}
+
+static void proxy_final(lsip_proxy_t *p, msg_t *resp)
+{
+  lsip_obj_t *o = resp ? response_for_lua(resp) : NULL;
+  luasip_bridge("proxy_final", &p->obj, o);
+  if (o && !o->born)
+    o->destroy(o);
+}
+
+/* All branches ended. */
+static void proxy_finished(lsip_proxy_t *p)
+{
+  if (!p->done) {
+    p->done = 1;
+    if (p->best && p->req) {
+      luasip_request_forward(p->req, msg_ref_create(p->best));
+      proxy_final(p, p->best);
+    } else {
+      proxy_final(p, NULL);
+    }
+  }
+  if (p->req) {
+    luasip_request_set_proxy(p->req, NULL);
+    p->req = NULL;
+  }
+  luasip_link_del(&p->link);
+  luasip_unanchor(luasip_L(), &p->obj);
+}
+
+static int rank(int status)
+{
+  /* RFC 3261 16.7 step 6: any 6xx first, then the lowest class */
+  return status >= 600 ? 0 : status;
+}
+
+static int branch_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
+                           sip_t const *sip)
+{
+  branch_t *b = (branch_t *)magic;
+  lsip_proxy_t *p = b->p;
+  int status = sip && sip->sip_status ? sip->sip_status->st_status : 408;
+  msg_t *msg = NULL;
+
+  if (b->done)
+    return 0;
+  if (sip)
+    msg = nta_outgoing_getresponse(orq);
+  if (msg && p->observe && status > 100) {
+    lsip_obj_t *o = response_for_lua(msg);
+    luasip_bridge("proxy_response", &p->obj, o);
+    if (o && !o->born)
+      o->destroy(o);
+  }
+  if (status < 200) {
+    if (status > 100 && msg && !p->done && p->req)
+      luasip_request_forward(p->req, msg);       /* takes msg */
+    else if (msg)
+      msg_destroy(msg);
+    return 0;
+  }
+
+  b->done = 1;
+  b->status = status;
+  branch_stop_timer(b);
+  nta_outgoing_destroy(orq);
+  b->orq = NULL;
+  p->pending--;
+
+  if (status < 300) {
+    p->got_2xx = 1;
+    cancel_others(p, b);
+    if (msg && p->req) {
+      int first = !p->done;
+      lsip_obj_t *o = first ? response_for_lua(msg) : NULL;
+      p->done = 1;
+      luasip_request_forward(p->req, msg);       /* late 2xx go statelessly */
+      if (first) {
+        /* Lua hears of the 2xx only once it went upstream */
+        luasip_bridge("proxy_final", &p->obj, o);
+        if (o && !o->born)
+          o->destroy(o);
+      }
+    } else if (msg) {
+      msg_destroy(msg);
+    }
+  } else {
+    if (status >= 600)
+      cancel_others(p, b);
+    if (!p->best || rank(status) < rank(p->best_status)) {
+      if (p->best)
+        msg_destroy(p->best);
+      p->best = msg;
+      p->best_status = status;
+      msg = NULL;
+      if (!p->best) {
+        /* no message (timeout): a 408 of our own */
+        p->best_status = status;
+      }
+    }
+    if (msg)
+      msg_destroy(msg);
+    if (p->sequential && !p->got_2xx && !p->cancelled && status < 600 && !p->done &&
+        p->next < p->ntargets && start_next(p) == 0)
+      return 0;
+  }
+  if (p->pending == 0) {
+    if (!p->best && !p->done && p->req && !p->got_2xx) {
+      /* every branch failed without a response message: answer ourselves */
+      p->done = 1;
+      luasip_bridge("proxy_final", &p->obj, NULL);
+    }
+    proxy_finished(p);
+  }
+  return 0;
+}
+
+static int start_branch(lsip_proxy_t *p, int t)
+{
+  branch_t *b;
+  msg_t *m;
+  sip_t *sip;
+  su_home_t *home;
+  char key[64];
+  nta_agent_t *nta = p->agent ? luasip_agent_nta(p->agent) : NULL;
+  if (!nta || p->nbr >= MAX_BRANCHES)
+    return -1;
+  b = &p->br[p->nbr];
+  memset(b, 0, sizeof *b);
+  b->p = p;
+  m = msg_dup(p->base);
+  if (!m)
+    return -1;
+  sip = sip_object(m);
+  home = msg_home(m);
+  msg_header_replace(m, (msg_pub_t *)sip, (msg_header_t *)sip->sip_request,
+                     (msg_header_t *)sip_request_create(home, sip->sip_request->rq_method,
+                                                        sip->sip_request->rq_method_name,
+                                                        URL_STRING_MAKE(p->targets[t]),
+                                                        NULL));
+  if (p->routes[t]) {
+    /* the target's Path (RFC 3327) goes in front of any Route left */
+    sip_route_t *r = sip_route_make(home, p->routes[t]);
+    if (r) {
+      sip_route_t *last = r;
+      while (last->r_next)
+        last = last->r_next;
+      last->r_next = sip->sip_route;
+      sip->sip_route = NULL;
+      msg_header_insert(m, (msg_pub_t *)sip, (msg_header_t *)r);
+    }
+  }
+  snprintf(key, sizeof key, "z9hG4bK%s.%d%s", p->key, p->nbr, sip->sip_request->rq_method ==
+           sip_method_cancel ? "c" : "");
+  p->nbr++;
+  p->pending++;
+  b->orq = nta_outgoing_mcreate(nta, branch_response, (nta_outgoing_magic_t *)b, NULL, m,
+                                NTATAG_BRANCH_KEY(key), TAG_END());
+  if (!b->orq) {
+    p->pending--;
+    b->done = 1;
+    b->status = 503;
+    return -1;
+  }
+  if (p->timer_c_ms) {
+    b->timer = su_timer_create(su_root_task(luasip_S->root), 0);
+    if (b->timer)
+      su_timer_set_interval(b->timer, timer_c, b, p->timer_c_ms);
+  }
+  return 0;
+}
+
+/* sequential forking: the next target that can be started */
+static int start_next(lsip_proxy_t *p)
+{
+  while (p->next < p->ntargets) {
+    if (start_branch(p, p->next++) == 0)
+      return 0;
+  }
+  return -1;
+}
+
+/* ---------------------------------------------------------------- Lua API */
+
+/* req:_proxy({ {uri=, route=}... }, { record_route=, sequential=, timeout=, observe= })
+ *   -> proxy | nil, err, code */
+static int req_proxy(lua_State *L)
+{
+  static const char *const fname = "luasip.request:proxy";
+  lsip_obj_t *r = luasip_checkobj(L, 1, LUASIP_REQUEST);
+  lsip_agent_t *a = luasip_request_agent(r);
+  nta_agent_t *nta = a ? luasip_agent_nta(a) : NULL;
+  sip_t const *sip = luasip_request_sip(r);
+  lsip_proxy_t *p;
+  sip_t *bs;
+  su_home_t *home;
+  int i, n, record_route;
+  char key[17];
+
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  n = (int)luasip_rawlen(L, 2);
+  if (n < 1 || n > MAX_BRANCHES)
+    return luaL_error(L, "%s: 1-%d targets expected", fname, MAX_BRANCHES);
+  if (!nta)
+    return luasip_fail(L, "agent closed", "closed");
+  if (luasip_request_status(r) >= 200)
+    return luasip_fail(L, "request already answered", "answered");
+  if (sip->sip_request->rq_method == sip_method_ack ||
+      sip->sip_request->rq_method == sip_method_cancel)
+    return luaL_error(L, "%s: %s is forwarded with req:forward()", fname,
+                      sip->sip_request->rq_method_name);
+  loop_key(sip, key);
+  if (looped(sip, key))
+    return luasip_fail(L, "loop detected", "loop");
+  if (!luasip_request_ensure_irq(r))
+    return luasip_fail(L, "no transaction for this request", "transaction");
+
+  p = luasip_newobj(L, sizeof *p, LUASIP_PROXY, proxy_destroy);
+  p->agent = a;
+  p->req = r;
+  p->is_invite = sip->sip_request->rq_method == sip_method_invite;
+  memcpy(p->key, key, sizeof key);
+  for (i = 1; i <= n; i++) {
+    const char *uri, *route;
+    lua_rawgeti(L, 2, i);
+    if (!lua_istable(L, -1))
+      return luaL_error(L, "%s: target %d must be a table", fname, i);
+    lua_getfield(L, -1, "uri");
+    uri = luasip_uri_arg(L, -1, fname);
+    lua_getfield(L, -2, "route");
+    route = lua_tostring(L, -1);
+    p->targets[i - 1] = strdup(uri);
+    p->routes[i - 1] = route ? strdup(route) : NULL;
+    p->ntargets = i;
+    lua_pop(L, 3);
+    if (!p->targets[i - 1])
+      return luaL_error(L, "%s: out of memory", fname);
+  }
+  lua_getfield(L, 3, "record_route");
+  record_route = lua_toboolean(L, -1);
+  lua_getfield(L, 3, "sequential");
+  p->sequential = lua_toboolean(L, -1);
+  lua_getfield(L, 3, "timeout");
+  p->timer_c_ms = lua_isnumber(L, -1) ? (unsigned)(lua_tonumber(L, -1) * 1000) : 180000;
+  lua_getfield(L, 3, "observe");
+  p->observe = lua_toboolean(L, -1);
+  lua_pop(L, 4);
+
+  /* the request as forwarded (RFC 3261 16.6): our Route off the top, Max-Forwards - 1,
+   * Record-Route of ours; each branch then sets its target */
+  p->base = msg_dup(luasip_request_msg(r));
+  if (!p->base)
+    return luasip_fail(L, "out of memory", "memory");
+  bs = sip_object(p->base);
+  home = msg_home(p->base);
+  if (bs->sip_route && url_is_us(a, bs->sip_route->r_url))
+    msg_header_remove(p->base, (msg_pub_t *)bs, (msg_header_t *)bs->sip_route);
+  if (bs->sip_max_forwards) {
+    char buf[16];
+    unsigned long mf = bs->sip_max_forwards->mf_count;
+    snprintf(buf, sizeof buf, "%lu", mf > 70 ? 69UL : mf > 0 ? mf - 1 : 0UL);
+    msg_header_replace(p->base, (msg_pub_t *)bs, (msg_header_t *)bs->sip_max_forwards,
+                       (msg_header_t *)sip_max_forwards_make(home, buf));
+  } else {
+    sip_add_tl(p->base, bs, SIPTAG_MAX_FORWARDS_STR("70"), TAG_END());
+  }
+  if (record_route) {
+    sip_contact_t *m = luasip_agent_contact_for(a, home, NULL, sip->sip_request->rq_url);
+    if (m) {
+      url_t *u = url_hdup(home, m->m_url);
+      sip_record_route_t *rr;
+      url_param_add(home, u, "lr");
+      rr = sip_record_route_create(home, u, NULL);
+      if (rr)
+        msg_header_prepend(p->base, (msg_pub_t *)bs, (msg_header_t **)&bs->sip_record_route,
+                           (msg_header_t *)rr);
+    }
+  }
+  luasip_request_set_proxy(r, &p->obj);
+  luasip_anchor(L, &p->obj, -1);
+  luasip_link_add(&a->proxies, &p->link);
+  if (p->sequential ? start_next(p) < 0 : 0) {
+    proxy_finished(p);
+    return luasip_fail(L, "cannot forward", "send");
+  }
+  if (!p->sequential) {
+    for (i = 0; i < p->ntargets; i++)
+      start_branch(p, i);
+    p->next = p->ntargets;
+    if (p->pending == 0) {
+      proxy_finished(p);
+      return luasip_fail(L, "cannot forward", "send");
+    }
+  }
+  return 1;
+}
+
+void luasip_proxy_cancel(lsip_obj_t *obj)
+{
+  lsip_proxy_t *p = (lsip_proxy_t *)obj;
+  if (p->done)
+    return;
+  p->cancelled = 1;
+  p->done = 1;                      /* the caller answers 487 upstream itself */
+  cancel_others(p, NULL);
+  luasip_bridge("proxy_final", &p->obj, NULL);
+}
+
+/* proxy:cancel() -> true: CANCEL every pending branch */
+static int proxy_cancel_m(lua_State *L)
+{
+  lsip_proxy_t *p = (lsip_proxy_t *)luasip_checkobj(L, 1, LUASIP_PROXY);
+  if (!p->done || p->pending)
+    cancel_others(p, NULL);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* req:forward([uri]) -> true | nil, err, code: stateless forwarding (ACK for 2xx,
+ * RFC 3261 16.11): our Route off, Max-Forwards - 1, a Via of ours */
+static int req_forward(lua_State *L)
+{
+  lsip_obj_t *r = luasip_checkobj(L, 1, LUASIP_REQUEST);
+  lsip_agent_t *a = luasip_request_agent(r);
+  nta_agent_t *nta = a ? luasip_agent_nta(a) : NULL;
+  const char *uri = lua_isnoneornil(L, 2) ? NULL
+                    : luasip_uri_arg(L, 2, "luasip.request:forward");
+  msg_t *m;
+  sip_t *sip;
+  if (!nta)
+    return luasip_fail(L, "agent closed", "closed");
+  m = msg_dup(luasip_request_msg(r));
+  if (!m)
+    return luasip_fail(L, "out of memory", "memory");
+  sip = sip_object(m);
+  if (sip->sip_max_forwards && sip->sip_max_forwards->mf_count == 0) {
+    msg_destroy(m);
+    return luasip_fail(L, "too many hops", "483");
+  }
+  if (sip->sip_max_forwards)
+    sip->sip_max_forwards->mf_count--, msg_fragment_clear(sip->sip_max_forwards->mf_common);
+  if (sip->sip_route && url_is_us(a, sip->sip_route->r_url))
+    msg_header_remove(m, (msg_pub_t *)sip, (msg_header_t *)sip->sip_route);
+  if (uri)
+    msg_header_replace(m, (msg_pub_t *)sip, (msg_header_t *)sip->sip_request,
+                       (msg_header_t *)sip_request_create(msg_home(m),
+                                                          sip->sip_request->rq_method,
+                                                          sip->sip_request->rq_method_name,
+                                                          URL_STRING_MAKE(uri), NULL));
+  if (nta_msg_tsend(nta, m, NULL, TAG_END()) < 0)
+    return luasip_fail(L, "cannot forward", "send");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static const luaL_Reg proxy_methods[] = {
+  {"cancel", proxy_cancel_m},
+  {NULL, NULL}
+};
+
+static const luaL_Reg request_proxy_methods[] = {
+  {"_proxy", req_proxy},
+  {"forward", req_forward},
+  {NULL, NULL}
+};
+
+void luasip_proxy_open(lua_State *L)
+{
+  luasip_newclass(L, LUASIP_PROXY, proxy_methods, NULL);
+  luasip_add_methods(L, LUASIP_REQUEST, request_proxy_methods);
+}

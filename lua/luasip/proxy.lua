@@ -1,0 +1,97 @@
+-- luasip.proxy: req:proxy(targets, opts) on the C proxy engine (csrc/proxy.c).
+--   local res, err, code = req:proxy({ "sip:bob@127.0.0.1:5070" }, { record_route = true })
+local core = require "luasip.core"
+local dispatcher = require "luasip.dispatcher"
+
+local req_methods = core.methods("luasip.request")
+
+-- targets: a URI, a list of URIs, or a list of { uri =, path = {...} | route = "..." }
+-- (what location:lookup returns)
+local function normalize(targets)
+  if type(targets) == "string" then targets = { targets } end
+  if type(targets) ~= "table" or #targets == 0 then
+    error("luasip.request:proxy: targets must be a URI or a non-empty list", 3)
+  end
+  local list = {}
+  for i, t in ipairs(targets) do
+    if type(t) == "string" then
+      list[i] = { uri = t }
+    elseif type(t) == "table" and type(t.uri) == "string" then
+      local route = t.route
+      if type(t.path) == "table" and #t.path > 0 then route = table.concat(t.path, ", ") end
+      list[i] = { uri = t.uri, route = route }
+    else
+      error("luasip.request:proxy: target " .. i .. " must be a URI or { uri = }", 3)
+    end
+  end
+  return list
+end
+
+-- req:proxy(targets [, { record_route =, forking = "parallel" | "sequential",
+--   timeout = branch seconds (Timer C, 180), on_response = fn(res) }])
+--   -> response (the 2xx forwarded) | nil, err, code [, response]
+function req_methods.proxy(self, targets, opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("luasip.request:proxy: options must be a table", 2)
+  end
+  opts = opts or {}
+  local list = normalize(targets)
+  if opts.forking ~= nil and opts.forking ~= "parallel" and opts.forking ~= "sequential" then
+    error('luasip.request:proxy: forking must be "parallel" or "sequential"', 2)
+  end
+  if opts.on_response ~= nil and type(opts.on_response) ~= "function" then
+    error("luasip.request:proxy: on_response must be a function", 2)
+  end
+  dispatcher.current("luasip.request:proxy")
+  -- RFC 3261 16.3 step 3
+  if self.max_forwards == 0 then
+    self:reply(483, "Too Many Hops")
+    return nil, "483 Too Many Hops", 483
+  end
+  local p, err, code = self:_proxy(list, {
+    record_route = opts.record_route, sequential = opts.forking == "sequential",
+    timeout = opts.timeout, observe = opts.on_response ~= nil })
+  if not p then
+    if code == "loop" then
+      self:reply(482, "Loop Detected")
+      return nil, "482 Loop Detected", 482
+    end
+    return nil, err, code
+  end
+  p._req = self                      -- the request outlives its proxy
+  p._on_response = opts.on_response
+  local res
+  if p._final_seen then
+    res = p._final
+  else
+    local slot = dispatcher.new_slot("luasip.request:proxy")
+    p._slot = slot
+    res = dispatcher.wait(slot)
+  end
+  if not res then
+    if self:cancelled() then return nil, "cancelled", "cancelled" end
+    if not self:answered() then self:reply(408, "No Response From Targets") end
+    return nil, "408 No Response From Targets", 408
+  end
+  if res.status >= 300 then
+    return nil, tostring(res.status) .. " " .. tostring(res.reason), res.status, res
+  end
+  return res
+end
+
+dispatcher.events.proxy_response = function(p, res)
+  local fn = p and p._on_response
+  if fn and res then
+    local ok, err = pcall(fn, res)
+    if not ok then dispatcher.log("error", "on_response failed: " .. tostring(err)) end
+  end
+end
+
+dispatcher.events.proxy_final = function(p, res)
+  if not p then return end
+  p._final_seen = true
+  p._final = res
+  if p._slot then dispatcher.fill(p._slot, res or false) end
+end
+
+return {}
