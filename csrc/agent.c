@@ -144,6 +144,7 @@ int luasip_agent_new(lua_State *L)
                             NTATAG_UA(0),
                             NTATAG_SIP_T1(a->t1),
                             NTATAG_SIP_T2(a->t2),
+                            NTATAG_SIP_T1X64(64 * a->t1),
                             NTATAG_SERVER_RPORT(1),
                             NTATAG_CLIENT_RPORT(1),
                             NTATAG_MERGE_482(1),

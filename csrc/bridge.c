@@ -60,7 +60,7 @@ int luasip_bridge(const char *event, lsip_obj_t *a, lsip_obj_t *b)
   bridge_call_t c;
   int top, status;
 
-  if (!T || !lua_checkstack(T, 4))
+  if (!T || luasip_S->closing || !lua_checkstack(T, 4))
     return -1;
   top = lua_gettop(T);
   L = T;

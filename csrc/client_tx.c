@@ -185,6 +185,7 @@ void luasip_clients_detach(lsip_agent_t *a)
     client_release(c);
     c->done = 1;
     c->agent = NULL;
+    luasip_bridge("tx_closed", &c->obj, NULL);   /* wake whoever waits on it */
     luasip_unanchor(luasip_L(), &c->obj);
   }
   acks_prune(a, 1);
@@ -424,6 +425,17 @@ static int client_close(lua_State *L)
   return 1;
 }
 
+static int client_fields(lua_State *L)
+{
+  lsip_client_t *c = (lsip_client_t *)luasip_testobj(L, 1, LUASIP_CLIENT_TX);
+  const char *k = lua_tostring(L, 2);
+  if (c && k && !strcmp(k, "is_invite")) {
+    lua_pushboolean(L, c->is_invite);
+    return 1;
+  }
+  return 0;
+}
+
 static const luaL_Reg client_methods[] = {
   {"cancel", client_cancel},
   {"status", client_status},
@@ -439,6 +451,6 @@ static const luaL_Reg agent_client_methods[] = {
 
 void luasip_client_open(lua_State *L)
 {
-  luasip_newclass(L, LUASIP_CLIENT_TX, client_methods, NULL);
+  luasip_newclass(L, LUASIP_CLIENT_TX, client_methods, client_fields);
   luasip_add_methods(L, LUASIP_AGENT, agent_client_methods);
 }

@@ -509,6 +509,7 @@ static int state__gc(lua_State *L)
   (void)L;
   if (!luasip_S)
     return 0;
+  luasip_S->closing = 1;
   luasip_drain();
   su_root_destroy(luasip_S->root);
   su_home_deinit(luasip_S->home);

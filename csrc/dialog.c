@@ -50,6 +50,8 @@ void luasip_dialogs_detach(lsip_agent_t *a)
                                          offsetof(lsip_dialog_t, link));
     dialog_release(d);
     d->agent = NULL;
+    if (d->obj.born)
+      luasip_bridge("dialog_closed", &d->obj, NULL);
     luasip_unanchor(luasip_L(), &d->obj);
     if (!d->obj.born)
       dialog_destroy(&d->obj);

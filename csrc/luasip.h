@@ -48,6 +48,7 @@ typedef struct lsip_state {
   int depth;                /* > 0 while Lua runs from a sofia callback */
   int stopping;             /* sip.stop() seen by run() */
   int running;              /* inside run() */
+  int closing;              /* lua_close in progress: Lua must not be entered */
   lsip_obj_t *deferred;     /* objects to destroy at the next safe point */
 } lsip_state_t;
 

@@ -152,8 +152,11 @@ void luasip_proxies_detach(lsip_agent_t *a)
     lsip_proxy_t *p = (lsip_proxy_t *)((char *)a->proxies.next -
                                        offsetof(lsip_proxy_t, link));
     proxy_release(p);
-    p->done = 1;
     p->agent = NULL;
+    if (!p->done) {
+      p->done = 1;
+      luasip_bridge("proxy_final", &p->obj, NULL);
+    }
     luasip_unanchor(luasip_L(), &p->obj);
   }
 }

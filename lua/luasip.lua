@@ -138,7 +138,7 @@ function tx_methods.wait(self, timeout)
     res, err, code = dispatcher.wait(slot, timeout)
     self._slot = nil
     if not res then
-      if self._is_invite and self:status() < 200 then
+      if self.is_invite and self:status() < 200 then
         -- stop ringing; nta finishes the INVITE (487) in the background
         self:cancel()
       else
@@ -170,7 +170,6 @@ function agent_methods.request(self, opts)
   o.method = norm_method(opts.method, "luasip.agent:request")
   local tx, err, code = self:send(o)
   if not tx then return nil, err, code end
-  tx._is_invite = o.method == "INVITE"
   tx._on_provisional = opts.on_provisional
   if opts.on_sent then opts.on_sent(tx) end
   return tx:wait(opts.timeout)
@@ -205,5 +204,12 @@ sip.registrar = registrar.new
 sip.location = location.new
 sip.store = { memory = memory_store.new }
 -- end of registrar and location -------------------------------------------------------
+
+-- digest authentication (lua/luasip/auth.lua) -----------------------------------------
+-- auth.check(req, opts) -> user | nil, status, why;  auth.authorizer{...} -> registrar
+-- authorize hook;  auth.credentials / auth.response / auth.parse.  Loading it adds the
+-- auth = {username =, password = | ha1 =} option to agent:request and agent:invite.
+sip.auth = require "luasip.auth"
+-- end of digest authentication --------------------------------------------------------
 
 return sip

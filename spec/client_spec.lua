@@ -108,4 +108,41 @@ describe("luasip.agent:request (UAC)", function()
     end)
     assert.equal("tcp", res.reason)
   end)
+
+  it("cancels an INVITE sent with agent:send when tx:wait times out", function()
+    local callee
+    uas:on("INVITE", function(req) req:reply(180); callee = { sip.sleep(5) } end)
+    local tx = uac:send{ method = "INVITE", uri = uas:contact() }
+    assert.is_true(tx.is_invite)
+    local res, err = H.run(function() return tx:wait(0.2) end)
+    assert.is_nil(res)
+    assert.equal("timeout", err)
+    H.run_until(function() return callee end, 3)
+    assert.same({ nil, "cancelled", "cancelled" }, callee)
+  end)
+
+  it("wakes a request waiting on an agent that gets closed", function()
+    uas:on("MESSAGE", function(req) sip.sleep(1); req:reply(200) end)
+    local got
+    sip.spawn(function()
+      got = { uac:request{ method = "MESSAGE", uri = uas:contact(), body = "x",
+        content_type = "text/plain" } }
+    end)
+    H.settle(0.05)
+    uac:close()
+    H.run_until(function() return got end, 2)
+    assert.same({ nil, "agent closed", "closed" }, got)
+  end)
+
+  it("times a transaction out after 64*T1 of the agent", function()
+    local silent = H.agent()
+    silent:on("OPTIONS", function() sip.sleep(5) end)
+    local fast = H.agent{ t1 = 0.01 }
+    local t0 = sip.now()
+    local _, _, code = H.run(function()
+      return fast:request{ method = "OPTIONS", uri = silent:contact() }
+    end)
+    assert.equal(408, code)
+    assert.is_true(sip.now() - t0 < 3)
+  end)
 end)

@@ -177,7 +177,6 @@ describe("luasip.request", function()
       assert.same({ nil, "request cancelled", "cancelled" }, { req:reply(200) })
     end)
     local tx = uac:send{ method = "INVITE", uri = uas:uri("ring") }
-    tx._is_invite = true
     local res, err, code = H.run(function()
       sip.timer(0.1, function() assert(tx:cancel()) end)
       return tx:wait(5)

@@ -62,7 +62,6 @@ function agent_methods.invite(self, opts)
   if o.body and not o.content_type then o.content_type = "application/sdp" end
   local tx, err, code = self:send(o)
   if not tx then return nil, err, code end
-  tx._is_invite = true
   tx._on_provisional = opts.on_provisional
   if opts.on_sent then opts.on_sent(tx) end
   local res, werr, wcode, wres = tx:wait(opts.timeout)
@@ -89,7 +88,6 @@ function dialog_methods.request(self, method, opts)
   o.method = method:upper()
   local tx, err, code = self:send(o)
   if not tx then return nil, err, code end
-  tx._is_invite = o.method == "INVITE"
   self._pending[tx] = true
   local res, rerr, rcode, rres = tx:wait(o.timeout)
   self._pending[tx] = nil
@@ -129,6 +127,10 @@ function dialog_methods.wait_end(self, timeout)
   local slot = dispatcher.new_slot("luasip.dialog:wait_end")
   self._end_slot = slot
   return dispatcher.wait(slot, timeout)
+end
+
+dispatcher.events.dialog_closed = function(d)
+  if d then ended(d, "closed") end
 end
 
 -- in-dialog requests from the peer

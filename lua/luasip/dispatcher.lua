@@ -238,6 +238,10 @@ local function on_request(req)
   end
   local h = handlers[method]
   if not h then
+    if method == "BYE" then
+      -- RFC 3261 15.1.2: a BYE that matches no dialog
+      return req:reply(481, "Call/Transaction Does Not Exist", { stateless = true })
+    end
     if KNOWN[method] then
       return req:reply(405, "Method Not Allowed",
         { headers = { Allow = allow_list(handlers) }, stateless = true })
@@ -277,6 +281,11 @@ function events.response(tx, res)
   tx._final = res
   local slot = tx._slot
   if slot then M.fill(slot, res) end
+end
+
+function events.tx_closed(tx)
+  local slot = tx and tx._slot
+  if slot then M.fill(slot, nil, "agent closed", "closed") end
 end
 
 local function wake_request(req, ...)
