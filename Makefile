@@ -64,13 +64,17 @@ check-memory: deps build
 lint:
 	@luacheck lua spec examples 2>/dev/null || echo "luacheck not installed"
 
-# luarocks make: builds against LUA_INCDIR and installs into the rock tree
+# luarocks make (luasip-scm-1.rockspec): compiles against LUA_INCDIR straight into
+# INST_LIBDIR (nothing is left in the source tree) and copies the Lua layer (all of lua/,
+# subdirectories too) to INST_LUADIR
 install:
-	$(CC) $(ALL_CFLAGS) -I$(LUA_INCDIR) $(SRCS) $(LIBFLAG) -o core.so $(LDFLAGS) $(SOFIA_LIBS)
-	mkdir -p $(INST_LIBDIR)/luasip $(INST_LUADIR)/luasip
-	cp core.so $(INST_LIBDIR)/luasip/core.so
-	cp lua/luasip.lua $(INST_LUADIR)/luasip.lua
-	cp lua/luasip/*.lua $(INST_LUADIR)/luasip/
+	@test -n "$(INST_LIBDIR)" -a -n "$(INST_LUADIR)" || \
+	  { echo "make install: set INST_LIBDIR and INST_LUADIR (luarocks make does)"; exit 1; }
+	@test -n "$(SOFIA_CFLAGS)" || { echo "make install: pkg-config sofia-sip-ua failed"; exit 1; }
+	mkdir -p "$(INST_LIBDIR)/luasip" "$(INST_LUADIR)"
+	$(CC) $(ALL_CFLAGS) $(if $(LUA_INCDIR),-I$(LUA_INCDIR)) $(SRCS) $(LIBFLAG) \
+	  -o "$(INST_LIBDIR)/luasip/core.so" $(LDFLAGS) $(SOFIA_LIBS)
+	cp -R lua/. "$(INST_LUADIR)/"
 
 clean:
 	rm -rf build core.so

@@ -1,0 +1,80 @@
+local H = require "spec.helper"
+
+-- Smoke runs of examples/: each script runs as a subprocess of the interpreter running the
+-- suite, against the module built for it, on 127.0.0.1 and an OS-chosen free port.
+local FLAVOUR = os.getenv("LUASIP_FLAVOUR") or "5.4"
+
+local function script(path, ...)
+  return { "env", "LUA_PATH=lua/?.lua;lua/?/init.lua;;",
+    "LUA_CPATH=build/" .. FLAVOUR .. "/?.so;;", H.interpreter(), path, ... }
+end
+
+-- busted keeps one finally() per test: each test calls track() first, and every
+-- process it starts is killed by that one finally
+local procs = {}
+local function spawn_script(path, ...)
+  local p = H.background(script(path, ...), 60)
+  procs[#procs + 1] = p
+  return p
+end
+local function track()
+  procs = {}
+  finally(function() for _, p in ipairs(procs) do p.kill() end end)
+end
+
+-- starts examples/uas.lua; returns the process and its host:port once it listens
+local function start_uas()
+  local hostport = "127.0.0.1:" .. H.free_port()
+  local uas = spawn_script("examples/uas.lua", hostport)
+  H.run_until(function() return uas.log():find("listening on") or uas.done() end, 10,
+    "examples/uas.lua listening")
+  assert(not uas.done(), "examples/uas.lua exited:\n" .. uas.log())
+  return uas, hostport
+end
+
+-- runs examples/uac.lua to its end (bounded); returns its exit code and output
+local function run_uac(...)
+  local uac = spawn_script("examples/uac.lua", ...)
+  H.run_until(function() return uac.done() end, 65, "examples/uac.lua end")
+  return uac.done(), uac.log()
+end
+
+describe("examples/uac.lua against examples/uas.lua", function()
+  it("gets a final response to every method and hangs up the call it made", function()
+    track()
+    local uas, hostport = start_uas()
+    local rc, out = run_uac("sip:bob@" .. hostport)
+    local context = out .. "\n--- uas.lua:\n" .. uas.log()
+    assert.equal(0, rc, context)
+    for _, line in ipairs{ "OPTIONS 200", "MESSAGE 200", "INVITE 180", "INVITE 200",
+      "BYE %(in dialog%) 200", "REGISTER 200", "SUBSCRIBE 200", "NOTIFY 200", "PUBLISH 200",
+      "REFER 202", "INFO 200", "UPDATE 200", "PRACK 200",
+      "BYE [4-6]%d%d" } do              -- the BYE outside any dialog is refused
+      assert.matches("\n" .. line .. " ", out, 1, false, context)
+    end
+    assert.matches("every request got a final response", out)
+    -- the uas saw the MESSAGE body and the ACK of its 200 (the call was set up)
+    H.run_until(function() return uas.log():find("call established") end, 5, "uas log")
+    assert.matches("MESSAGE from sip:uac@127%.0%.0%.1:%d+ %(text/plain%): Hello from luasip",
+      uas.log())
+  end)
+
+  it("sends only the methods named on its command line", function()
+    track()
+    local _, hostport = start_uas()
+    local rc, out = run_uac(hostport, "options", "Refer")
+    assert.equal(0, rc, out)
+    assert.matches("\nOPTIONS 200 OK\n", out)
+    assert.matches("\nREFER 202 Accepted\n", out)
+    assert.is_nil(out:find("\nINVITE "), out)
+  end)
+
+  it("exits non-zero when nothing answers", function()
+    track()
+    -- TCP to a port nobody listens on: the stack's own 503 is not an answer
+    local rc, out = run_uac("sip:127.0.0.1:" .. H.free_port() .. ";transport=tcp", "OPTIONS")
+    assert.equal(1, rc, out)
+    assert.matches("OPTIONS failed: 503 Service Unavailable %(local%)", out)
+    assert.matches("1 request%(s%) without a final response", out)
+  end)
+end)
