@@ -1,0 +1,532 @@
+-- luasip.auth: digest authentication for SIP (RFC 3261 22, RFC 2617 and RFC 7616 with MD5
+-- and qop=auth).  Server side: check(req, opts) answers a 401/407 challenge itself and
+-- returns the authenticated user; authorizer{...} is a registrar authorize hook.  Client
+-- side: agent:request{..., auth = {username =, password = | ha1 =}} and agent:invite{...}
+-- answer 401/407 challenges (this module wraps those two methods of luasip.agent).
+-- Nonces carry their issue time and a keyed md5 of it, so processes sharing a secret
+-- accept each other's nonces; the highest nonce count seen per nonce is kept in a luasip
+-- store (by default a memory store private to this process) until the nonce expires.
+local core = require "luasip.core"
+local dispatcher = require "luasip.dispatcher"
+local location = require "luasip.location"
+local memory = require "luasip.store.memory"
+
+local unpack = table.unpack or unpack
+local md5 = core.md5
+
+local M = {}
+
+-- ------------------------------------------------------------------ digest
+
+-- parse(value) -> scheme, params | nil: one WWW-Authenticate, Proxy-Authenticate,
+-- Authorization or Proxy-Authorization value; param names lowercased, values unquoted
+function M.parse(value)
+  if type(value) ~= "string" then return nil end
+  local scheme, i = value:match("^%s*([%w%-%.!%%%*_%+`'~]+)()")
+  if not scheme then return nil end
+  local params, n = {}, #value
+  while true do
+    i = value:match("^[%s,]*()", i)
+    if i > n then break end
+    local name, j = value:match("^([%w%-%.!%%%*_%+`'~]+)%s*=%s*()", i)
+    if not name then return nil end
+    local v
+    if value:sub(j, j) == '"' then
+      local buf, k = {}, j + 1
+      while true do
+        local c = value:sub(k, k)
+        if c == "" then return nil end          -- unterminated quoted string
+        if c == '"' then break end
+        if c == "\\" then
+          k = k + 1
+          c = value:sub(k, k)
+        end
+        buf[#buf + 1] = c
+        k = k + 1
+      end
+      v, i = table.concat(buf), k + 1
+    else
+      v, i = value:match("^([^%s,\"]*)()", j)
+    end
+    params[name:lower()] = v
+  end
+  return scheme, params
+end
+
+local function quote(s)
+  return '"' .. s:gsub('[\\"]', "\\%0") .. '"'
+end
+
+-- response{ method =, uri =, nonce =, ha1 = | username =, realm =, password =,
+--   algorithm = "MD5" | "MD5-sess", qop = "auth" | "auth-int" | nil, nc = "00000001",
+--   cnonce =, body = } -> the request-digest (lowercase hex), RFC 2617 3.2.2.1
+function M.response(p)
+  if type(p) ~= "table" then error("luasip.auth.response: table expected", 2) end
+  for _, k in ipairs{ "method", "uri", "nonce" } do
+    if type(p[k]) ~= "string" then
+      error("luasip.auth.response: " .. k .. " must be a string", 2)
+    end
+  end
+  local ha1 = p.ha1
+  if ha1 == nil then
+    if type(p.username) ~= "string" or type(p.realm) ~= "string"
+      or type(p.password) ~= "string" then
+      error("luasip.auth.response: ha1 or username, realm and password expected", 2)
+    end
+    ha1 = md5(p.username .. ":" .. p.realm .. ":" .. p.password)
+  end
+  ha1 = ha1:lower()
+  if p.algorithm and p.algorithm:lower() == "md5-sess" then
+    ha1 = md5(ha1 .. ":" .. p.nonce .. ":" .. (p.cnonce or ""))
+  end
+  local ha2
+  if p.qop == "auth-int" then
+    ha2 = md5(p.method .. ":" .. p.uri .. ":" .. md5(p.body or ""))
+  else
+    ha2 = md5(p.method .. ":" .. p.uri)
+  end
+  if p.qop then
+    return md5(ha1 .. ":" .. p.nonce .. ":" .. (p.nc or "00000001") .. ":"
+      .. (p.cnonce or "") .. ":" .. p.qop .. ":" .. ha2)
+  end
+  return md5(ha1 .. ":" .. p.nonce .. ":" .. ha2)   -- RFC 2069 compatibility
+end
+
+-- the qop we answer a challenge with: auth, else auth-int, else none (RFC 2069);
+-- false when the challenge offers only qop values we do not know
+local function pick_qop(offer)
+  if offer == nil then return nil end
+  local has = {}
+  for q in offer:gmatch("[^,%s]+") do has[q:lower()] = true end
+  if has.auth then return "auth" end
+  if has["auth-int"] then return "auth-int" end
+  return false
+end
+
+local function usable(params)
+  local alg = params.algorithm and params.algorithm:lower()
+  return params.realm and params.nonce
+    and (alg == nil or alg == "md5" or alg == "md5-sess")
+    and pick_qop(params.qop) ~= false
+end
+
+-- credentials(challenge, auth, method, uri [, opts]) -> Authorization value | nil, err
+-- challenge: a WWW-Authenticate/Proxy-Authenticate value or its parsed params; auth:
+-- { username =, password = | ha1 = }; opts: { nc = 1, cnonce = (random), body = }
+function M.credentials(challenge, auth, method, uri, opts)
+  local params = challenge
+  if type(challenge) == "string" then
+    local scheme
+    scheme, params = M.parse(challenge)
+    if not scheme or scheme:lower() ~= "digest" then
+      return nil, "not a Digest challenge"
+    end
+  end
+  if type(params) ~= "table" then
+    error("luasip.auth.credentials: challenge expected", 2)
+  end
+  if not usable(params) then return nil, "unsupported challenge" end
+  opts = opts or {}
+  local qop = pick_qop(params.qop)
+  local nc = ("%08x"):format(opts.nc or 1)
+  local cnonce = opts.cnonce or core.random_hex(8)
+  local response = M.response{ method = method, uri = uri, nonce = params.nonce,
+    ha1 = auth.ha1, username = auth.username, realm = params.realm,
+    password = auth.password, algorithm = params.algorithm, qop = qop, nc = nc,
+    cnonce = cnonce, body = opts.body }
+  local v = { "Digest username=" .. quote(auth.username), "realm=" .. quote(params.realm),
+    "nonce=" .. quote(params.nonce), "uri=" .. quote(uri),
+    "response=" .. quote(response) }
+  if params.algorithm then v[#v + 1] = "algorithm=" .. params.algorithm end
+  if qop then
+    v[#v + 1] = "cnonce=" .. quote(cnonce)
+    v[#v + 1] = "qop=" .. qop
+    v[#v + 1] = "nc=" .. nc
+  end
+  if params.opaque then v[#v + 1] = "opaque=" .. quote(params.opaque) end
+  return table.concat(v, ", ")
+end
+
+-- ------------------------------------------------------------------ server side
+
+-- Wall-clock seconds with fractions: nonces are compared across processes, so sip.now()
+-- (monotonic, per process) will not do; os.time() alone is too coarse for short TTLs.
+local wall0, mono0 = os.time(), core.now()
+local function wall_clock()
+  return wall0 + (core.now() - mono0)
+end
+
+local default_secret, default_store
+local FUTURE_SKEW = 30          -- seconds a nonce may seem to come from the future
+
+local function check_opts(opts, fname)
+  if type(opts) ~= "table" then error(fname .. ": options table expected", 3) end
+  if type(opts.realm) ~= "string" or opts.realm == "" then
+    error(fname .. ": realm must be a non-empty string", 3)
+  end
+  if opts.password == nil and opts.ha1 == nil then
+    error(fname .. ": password or ha1 function expected", 3)
+  end
+  for _, k in ipairs{ "password", "ha1", "clock" } do
+    if opts[k] ~= nil and type(opts[k]) ~= "function" then
+      error(fname .. ": " .. k .. " must be a function", 3)
+    end
+  end
+  local ttl = opts.nonce_ttl
+  if ttl ~= nil and (type(ttl) ~= "number" or ttl <= 0) then
+    error(fname .. ": nonce_ttl must be a number of seconds > 0", 3)
+  end
+  if opts.secret ~= nil and (type(opts.secret) ~= "string" or opts.secret == "") then
+    error(fname .. ": secret must be a non-empty string", 3)
+  end
+  local store = opts.store
+  if store ~= nil and (type(store) ~= "table" or type(store.update) ~= "function") then
+    error(fname .. ": store must be a luasip store", 3)
+  end
+  if not default_secret then default_secret = core.random_hex(16) end
+  if not store and not default_store then default_store = memory.new() end
+  local secret = opts.secret or default_secret
+  return {
+    realm = opts.realm, password = opts.password, ha1 = opts.ha1,
+    proxy = not not opts.proxy,
+    nonce_ttl = ttl or 300, secret = secret, store = store or default_store,
+    clock = opts.clock or wall_clock,
+    opaque = md5("opaque:" .. secret .. ":" .. opts.realm),
+  }
+end
+
+-- nonce = issue time in ms (13 decimal digits) .. 8 hex random digits
+--   .. md5(secret:time:random:realm)
+local function make_nonce(cfg)
+  local ts = ("%013.0f"):format(math.floor(cfg.clock() * 1000))
+  local rnd = core.random_hex(4)
+  return ts .. rnd .. md5(cfg.secret .. ":" .. ts .. ":" .. rnd .. ":" .. cfg.realm)
+end
+
+-- nonce_time(cfg, nonce) -> issue time in seconds, or nil when we did not make it
+local function nonce_time(cfg, nonce)
+  local ts, rnd, mac = nonce:match("^(" .. ("%d"):rep(13) .. ")(" .. ("%x"):rep(8)
+    .. ")(%x+)$")
+  if not ts then return nil end
+  if mac:lower() ~= md5(cfg.secret .. ":" .. ts .. ":" .. rnd .. ":" .. cfg.realm) then
+    return nil
+  end
+  return tonumber(ts) / 1000
+end
+
+local function names(cfg)
+  if cfg.proxy then
+    return 407, "Proxy Authentication Required", "Proxy-Authenticate",
+      "Proxy-Authorization"
+  end
+  return 401, "Unauthorized", "WWW-Authenticate", "Authorization"
+end
+
+-- Answers req with a fresh challenge; -> nil, status, why
+local function challenge(req, cfg, why, stale)
+  local status, reason, header = names(cfg)
+  local v = "Digest realm=" .. quote(cfg.realm) .. ', nonce="' .. make_nonce(cfg)
+    .. '", opaque="' .. cfg.opaque .. '"' .. (stale and ", stale=true" or "")
+    .. ', algorithm=MD5, qop="auth"'
+  req:reply(status, reason, { headers = { [header] = v } })
+  return nil, status, why
+end
+
+local function bad_request(req, reason, why)
+  req:reply(400, reason)
+  return nil, 400, why
+end
+
+-- our credentials in req: the first Digest ones for our realm, parsed
+local function find_credentials(req, cfg)
+  local _, _, _, header = names(cfg)
+  for _, v in ipairs(req:headers(header)) do
+    local scheme, p = M.parse(v)
+    if scheme and scheme:lower() == "digest" and p.realm == cfg.realm then return p end
+  end
+  return nil
+end
+
+local function uri_matches(digest_uri, req)
+  local ruri = req.uri
+  return digest_uri == ruri or location.uri_equal(digest_uri, ruri)
+end
+
+local function verify(req, cfg)
+  if req.method == "ACK" then return nil, nil, "an ACK cannot be challenged" end
+  local p = find_credentials(req, cfg)
+  if not p then return challenge(req, cfg, "no credentials") end
+  if not (p.username and p.nonce and p.uri and p.response) then
+    return bad_request(req, "Incomplete Authorization", "malformed")
+  end
+  if p.algorithm and p.algorithm:lower() ~= "md5" then
+    return challenge(req, cfg, "algorithm")
+  end
+  if p.qop ~= "auth" then return challenge(req, cfg, "qop") end
+  if not p.cnonce or not p.nc or not p.nc:match("^%x%x%x%x%x%x%x%x$") then
+    return bad_request(req, "Incomplete Authorization", "malformed")
+  end
+  local nc = tonumber(p.nc, 16)
+  if nc == 0 then return bad_request(req, "Incomplete Authorization", "malformed") end
+  if not uri_matches(p.uri, req) then
+    return bad_request(req, "Authorization URI Mismatch", "uri")
+  end
+  local now = cfg.clock()
+  local issued = nonce_time(cfg, p.nonce)
+  if not issued or issued > now + FUTURE_SKEW then
+    return challenge(req, cfg, "bad nonce")
+  end
+  if p.opaque and p.opaque ~= cfg.opaque then return challenge(req, cfg, "opaque") end
+  local ha1
+  if cfg.ha1 then
+    ha1 = cfg.ha1(p.username, cfg.realm)
+  else
+    local password = cfg.password(p.username, cfg.realm)
+    if password then ha1 = md5(p.username .. ":" .. cfg.realm .. ":" .. password) end
+  end
+  if type(ha1) ~= "string" then return challenge(req, cfg, "unknown user") end
+  local expected = M.response{ method = req.method, uri = p.uri, nonce = p.nonce,
+    ha1 = ha1, qop = "auth", nc = p.nc, cnonce = p.cnonce }
+  if expected ~= p.response:lower() then return challenge(req, cfg, "bad response") end
+  local left = issued + cfg.nonce_ttl - now
+  if left <= 0 then return challenge(req, cfg, "stale", true) end
+  -- nonce counts must rise (RFC 7616 3.4): a count seen before is a replay
+  local replay
+  local ok, err = cfg.store:update("auth:nc:" .. p.nonce, function(highest)
+    replay = highest ~= nil and nc <= highest
+    if replay then return false end
+    return nc, left + 1
+  end)
+  if not ok then
+    dispatcher.log("error", "auth: nonce count store failed: " .. tostring(err))
+    req:reply(500, "Authentication Store Failure")
+    return nil, 500, "store"
+  end
+  if replay then return challenge(req, cfg, "replay", true) end
+  return p.username
+end
+
+-- check(req, { realm =, password = fn(user, realm) | ha1 = fn(user, realm),
+--   proxy = false, nonce_ttl = 300, secret = (per process), store = (per process),
+--   clock = (wall clock, seconds) })
+--   -> user | nil, status, why
+-- Answers req itself unless it returns a user: 401/407 with a fresh nonce when the
+-- credentials are missing, for another realm or algorithm, wrong (an unknown user and a
+-- wrong password look the same on the wire) or carry a nonce we did not make; with
+-- stale=true when the digest is right but the nonce expired or its nonce count was
+-- already used; 400 when the credentials are incomplete or their uri is not the
+-- Request-URI (RFC 2617 3.2.2.5).  why: "no credentials", "algorithm", "qop",
+-- "bad nonce", "opaque", "unknown user", "bad response", "stale", "replay",
+-- "malformed", "uri", "store".
+function M.check(req, opts)
+  local cfg = check_opts(opts, "luasip.auth.check")
+  return verify(req, cfg)
+end
+
+-- authorizer{ realm =, password = | ha1 =, ..., allow = fn(user, aor, req) -> boolean }
+--   -> fn(req, aor) -> user | nil, the authorize hook of sip.registrar.  It challenges
+-- like check; an authenticated user may register only the AOR with the same user part
+-- (unless allow says otherwise): any other AOR gets 403.
+function M.authorizer(opts)
+  local cfg = check_opts(opts, "luasip.auth.authorizer")
+  local allow = opts.allow
+  if allow ~= nil and type(allow) ~= "function" then
+    error("luasip.auth.authorizer: allow must be a function", 2)
+  end
+  allow = allow or function(user, aor)
+    local u = location.parse_uri(aor)
+    return u ~= nil and u.user == user
+  end
+  return function(req, aor)
+    local user = verify(req, cfg)
+    if not user then return nil end
+    if not allow(user, aor, req) then
+      req:reply(403, "Forbidden")
+      return nil
+    end
+    return user
+  end
+end
+
+-- ------------------------------------------------------------------ client side
+
+-- agent -> { [username \0 next hop] = { challenge params (with .header and .nc)... } }:
+-- the last challenges answered, for credentials sent ahead of a challenge (nonce reuse
+-- with the next nonce count, RFC 7616 3.4)
+local cache = setmetatable({}, { __mode = "k" })
+
+local function cache_key(opts, auth)
+  local hop = opts.proxy or opts.uri
+  local u = type(hop) == "string" and location.parse_uri(hop)
+  local host = u and u.host and (u.host .. ":" .. (u.port or "")) or "?"
+  return auth.username .. "\0" .. host
+end
+
+local function header_name(k)
+  if type(k) == "string" then return k:lower() end
+  return nil
+end
+
+-- header names (lowercase, with compact forms) the retry sets itself
+local PINNED = { from = true, f = true, ["call-id"] = true, i = true, cseq = true }
+
+-- copy of a headers table without the PINNED ones (map or "Name: value" list form)
+local function unpinned(headers)
+  local out = {}
+  for k, v in pairs(headers or {}) do
+    local name = header_name(k)
+    if not name and type(v) == "string" then
+      name = (v:match("^%s*([^:%s]+)%s*:") or ""):lower()
+    end
+    if not PINNED[name] then
+      if type(k) == "number" then out[#out + 1] = v else out[k] = v end
+    end
+  end
+  return out
+end
+
+-- adds credentials for every cached/offered challenge to headers
+local function add_credentials(headers, entries, auth, method, uri, body)
+  local by_header = {}
+  for _, ch in ipairs(entries) do
+    ch.nc = ch.nc + 1
+    local v = M.credentials(ch, auth, method, uri, { nc = ch.nc, body = body })
+    if v then
+      local list = by_header[ch.header] or {}
+      by_header[ch.header] = list
+      list[#list + 1] = v
+    end
+  end
+  for name, list in pairs(by_header) do
+    local old = headers[name]
+    if type(old) == "string" then table.insert(list, 1, old)
+    elseif type(old) == "table" then
+      for i = #old, 1, -1 do table.insert(list, 1, old[i]) end
+    end
+    headers[name] = list
+  end
+  return headers
+end
+
+-- the challenges of a 401/407 that auth can answer -> list, any stale=true
+local function challenges_of(res, auth)
+  local list, stale = {}, false
+  for _, h in ipairs{ "WWW-Authenticate", "Proxy-Authenticate" } do
+    local header = h == "WWW-Authenticate" and "Authorization" or "Proxy-Authorization"
+    for _, v in ipairs(res:headers(h)) do
+      local scheme, p = M.parse(v)
+      if scheme and scheme:lower() == "digest" and usable(p)
+        and (auth.realm == nil or auth.realm == p.realm) then
+        p.header, p.nc = header, 0
+        list[#list + 1] = p
+        if p.stale and p.stale:lower() == "true" then stale = true end
+      end
+    end
+  end
+  return list, stale
+end
+
+-- raises at the level of the caller of agent:request / agent:invite
+local function check_auth(opts, fname)
+  local auth = opts.auth
+  if type(auth) ~= "table" then error(fname .. ": auth must be a table", 3) end
+  if type(auth.username) ~= "string" then
+    error(fname .. ": auth.username must be a string", 3)
+  end
+  if type(auth.password) ~= "string" and type(auth.ha1) ~= "string" then
+    error(fname .. ": auth.password or auth.ha1 must be a string", 3)
+  end
+  if auth.realm ~= nil and type(auth.realm) ~= "string" then
+    error(fname .. ": auth.realm must be a string", 3)
+  end
+  if type(opts.uri) ~= "string" then error(fname .. ": uri must be a string", 3) end
+end
+
+local MAX_SENDS = 4   -- bounds the answers to challenges from ever new realms
+
+-- Sends with send(self, o) (the original request or invite) and answers challenges.  It
+-- retries when a challenge comes from a realm (and header) it has not answered in this
+-- call yet -- once for a plain 401 or 407, twice for a 407 then a 401 -- and once more
+-- when a challenge says stale=true.  Credentials sent ahead from the cache do not count
+-- as an answer: a server that restarted with another secret challenges them afresh.
+local function with_auth(self, opts, send, method)
+  local auth = opts.auth
+  local per_agent = cache[self]
+  if not per_agent then
+    per_agent = {}
+    cache[self] = per_agent
+  end
+  local key = cache_key(opts, auth)
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.auth = nil
+  local base = opts.headers or {}
+  local entries = auth.preemptive ~= false and per_agent[key]
+  if entries then
+    local h = {}
+    for k, v in pairs(base) do h[k] = v end
+    o.headers = add_credentials(h, entries, auth, method, opts.uri, opts.body)
+  end
+  local answered, current, stale_retried, sends = {}, {}, false, 0
+  while true do
+    local r = { send(self, o) }
+    sends = sends + 1
+    local res, code = r[4], r[3]
+    if r[1] ~= nil or not res or (code ~= 401 and code ~= 407) then
+      if r[1] == nil then per_agent[key] = nil end
+      return unpack(r, 1, 4)
+    end
+    local list, stale = challenges_of(res, auth)
+    local fresh = false
+    for _, ch in ipairs(list) do
+      local id = ch.header .. "\0" .. ch.realm
+      if not answered[id] then fresh = true end
+      current[id] = ch
+    end
+    local again = sends < MAX_SENDS and (fresh or (stale and not stale_retried))
+    if not again then
+      per_agent[key] = nil
+      return unpack(r, 1, 4)
+    end
+    if not fresh then stale_retried = true end
+    entries = {}
+    for id, ch in pairs(current) do
+      answered[id] = true
+      entries[#entries + 1] = ch
+    end
+    per_agent[key] = entries
+    -- RFC 3261 22.2: same Call-ID and From tag, the next CSeq
+    local h = unpinned(base)
+    h.From = res:header("From")
+    h["Call-ID"] = res.call_id
+    h.CSeq = (res.cseq + 1) .. " " .. method
+    o.headers = add_credentials(h, entries, auth, method, opts.uri, opts.body)
+    o.from = nil
+  end
+end
+
+local agent_methods = core.methods("luasip.agent")
+local request, invite = agent_methods.request, agent_methods.invite
+
+-- agent:request{ ..., auth = { username =, password = | ha1 =, realm =,
+--   preemptive = true } }
+function agent_methods.request(self, opts)
+  if type(opts) ~= "table" or opts.auth == nil then return request(self, opts) end
+  dispatcher.current("luasip.agent:request")
+  check_auth(opts, "luasip.agent:request")
+  if type(opts.method) ~= "string" then
+    error("luasip.agent:request: method must be a SIP method token", 2)
+  end
+  return with_auth(self, opts, request, opts.method:upper())
+end
+
+-- agent:invite{ ..., auth = { username =, password = | ha1 =, realm =,
+--   preemptive = true } }
+function agent_methods.invite(self, opts)
+  if type(opts) ~= "table" or opts.auth == nil then return invite(self, opts) end
+  dispatcher.current("luasip.agent:invite")
+  check_auth(opts, "luasip.agent:invite")
+  return with_auth(self, opts, invite, "INVITE")
+end
+
+return M
