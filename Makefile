@@ -53,7 +53,7 @@ test: deps warnings
 
 run: deps build
 	LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/5.4/?.so;;" \
-	  lua5.4 examples/uas.lua $(ARGS)
+	  lua5.4 examples/pbx.lua $(ARGS)
 
 bench: deps build
 	@sh bench/run.sh

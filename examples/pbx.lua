@@ -1,0 +1,82 @@
+#!/usr/bin/env lua
+--[[ pbx.lua — a small PBX: registrar with digest authentication, and a record-routing
+  proxy that calls every registered contact of a user at once.
+  REGISTER needs alice/bob/carol's password (examples/users.lua); INVITE and MESSAGE
+  from them are authenticated (407) and sent to the callee's contacts; 404 for unknown
+  users, 480 for users not registered, 403 for other domains (no open relay); OPTIONS to
+  the PBX itself is answered; in-dialog requests follow the Record-Route.
+Usage: lua examples/pbx.lua [host:port]     (default 127.0.0.1:5060)
+]]
+local sip = require "luasip"
+
+local here = (arg and arg[0] or ""):match("^(.*)[/\\]") or "."
+local users = assert(loadfile(here .. "/users.lua"))()
+local hostport = arg and arg[1] or "127.0.0.1:5060"
+local host = hostport:match("^%[?([^%]]+)%]?:%d+$") or hostport
+
+local app = assert(sip.agent{ listen = { "sip:" .. hostport }, user_agent = "luasip-pbx",
+  in_dialog = "handler" })
+
+local function log(...)
+  io.stdout:write(os.date("%H:%M:%S "), table.concat({ ... }, " "), "\n")
+  io.stdout:flush()
+end
+
+local ours = { [host] = true, ["localhost"] = true, ["127.0.0.1"] = true }
+local function password(user) return users[user] end
+
+-- REGISTER: digest-authenticated registrar; a user registers only their own AOR
+local registrar, location = sip.registrar{
+  realm = host,
+  authorize = sip.auth.authorizer{ realm = host, password = password },
+}
+app:on("REGISTER", function(req)
+  registrar(req)
+  log("REGISTER", req.to.uri, tostring(req:answered()))
+end)
+
+-- in-dialog requests (Route: us) go where their Request-URI says
+local function in_dialog(req)
+  if req.to_tag then
+    req:proxy(req.uri)
+    return true
+  end
+end
+
+-- calls and messages between users of this PBX
+local function route(req, opts)
+  if in_dialog(req) then return end
+  local user = sip.auth.check(req, { realm = host, password = password, proxy = true })
+  if not user then return end                        -- 407 (or 400) sent by check
+  if req.from.uri:match("^sips?:([^@;]+)@") ~= user then
+    return req:reply(403, "From Does Not Match Credentials")
+  end
+  if not ours[req.ruri.host] then
+    return req:reply(403, "Relaying Denied")
+  end
+  local callee = req.ruri.user
+  if not callee or not users[callee] then return req:reply(404, "No Such User") end
+  local targets = location:lookup("sip:" .. callee .. "@" .. host)
+  if not targets or #targets == 0 then return req:reply(480, "Temporarily Unavailable") end
+  log(req.method, user, "->", callee, "(" .. #targets .. " contact(s))")
+  local res, err = req:proxy(targets, opts)
+  log(req.method, user, "->", callee, res and res.status or err)
+end
+
+app:on("INVITE", function(req) route(req, { record_route = true }) end)
+app:on("MESSAGE", function(req) route(req) end)
+app:on("ACK", function(ack) ack:forward() end)
+for _, m in ipairs{ "BYE", "INFO", "UPDATE", "NOTIFY", "PRACK", "REFER", "SUBSCRIBE" } do
+  app:on(m, function(req)
+    if not in_dialog(req) then req:reply(m == "BYE" and 481 or 404) end
+  end)
+end
+
+app:on("OPTIONS", function(req)
+  if in_dialog(req) then return end
+  if req.ruri.user and users[req.ruri.user] then return route(req) end
+  req:reply(200, { headers = { Allow = app:allow(), Accept = "application/sdp, text/plain" } })
+end)
+
+log("luasip pbx listening on", app:contact(), "realm", host)
+sip.run()

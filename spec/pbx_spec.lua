@@ -1,0 +1,126 @@
+local H = require "spec.helper"
+local sip = H.sip
+
+-- examples/pbx.lua as a separate process, with luasip agents as phones.
+describe("examples/pbx.lua", function()
+  local pbx, port, domain
+  setup(function()
+    port = H.free_port()
+    domain = "127.0.0.1"
+    pbx = H.background({ "env", "LUA_PATH=lua/?.lua;lua/?/init.lua;;",
+      "LUA_CPATH=build/" .. (os.getenv("LUASIP_FLAVOUR") or "5.4") .. "/?.so;;",
+      H.interpreter(), "examples/pbx.lua", "127.0.0.1:" .. port }, 120)
+    H.run_until(function() return pbx.log():find("listening on") or pbx.done() end, 10,
+      "pbx listening")
+    assert.is_nil(pbx.done(), pbx.log())
+  end)
+  teardown(function() if pbx then pbx.kill() end end)
+  after_each(function() H.close_agents() end)
+
+  local function pbx_uri() return "sip:127.0.0.1:" .. port end
+  local function aor(user) return "sip:" .. user .. "@" .. domain end
+  local PW = { alice = "alice-secret", bob = "bob-secret", carol = "carol-secret" }
+
+  local function phone(user, password)
+    local a = H.agent()
+    a.user = user
+    a.auth = { username = user, password = password or PW[user] }
+    return a
+  end
+
+  local function register(p, expires)
+    if expires == 0 then
+      local res, err = p:request{ method = "REGISTER", uri = pbx_uri(), auth = p.auth,
+        headers = { To = "<" .. aor(p.user) .. ">", From = "<" .. aor(p.user) .. ">",
+          Contact = "<" .. p:uri(p.user) .. ">", Expires = "0" } }
+      assert(res, err)
+      return res
+    end
+    return p:request{ method = "REGISTER", uri = pbx_uri(), auth = p.auth,
+      headers = { To = "<" .. aor(p.user) .. ">", From = "<" .. aor(p.user) .. ">",
+        Contact = "<" .. p:uri(p.user) .. ">", Expires = tostring(expires or 60) } }
+  end
+
+  it("registers with digest authentication and refuses a wrong password", function()
+    local alice, mallory = phone("alice"), phone("alice", "guess")
+    local res = H.run(function() return register(alice) end)
+    assert.equal(200, res.status)
+    assert.equal("<" .. alice:uri("alice") .. ">;expires=60", res:header("Contact"))
+    local _, _, code = H.run(function() return register(mallory) end)
+    assert.equal(401, code)
+    H.run(function() assert(register(alice, 0)) end)
+  end)
+
+  it("connects a call between two registered users through the record-routing proxy", function()
+    local alice, bob = phone("alice"), phone("bob")
+    local bob_call
+    bob:on("INVITE", function(req)
+      bob_call = { from = req.from.uri, rr = req:headers("Record-Route") }
+      local d = assert(req:answer{ body = "v=0\r\n", content_type = "application/sdp" })
+      bob_call.ended = d:wait_end(10)
+    end)
+    H.run(function() assert(register(alice)); assert(register(bob)) end)
+    local d, res = H.run(function()
+      return alice:invite{ uri = aor("bob"), proxy = pbx_uri(), auth = alice.auth,
+        from = "<" .. aor("alice") .. ">", body = "v=0\r\n" }
+    end)
+    assert(d, res)
+    assert.equal(200, res.status)
+    assert.equal(aor("alice"), bob_call.from)
+    assert.equal(1, #bob_call.rr)
+    H.run(function() assert.is_true(d:bye()) end)
+    H.run_until(function() return bob_call.ended end)
+    assert.equal("remote bye", bob_call.ended)
+    H.run(function() register(alice, 0); register(bob, 0) end)
+  end)
+
+  it("rings every contact of a user and cancels the others when one answers", function()
+    local alice, bob1, bob2 = phone("alice"), phone("bob"), phone("bob")
+    local bob2_result
+    bob1:on("INVITE", function(req) req:reply(180); sip.sleep(0.2); req:answer() end)
+    bob2:on("INVITE", function(req) req:reply(180); bob2_result = { sip.sleep(5) } end)
+    H.run(function() assert(register(alice)); assert(register(bob1)); assert(register(bob2)) end)
+    local d, res = H.run(function()
+      return alice:invite{ uri = aor("bob"), proxy = pbx_uri(), auth = alice.auth,
+        from = "<" .. aor("alice") .. ">" }
+    end)
+    assert(d, res)
+    assert.equal(bob1:contact(), d:target())
+    H.run_until(function() return bob2_result end)
+    assert.same({ nil, "cancelled", "cancelled" }, bob2_result)
+    H.run(function()
+      d:bye(); register(alice, 0); register(bob1, 0); register(bob2, 0)
+    end)
+  end)
+
+  it("delivers MESSAGE, and answers 404, 480, 403 and 407 where it must", function()
+    local alice, carol = phone("alice"), phone("carol")
+    local got
+    carol:on("MESSAGE", function(req) got = req.body; req:reply(200) end)
+    H.run(function() assert(register(alice)); assert(register(carol)) end)
+    local function send(uri, auth)
+      return select(3, H.run(function()
+        return alice:request{ method = "MESSAGE", uri = uri, proxy = pbx_uri(), auth = auth,
+          from = "<" .. aor("alice") .. ">",
+          body = "hello carol", content_type = "text/plain" }
+      end))
+    end
+    local res = H.run(function()
+      return alice:request{ method = "MESSAGE", uri = aor("carol"), proxy = pbx_uri(),
+        auth = alice.auth, from = "<" .. aor("alice") .. ">", body = "hello carol", content_type = "text/plain" }
+    end)
+    assert.equal(200, res.status)
+    assert.equal("hello carol", got)
+    assert.equal(404, send(aor("nobody"), alice.auth))
+    assert.equal(480, send(aor("bob"), alice.auth))
+    assert.equal(403, send("sip:carol@elsewhere.example", alice.auth))
+    assert.equal(407, send(aor("carol"), nil))
+    local _, err, code = H.run(function()
+      return alice:request{ method = "MESSAGE", uri = aor("carol"), proxy = pbx_uri(),
+        auth = alice.auth, from = "<" .. aor("bob") .. ">", body = "x", content_type = "text/plain" }
+    end)
+    assert.equal(403, code)
+    assert.equal("403 From Does Not Match Credentials", err)
+    H.run(function() register(alice, 0); register(carol, 0) end)
+  end)
+end)
