@@ -379,6 +379,16 @@ static int core_stop(lua_State *L)
   return 1;
 }
 
+/* time() -> wall-clock seconds since the epoch, with fractions (shared between
+ * processes, unlike now()) */
+static int core_time(lua_State *L)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
+
 /* now() -> seconds (monotonic, with fractions) */
 static int core_now(lua_State *L)
 {
@@ -470,6 +480,7 @@ static const luaL_Reg core_funcs[] = {
   {"run", core_run},
   {"stop", core_stop},
   {"now", core_now},
+  {"time", core_time},
   {"timer", core_timer},
   {"log_level", core_log_level},
   {"set_dispatcher", luasip_set_dispatcher},
@@ -478,6 +489,7 @@ static const luaL_Reg core_funcs[] = {
   {"stats", core_stats},
   {"md5", core_md5},
   {"random_hex", core_random_hex},
+  {"stream_connect", luasip_stream_connect},
   {NULL, NULL}
 };
 
@@ -550,6 +562,7 @@ int luaopen_luasip_core(lua_State *L)
     luasip_client_open(L);
     luasip_dialog_open(L);
     luasip_proxy_open(L);
+    luasip_stream_open(L);
   }
   lua_pop(L, 1);
   luasip_newlib(L, core_funcs);

@@ -145,6 +145,10 @@ void luasip_request_set_proxy(lsip_obj_t *req, lsip_obj_t *proxy);
 int luasip_request_status(lsip_obj_t *req);
 int luasip_request_forward(lsip_obj_t *req, msg_t *resp);
 
+/* stream.c: byte streams to local services (Redis) on the loop */
+void luasip_stream_open(lua_State *L);
+int luasip_stream_connect(lua_State *L);
+
 /* proxy.c: stateful proxy (RFC 3261 16) */
 #define LUASIP_PROXY "luasip.proxy"
 void luasip_proxy_open(lua_State *L);

@@ -14,6 +14,7 @@ local sip = {
   run = core.run,
   stop = core.stop,
   now = core.now,
+  time = core.time,
   spawn = dispatcher.spawn,
   sleep = dispatcher.sleep,
   timer = dispatcher.timer,
@@ -202,7 +203,9 @@ local location = require "luasip.location"
 local memory_store = require "luasip.store.memory"
 sip.registrar = registrar.new
 sip.location = location.new
-sip.store = { memory = memory_store.new }
+sip.store = { memory = memory_store.new,
+  redis = function(...) return require("luasip.store.redis").new(...) end }
+sip.redis = function(...) return require("luasip.redis").connect(...) end
 -- end of registrar and location -------------------------------------------------------
 
 -- digest authentication (lua/luasip/auth.lua) -----------------------------------------

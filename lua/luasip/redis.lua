@@ -1,0 +1,130 @@
+-- luasip.redis: a minimal Redis client (RESP2) on a luasip.stream, for luasip
+-- coroutines: commands are pipelined on one connection and each caller yields until
+-- its reply.  Replies: status/bulk strings as Lua strings, integers as numbers, arrays
+-- as tables, nil bulk as false-y nil; a server error returns nil, message, "redis".
+--   local r = assert(redis.connect{ path = "/tmp/redis.sock" })   -- or host=, port=
+--   r:call("SET", "k", "v"); local v = r:call("GET", "k")
+local core = require "luasip.core"
+local dispatcher = require "luasip.dispatcher"
+
+local M = {}
+local Client = {}
+Client.__index = Client
+
+local NULL = {}                  -- a nil inside an array reply
+
+local function encode(args)
+  local out = { "*", tostring(#args), "\r\n" }
+  for _, a in ipairs(args) do
+    a = tostring(a)
+    out[#out + 1] = "$" .. #a .. "\r\n" .. a .. "\r\n"
+  end
+  return table.concat(out)
+end
+
+-- parse(buf, pos) -> value, next_pos | nil (incomplete) ; errors as { err = msg }
+local function parse(buf, pos)
+  local line_end = buf:find("\r\n", pos, true)
+  if not line_end then return nil end
+  local kind, line = buf:sub(pos, pos), buf:sub(pos + 1, line_end - 1)
+  local nextp = line_end + 2
+  if kind == "+" then return line, nextp end
+  if kind == "-" then return { err = line }, nextp end
+  if kind == ":" then return tonumber(line), nextp end
+  if kind == "$" then
+    local n = tonumber(line)
+    if n < 0 then return NULL, nextp end
+    if #buf < nextp + n + 1 then return nil end
+    return buf:sub(nextp, nextp + n - 1), nextp + n + 2
+  end
+  if kind == "*" then
+    local n = tonumber(line)
+    if n < 0 then return NULL, nextp end
+    local list = {}
+    for i = 1, n do
+      local v
+      v, nextp = parse(buf, nextp)
+      if v == nil then return nil end
+      list[i] = v ~= NULL and v or nil
+      if v == NULL then list[i] = false end
+    end
+    return list, nextp
+  end
+  return { err = "protocol error: unexpected " .. kind }, #buf + 1
+end
+
+-- connect{ path = unix socket | host =, port = } -> client | nil, err, code
+function M.connect(opts)
+  if type(opts) ~= "table" then error("luasip.redis.connect: options table expected", 2) end
+  local s, err, code
+  if opts.path then
+    s, err, code = core.stream_connect(opts.path)
+  else
+    s, err, code = core.stream_connect(opts.host or "127.0.0.1", opts.port or 6379)
+  end
+  if not s then return nil, err, code end
+  local c = setmetatable({ _s = s, _buf = "", _pending = {}, _head = 1, _tail = 0 }, Client)
+  s._client = c
+  return c
+end
+
+-- client:call(cmd, ...) -> reply | nil, err, code
+function Client:call(...)
+  if self._closed then return nil, "redis connection closed", "closed" end
+  local slot = dispatcher.new_slot("luasip.redis:call")
+  local ok, err, code = self._s:send(encode({ ... }))
+  if not ok then return nil, err, code end
+  self._tail = self._tail + 1
+  self._pending[self._tail] = slot
+  return dispatcher.wait(slot)
+end
+
+function Client:close()
+  if not self._closed then
+    self._closed = true
+    self._s:close()
+    self:_fail("redis connection closed")
+  end
+  return true
+end
+
+function Client:_fail(why)
+  while self._head <= self._tail do
+    local slot = self._pending[self._head]
+    self._pending[self._head] = nil
+    self._head = self._head + 1
+    dispatcher.fill(slot, nil, why, "closed")
+  end
+end
+
+dispatcher.events.stream_data = function(s)
+  local c = s and s._client
+  if not c then return end
+  local buf, pos = c._buf .. s:take(), 1
+  while c._head <= c._tail do
+    local v, nextp = parse(buf, pos)
+    if v == nil then break end
+    pos = nextp
+    local slot = c._pending[c._head]
+    c._pending[c._head] = nil
+    c._head = c._head + 1
+    if type(v) == "table" and v.err then
+      dispatcher.fill(slot, nil, v.err, "redis")
+    elseif v == NULL then
+      dispatcher.fill(slot, nil)
+    else
+      dispatcher.fill(slot, v)
+    end
+  end
+  c._buf = buf:sub(pos)
+end
+
+dispatcher.events.stream_closed = function(s)
+  local c = s and s._client
+  if c then
+    c._closed = true
+    c:_fail("redis connection lost: " .. tostring(s:error()))
+  end
+end
+
+return M

@@ -1,0 +1,105 @@
+local H = require "spec.helper"
+local sip = H.sip
+
+local have_redis = os.execute("command -v redis-server >/dev/null 2>&1")
+have_redis = have_redis == true or have_redis == 0
+
+-- The Redis store against a real redis-server on a Unix socket made by the spec.
+describe("luasip.store.redis", function()
+  local server, dir, sock
+  setup(function()
+    if not have_redis then return end
+    dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir))
+    sock = dir .. "/redis.sock"
+    server = H.background({ "redis-server", "--port", "0", "--unixsocket", sock,
+      "--save", "", "--appendonly", "no", "--dir", dir }, 120)
+    H.run_until(function()
+      local ok = os.execute("test -S " .. sock)
+      return ok == true or ok == 0 or server.done()
+    end, 10, "redis socket")
+  end)
+  teardown(function()
+    if server then server.kill() end
+    if dir then os.execute("rm -rf " .. dir) end
+  end)
+  after_each(function() H.close_agents() end)
+
+  local it_ = have_redis and it or pending
+
+  it_("gets, sets with a TTL, deletes, lists keys and updates atomically", function()
+    H.run(function()
+      local st = assert(sip.store.redis{ path = sock, prefix = "t1:" })
+      assert.is_nil(st:get("a"))
+      assert.is_true(st:set("a", { x = 1, list = { "p", "q" }, ok = true, f = 0.5 }))
+      assert.same({ x = 1, list = { "p", "q" }, ok = true, f = 0.5 }, st:get("a"))
+      assert.is_true(st:set("b:1", "one", 0.2))
+      assert.same({ "a", "b:1" }, st:keys(""))
+      assert.same({ "b:1" }, st:keys("b:"))
+      sip.sleep(0.3)
+      assert.is_nil(st:get("b:1"))
+      assert.is_true(st:update("n", function(old) return (old or 0) + 1 end))
+      assert.is_true(st:update("n", function(old) return old + 1 end))
+      assert.equal(2, st:get("n"))
+      assert.is_true(st:update("n", function() return false end))
+      assert.equal(2, st:get("n"))
+      assert.is_true(st:update("n", function() return nil end))
+      assert.is_nil(st:get("n"))
+      assert.is_true(st:del("a"))
+      assert.same({}, st:keys(""))
+      st:close()
+    end)
+  end)
+
+  it_("keeps concurrent updates from two connections consistent", function()
+    local a = assert(H.run(function() return sip.store.redis{ path = sock, prefix = "t2:" } end))
+    local b = assert(H.run(function() return sip.store.redis{ path = sock, prefix = "t2:" } end))
+    local done = 0
+    for _, st in ipairs{ a, b, a, b } do
+      sip.spawn(function()
+        for _ = 1, 25 do
+          local ok, err, code = st:update("count", function(old) return (old or 0) + 1 end)
+          assert(ok, tostring(err) .. " " .. tostring(code))
+        end
+        done = done + 1
+      end)
+    end
+    H.run_until(function() return done == 4 end, 10)
+    assert.equal(100, H.run(function() return a:get("count") end))
+    a:close(); b:close()
+  end)
+
+  it_("shares registrations between two agents", function()
+    local pbx1, pbx2, phone = H.agent(), H.agent(), H.agent()
+    local loc1, loc2
+    H.run(function()
+      local handler
+      handler, loc1 = sip.registrar{ store = assert(sip.store.redis{ path = sock, prefix = "t3:" }) }
+      pbx1:on("REGISTER", handler)
+      loc2 = sip.location{ store = assert(sip.store.redis{ path = sock, prefix = "t3:" }) }
+    end)
+    local res = H.run(function()
+      return phone:request{ method = "REGISTER", uri = pbx1:contact(), headers = {
+        To = "<sip:alice@example.test>", From = "<sip:alice@example.test>",
+        Contact = "<" .. phone:uri("alice") .. ">", Expires = "60" } }
+    end)
+    assert.equal(200, res.status)
+    local targets = H.run(function() return loc2:lookup("sip:alice@example.test") end)
+    assert.equal(1, #targets)
+    assert.equal(phone:uri("alice"), targets[1].uri)
+    assert(pbx2)
+  end)
+
+  it_("returns nil, err, code when the server is gone", function()
+    local st = assert(H.run(function() return sip.store.redis{ path = sock, prefix = "t4:" } end))
+    local r = assert(H.run(function() return sip.redis{ path = sock } end))
+    assert.equal("OK", H.run(function() return r:call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes") end) and "OK")
+    local v, err, code = H.run(function() return st:get("x") end)
+    assert.is_nil(v)
+    assert.matches("redis connection", err)
+    assert.equal("closed", code)
+    local _, err2 = sip.store.redis{ path = dir .. "/nothing.sock" }
+    assert.is_string(err2)
+  end)
+end)
