@@ -201,6 +201,9 @@ static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
 
   if (c->done)
     return 0;
+  if (c->want_dialog && !c->is_invite && status >= 200 && status < 300 && sip && c->agent &&
+      !c->dialog)
+    c->dialog = luasip_dialog_uac(c->agent, sip);
   if (c->is_invite && status >= 200 && status < 300 && sip && c->agent) {
     msg_t *req = nta_outgoing_getrequest(orq);
     sip_t const *rs = req ? sip_object(req) : NULL;
@@ -339,7 +342,10 @@ static int agent_send(lua_State *L)
     return luasip_fail(L, "out of memory", "memory");
 
   lua_getfield(L, 2, "dialog");
-  want_dialog = lua_toboolean(L, -1) && method == sip_method_invite;
+  /* dialog-creating requests (RFC 3261 12, RFC 6665 4.1.2.4, RFC 3515) */
+  want_dialog = lua_toboolean(L, -1) && (method == sip_method_invite ||
+                                         method == sip_method_subscribe ||
+                                         method == sip_method_refer);
   lua_pop(L, 1);
   return luasip_client_start(L, a, msg, proxy, want_dialog);
 }

@@ -124,12 +124,14 @@ static int req_dialog(lua_State *L)
 {
   lsip_obj_t *r = luasip_checkobj(L, 1, LUASIP_REQUEST);
   lsip_agent_t *a = luasip_request_agent(r);
-  nta_incoming_t *irq = luasip_request_irq(r);
+  nta_incoming_t *irq = luasip_request_ensure_irq(r);
   sip_t const *sip = luasip_request_sip(r);
   nta_agent_t *nta = a ? luasip_agent_nta(a) : NULL;
   lsip_dialog_t *d;
-  if (sip->sip_request->rq_method != sip_method_invite)
-    return luaL_error(L, "luasip.request:answer: only an INVITE makes a dialog here");
+  if (sip->sip_request->rq_method != sip_method_invite &&
+      sip->sip_request->rq_method != sip_method_subscribe &&
+      sip->sip_request->rq_method != sip_method_refer)
+    return luaL_error(L, "luasip.request:dialog: only INVITE, SUBSCRIBE and REFER make dialogs");
   if (!nta || !irq || nta_incoming_status(irq) >= 200)
     return luasip_fail(L, "request already answered", "answered");
   d = luasip_newobj(L, sizeof *d, LUASIP_DIALOG, dialog_destroy);

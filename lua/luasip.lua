@@ -151,6 +151,11 @@ function tx_methods.wait(self, timeout)
   if res.status >= 300 then
     return nil, tostring(res.status) .. " " .. tostring(res.reason), res.status, res
   end
+  if not self.is_invite then
+    -- SUBSCRIBE / REFER sent with dialog = true: the 2xx made a dialog
+    local d = self:dialog()
+    if d then res.dialog = require("luasip.dialog").init(d) end
+  end
   return res
 end
 

@@ -23,6 +23,25 @@ local function ended(d, reason)
   end
 end
 
+local function init(d)
+  d:_keep()
+  d._handlers = d._handlers or {}
+  d._pending = d._pending or setmetatable({}, { __mode = "k" })
+  return d
+end
+M.init = init
+
+-- req:dialog() -> dialog | nil, err, code: the dialog a SUBSCRIBE or REFER creates (the
+-- caller then answers 2xx); INVITEs use req:answer
+function req_methods.dialog(self)
+  if self.method ~= "SUBSCRIBE" and self.method ~= "REFER" then
+    error("luasip.request:dialog: only SUBSCRIBE and REFER (INVITE: req:answer)", 2)
+  end
+  local d, err, code = self:_dialog()
+  if not d then return nil, err, code end
+  return init(d)
+end
+
 -- req:answer([opts]) -> dialog | nil, err, code: 200 (with opts.body etc.), then the ACK
 function req_methods.answer(self, opts)
   if opts ~= nil and type(opts) ~= "table" then
