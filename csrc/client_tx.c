@@ -27,6 +27,9 @@ typedef struct lsip_client {
   int status;
   unsigned is_invite:1, creating:1, done:1, want_dialog:1;
   lsip_obj_t *dialog;         /* dialog created by our 2xx (owned by Lua once born) */
+  nta_leg_t *early;           /* early dialog of a reliable 18x, for its PRACKs */
+  uint32_t rseq;              /* last RSeq PRACKed in it */
+  char *prack_body, *prack_type;  /* what Lua wants in the next PRACK (an SDP answer) */
 } lsip_client_t;
 
 /* ---------------------------------------------------------------- ACK memory */
@@ -159,8 +162,20 @@ int luasip_client_stray(lsip_agent_t *a, msg_t *msg, sip_t *sip)
 
 /* ---------------------------------------------------------------- lifetime */
 
+static void early_release(lsip_client_t *c)
+{
+  if (c->early) {
+    nta_leg_destroy(c->early);
+    c->early = NULL;
+  }
+  free(c->prack_body);
+  free(c->prack_type);
+  c->prack_body = c->prack_type = NULL;
+}
+
 static void client_release(lsip_client_t *c)
 {
+  early_release(c);
   if (c->orq) {
     nta_outgoing_destroy(c->orq);
     c->orq = NULL;
@@ -191,6 +206,59 @@ void luasip_clients_detach(lsip_agent_t *a)
   acks_prune(a, 1);
 }
 
+static int prack_done(nta_outgoing_magic_t *magic, nta_outgoing_t *orq, sip_t const *sip)
+{
+  (void)magic;
+  if (!sip || sip->sip_status->st_status >= 200)
+    nta_outgoing_destroy(orq);
+  return 0;
+}
+
+/* PRACK a reliable provisional response (RFC 3262 4) in its early dialog. */
+static void send_prack(lsip_client_t *c, nta_outgoing_t *orq, sip_t const *sip)
+{
+  nta_agent_t *nta = luasip_agent_nta(c->agent);
+  sip_rack_t rack[1];
+  sip_rack_init(rack);
+  if (!nta)
+    return;
+  if (c->early && !su_strmatch(nta_leg_get_rtag(c->early), sip->sip_to->a_tag)) {
+    nta_leg_destroy(c->early);      /* another fork answered reliably: follow it */
+    c->early = NULL;
+    c->rseq = 0;
+  }
+  if (!c->early) {
+    c->early = nta_leg_tcreate(nta, NULL, NULL,
+                               SIPTAG_CALL_ID(sip->sip_call_id),
+                               SIPTAG_FROM(sip->sip_from),
+                               SIPTAG_TO(sip->sip_to),
+                               SIPTAG_CSEQ(sip->sip_cseq),
+                               TAG_END());
+    if (!c->early)
+      return;
+    nta_leg_client_route(c->early, sip->sip_record_route, sip->sip_contact);
+  }
+  /* a retransmission (same or older RSeq) is not PRACKed again (RFC 3262 4) */
+  if (c->rseq && sip->sip_rseq->rs_response <= c->rseq)
+    return;
+  c->rseq = sip->sip_rseq->rs_response;
+  rack->ra_response = sip->sip_rseq->rs_response;
+  rack->ra_cseq = sip->sip_cseq->cs_seq;
+  rack->ra_method = sip->sip_cseq->cs_method;
+  rack->ra_method_name = sip->sip_cseq->cs_method_name;
+  /* built on the early leg: nta_outgoing_prack wants a tagged transaction */
+  nta_outgoing_tcreate(c->early, prack_done, NULL, NULL, SIP_METHOD_PRACK, NULL,
+                       SIPTAG_RACK(rack),
+                       SIPTAG_USER_AGENT_STR(c->agent->user_agent),
+                       TAG_IF(c->prack_body, SIPTAG_CONTENT_TYPE_STR(c->prack_type)),
+                       TAG_IF(c->prack_body, SIPTAG_PAYLOAD_STR(c->prack_body)),
+                       TAG_END());
+  (void)orq;
+  free(c->prack_body);
+  free(c->prack_type);
+  c->prack_body = c->prack_type = NULL;
+}
+
 static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
                            sip_t const *sip)
 {
@@ -203,13 +271,15 @@ static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
     return 0;
   if (c->want_dialog && !c->is_invite && status >= 200 && status < 300 && sip && c->agent &&
       !c->dialog)
-    c->dialog = luasip_dialog_uac(c->agent, sip);
+    c->dialog = luasip_dialog_uac(c->agent, sip, 0);
   if (c->is_invite && status >= 200 && status < 300 && sip && c->agent) {
     msg_t *req = nta_outgoing_getrequest(orq);
     sip_t const *rs = req ? sip_object(req) : NULL;
     if (c->want_dialog && !c->dialog)
-      c->dialog = luasip_dialog_uac(c->agent, sip);   /* before the ACK: the callee may
-                                                          send BYE right after it */
+      /* before the ACK: the callee may send BYE right after it; after PRACKs, our
+       * CSeq goes on from the early dialog's */
+      c->dialog = luasip_dialog_uac(c->agent, sip,
+                                    c->early ? nta_leg_get_seq(c->early) : 0);
     send_2xx_ack(c->agent, sip, rs ? rs->sip_request->rq_url : NULL);
     acks_remember(c->agent, sip);
     if (req)
@@ -226,6 +296,12 @@ static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
   if (status >= 200)
     c->done = 1;
   luasip_bridge("response", &c->obj, resp);
+  if (c->is_invite && status > 100 && status < 200 && sip && sip->sip_rseq &&
+      sip->sip_require && sip_has_feature(sip->sip_require, "100rel") &&
+      sip->sip_to->a_tag && c->agent)
+    send_prack(c, orq, sip);          /* after Lua, which may give it a body */
+  if (status >= 200)
+    early_release(c);
   if (resp && !resp->born)
     resp->destroy(resp);
   if (c->done) {
@@ -335,6 +411,8 @@ static int agent_send(lua_State *L)
     sip_add_tl(msg, sip, SIPTAG_MAX_FORWARDS_STR("70"), TAG_END());
   if (!sip->sip_user_agent)
     sip_add_tl(msg, sip, SIPTAG_USER_AGENT_STR(a->user_agent), TAG_END());
+  if (method == sip_method_invite && !sip->sip_supported)
+    sip_add_tl(msg, sip, SIPTAG_SUPPORTED_STR("100rel"), TAG_END());  /* we PRACK */
   if (!sip->sip_contact && dialog_creating(method))
     sip_add_tl(msg, sip, SIPTAG_CONTACT(luasip_agent_contact_for(a, home, NULL, dest)),
                TAG_END());
@@ -409,6 +487,20 @@ static int client_dialog(lua_State *L)
   return 1;
 }
 
+/* tx:prack_body(body, content_type): the body of the PRACK for the reliable
+ * provisional response being delivered (call it from on_provisional) */
+static int client_prack_body(lua_State *L)
+{
+  lsip_client_t *c = (lsip_client_t *)luasip_checkobj(L, 1, LUASIP_CLIENT_TX);
+  const char *body = luaL_checkstring(L, 2);
+  const char *type = luaL_optstring(L, 3, "application/sdp");
+  free(c->prack_body);
+  free(c->prack_type);
+  c->prack_body = strdup(body);
+  c->prack_type = strdup(type);
+  return 0;
+}
+
 /* tx:status() -> highest status received (0 before any) */
 static int client_status(lua_State *L)
 {
@@ -446,6 +538,7 @@ static const luaL_Reg client_methods[] = {
   {"cancel", client_cancel},
   {"status", client_status},
   {"dialog", client_dialog},
+  {"prack_body", client_prack_body},
   {"close", client_close},
   {NULL, NULL}
 };

@@ -53,8 +53,7 @@ void luasip_dialogs_detach(lsip_agent_t *a)
     if (d->obj.born)
       luasip_bridge("dialog_closed", &d->obj, NULL);
     luasip_unanchor(luasip_L(), &d->obj);
-    if (!d->obj.born)
-      dialog_destroy(&d->obj);
+    /* an unborn (UAC) dialog belongs to its client transaction, which frees it */
   }
 }
 
@@ -98,17 +97,23 @@ static lsip_dialog_t *dialog_alloc(lsip_agent_t *a, int uas)
 }
 
 /* The UAC dialog of an INVITE's 2xx; unborn until Lua asks for it (tx:dialog()). */
-lsip_obj_t *luasip_dialog_uac(lsip_agent_t *a, sip_t const *resp)
+lsip_obj_t *luasip_dialog_uac(lsip_agent_t *a, sip_t const *resp, uint32_t seq)
 {
   nta_agent_t *nta = luasip_agent_nta(a);
   lsip_dialog_t *d = nta ? dialog_alloc(a, 0) : NULL;
+  sip_cseq_t cseq[1];
   if (!d)
     return NULL;
+  /* our next CSeq follows the INVITE's, or the last PRACK's of the early dialog */
+  sip_cseq_init(cseq);
+  cseq->cs_seq = seq > resp->sip_cseq->cs_seq ? seq : resp->sip_cseq->cs_seq;
+  cseq->cs_method = resp->sip_cseq->cs_method;
+  cseq->cs_method_name = resp->sip_cseq->cs_method_name;
   d->leg = nta_leg_tcreate(nta, leg_request, (nta_leg_magic_t *)d,
                            SIPTAG_CALL_ID(resp->sip_call_id),
                            SIPTAG_FROM(resp->sip_from),
                            SIPTAG_TO(resp->sip_to),
-                           SIPTAG_CSEQ(resp->sip_cseq),
+                           SIPTAG_CSEQ(cseq),
                            TAG_END());
   if (!d->leg) {
     luasip_freeobj(&d->obj);

@@ -132,7 +132,7 @@ int luasip_client_start(lua_State *L, lsip_agent_t *a, msg_t *msg, const char *p
 
 /* dialog.c: dialogs on nta legs */
 void luasip_dialog_open(lua_State *L);
-lsip_obj_t *luasip_dialog_uac(lsip_agent_t *a, sip_t const *resp);
+lsip_obj_t *luasip_dialog_uac(lsip_agent_t *a, sip_t const *resp, uint32_t seq);
 void luasip_dialogs_detach(lsip_agent_t *a);
 
 /* server_tx.c, for dialog.c */

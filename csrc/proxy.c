@@ -549,7 +549,10 @@ static int req_forward(lua_State *L)
   sip = sip_object(m);
   if (sip->sip_max_forwards && sip->sip_max_forwards->mf_count == 0) {
     msg_destroy(m);
-    return luasip_fail(L, "too many hops", "483");
+    lua_pushnil(L);
+    lua_pushliteral(L, "483 Too Many Hops");
+    lua_pushinteger(L, 483);
+    return 3;
   }
   if (sip->sip_max_forwards)
     sip->sip_max_forwards->mf_count--, msg_fragment_clear(sip->sip_max_forwards->mf_common);

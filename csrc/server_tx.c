@@ -30,7 +30,7 @@ typedef struct lsip_req {
   tport_t *tport;             /* delivering transport, for 2xx retransmission */
   char transport[8];
   int status;                 /* highest status sent */
-  unsigned dispatching:1, cancelled:1, is_ack:1, orphan:1;
+  unsigned dispatching:1, cancelled:1, is_ack:1, orphan:1, reliable:1;
   lsip_obj_t *proxy;          /* proxy.c forwarding this request, if any */
   su_timer_t *rtx;            /* 2xx retransmission timer */
   msg_t *resp2xx;
@@ -127,8 +127,11 @@ void luasip_requests_detach(lsip_agent_t *a)
 {
   while (a->requests.next != &a->requests) {
     lsip_req_t *r = (lsip_req_t *)((char *)a->requests.next - offsetof(lsip_req_t, link));
+    int waited = r->m.obj.alive && (r->rtx || r->reliable);
     req_release_sofia(r);
     r->agent = NULL;
+    if (waited)
+      luasip_bridge("request_closed", &r->m.obj, NULL);  /* wake wait_ack / PRACK waits */
     if (r->orphan)
       req_free(r);
   }
@@ -214,10 +217,37 @@ static void rtx_tick(su_root_magic_t *magic, su_timer_t *t, su_timer_arg_t *arg)
   su_timer_set_interval(r->rtx, rtx_tick, r, r->rtx_interval);
 }
 
+/* A PRACK for one of our reliable provisional responses (RFC 3262 3): the core answers
+ * it 200, then Lua hears ("prack", invite, prack). */
+static int prack_callback(nta_reliable_magic_t *magic, nta_reliable_t *rel,
+                          nta_incoming_t *pr_irq, sip_t const *sip)
+{
+  lsip_req_t *r = (lsip_req_t *)magic;
+  lsip_obj_t *pr;
+  (void)rel; (void)sip;
+  if (!pr_irq || !r->agent)
+    return 0;
+  pr = luasip_request_from_irq(r->agent, pr_irq);
+  if (!pr)
+    return 200;
+  send_final_plain((lsip_req_t *)pr, SIP_200_OK);
+  luasip_bridge("prack", r->m.obj.alive ? &r->m.obj : NULL, pr);
+  luasip_request_dispatched(pr);
+  return 0;
+}
+
 static int irq_callback(nta_incoming_magic_t *magic, nta_incoming_t *irq, sip_t const *sip)
 {
   lsip_req_t *r = (lsip_req_t *)magic;
   (void)irq;
+  if (!sip && r->reliable && r->status < 200) {
+    /* a reliable provisional response was never PRACKed (RFC 3262 3: 5xx) */
+    send_final_plain(r, 504, "Reliable Response Time-Out");
+    if (r->m.obj.alive)
+      luasip_bridge("prack_timeout", &r->m.obj, NULL);
+    req_settle(r);
+    return 0;
+  }
   /* CANCEL ends only an INVITE (RFC 3261 9.2); for others nta's 200 is all there is */
   if (sip && sip->sip_request && sip->sip_request->rq_method == sip_method_cancel &&
       r->m.sip->sip_request->rq_method == sip_method_invite && r->status < 200) {
@@ -483,13 +513,14 @@ static int needs_contact(sip_t const *sip, int status)
          m == sip_method_update || (m == sip_method_notify && status < 300);
 }
 
-/* req:reply(status [, reason] [, {headers=, body=, content_type=}]) -> true | nil, err, code */
+/* req:reply(status [, reason] [, {headers=, body=, content_type=, stateless=, reliable=}])
+ *   -> true | nil, err, code */
 static int req_reply(lua_State *L)
 {
   lsip_req_t *r = req_check(L, 1);
   lua_Integer status = luaL_checkinteger(L, 2);
   const char *reason = NULL;
-  int opts = 3, has_opts;
+  int opts = 3, has_opts, reliable = 0;
   nta_agent_t *nta;
   msg_t *resp;
   sip_t *rs;
@@ -516,6 +547,20 @@ static int req_reply(lua_State *L)
   nta = r->agent ? luasip_agent_nta(r->agent) : NULL;
   if (!nta)
     return luasip_fail(L, "agent closed", "closed");
+  if (lua_istable(L, opts)) {
+    lua_getfield(L, opts, "reliable");
+    reliable = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (reliable) {
+      sip_t const *q = r->m.sip;
+      if (q->sip_request->rq_method != sip_method_invite || status <= 100 || status >= 200)
+        return luaL_error(L, "luasip.request:reply: only a 101-199 answer to an INVITE "
+                          "can be reliable");
+      if (!(q->sip_supported && sip_has_feature(q->sip_supported, "100rel")) &&
+          !(q->sip_require && sip_has_feature(q->sip_require, "100rel")))
+        return luasip_fail(L, "the caller does not support 100rel", "unsupported");
+    }
+  }
   if (status == 100 && r->status >= 100) {
     lua_pushboolean(L, 1);          /* 100 Trying already went out */
     return 1;
@@ -568,6 +613,20 @@ static int req_reply(lua_State *L)
   if ((status == 405 || status == 501) && !rs->sip_allow)
     sip_add_tl(resp, rs, SIPTAG_ALLOW_STR(luasip_methods_allow), TAG_END());
 
+  if (reliable) {
+    /* RFC 3262: RSeq and Require: 100rel are nta's; it retransmits until the PRACK */
+    if (nta_incoming_complete_response(r->irq, resp, (int)status, reason, TAG_END()) < 0) {
+      msg_destroy(resp);
+      return luasip_fail(L, "cannot build response", "build");
+    }
+    if (!nta_reliable_mreply(r->irq, prack_callback, (nta_reliable_magic_t *)r, resp))
+      return luasip_fail(L, "cannot send reliable response", "send");  /* msg freed */
+    r->reliable = 1;
+    if ((int)status > r->status)
+      r->status = (int)status;
+    lua_pushboolean(L, 1);
+    return 1;
+  }
   if (r->irq) {
     if (nta_incoming_complete_response(r->irq, resp, (int)status, reason, TAG_END()) < 0) {
       msg_destroy(resp);

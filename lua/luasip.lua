@@ -75,7 +75,8 @@ function sip.agent(opts)
     t1 = opts.t1 }
   if not a then return nil, err, code end
   a._handlers = {}
-  a._supported = {}
+  -- option tags a caller may Require: 100rel is the core's (RFC 3262)
+  a._supported = { ["100rel"] = true }
   -- in-dialog requests matching no dialog: "481" (RFC 3261 12.2.2) or "handler" (the
   -- method's handler sees them: proxies and stateless applications)
   a._in_dialog = opts.in_dialog or "481"
@@ -179,6 +180,39 @@ function agent_methods.request(self, opts)
   tx._on_provisional = opts.on_provisional
   if opts.on_sent then opts.on_sent(tx) end
   return tx:wait(opts.timeout)
+end
+
+-- req:reply(status [, reason] [, opts]): opts.reliable = true sends a 101-199 reliably
+-- (RFC 3262) and waits for its PRACK: -> prack | nil, "timeout" | nil, "cancelled"
+local c_reply = req_methods.reply
+function req_methods.reply(self, status, reason, opts)
+  local o = type(reason) == "table" and reason or opts
+  if not (type(o) == "table" and o.reliable) then return c_reply(self, status, reason, opts) end
+  dispatcher.current("luasip.request:reply")
+  local slot = dispatcher.new_slot("luasip.request:reply")
+  self._prack_slot = slot
+  local ok, err, code = c_reply(self, status, reason, opts)
+  if not ok then
+    self._prack_slot = nil
+    return nil, err, code
+  end
+  local prack, perr, pcode = dispatcher.wait(slot, o.timeout)
+  self._prack_slot = nil
+  return prack, perr, pcode
+end
+
+dispatcher.events.prack = function(inv, prack)
+  if inv and inv._prack_slot then dispatcher.fill(inv._prack_slot, prack) end
+end
+
+dispatcher.events.request_closed = function(req)
+  for _, k in ipairs{ "_ack_slot", "_prack_slot" } do
+    if req[k] then dispatcher.fill(req[k], nil, "agent closed", "closed") end
+  end
+end
+
+dispatcher.events.prack_timeout = function(inv)
+  if inv and inv._prack_slot then dispatcher.fill(inv._prack_slot, nil, "timeout", "timeout") end
 end
 
 -- req:wait_ack([timeout]) -> ack | nil, "timeout" | nil, "terminated"
