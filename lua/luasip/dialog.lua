@@ -11,9 +11,54 @@ local dialog_methods = core.methods("luasip.dialog")
 local req_methods = core.methods("luasip.request")
 local agent_methods = core.methods("luasip.agent")
 
+-- ------------------------------------------------------------------ session timers
+-- RFC 4028: the refresher re-sends UPDATE (or re-INVITE) every interval/2; the other
+-- side sends BYE when no refresh came for interval - min(32, interval/3) seconds.
+
+local DEFAULT_MIN_SE = 90
+
+-- Session-Expires value -> interval, refresher ("uac"/"uas"/nil)
+local function parse_se(v)
+  if not v then return nil end
+  local n = tonumber(v:match("^%s*(%d+)"))
+  local r = v:match(";%s*refresher%s*=%s*(%a+)")
+  return n, r and r:lower()
+end
+
+local function has_tag(list, tag)
+  for _, v in ipairs(list) do if v:lower() == tag then return true end end
+  return false
+end
+
+local session_expire, session_refresh
+
+local function st_stop(d)
+  if d._st_timer then d._st_timer:cancel() end
+  d._st_timer = nil
+end
+
+-- (re)arm the timer for interval seconds; we_refresh: we send the refreshes
+local function st_start(d, interval, we_refresh)
+  st_stop(d)
+  if not interval or d._ended then return end
+  d.session_expires, d.session_refresher = interval, we_refresh and d.role
+    or (d.role == "uac" and "uas" or "uac")
+  if we_refresh then
+    d._st_timer = dispatcher.timer(interval / 2, function() session_refresh(d) end)
+  else
+    d._st_timer = dispatcher.timer(interval - math.min(32, interval / 3),
+      function() session_expire(d) end)
+  end
+end
+
+local function se_header(d)
+  return d.session_expires .. ";refresher=" .. d.session_refresher
+end
+
 local function ended(d, reason)
   if d._ended then return end
   d._ended = reason or "terminated"
+  st_stop(d)
   d:terminate()
   local slot = d._end_slot
   if slot then dispatcher.fill(slot, d._ended) end
@@ -42,16 +87,82 @@ function req_methods.dialog(self)
   return init(d)
 end
 
+session_expire = function(d)
+  d._st_timer = nil
+  if d._ended then return end
+  dispatcher.log("info", "session timer expired: BYE")
+  d:send{ method = "BYE" }
+  ended(d, "session expired")
+end
+
+session_refresh = function(d)
+  d._st_timer = nil
+  if d._ended then return end
+  local method = d._st_method or "UPDATE"
+  local o = { headers = { ["Session-Expires"] = se_header(d), Supported = "timer" } }
+  if method == "INVITE" and d.local_sdp then
+    o.body, o.content_type = d.local_sdp, "application/sdp"
+  end
+  local res, _, code = d:request(method, o)
+  if not res then
+    if code == 481 or code == 408 or code == "timeout" then return ended(d, "refresh failed") end
+    -- 405/501 to UPDATE: fall back to re-INVITE next time; retry soon otherwise
+    if method == "UPDATE" and (code == 405 or code == 501) then d._st_method = "INVITE" end
+    return st_start(d, d.session_expires, true)
+  end
+  local n, r = parse_se(res:header("Session-Expires"))
+  if n then return st_start(d, n, r == d.role) end
+  st_start(d, d.session_expires, true)
+end
+
+-- a refresh arrived (re-INVITE/UPDATE from the peer): what our 2xx says, and re-arm
+local function st_on_refresh(d, req)
+  if not d.session_expires then return nil end
+  local n, r = parse_se(req:header("Session-Expires"))
+  n = n or d.session_expires
+  if n < (d._st_min_se or DEFAULT_MIN_SE) then n = d.session_expires end
+  local them = d.role == "uac" and "uas" or "uac"
+  r = r or them
+  st_start(d, n, r == d.role)
+  return { ["Session-Expires"] = se_header(d), Require = "timer" }
+end
+M.st_on_refresh = st_on_refresh
+
 -- req:answer([opts]) -> dialog | nil, err, code: 200 (with opts.body etc.), then the ACK
+-- opts.session_expires = seconds (and opts.min_se = 90) turns RFC 4028 session timers on
 function req_methods.answer(self, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("luasip.request:answer: options must be a table", 2)
   end
   opts = opts or {}
+  -- RFC 4028 on the UAS side: 422 below our Min-SE, else the interval and refresher
+  local st_interval, st_refresher
+  local want = opts.session_expires
+  local req_se, req_ref = parse_se(self:header("Session-Expires"))
+  if want or req_se then
+    local min_se = opts.min_se or DEFAULT_MIN_SE
+    if req_se and req_se < min_se then
+      self:reply(422, "Session Interval Too Small", { headers = { ["Min-SE"] = tostring(min_se) } })
+      return nil, "422 Session Interval Too Small", 422
+    end
+    st_interval = req_se or want
+    if want and want < st_interval then st_interval = math.max(want, min_se) end
+    local uac_supports = has_tag(self:headers("Supported"), "timer")
+      or has_tag(self:headers("Require"), "timer")
+    st_refresher = req_ref or (uac_supports and "uac" or "uas")
+    local h = {}
+    for k, v in pairs(opts.headers or {}) do h[k] = v end
+    h["Session-Expires"] = st_interval .. ";refresher=" .. st_refresher
+    if uac_supports then h.Require = "timer" end
+    local o = {}
+    for k, v in pairs(opts) do o[k] = v end
+    o.headers, opts = h, o
+  end
   local d, err, code = self:_dialog()
   if not d then return nil, err, code end
   d._handlers = {}
   d._pending = setmetatable({}, { __mode = "k" })
+  d._st_min_se = opts.min_se
   local ok, rerr, rcode = self:reply(opts.status or 200, opts)
   if not ok then
     ended(d, rcode)
@@ -67,6 +178,7 @@ function req_methods.answer(self, opts)
     return nil, aerr, acode
   end
   if ack.body then d.remote_sdp = ack.body end
+  if st_interval then st_start(d, st_interval, st_refresher == "uas") end
   return d
 end
 
@@ -79,11 +191,30 @@ function agent_methods.invite(self, opts)
   for k, v in pairs(opts) do o[k] = v end
   o.method, o.dialog = "INVITE", true
   if o.body and not o.content_type then o.content_type = "application/sdp" end
+  if opts.session_expires then
+    -- RFC 4028 on the UAC side: ask for the interval, say we can refresh
+    local h = {}
+    for k, v in pairs(opts.headers or {}) do h[k] = v end
+    h["Session-Expires"] = tostring(opts.session_expires)
+    h["Min-SE"] = tostring(opts.min_se or DEFAULT_MIN_SE)
+    h.Supported = "timer, 100rel"
+    o.headers = h
+  end
   local tx, err, code = self:send(o)
   if not tx then return nil, err, code end
   tx._on_provisional = opts.on_provisional
   if opts.on_sent then opts.on_sent(tx) end
   local res, werr, wcode, wres = tx:wait(opts.timeout)
+  if not res and wcode == 422 and wres and opts.session_expires and not opts._st_retried then
+    -- 422: try again once with the callee's Min-SE (RFC 4028 7.4)
+    local min_se = tonumber(wres:header("Min-SE") or "")
+    if min_se and min_se > opts.session_expires then
+      local again = {}
+      for k, v in pairs(opts) do again[k] = v end
+      again.session_expires, again.min_se, again._st_retried = min_se, min_se, true
+      return agent_methods.invite(self, again)
+    end
+  end
   if not res then return nil, werr, wcode, wres end
   local d = tx:dialog()
   if not d then return nil, "no dialog for the 2xx", "dialog", res end
@@ -91,6 +222,11 @@ function agent_methods.invite(self, opts)
   d._handlers = d._handlers or {}
   d._pending = d._pending or setmetatable({}, { __mode = "k" })
   d.local_sdp, d.remote_sdp = opts.body, res.body
+  if opts.session_expires then
+    local n, r = parse_se(res:header("Session-Expires"))
+    -- no Session-Expires in the 2xx: the callee has no timer; we refresh (RFC 4028 7.2)
+    st_start(d, n or opts.session_expires, (r or "uac") == "uac")
+  end
   return d, res
 end
 
@@ -167,15 +303,24 @@ dispatcher.events.dialog_request = function(d, req)
     if h then dispatcher.spawn_for(req, h, req, d) end
     return
   end
-  if h then return dispatcher.spawn_for(req, h, req, d) end
+  if h then
+    -- a refresh answered by the script still re-arms the session timer
+    if method == "INVITE" or method == "UPDATE" then st_on_refresh(d, req) end
+    return dispatcher.spawn_for(req, h, req, d)
+  end
   if method == "INFO" or method == "NOTIFY" or method == "OPTIONS" then
     return req:reply(200)
   end
   if method == "INVITE" or method == "UPDATE" then
     -- a refresh without a listener: answer with the current session
+    local st = st_on_refresh(d, req)
     if req.body and not d.local_sdp then return req:reply(488) end
     d.remote_sdp = req.body or d.remote_sdp
-    return req:reply(200, d.local_sdp and { body = d.local_sdp, content_type = "application/sdp" })
+    local o = { headers = st }
+    if d.local_sdp and (method == "INVITE" or req.body) then
+      o.body, o.content_type = d.local_sdp, "application/sdp"
+    end
+    return req:reply(200, o)
   end
   req:reply(405, { headers = { Allow = "INVITE, ACK, BYE, CANCEL, INFO, NOTIFY, OPTIONS, UPDATE" } })
 end
