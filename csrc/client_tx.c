@@ -27,8 +27,7 @@ typedef struct lsip_client {
   int status;
   unsigned is_invite:1, creating:1, done:1, want_dialog:1;
   lsip_obj_t *dialog;         /* dialog created by our 2xx (owned by Lua once born) */
-  nta_leg_t *early;           /* early dialog of a reliable 18x, for its PRACKs */
-  uint32_t rseq;              /* last RSeq PRACKed in it */
+  uint32_t rseq;              /* last RSeq PRACKed in the early dialog */
   char *prack_body, *prack_type;  /* what Lua wants in the next PRACK (an SDP answer) */
 } lsip_client_t;
 
@@ -164,10 +163,6 @@ int luasip_client_stray(lsip_agent_t *a, msg_t *msg, sip_t *sip)
 
 static void early_release(lsip_client_t *c)
 {
-  if (c->early) {
-    nta_leg_destroy(c->early);
-    c->early = NULL;
-  }
   free(c->prack_body);
   free(c->prack_type);
   c->prack_body = c->prack_type = NULL;
@@ -215,48 +210,50 @@ static int prack_done(nta_outgoing_magic_t *magic, nta_outgoing_t *orq, sip_t co
 }
 
 /* PRACK a reliable provisional response (RFC 3262 4) in its early dialog. */
-static void send_prack(lsip_client_t *c, nta_outgoing_t *orq, sip_t const *sip)
+static void send_prack(lsip_client_t *c, sip_t const *sip)
 {
-  nta_agent_t *nta = luasip_agent_nta(c->agent);
+  nta_leg_t *leg = c->dialog ? luasip_dialog_leg(c->dialog) : NULL;
   sip_rack_t rack[1];
-  sip_rack_init(rack);
-  if (!nta)
+  if (!leg)
     return;
-  if (c->early && !su_strmatch(nta_leg_get_rtag(c->early), sip->sip_to->a_tag)) {
-    nta_leg_destroy(c->early);      /* another fork answered reliably: follow it */
-    c->early = NULL;
-    c->rseq = 0;
-  }
-  if (!c->early) {
-    c->early = nta_leg_tcreate(nta, NULL, NULL,
-                               SIPTAG_CALL_ID(sip->sip_call_id),
-                               SIPTAG_FROM(sip->sip_from),
-                               SIPTAG_TO(sip->sip_to),
-                               SIPTAG_CSEQ(sip->sip_cseq),
-                               TAG_END());
-    if (!c->early)
-      return;
-    nta_leg_client_route(c->early, sip->sip_record_route, sip->sip_contact);
-  }
   /* a retransmission (same or older RSeq) is not PRACKed again (RFC 3262 4) */
   if (c->rseq && sip->sip_rseq->rs_response <= c->rseq)
     return;
   c->rseq = sip->sip_rseq->rs_response;
+  sip_rack_init(rack);
   rack->ra_response = sip->sip_rseq->rs_response;
   rack->ra_cseq = sip->sip_cseq->cs_seq;
   rack->ra_method = sip->sip_cseq->cs_method;
   rack->ra_method_name = sip->sip_cseq->cs_method_name;
-  /* built on the early leg: nta_outgoing_prack wants a tagged transaction */
-  nta_outgoing_tcreate(c->early, prack_done, NULL, NULL, SIP_METHOD_PRACK, NULL,
+  /* built on the early dialog's leg: nta_outgoing_prack wants a tagged transaction */
+  nta_outgoing_tcreate(leg, prack_done, NULL, NULL, SIP_METHOD_PRACK, NULL,
                        SIPTAG_RACK(rack),
                        SIPTAG_USER_AGENT_STR(c->agent->user_agent),
                        TAG_IF(c->prack_body, SIPTAG_CONTENT_TYPE_STR(c->prack_type)),
                        TAG_IF(c->prack_body, SIPTAG_PAYLOAD_STR(c->prack_body)),
                        TAG_END());
-  (void)orq;
   free(c->prack_body);
   free(c->prack_type);
   c->prack_body = c->prack_type = NULL;
+}
+
+/* The (early or confirmed) dialog an INVITE response with a To tag belongs to: one
+ * dialog per transaction; a 2xx or a reliable 18x from another fork replaces it. */
+static void track_dialog(lsip_client_t *c, sip_t const *sip, int status)
+{
+  int reliable = sip->sip_rseq && sip->sip_require &&
+                 sip_has_feature(sip->sip_require, "100rel");
+  if (c->dialog && !luasip_dialog_matches(c->dialog, sip->sip_to->a_tag)) {
+    if (status < 200 && !reliable)
+      return;                         /* keep the first early dialog */
+    luasip_dialog_drop(c->dialog);
+    c->dialog = NULL;
+    c->rseq = 0;
+  }
+  if (!c->dialog)
+    c->dialog = luasip_dialog_uac(c->agent, sip, status < 200);
+  else if (status >= 200)
+    luasip_dialog_confirm(c->dialog, sip);
 }
 
 static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
@@ -269,17 +266,16 @@ static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
 
   if (c->done)
     return 0;
-  if (c->want_dialog && !c->is_invite && status >= 200 && status < 300 && sip && c->agent &&
-      !c->dialog)
-    c->dialog = luasip_dialog_uac(c->agent, sip, 0);
+  if (c->want_dialog && sip && c->agent && status > 100 && status < 300 &&
+      sip->sip_to && sip->sip_to->a_tag && (c->is_invite || status >= 200))
+    track_dialog(c, sip, status);   /* before the ACK: the callee may BYE right after */
+  if (c->want_dialog && c->dialog && sip && status >= 300) {
+    luasip_dialog_drop(c->dialog);  /* the early dialog ends with the INVITE */
+    c->dialog = NULL;
+  }
   if (c->is_invite && status >= 200 && status < 300 && sip && c->agent) {
     msg_t *req = nta_outgoing_getrequest(orq);
     sip_t const *rs = req ? sip_object(req) : NULL;
-    if (c->want_dialog && !c->dialog)
-      /* before the ACK: the callee may send BYE right after it; after PRACKs, our
-       * CSeq goes on from the early dialog's */
-      c->dialog = luasip_dialog_uac(c->agent, sip,
-                                    c->early ? nta_leg_get_seq(c->early) : 0);
     send_2xx_ack(c->agent, sip, rs ? rs->sip_request->rq_url : NULL);
     acks_remember(c->agent, sip);
     if (req)
@@ -298,8 +294,11 @@ static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
   luasip_bridge("response", &c->obj, resp);
   if (c->is_invite && status > 100 && status < 200 && sip && sip->sip_rseq &&
       sip->sip_require && sip_has_feature(sip->sip_require, "100rel") &&
-      sip->sip_to->a_tag && c->agent)
-    send_prack(c, orq, sip);          /* after Lua, which may give it a body */
+      sip->sip_to->a_tag && c->agent) {
+    if (!c->dialog)                   /* sent without dialog = true: PRACK all the same */
+      track_dialog(c, sip, status);
+    send_prack(c, sip);               /* after Lua, which may give it a body */
+  }
   if (status >= 200)
     early_release(c);
   if (resp && !resp->born)

@@ -14,6 +14,7 @@
 #include <sofia-sip/sip_protos.h>
 #include <sofia-sip/su_tag.h>
 #include <sofia-sip/url.h>
+#include <sofia-sip/su_string.h>
 
 #include "luasip.h"
 
@@ -23,7 +24,7 @@ typedef struct lsip_dialog {
   lsip_agent_t *agent;
   nta_leg_t *leg;
   uint32_t remote_cseq;
-  unsigned uas:1, have_remote_cseq:1, terminated:1;
+  unsigned uas:1, have_remote_cseq:1, terminated:1, early:1;
 } lsip_dialog_t;
 
 static void dialog_release(lsip_dialog_t *d)
@@ -97,29 +98,59 @@ static lsip_dialog_t *dialog_alloc(lsip_agent_t *a, int uas)
 }
 
 /* The UAC dialog of an INVITE's 2xx; unborn until Lua asks for it (tx:dialog()). */
-lsip_obj_t *luasip_dialog_uac(lsip_agent_t *a, sip_t const *resp, uint32_t seq)
+nta_leg_t *luasip_dialog_leg(lsip_obj_t *obj)
+{
+  return ((lsip_dialog_t *)obj)->leg;
+}
+
+int luasip_dialog_matches(lsip_obj_t *obj, const char *rtag)
+{
+  lsip_dialog_t *d = (lsip_dialog_t *)obj;
+  return d->leg && rtag && su_casematch(nta_leg_get_rtag(d->leg), rtag);
+}
+
+/* The 2xx confirms an early dialog: its Contact is the remote target now. */
+void luasip_dialog_confirm(lsip_obj_t *obj, sip_t const *resp)
+{
+  lsip_dialog_t *d = (lsip_dialog_t *)obj;
+  d->early = 0;
+  if (d->leg && resp->sip_contact)
+    nta_leg_client_reroute(d->leg, resp->sip_record_route, resp->sip_contact, 0);
+}
+
+/* An early dialog that will not be confirmed (final failure, or another fork won). */
+void luasip_dialog_drop(lsip_obj_t *obj)
+{
+  lsip_dialog_t *d = (lsip_dialog_t *)obj;
+  dialog_release(d);
+  if (!d->obj.born) {
+    dialog_destroy(obj);
+    return;
+  }
+  luasip_bridge("dialog_closed", obj, NULL);
+  luasip_unanchor(luasip_L(), obj);
+}
+
+/* The UAC dialog of a response with a To tag (early for 1xx, confirmed for 2xx); our
+ * CSeq goes on from the request's (PRACKs and UPDATEs of the early dialog included). */
+lsip_obj_t *luasip_dialog_uac(lsip_agent_t *a, sip_t const *resp, int early)
 {
   nta_agent_t *nta = luasip_agent_nta(a);
   lsip_dialog_t *d = nta ? dialog_alloc(a, 0) : NULL;
-  sip_cseq_t cseq[1];
   if (!d)
     return NULL;
-  /* our next CSeq follows the INVITE's, or the last PRACK's of the early dialog */
-  sip_cseq_init(cseq);
-  cseq->cs_seq = seq > resp->sip_cseq->cs_seq ? seq : resp->sip_cseq->cs_seq;
-  cseq->cs_method = resp->sip_cseq->cs_method;
-  cseq->cs_method_name = resp->sip_cseq->cs_method_name;
   d->leg = nta_leg_tcreate(nta, leg_request, (nta_leg_magic_t *)d,
                            SIPTAG_CALL_ID(resp->sip_call_id),
                            SIPTAG_FROM(resp->sip_from),
                            SIPTAG_TO(resp->sip_to),
-                           SIPTAG_CSEQ(cseq),
+                           SIPTAG_CSEQ(resp->sip_cseq),
                            TAG_END());
   if (!d->leg) {
     luasip_freeobj(&d->obj);
     return NULL;
   }
   nta_leg_client_route(d->leg, resp->sip_record_route, resp->sip_contact);
+  d->early = early;
   luasip_link_add(&a->dialogs, &d->link);
   return &d->obj;
 }
@@ -153,9 +184,17 @@ static int req_dialog(lua_State *L)
   nta_leg_server_route(d->leg, sip->sip_record_route, sip->sip_contact);
   d->remote_cseq = sip->sip_cseq->cs_seq;
   d->have_remote_cseq = 1;
+  d->early = 1;                     /* until its 2xx goes out */
   luasip_link_add(&a->dialogs, &d->link);
   luasip_anchor(L, &d->obj, -1);
   return 1;
+}
+
+/* dialog:_confirmed(): the 2xx went out */
+static int dialog_confirmed(lua_State *L)
+{
+  ((lsip_dialog_t *)luasip_checkobj(L, 1, LUASIP_DIALOG))->early = 0;
+  return 0;
 }
 
 static lsip_dialog_t *dialog_check(lua_State *L, int idx)
@@ -266,7 +305,7 @@ static int dialog_fields(lua_State *L)
 static int dialog_state(lua_State *L)
 {
   lsip_dialog_t *d = dialog_check(L, 1);
-  lua_pushstring(L, d->terminated ? "terminated" : "confirmed");
+  lua_pushstring(L, d->terminated ? "terminated" : d->early ? "early" : "confirmed");
   return 1;
 }
 
@@ -287,6 +326,7 @@ static const luaL_Reg dialog_methods[] = {
   {"state", dialog_state},
   {"target", dialog_target},
   {"_keep", dialog_keep},
+  {"_confirmed", dialog_confirmed},
   {NULL, NULL}
 };
 

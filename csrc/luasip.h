@@ -132,7 +132,11 @@ int luasip_client_start(lua_State *L, lsip_agent_t *a, msg_t *msg, const char *p
 
 /* dialog.c: dialogs on nta legs */
 void luasip_dialog_open(lua_State *L);
-lsip_obj_t *luasip_dialog_uac(lsip_agent_t *a, sip_t const *resp, uint32_t seq);
+lsip_obj_t *luasip_dialog_uac(lsip_agent_t *a, sip_t const *resp, int early);
+nta_leg_t *luasip_dialog_leg(lsip_obj_t *d);
+int luasip_dialog_matches(lsip_obj_t *d, const char *remote_tag);
+void luasip_dialog_drop(lsip_obj_t *d);
+void luasip_dialog_confirm(lsip_obj_t *d, sip_t const *resp);
 void luasip_dialogs_detach(lsip_agent_t *a);
 
 /* server_tx.c, for dialog.c */

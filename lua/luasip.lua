@@ -254,4 +254,10 @@ sip.redis = function(...) return require("luasip.redis").connect(...) end
 sip.auth = require "luasip.auth"
 -- end of digest authentication --------------------------------------------------------
 
+-- SDP (lua/luasip/sdp.lua) -------------------------------------------------------------
+-- sdp.parse(str) -> table | nil, err;  sdp.build(table) -> str;  sdp.answer(offer, caps)
+-- -> answer | nil, err, code;  sdp.hold / unhold / bump;  sdp.codecs;  sdp.attribute
+sip.sdp = require "luasip.sdp"
+-- end of SDP ---------------------------------------------------------------------------
+
 return sip

@@ -128,6 +128,26 @@ local function st_on_refresh(d, req)
 end
 M.st_on_refresh = st_on_refresh
 
+-- req:early() -> dialog: the early dialog of an INVITE (RFC 3261 12.1.1), so requests
+-- such as UPDATE (RFC 3311) reach dialog:on() before the 2xx; req:answer confirms it, a
+-- failure or CANCEL ends it
+function req_methods.early(self)
+  if self.method ~= "INVITE" then error("luasip.request:early: INVITE only", 2) end
+  if self._early_dialog then return self._early_dialog end
+  local d, err, code = self:_dialog()
+  if not d then return nil, err, code end
+  self._early_dialog = init(d)
+  return d
+end
+
+local reply_before = req_methods.reply
+function req_methods.reply(self, status, ...)
+  local ok, err, code = reply_before(self, status, ...)
+  local d = self._early_dialog
+  if d and type(status) == "number" and status >= 300 then ended(d, "rejected") end
+  return ok, err, code
+end
+
 -- req:answer([opts]) -> dialog | nil, err, code: 200 (with opts.body etc.), then the ACK
 -- opts.session_expires = seconds (and opts.min_se = 90) turns RFC 4028 session timers on
 function req_methods.answer(self, opts)
@@ -158,16 +178,20 @@ function req_methods.answer(self, opts)
     for k, v in pairs(opts) do o[k] = v end
     o.headers, opts = h, o
   end
-  local d, err, code = self:_dialog()
-  if not d then return nil, err, code end
-  d._handlers = {}
-  d._pending = setmetatable({}, { __mode = "k" })
+  local d = self._early_dialog
+  if not d then
+    local err, code
+    d, err, code = self:_dialog()
+    if not d then return nil, err, code end
+    init(d)
+  end
   d._st_min_se = opts.min_se
   local ok, rerr, rcode = self:reply(opts.status or 200, opts)
   if not ok then
     ended(d, rcode)
     return nil, rerr, rcode
   end
+  d:_confirmed()
   d.local_sdp = opts.body
   d.remote_sdp = self.body
   local ack, aerr, acode = self:wait_ack(opts.timeout)
@@ -282,6 +306,13 @@ function dialog_methods.wait_end(self, timeout)
   local slot = dispatcher.new_slot("luasip.dialog:wait_end")
   self._end_slot = slot
   return dispatcher.wait(slot, timeout)
+end
+
+-- a CANCEL ends the early dialog with the INVITE
+local cancel_before = dispatcher.events.cancel
+dispatcher.events.cancel = function(req)
+  if req and req._early_dialog then ended(req._early_dialog, "cancelled") end
+  return cancel_before(req)
 end
 
 dispatcher.events.dialog_closed = function(d)

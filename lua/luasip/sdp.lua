@@ -9,12 +9,12 @@ local unpack = table.unpack or unpack
 
 -- RFC 3551 static payload types: pt -> encoding, clock rate, channels
 local STATIC = {
-  ["0"] = { "PCMU", 8000, 1 }, ["3"] = { "GSM", 8000, 1 }, ["4"] = { "G723", 8000, 1 },
-  ["5"] = { "DVI4", 8000, 1 }, ["6"] = { "DVI4", 16000, 1 }, ["7"] = { "LPC", 8000, 1 },
-  ["8"] = { "PCMA", 8000, 1 }, ["9"] = { "G722", 8000, 1 }, ["10"] = { "L16", 44100, 2 },
-  ["11"] = { "L16", 44100, 1 }, ["12"] = { "QCELP", 8000, 1 }, ["13"] = { "CN", 8000, 1 },
-  ["14"] = { "MPA", 90000 }, ["15"] = { "G728", 8000, 1 }, ["16"] = { "DVI4", 11025, 1 },
-  ["17"] = { "DVI4", 22050, 1 }, ["18"] = { "G729", 8000, 1 }, ["25"] = { "CelB", 90000 },
+  ["0"] = { "PCMU", 8000 }, ["3"] = { "GSM", 8000 }, ["4"] = { "G723", 8000 },
+  ["5"] = { "DVI4", 8000 }, ["6"] = { "DVI4", 16000 }, ["7"] = { "LPC", 8000 },
+  ["8"] = { "PCMA", 8000 }, ["9"] = { "G722", 8000 }, ["10"] = { "L16", 44100, 2 },
+  ["11"] = { "L16", 44100 }, ["12"] = { "QCELP", 8000 }, ["13"] = { "CN", 8000 },
+  ["14"] = { "MPA", 90000 }, ["15"] = { "G728", 8000 }, ["16"] = { "DVI4", 11025 },
+  ["17"] = { "DVI4", 22050 }, ["18"] = { "G729", 8000 }, ["25"] = { "CelB", 90000 },
   ["26"] = { "JPEG", 90000 }, ["28"] = { "nv", 90000 }, ["31"] = { "H261", 90000 },
   ["32"] = { "MPV", 90000 }, ["33"] = { "MP2T", 90000 }, ["34"] = { "H263", 90000 },
 }
@@ -131,9 +131,7 @@ function sdp.parse(str)
     if line ~= "" then
       local t, v = line:match("^(%a)=(.*)$")
       if not t then fail("expected <type>=<value>, got '" .. line:sub(1, 40) .. "'") break end
-      if lineno == 1 or not saw.v then
-        if t ~= "v" then fail("an SDP starts with v=") break end
-      end
+      if not saw.v and t ~= "v" then fail("an SDP starts with v=") break end
       local in_media = cur ~= s
       if t == "v" then
         if saw.v then fail("second v= line") break end
@@ -358,7 +356,8 @@ function sdp.build(t)
     if m.ptime then line("a", "ptime:" .. num(m.ptime)) end
     if m.maxptime then line("a", "maxptime:" .. num(m.maxptime)) end
     for _, a in ipairs(m.attributes or {}) do attribute(a) end
-    if m.direction then
+    -- a rejected stream (port 0) needs no direction; sendrecv is what parse() fills in
+    if m.direction and not (m.port == 0 and m.direction == "sendrecv") then
       if not DIRECTIONS[m.direction] then error(fname .. ": bad direction " .. tostring(m.direction), 2) end
       line("a", m.direction)
     end
@@ -434,12 +433,12 @@ local function addrtype(address) return address:find(":", 1, true) and "IP6" or 
 
 local function parse_cap(c, fname)
   if type(c) == "table" then
-    if type(c.encoding) ~= "string" then error(fname .. ": codec tables need an encoding", 4) end
+    if type(c.encoding) ~= "string" then error(fname .. ": codec tables need an encoding", 3) end
     return c
   end
-  if type(c) ~= "string" then error(fname .. ": codecs are strings like \"PCMU/8000\"", 4) end
+  if type(c) ~= "string" then error(fname .. ": codecs are strings like \"PCMU/8000\"", 3) end
   local enc, rate, ch = c:match("^([^/]+)/?(%d*)/?(%d*)$")
-  if not enc then error(fname .. ": bad codec '" .. c .. "'", 4) end
+  if not enc then error(fname .. ": bad codec '" .. c .. "'", 3) end
   return { encoding = enc, clock_rate = tonumber(rate), channels = tonumber(ch) }
 end
 
@@ -456,7 +455,6 @@ local function effective_direction(offer, m)
   local d = DIRECTIONS[m.direction or offer.direction or "sendrecv"]
   local c = m.connection or offer.connection
   -- RFC 2543 hold (RFC 3264 8.4): c=0.0.0.0 means "do not send to me"
-  if c and (c.address == "0.0.0.0" or c.address == "::") then d = d - d % 2 == d and d or d end
   if c and (c.address == "0.0.0.0" or c.address == "::") and d >= 2 then d = d - 2 end
   return d
 end
@@ -520,14 +518,11 @@ function sdp.answer(offer, caps)
         a.direction = DIRECTION_NAMES[d]
         a.ptime = cap.ptime
         for _, at in ipairs(cap.attributes or {}) do a.attributes[#a.attributes + 1] = at end
-      else
-        a.formats, a.rtpmap, a.fmtp = {}, pt_map(), pt_map()
       end
     end
     if a.port == 0 then
       -- rejected (RFC 3264 6): port 0, the offered formats, nothing else
-      for i, f in ipairs(m.formats) do a.formats[i] = f end
-      a.rtpmap, a.fmtp = nil, nil
+      a.formats, a.rtpmap, a.fmtp = { unpack(m.formats) }, nil, nil
     end
     ans.media[#ans.media + 1] = a
   end
@@ -547,9 +542,11 @@ function sdp.answer(offer, caps)
     -- RFC 3264 8: same version when nothing changed, one more otherwise
     local p2 = sdp.parse(sdp.build(prev))
     p2.origin.address, p2.origin.addrtype = ans.origin.address, ans.origin.addrtype
-    if sdp.build(p2) ~= sdp.build(ans) then ans.origin.sess_version = incr(po.sess_version) end
+    if sdp.build(p2) ~= sdp.build(sdp.parse(sdp.build(ans))) then
+      ans.origin.sess_version = incr(po.sess_version)
+    end
   else
-    local id = caps.session_id and tostring(caps.session_id) or new_session_id()
+    local id = caps.session_id and num(caps.session_id) or new_session_id()
     ans.origin = { username = caps.username or "-", sess_id = id, sess_version = id,
       nettype = "IN", addrtype = addrtype(caps.address), address = caps.address }
   end
@@ -576,12 +573,12 @@ end
 -- sdp.hold(sdp) -> sdp | nil, err: a new offer putting the peer on hold (RFC 3264 8.4):
 -- sendrecv -> sendonly, recvonly -> inactive; the version goes up when something changed
 function sdp.hold(x)
-  return redirect(x, "luasip.sdp.hold", function(d) return d - d % 4 + (d % 2) end)
+  return redirect(x, "luasip.sdp.hold", function(d) return d % 2 end)
 end
 
 -- sdp.unhold(sdp) -> sdp | nil, err: the inverse: sendonly -> sendrecv, inactive -> recvonly
 function sdp.unhold(x)
-  return redirect(x, "luasip.sdp.unhold", function(d) return d + 2 - (d >= 2 and 2 or 0) end)
+  return redirect(x, "luasip.sdp.unhold", function(d) return d < 2 and d + 2 or d end)
 end
 
 -- sdp.bump(sdp) -> sdp | nil, err: o= sess-version + 1, for a re-offer; a string comes back
@@ -593,11 +590,12 @@ function sdp.bump(x)
     t.origin.sess_version = incr(t.origin.sess_version)
     return t
   end
-  local before, o, after = x:match("^(.-\n?)(o=[^\r\n]*)(.*)$")
-  if x:sub(1, 2) == "o=" then before, o, after = "", x:match("^(o=[^\r\n]*)(.*)$") end
-  local f = split(o:sub(3))
+  -- v= is the first line, so the o= line follows a line feed
+  local i = assert(x:find("\no=", 1, true)) + 1
+  local j = x:find("[\r\n]", i) or #x + 1
+  local f = split(x:sub(i + 2, j - 1))
   f[3] = incr(f[3])
-  return before .. "o=" .. table.concat(f, " ") .. after
+  return x:sub(1, i - 1) .. "o=" .. table.concat(f, " ") .. x:sub(j)
 end
 
 return sdp
