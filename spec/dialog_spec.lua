@@ -67,19 +67,33 @@ describe("luasip.dialog", function()
   end)
 
   it("ends on a BYE from the callee and wakes what waits on the dialog", function()
-    local server
+    local server, bye_result
     uas:on("INVITE", function(req)
       server = assert(req:answer())
       sip.sleep(0.1)
-      assert.is_true(server:bye())
+      bye_result = { server:bye() }
     end)
     local reason = H.run(function()
       local d = assert(uac:invite{ uri = uas:uri("x") })
       return d:wait_end(5)
     end)
     assert.equal("remote bye", reason)
+    H.run_until(function() return bye_result end)
+    assert.same({ true }, bye_result)
     local _, err = H.run(function() return server:request("INFO") end)
     assert.equal("dialog terminated", err)
+  end)
+
+  it("answers a hold re-INVITE (sendonly) with recvonly by default", function()
+    local offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+      .. "m=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+    uas:on("INVITE", function(req) assert(req:answer{ body = offer }) end)
+    local d = H.run(function() return assert(uac:invite{ uri = uas:uri("x"), body = offer }) end)
+    local res = H.run(function()
+      return d:request("INVITE", { body = sip.sdp.hold(offer), content_type = "application/sdp" })
+    end)
+    assert.equal("recvonly", sip.sdp.parse(res.body).media[1].direction)
+    H.run(function() d:bye() end)
   end)
 
   it("answers 500 to an in-dialog request with a lower CSeq", function()

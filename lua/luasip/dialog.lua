@@ -5,7 +5,27 @@
 local core = require "luasip.core"
 local dispatcher = require "luasip.dispatcher"
 
+local sdp = require "luasip.sdp"
+
 local M = {}
+
+-- our current session, with each stream's direction answering the offer's (RFC 3264
+-- 6.1: a hold offer, sendonly, is answered recvonly)
+local function mirror_sdp(local_sdp, offer)
+  local o, l = sdp.parse(offer or ""), sdp.parse(local_sdp or "")
+  if not o or not l then return local_sdp end
+  local map = { sendonly = "recvonly", recvonly = "sendonly", inactive = "inactive" }
+  local changed = false
+  for i, m in ipairs(l.media) do
+    local om = o.media[i]
+    local want = om and (map[om.direction] or "sendrecv") or m.direction
+    if want ~= m.direction then
+      m.direction, changed = want, true
+    end
+  end
+  if not changed then return local_sdp end
+  return sdp.bump(sdp.build(l))
+end
 
 local dialog_methods = core.methods("luasip.dialog")
 local req_methods = core.methods("luasip.request")
@@ -186,6 +206,11 @@ function req_methods.answer(self, opts)
     init(d)
   end
   d._st_min_se = opts.min_se
+  if opts.body and not opts.content_type then
+    local o = {}
+    for k, v in pairs(opts) do o[k] = v end
+    o.content_type, opts = "application/sdp", o
+  end
   local ok, rerr, rcode = self:reply(opts.status or 200, opts)
   if not ok then
     ended(d, rcode)
@@ -349,7 +374,7 @@ dispatcher.events.dialog_request = function(d, req)
     d.remote_sdp = req.body or d.remote_sdp
     local o = { headers = st }
     if d.local_sdp and (method == "INVITE" or req.body) then
-      o.body, o.content_type = d.local_sdp, "application/sdp"
+      o.body, o.content_type = mirror_sdp(d.local_sdp, req.body), "application/sdp"
     end
     return req:reply(200, o)
   end
