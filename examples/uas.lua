@@ -1,8 +1,10 @@
 #!/usr/bin/env lua
 --[[ uas.lua — a SIP endpoint (UAS) that answers every SIP method the way the RFCs say.
   OPTIONS 200 with Allow/Accept/Supported; MESSAGE 200 (prints the body); INVITE 180 then
-  200 with an SDP answer (Request-URI user "ring": rings 10 s first, so it can be
-  cancelled), then the call is a dialog (BYE, INFO, re-INVITE in it are answered);
+  200 with an SDP answer to the offer (a reliable 183 with it first when the caller
+  supports 100rel; Request-URI user "ring": rings 10 s first, so it can be cancelled;
+  session timers when asked), then the call is a dialog (BYE, INFO, UPDATE, re-INVITE
+  and hold in it are answered);
   INFO, UPDATE, PRACK, NOTIFY 200; REGISTER 200 echoing the
   Contacts with their expires; SUBSCRIBE 200 with Expires; PUBLISH 200 with SIP-ETag;
   REFER 202.
@@ -21,12 +23,23 @@ local function log(...)
   io.stdout:flush()
 end
 
-local function sdp_answer()
+local CAPS = { address = host, media = { audio = { port = 40000,
+  codecs = { "PCMU/8000", "PCMA/8000", "telephone-event/8000" } } } }
+
+-- our SDP: the answer to the caller's offer (RFC 3264), or an offer of our own
+local function sdp_for(offer)
+  if offer then return sip.sdp.answer(offer, CAPS) end
   local ip = host:find(":") and "IP6 " .. host or "IP4 " .. host
   return table.concat({
     "v=0", "o=luasip 1 1 IN " .. ip, "s=luasip", "c=IN " .. ip, "t=0 0",
     "m=audio 40000 RTP/AVP 0 8 101", "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000",
     "a=rtpmap:101 telephone-event/8000", "a=sendrecv", "" }, "\r\n")
+end
+
+local function has_tag(req, tag)
+  for _, h in ipairs{ "Supported", "Require" } do
+    for _, v in ipairs(req:headers(h)) do if v:lower() == tag then return true end end
+  end
 end
 
 local function accepts(list, ctype)
@@ -59,12 +72,22 @@ app:on("INVITE", function(req)
   if req.body and req.content_type ~= "application/sdp" then
     return req:reply(415, { headers = { Accept = "application/sdp" } })
   end
-  req:reply(180)
+  local sdp, _, code = sdp_for(req.body)
+  if not sdp then return req:reply(code or 488) end
+  if has_tag(req, "100rel") then
+    -- early media answer, sent reliably (RFC 3262); waits for the PRACK
+    local prack, perr = req:reply(183, { reliable = true, body = sdp, content_type = "application/sdp" })
+    if not prack then return log("183 not PRACKed: " .. tostring(perr)) end
+  else
+    req:reply(180)
+  end
   if req.ruri.user == "ring" then
     local _, err = sip.sleep(10)
     if err == "cancelled" then return log("INVITE cancelled by the caller") end
   end
-  local call, err = req:answer{ body = sdp_answer(), content_type = "application/sdp" }
+  -- session timers (RFC 4028) when the caller asks for them
+  local call, err = req:answer{ body = sdp, content_type = "application/sdp",
+    session_expires = req:header("Session-Expires") and 1800 or nil }
   if not call then return log("no ACK: " .. tostring(err)) end
   log("call established with", req.from.uri)
   call:on("INFO", function(r) log("INFO in call:", r.body or ""); r:reply(200) end)

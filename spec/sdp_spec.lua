@@ -228,6 +228,12 @@ describe("luasip.sdp.parse", function()
     assert.same({ pt = "100", encoding = "telephone-event", clock_rate = 8000 }, c[9])
   end)
 
+  it("keeps a malformed rtpmap as a plain attribute (RFC 4475 esc01)", function()
+    local t = assert(sdp.parse("v=0\no=- 1 1 IN IP4 h\ns=-\nt=0 0\nm=audio 1 RTP/AVP 31\na=rtpmap:31 LPC\n"))
+    assert.is_nil(t.media[1].rtpmap["31"])
+    assert.same({ { name = "rtpmap", value = "31 LPC" } }, t.media[1].attributes)
+  end)
+
   it("rejects garbage with the line number", function()
     local cases = {
       { "", "line 1: empty SDP" },
@@ -244,8 +250,6 @@ describe("luasip.sdp.parse", function()
       { "v=0\no=- 1 1 IN IP4 h\ns=-\nr=7d 1h 0\n", "line 4: r= before any t=" },
       { "v=0\no=- 1 1 IN IP4 h\ns=-\nt=0 0\nm=audio\n", "line 5: m= needs" },
       { "v=0\no=- 1 1 IN IP4 h\ns=-\nt=0 0\nm=audio 70000 RTP/AVP 0\n", "line 5: bad m= port" },
-      { "v=0\no=- 1 1 IN IP4 h\ns=-\nt=0 0\nm=audio 1 RTP/AVP 0\na=rtpmap:0 PCMU\n",
-        "line 6: a=rtpmap needs" },
       { "v=0\no=- 1 1 IN IP4 h\ns=-\nt=0 0\nm=audio 1 RTP/AVP 0\na=ptime:x\n",
         "line 6: a=ptime needs" },
       { "v=0\no=- 1 1 IN IP4 h\ns=-\nt=0 0\nm=audio 1 RTP/AVP 0\no=- 1 1 IN IP4 h\n",

@@ -90,7 +90,9 @@ local TYPED_TIME = "^%-?%d+[dhms]?$"
 local function media_attribute(m, name, value)
   if name == "rtpmap" then
     local pt, enc, rate, ch = (value or ""):match("^(%S+)%s+([^/%s]+)/(%d+)/?(%d*)%s*$")
-    if not pt then return nil, "a=rtpmap needs <pt> <encoding>/<clock rate>[/<channels>]" end
+    -- a malformed rtpmap (RFC 4475's esc01 has "a=rtpmap:31 LPC") stays a plain
+    -- attribute: attributes not understood are ignored (RFC 8866 5.13)
+    if not pt then return nil end
     m.rtpmap[pt] = { encoding = enc, clock_rate = tonumber(rate), channels = tonumber(ch) }
     return true
   elseif name == "fmtp" then
