@@ -420,9 +420,10 @@ static int agent_send(lua_State *L)
 
   lua_getfield(L, 2, "dialog");
   /* dialog-creating requests (RFC 3261 12, RFC 6665 4.1.2.4, RFC 3515) */
-  want_dialog = lua_toboolean(L, -1) && (method == sip_method_invite ||
-                                         method == sip_method_subscribe ||
-                                         method == sip_method_refer);
+  /* every INVITE tracks its dialog: a 2xx nobody waits for any more must get a BYE */
+  want_dialog = method == sip_method_invite ||
+                (lua_toboolean(L, -1) && (method == sip_method_subscribe ||
+                                          method == sip_method_refer));
   lua_pop(L, 1);
   return luasip_client_start(L, a, msg, proxy, want_dialog);
 }

@@ -202,8 +202,15 @@ static void cancel_others(lsip_proxy_t *p, branch_t *except)
   int i;
   for (i = 0; i < p->nbr; i++) {
     branch_t *b = &p->br[i];
-    if (b != except && !b->done && b->orq && p->is_invite)
-      nta_outgoing_cancel(b->orq);
+    if (b != except && !b->done && b->orq && p->is_invite) {
+      /* RFC 3326: a phone that lost to another tells "answered elsewhere", not missed */
+      if (p->got_2xx)
+        nta_outgoing_tcancel(b->orq, NULL, NULL,
+                             SIPTAG_REASON_STR("SIP;cause=200;text=\"Call completed elsewhere\""),
+                             TAG_END());
+      else
+        nta_outgoing_cancel(b->orq);
+    }
   }
 }
 

@@ -533,6 +533,8 @@ static int req_reply(lua_State *L)
     if (strpbrk(reason, "\r\n"))
       return luaL_error(L, "luasip.request:reply: reason must not contain CR or LF");
     opts = 4;
+  } else if (lua_isnil(L, 3) && lua_istable(L, 4)) {
+    opts = 4;                         /* reply(status, nil, opts) */
   } else if (!lua_isnoneornil(L, 3) && !lua_istable(L, 3)) {
     return luaL_error(L, "luasip.request:reply: reason must be a string");
   }

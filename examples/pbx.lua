@@ -35,10 +35,18 @@ app:on("REGISTER", function(req)
   log("REGISTER", req.to.uri, tostring(req:answered()))
 end)
 
--- in-dialog requests (Route: us) go where their Request-URI says
+-- in-dialog requests go where their Request-URI says, but only along a route we
+-- record-routed ourselves (top Route = this PBX): no open relay through To tags
+local me = app:contact():match("^sip:(.*)$")
+local function routed_here(req)
+  local top = req:headers("Route")[1]
+  local hostport = top and top:match("^%s*<?sips?:([^;>]+)")
+  return hostport == me
+end
+
 local function in_dialog(req)
   if req.to_tag then
-    req:proxy(req.uri)
+    if routed_here(req) then req:proxy(req.uri) else req:reply(403, "Not Routed Here") end
     return true
   end
 end
@@ -65,7 +73,7 @@ end
 
 app:on("INVITE", function(req) route(req, { record_route = true }) end)
 app:on("MESSAGE", function(req) route(req) end)
-app:on("ACK", function(ack) ack:forward() end)
+app:on("ACK", function(ack) if routed_here(ack) then ack:forward() end end)
 for _, m in ipairs{ "BYE", "INFO", "UPDATE", "NOTIFY", "PRACK", "REFER", "SUBSCRIBE" } do
   app:on(m, function(req)
     if not in_dialog(req) then req:reply(m == "BYE" and 481 or 404) end

@@ -141,7 +141,9 @@ function tx_methods.wait(self, timeout)
     self._slot = nil
     if not res then
       if self.is_invite and self:status() < 200 then
-        -- stop ringing; nta finishes the INVITE (487) in the background
+        -- stop ringing; nta finishes the INVITE (487) in the background, and a 200
+        -- that crosses the CANCEL is ended with BYE (events.response)
+        self._gave_up = true
         self:cancel()
       else
         self:close()
@@ -253,6 +255,12 @@ sip.redis = function(...) return require("luasip.redis").connect(...) end
 -- auth = {username =, password = | ha1 =} option to agent:request and agent:invite.
 sip.auth = require "luasip.auth"
 -- end of digest authentication --------------------------------------------------------
+
+-- B2BUA (lua/luasip/b2bua.lua) -------------------------------------------------------
+-- b2bua(req, targets [, opts]) -> a_dialog, b_dialog | nil, err, code [, response]:
+-- bridges an incoming INVITE to an outgoing one and relays the dialogs' requests
+sip.b2bua = require("luasip.b2bua").b2bua
+-- end of B2BUA ------------------------------------------------------------------------
 
 -- SDP (lua/luasip/sdp.lua) -------------------------------------------------------------
 -- sdp.parse(str) -> table | nil, err;  sdp.build(table) -> str;  sdp.answer(offer, caps)

@@ -123,4 +123,19 @@ describe("examples/pbx.lua", function()
     assert.equal("403 From Does Not Match Credentials", err)
     H.run(function() register(alice, 0); register(carol, 0) end)
   end)
+
+  it("is no open relay: in-dialog requests not routed through it get 403", function()
+    local alice, victim = phone("alice"), H.agent()
+    local got
+    victim:on("MESSAGE", function(req) got = true; req:reply(200) end)
+    local _, err, code = H.run(function()
+      return alice:request{ method = "MESSAGE", uri = victim:uri("victim"), proxy = pbx_uri(),
+        headers = { From = "<sip:mallory@evil.example>;tag=m1", To = "<sip:victim@127.0.0.1>;tag=fake" },
+        body = "spam", content_type = "text/plain" }
+    end)
+    assert.equal(403, code)
+    assert.equal("403 Not Routed Here", err)
+    H.settle(0.1)
+    assert.is_nil(got)
+  end)
 end)

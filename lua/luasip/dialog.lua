@@ -80,8 +80,13 @@ local function ended(d, reason)
   d._ended = reason or "terminated"
   st_stop(d)
   d:terminate()
-  local slot = d._end_slot
-  if slot then dispatcher.fill(slot, d._ended) end
+  for _, slot in ipairs(d._end_slots or {}) do dispatcher.fill(slot, d._ended) end
+  d._end_slots = nil
+  local fn = d._on_end
+  if fn then
+    local ok, err = pcall(fn, d, d._ended)
+    if not ok then dispatcher.log("error", "dialog on_end failed: " .. tostring(err)) end
+  end
   -- anything waiting on an in-dialog transaction learns the dialog is gone
   for tx in pairs(d._pending or {}) do
     if tx._slot then dispatcher.fill(tx._slot, nil, "terminated", "terminated") end
@@ -96,9 +101,13 @@ local function init(d)
 end
 M.init = init
 
--- req:dialog() -> dialog | nil, err, code: the dialog a SUBSCRIBE or REFER creates (the
--- caller then answers 2xx); INVITEs use req:answer
+-- req:dialog() -> dialog | nil, err, code: for an in-dialog request, its dialog; for a
+-- SUBSCRIBE or REFER, the dialog it creates (the caller then answers 2xx); INVITEs use
+-- req:answer
 function req_methods.dialog(self)
+  -- an in-dialog request: the dialog it belongs to
+  local inside = self._in_dialog
+  if inside then return inside end
   if self.method ~= "SUBSCRIBE" and self.method ~= "REFER" then
     error("luasip.request:dialog: only SUBSCRIBE and REFER (INVITE: req:answer)", 2)
   end
@@ -329,8 +338,21 @@ end
 function dialog_methods.wait_end(self, timeout)
   if self._ended then return self._ended end
   local slot = dispatcher.new_slot("luasip.dialog:wait_end")
-  self._end_slot = slot
+  local slots = self._end_slots or {}
+  slots[#slots + 1] = slot          -- several coroutines may wait for the end
+  self._end_slots = slots
   return dispatcher.wait(slot, timeout)
+end
+
+-- dialog:on_end(fn(dialog, reason) | nil) -> previous: called once when the dialog ends,
+-- whatever ended it (BYE either way, session expiry, agent closed, ...)
+function dialog_methods.on_end(self, fn)
+  if fn ~= nil and type(fn) ~= "function" then
+    error("luasip.dialog:on_end: function expected", 2)
+  end
+  local old = self._on_end
+  self._on_end = fn
+  return old
 end
 
 -- a CANCEL ends the early dialog with the INVITE
@@ -350,7 +372,8 @@ dispatcher.events.dialog_request = function(d, req)
   d:_keep()
   d._handlers = d._handlers or {}
   d._pending = d._pending or setmetatable({}, { __mode = "k" })
-  req.dialog = d
+  req.dialog = d                      -- (shadowed by req:dialog(); kept for old readers)
+  req._in_dialog = d
   local method = req.method
   local h = d._handlers[method]
   if method == "BYE" then

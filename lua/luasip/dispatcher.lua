@@ -279,6 +279,16 @@ function events.response(tx, res)
     return
   end
   tx._final = res
+  if tx._gave_up and status < 300 then
+    -- a 2xx crossed our CANCEL (or came after we stopped waiting): the core ACKed it,
+    -- nobody wants the call: end it (RFC 3261 15)
+    local d = tx:dialog()
+    if d then
+      d:send{ method = "BYE" }
+      d:terminate()
+    end
+    return
+  end
   local slot = tx._slot
   if slot then M.fill(slot, res) end
 end

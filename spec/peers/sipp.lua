@@ -39,7 +39,7 @@ function S.run(o)
   local port = o.port or H.free_port()
   local timeout = o.timeout or 15
   local argv = o.scenario and { "sipp", "-sf", DIR .. o.scenario .. ".xml" }
-    or { "sipp", "-sn", assert(o.sn, "scenario or sn") }
+    or { "sipp", "-sn", (assert(o.sn, "scenario or sn")) }
   local traces = os.tmpname()
   os.remove(traces)
   assert(os.execute("mkdir -p " .. H.shquote(traces)))
