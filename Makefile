@@ -62,7 +62,8 @@ check-memory: deps build
 	@sh scripts/check-memory.sh
 
 lint:
-	@luacheck lua spec examples 2>/dev/null || echo "luacheck not installed"
+	@command -v luacheck >/dev/null || { echo "lint: apt-get install lua-check"; exit 1; }
+	luacheck lua spec examples
 
 # luarocks make (luasip-scm-1.rockspec): compiles against LUA_INCDIR straight into
 # INST_LIBDIR (nothing is left in the source tree) and copies the Lua layer (all of lua/,

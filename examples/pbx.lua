@@ -40,8 +40,7 @@ end)
 local me = app:contact():match("^sip:(.*)$")
 local function routed_here(req)
   local top = req:headers("Route")[1]
-  local hostport = top and top:match("^%s*<?sips?:([^;>]+)")
-  return hostport == me
+  return (top and top:match("^%s*<?sips?:([^;>]+)")) == me
 end
 
 local function in_dialog(req)
