@@ -24,6 +24,7 @@ typedef struct lsip_dialog {
   lsip_agent_t *agent;
   nta_leg_t *leg;
   uint32_t remote_cseq;
+  char call_id[128];          /* for Replaces (RFC 3891) and logs */
   unsigned uas:1, have_remote_cseq:1, terminated:1, early:1;
 } lsip_dialog_t;
 
@@ -151,6 +152,7 @@ lsip_obj_t *luasip_dialog_uac(lsip_agent_t *a, sip_t const *resp, int early)
   }
   nta_leg_client_route(d->leg, resp->sip_record_route, resp->sip_contact);
   d->early = early;
+  snprintf(d->call_id, sizeof d->call_id, "%s", resp->sip_call_id->i_id);
   luasip_link_add(&a->dialogs, &d->link);
   return &d->obj;
 }
@@ -168,6 +170,8 @@ static int req_dialog(lua_State *L)
       sip->sip_request->rq_method != sip_method_subscribe &&
       sip->sip_request->rq_method != sip_method_refer)
     return luaL_error(L, "luasip.request:dialog: only INVITE, SUBSCRIBE and REFER make dialogs");
+  if (sip->sip_to && sip->sip_to->a_tag)
+    return luasip_fail(L, "in-dialog request: it has a dialog already", "dialog");
   if (!nta || !irq || nta_incoming_status(irq) >= 200)
     return luasip_fail(L, "request already answered", "answered");
   d = luasip_newobj(L, sizeof *d, LUASIP_DIALOG, dialog_destroy);
@@ -185,6 +189,7 @@ static int req_dialog(lua_State *L)
   d->remote_cseq = sip->sip_cseq->cs_seq;
   d->have_remote_cseq = 1;
   d->early = 1;                     /* until its 2xx goes out */
+  snprintf(d->call_id, sizeof d->call_id, "%s", sip->sip_call_id->i_id);
   luasip_link_add(&a->dialogs, &d->link);
   luasip_anchor(L, &d->obj, -1);
   return 1;
@@ -284,6 +289,10 @@ static int dialog_fields(lua_State *L)
   const char *k = lua_tostring(L, 2);
   if (!d || !k)
     return 0;
+  if (!strcmp(k, "call_id")) {
+    lua_pushstring(L, d->call_id);
+    return 1;
+  }
   if (!strcmp(k, "role")) {
     lua_pushstring(L, d->uas ? "uas" : "uac");
     return 1;

@@ -75,8 +75,9 @@ function sip.agent(opts)
     t1 = opts.t1 }
   if not a then return nil, err, code end
   a._handlers = {}
-  -- option tags a caller may Require: 100rel is the core's (RFC 3262)
-  a._supported = { ["100rel"] = true }
+  -- option tags a caller may Require: the core's 100rel (RFC 3262), timer (RFC 4028)
+  -- and norefersub (RFC 4488)
+  a._supported = { ["100rel"] = true, timer = true, norefersub = true }
   -- in-dialog requests matching no dialog: "481" (RFC 3261 12.2.2) or "handler" (the
   -- method's handler sees them: proxies and stateless applications)
   a._in_dialog = opts.in_dialog or "481"
@@ -267,5 +268,13 @@ sip.b2bua = require("luasip.b2bua").b2bua
 -- -> answer | nil, err, code;  sdp.hold / unhold / bump;  sdp.codecs;  sdp.attribute
 sip.sdp = require "luasip.sdp"
 -- end of SDP ---------------------------------------------------------------------------
+
+-- REFER (lua/luasip/refer.lua) --------------------------------------------------------
+-- refer.accept(req [, opts]) -> subscription | nil, err, code;  refer.handler(fn [, opts])
+-- -> REFER handler;  refer.parse_refer_to / parse_replaces / replaces (RFC 3515, 3891,
+-- 4488).  Loading it adds dialog:refer(target [, opts]) and agent:refer{...} -> final
+-- status, sipfrag line | nil, err, code.
+sip.refer = require "luasip.refer"
+-- end of REFER ------------------------------------------------------------------------
 
 return sip
