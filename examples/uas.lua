@@ -4,7 +4,7 @@
   200 with an SDP answer to the offer (a reliable 183 with it first when the caller
   supports 100rel; Request-URI user "ring": rings 10 s first, so it can be cancelled;
   session timers when asked), then the call is a dialog (BYE, INFO, UPDATE, re-INVITE
-  and hold in it are answered);
+  and hold in it are answered; a REFER in it is carried out with NOTIFY progress);
   INFO, UPDATE, PRACK, NOTIFY 200; REGISTER 200 echoing the
   Contacts with their expires; SUBSCRIBE 200 with Expires; PUBLISH 200 with SIP-ETag;
   REFER 202.
@@ -91,6 +91,13 @@ app:on("INVITE", function(req)
   if not call then return log("no ACK: " .. tostring(err)) end
   log("call established with", req.from.uri)
   call:on("INFO", function(r) log("INFO in call:", r.body or ""); r:reply(200) end)
+  -- a transfer (RFC 3515): call the Refer-To target, report by NOTIFY, hang up here
+  call:on("REFER", sip.refer.handler(function(sub)
+    log("REFER in call to", sub.target)
+    local d = sub:invite(app)
+    if d then d:bye() end
+    call:bye()
+  end))
   log("call ended:", call:wait_end())
 end)
 
