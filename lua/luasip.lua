@@ -269,6 +269,15 @@ sip.b2bua = require("luasip.b2bua").b2bua
 sip.sdp = require "luasip.sdp"
 -- end of SDP ---------------------------------------------------------------------------
 
+-- events, publications and presence (lua/luasip/events.lua, publications.lua, pidf.lua) -
+-- events{...} -> SUBSCRIBE handler, notifier (RFC 6665);  publications{...} -> PUBLISH
+-- handler, publications (RFC 3903);  pidf.build / parse / merge (RFC 3863).  Loading them
+-- adds agent:subscribe{...} -> subscription and agent:publish{...} -> publication.
+sip.events = require("luasip.events").new
+sip.publications = require("luasip.publications").new
+sip.pidf = require "luasip.pidf"
+-- end of events, publications and presence ------------------------------------------
+
 -- REFER (lua/luasip/refer.lua) --------------------------------------------------------
 -- refer.accept(req [, opts]) -> subscription | nil, err, code;  refer.handler(fn [, opts])
 -- -> REFER handler;  refer.parse_refer_to / parse_replaces / replaces (RFC 3515, 3891,
