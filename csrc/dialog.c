@@ -188,7 +188,9 @@ static int req_dialog(lua_State *L)
   nta_leg_server_route(d->leg, sip->sip_record_route, sip->sip_contact);
   d->remote_cseq = sip->sip_cseq->cs_seq;
   d->have_remote_cseq = 1;
-  d->early = 1;                     /* until its 2xx goes out */
+  /* an INVITE's dialog is early until its 2xx goes out; SUBSCRIBE and REFER dialogs
+   * start with their 2xx (RFC 6665 4.1.2.4) */
+  d->early = sip->sip_request->rq_method == sip_method_invite;
   snprintf(d->call_id, sizeof d->call_id, "%s", sip->sip_call_id->i_id);
   luasip_link_add(&a->dialogs, &d->link);
   luasip_anchor(L, &d->obj, -1);

@@ -218,6 +218,14 @@ dispatcher.events.prack_timeout = function(inv)
   if inv and inv._prack_slot then dispatcher.fill(inv._prack_slot, nil, "timeout", "timeout") end
 end
 
+-- tx:dialog() -> the transaction's dialog (early or confirmed), ready for use
+local c_tx_dialog = tx_methods.dialog
+function tx_methods.dialog(self)
+  local d = c_tx_dialog(self)
+  if d then require("luasip.dialog").init(d) end
+  return d
+end
+
 -- req:wait_ack([timeout]) -> ack | nil, "timeout" | nil, "terminated"
 function req_methods.wait_ack(self, timeout)
   if self._ack then return self._ack end

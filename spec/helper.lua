@@ -130,10 +130,18 @@ function H.background(argv, max_seconds)
   return p
 end
 
+-- a base port for sipp's media sockets (-mp): sipp binds base..base+3 (audio and video
+-- RTP/RTCP), so an OS-chosen single free port can collide on base+2; take them below
+-- the kernel's ephemeral range (32768-60999), where nothing else on loopback binds
+math.randomseed(os.time() + math.floor(os.clock() * 1e6))
+function H.media_port()
+  return 16384 + 4 * math.random(0, 4000)
+end
+
 -- a sipp run against target (host:port) with a scenario file; returns the process
 function H.sipp(scenario, target, extra, max_seconds)
   local argv = { "sipp", "-sf", scenario, "-i", "127.0.0.1", "-p", tostring(H.free_port()),
-    "-mp", tostring(H.free_port()), "-m", "1", "-nostdin", "-timeout", tostring(max_seconds or 20),
+    "-mp", tostring(H.media_port()), "-m", "1", "-nostdin", "-timeout", tostring(max_seconds or 20),
     "-timeout_error" }
   for _, w in ipairs(extra or {}) do argv[#argv + 1] = w end
   argv[#argv + 1] = target

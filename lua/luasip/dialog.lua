@@ -75,11 +75,13 @@ local function se_header(d)
   return d.session_expires .. ";refresher=" .. d.session_refresher
 end
 
+local c_terminate = dialog_methods.terminate
+
 local function ended(d, reason)
   if d._ended then return end
   d._ended = reason or "terminated"
   st_stop(d)
-  d:terminate()
+  c_terminate(d)
   for _, slot in ipairs(d._end_slots or {}) do dispatcher.fill(slot, d._ended) end
   d._end_slots = nil
   local fn = d._on_end
@@ -111,9 +113,18 @@ function req_methods.dialog(self)
   if self.method ~= "SUBSCRIBE" and self.method ~= "REFER" then
     error("luasip.request:dialog: only SUBSCRIBE and REFER (INVITE: req:answer)", 2)
   end
+  if self._made_dialog then return self._made_dialog end
   local d, err, code = self:_dialog()
   if not d then return nil, err, code end
-  return init(d)
+  self._made_dialog = init(d)
+  return d
+end
+
+-- dialog:terminate() -> true: forget the dialog without sending anything; what waits on
+-- it (wait_end, on_end, in-dialog requests) learns it ended ("terminated")
+function dialog_methods.terminate(self)
+  ended(self, "terminated")
+  return c_terminate(self)
 end
 
 session_expire = function(d)

@@ -44,7 +44,7 @@ function S.run(o)
   os.remove(traces)
   assert(os.execute("mkdir -p " .. H.shquote(traces)))
   for _, w in ipairs{ "-i", "127.0.0.1", "-p", tostring(port),
-    "-mp", tostring(H.free_port()), "-m", tostring(o.calls or 1), "-nostdin",
+    "-mp", tostring(H.media_port()), "-m", tostring(o.calls or 1), "-nostdin",
     "-timeout", tostring(timeout), "-timeout_error",
     "-trace_err", "-error_file", traces .. "/errors.log",
     "-trace_msg", "-message_file", traces .. "/messages.log" } do
