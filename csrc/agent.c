@@ -71,7 +71,7 @@ static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg,
     return 0;
   }
   if (sip && sip->sip_status) {
-    if (!luasip_client_stray(a, msg, sip))
+    if (!luasip_client_stray(a, msg, sip) && !luasip_proxy_stray(a, msg, sip))
       msg_destroy(msg);
     return 0;
   }

@@ -105,6 +105,7 @@ lsip_obj_t *luasip_response_new(lua_State *L, msg_t *msg);
 lsip_obj_t *luasip_response_alloc(msg_t *msg);
 int luasip_add_headers(lua_State *L, int idx, msg_t *msg, sip_t *sip,
                        const char *fname);
+void luasip_remove_header(msg_t *msg, sip_t *sip, const char *name);
 int luasip_set_body(lua_State *L, int idx, msg_t *msg, sip_t *sip, const char *fname);
 const char *luasip_uri_arg(lua_State *L, int idx, const char *fname);
 
@@ -148,6 +149,8 @@ nta_incoming_t *luasip_request_ensure_irq(lsip_obj_t *req);
 void luasip_request_set_proxy(lsip_obj_t *req, lsip_obj_t *proxy);
 int luasip_request_status(lsip_obj_t *req);
 int luasip_request_forward(lsip_obj_t *req, msg_t *resp);
+void luasip_request_forwarded(lsip_obj_t *req);
+int luasip_proxy_stray(lsip_agent_t *a, msg_t *msg, sip_t *sip);
 
 /* stream.c: byte streams to local services (Redis) on the loop */
 void luasip_stream_open(lua_State *L);

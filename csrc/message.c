@@ -521,6 +521,29 @@ static int add_one_header(msg_t *msg, sip_t *sip, const char *name, const char *
   return rv;
 }
 
+/* Removes every header named name (long or compact form; unknown headers by name). */
+void luasip_remove_header(msg_t *msg, sip_t *sip, const char *name)
+{
+  msg_mclass_t const *mc = msg_mclass(msg);
+  msg_href_t const *hr = msg_find_hclass(mc, name, NULL);
+  if (!hr || hr == mc->mc_error || !hr->hr_class)
+    return;
+  if (hr == mc->mc_unknown) {
+    sip_unknown_t *un = sip->sip_unknown, *next;
+    for (; un; un = next) {
+      next = un->un_next;
+      if (un->un_name && su_casematch(un->un_name, name))
+        msg_header_remove(msg, (msg_pub_t *)sip, (msg_header_t *)un);
+    }
+    return;
+  }
+  {
+    msg_header_t **hh = (msg_header_t **)((char *)sip + hr->hr_offset);
+    if (*hh)
+      msg_header_remove_all(msg, (msg_pub_t *)sip, *hh);
+  }
+}
+
 static void check_header_text(lua_State *L, const char *fname, const char *s)
 {
   if (strpbrk(s, "\r\n"))

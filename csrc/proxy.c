@@ -45,7 +45,9 @@ typedef struct lsip_proxy {
   char *targets[MAX_BRANCHES];
   char *routes[MAX_BRANCHES]; /* Path / extra Route of a target, comma-separated */
   unsigned timer_c_ms;
-  int sequential, observe;
+  int sequential, observe, follow;
+  msg_t *challenges[MAX_BRANCHES]; /* 401/407 answers, merged into the one forwarded */
+  int nchallenges;
   branch_t br[MAX_BRANCHES];
   int nbr, pending;
   msg_t *best;
@@ -170,6 +172,8 @@ static void proxy_destroy(lsip_obj_t *obj)
     msg_destroy(p->base);
   if (p->best)
     msg_destroy(p->best);
+  for (i = 0; i < p->nchallenges; i++)
+    msg_destroy(p->challenges[i]);
   for (i = 0; i < p->ntargets; i++) {
     free(p->targets[i]);
     free(p->routes[i]);
@@ -182,6 +186,7 @@ static void proxy_destroy(lsip_obj_t *obj)
 static int branch_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
                            sip_t const *sip);
 static int start_next(lsip_proxy_t *p);
+static int start_branch(lsip_proxy_t *p, int t);
 
 static void timer_c(su_root_magic_t *m, su_timer_t *t, su_timer_arg_t *arg)
 {
@@ -228,12 +233,59 @@ static void proxy_final(lsip_proxy_t *p, msg_t *resp)
     o->destroy(o);
 }
 
+/* RFC 3261 16.7 step 7: a 401/407 forwarded upstream carries the challenges of every
+ * branch that asked for credentials. */
+static void merge_challenges(lsip_proxy_t *p)
+{
+  sip_t *bs = sip_object(p->best);
+  int i;
+  if (p->best_status != 401 && p->best_status != 407)
+    return;
+  for (i = 0; i < p->nchallenges; i++) {
+    sip_t const *cs = sip_object(p->challenges[i]);
+    if (p->challenges[i] == p->best || !cs)
+      continue;
+    if (cs->sip_www_authenticate)
+      msg_header_add_dup(p->best, (msg_pub_t *)bs,
+                         (msg_header_t const *)cs->sip_www_authenticate);
+    if (cs->sip_proxy_authenticate)
+      msg_header_add_dup(p->best, (msg_pub_t *)bs,
+                         (msg_header_t const *)cs->sip_proxy_authenticate);
+  }
+  /* the merged answer takes the status that asks for the most (407 if any) */
+}
+
+/* A 3xx with Contacts, when asked to recurse (RFC 3261 16.5): its targets become new
+ * branches.  Returns how many were added. */
+static int recurse(lsip_proxy_t *p, sip_t const *sip)
+{
+  sip_contact_t const *m;
+  int added = 0;
+  for (m = sip->sip_contact; m && p->ntargets < MAX_BRANCHES; m = m->m_next) {
+    char buf[512];
+    int i, dup = 0;
+    if (m->m_url->url_type != url_sip && m->m_url->url_type != url_sips)
+      continue;
+    if (url_e(buf, sizeof buf, m->m_url) <= 0 || strlen(buf) >= sizeof buf - 1)
+      continue;
+    for (i = 0; i < p->ntargets; i++)
+      if (!strcmp(p->targets[i], buf))
+        dup = 1;                    /* a target already tried is not tried again */
+    if (dup || !(p->targets[p->ntargets] = strdup(buf)))
+      continue;
+    p->routes[p->ntargets++] = NULL;
+    added++;
+  }
+  return added;
+}
+
 /* All branches ended. */
 static void proxy_finished(lsip_proxy_t *p)
 {
   if (!p->done) {
     p->done = 1;
     if (p->best && p->req) {
+      merge_challenges(p);
       luasip_request_forward(p->req, msg_ref_create(p->best));
       proxy_final(p, p->best);
     } else {
@@ -307,7 +359,28 @@ static int branch_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
   } else {
     if (status >= 600)
       cancel_others(p, b);
-    if (!p->best || rank(status) < rank(p->best_status)) {
+    if (status >= 300 && status < 400 && p->follow && sip && !p->done && !p->got_2xx &&
+        !p->cancelled) {
+      int first = p->ntargets, added = recurse(p, sip);
+      if (added) {
+        if (msg)
+          msg_destroy(msg);
+        if (!p->sequential) {
+          int i;
+          for (i = first; i < p->ntargets; i++)
+            start_branch(p, i);
+          p->next = p->ntargets;
+          return 0;
+        }
+        if (start_next(p) == 0)
+          return 0;
+        msg = NULL;
+      }
+    }
+    if ((status == 401 || status == 407) && msg && p->nchallenges < MAX_BRANCHES)
+      p->challenges[p->nchallenges++] = msg_ref_create(msg);
+    if (!p->best || rank(status) < rank(p->best_status) ||
+        (status == 407 && p->best_status == 401)) {
       if (p->best)
         msg_destroy(p->best);
       p->best = msg;
@@ -465,7 +538,9 @@ static int req_proxy(lua_State *L)
   p->timer_c_ms = lua_isnumber(L, -1) ? (unsigned)(lua_tonumber(L, -1) * 1000) : 180000;
   lua_getfield(L, 3, "observe");
   p->observe = lua_toboolean(L, -1);
-  lua_pop(L, 4);
+  lua_getfield(L, 3, "follow_redirects");
+  p->follow = lua_toboolean(L, -1);
+  lua_pop(L, 5);
 
   /* the request as forwarded (RFC 3261 16.6): our Route off the top, Max-Forwards - 1,
    * Record-Route of ours; each branch then sets its target */
@@ -485,6 +560,21 @@ static int req_proxy(lua_State *L)
   } else {
     sip_add_tl(p->base, bs, SIPTAG_MAX_FORWARDS_STR("70"), TAG_END());
   }
+  /* opts.remove = {names}, opts.add = {headers}: the script's edits (16.6 is ours) */
+  lua_getfield(L, 3, "remove");
+  if (lua_istable(L, -1)) {
+    int k, nr = (int)luasip_rawlen(L, -1);
+    for (k = 1; k <= nr; k++) {
+      lua_rawgeti(L, -1, k);
+      if (lua_isstring(L, -1))
+        luasip_remove_header(p->base, bs, lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, 3, "add");
+  luasip_add_headers(L, lua_gettop(L), p->base, bs, fname);
+  lua_pop(L, 1);
   if (record_route) {
     sip_contact_t *m = luasip_agent_contact_for(a, home, NULL, sip->sip_request->rq_url);
     if (m) {
@@ -550,6 +640,8 @@ static int req_forward(lua_State *L)
   sip_t *sip;
   if (!nta)
     return luasip_fail(L, "agent closed", "closed");
+  if (luasip_request_irq(r) && luasip_request_sip(r)->sip_request->rq_method != sip_method_ack)
+    return luasip_fail(L, "the request has a transaction: use req:proxy", "stateful");
   m = msg_dup(luasip_request_msg(r));
   if (!m)
     return luasip_fail(L, "out of memory", "memory");
@@ -573,7 +665,26 @@ static int req_forward(lua_State *L)
                                                           URL_STRING_MAKE(uri), NULL));
   if (nta_msg_tsend(nta, m, NULL, TAG_END()) < 0)
     return luasip_fail(L, "cannot forward", "send");
+  luasip_request_forwarded(r);
   lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* A response matching no transaction of ours whose top Via is ours and that has
+ * another Via under it: the answer to a request we forwarded statelessly (RFC 3261
+ * 16.11): nta_msg_tsend pops our Via and sends it on. */
+int luasip_proxy_stray(lsip_agent_t *a, msg_t *msg, sip_t *sip)
+{
+  nta_agent_t *nta = luasip_agent_nta(a);
+  url_t u[1];
+  if (!nta || !sip->sip_via || !sip->sip_via->v_next || !sip->sip_via->v_host)
+    return 0;
+  url_init(u, url_sip);
+  u->url_host = sip->sip_via->v_host;
+  u->url_port = sip->sip_via->v_port;
+  if (!url_is_us(a, u))
+    return 0;
+  nta_msg_tsend(nta, msg, NULL, TAG_END());
   return 1;
 }
 

@@ -30,7 +30,7 @@ typedef struct lsip_req {
   tport_t *tport;             /* delivering transport, for 2xx retransmission */
   char transport[8];
   int status;                 /* highest status sent */
-  unsigned dispatching:1, cancelled:1, is_ack:1, orphan:1, reliable:1;
+  unsigned dispatching:1, cancelled:1, is_ack:1, orphan:1, reliable:1, forwarded:1;
   lsip_obj_t *proxy;          /* proxy.c forwarding this request, if any */
   su_timer_t *rtx;            /* 2xx retransmission timer */
   msg_t *resp2xx;
@@ -442,6 +442,19 @@ int luasip_request_forward(lsip_obj_t *obj, msg_t *msg)
   return rv;
 }
 
+/* The request went on statelessly (req:forward): nothing to answer any more. */
+void luasip_request_forwarded(lsip_obj_t *obj)
+{
+  lsip_req_t *r = (lsip_req_t *)obj;
+  r->forwarded = 1;
+  if (r->pending) {
+    msg_destroy(r->pending);
+    r->pending = NULL;
+  }
+  if (!r->dispatching)
+    req_settle(r);
+}
+
 lsip_agent_t *luasip_request_agent(lsip_obj_t *obj)
 {
   return ((lsip_req_t *)obj)->agent;
@@ -652,11 +665,14 @@ static int req_reply(lua_State *L)
   return 1;
 }
 
-/* req:answered() -> status of the final response sent, or false */
+/* req:answered() -> status of the final response sent, "forwarded" after a stateless
+ * forward, or false */
 static int req_answered(lua_State *L)
 {
   lsip_req_t *r = req_check(L, 1);
-  if (r->is_ack || r->status < 200)
+  if (r->forwarded)
+    lua_pushliteral(L, "forwarded");
+  else if (r->is_ack || r->status < 200)
     lua_pushboolean(L, 0);
   else
     lua_pushinteger(L, r->status);

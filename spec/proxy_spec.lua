@@ -130,4 +130,68 @@ describe("luasip proxy (req:proxy)", function()
     assert.equal(482, code3)
     assert.equal("482 Loop Detected", err)
   end)
+
+  it("adds and removes headers on the forwarded request", function()
+    local callee = H.agent()
+    local got
+    callee:on("MESSAGE", function(req)
+      got = { req:header("X-Added"), req:header("Subject"), req:header("X-Secret") }
+      req:reply(200)
+    end)
+    proxy:on("MESSAGE", function(req)
+      req:proxy(callee:uri("x"), { headers = { ["X-Added"] = "yes", Subject = false, ["X-Secret"] = false } })
+    end)
+    local res = H.run(function()
+      return uac:request{ method = "MESSAGE", uri = "sip:x@example.test", proxy = proxy:contact(),
+        headers = { Subject = "hi", ["X-Secret"] = "s3" }, body = "m", content_type = "text/plain" }
+    end)
+    assert.equal(200, res.status)
+    assert.same({ "yes" }, got)
+  end)
+
+  it("follows a 3xx to its Contacts when asked", function()
+    local mover, final = H.agent(), H.agent()
+    mover:on("INVITE", function(req)
+      req:reply(302, { headers = { Contact = "<" .. final:uri("new") .. ">" } })
+    end)
+    local reached
+    final:on("INVITE", function(req) reached = req.uri; req:answer() end)
+    proxy:on("INVITE", function(req) req:proxy(mover:uri("old"), { follow_redirects = true }) end)
+    local d, res = H.run(function()
+      return uac:invite{ uri = "sip:old@example.test", proxy = proxy:contact() }
+    end)
+    assert.equal(200, res.status)
+    assert.equal(final:uri("new"), reached)
+    H.run(function() d:bye() end)
+  end)
+
+  it("merges the challenges of every branch into the 401/407 it forwards", function()
+    local a, b = H.agent(), H.agent()
+    a:on("MESSAGE", function(req)
+      req:reply(401, { headers = { ["WWW-Authenticate"] = 'Digest realm="a", nonce="1"' } })
+    end)
+    b:on("MESSAGE", function(req)
+      req:reply(407, { headers = { ["Proxy-Authenticate"] = 'Digest realm="b", nonce="2"' } })
+    end)
+    proxy:on("MESSAGE", function(req) req:proxy({ a:uri("x"), b:uri("x") }) end)
+    local _, _, code, res = H.run(function()
+      return uac:request{ method = "MESSAGE", uri = "sip:x@example.test", proxy = proxy:contact(),
+        body = "m", content_type = "text/plain" }
+    end)
+    assert.equal(407, code)
+    assert.equal('Digest realm="a", nonce="1"', res:header("WWW-Authenticate"))
+    assert.equal('Digest realm="b", nonce="2"', res:header("Proxy-Authenticate"))
+  end)
+
+  it("forwards statelessly when asked", function()
+    local callee = H.agent()
+    callee:on("OPTIONS", function(req) req:reply(200, "Direct") end)
+    local forwarded
+    proxy:on("OPTIONS", function(req) forwarded = { req:proxy(callee:uri("x"), { stateless = true }) } end)
+    local res = H.run(function()
+      return uac:request{ method = "OPTIONS", uri = "sip:x@example.test", proxy = proxy:contact() }
+    end)
+    assert.equal("Direct", res.reason)
+    assert.same({ true }, forwarded)
+  end)
 end)

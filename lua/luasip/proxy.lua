@@ -28,7 +28,10 @@ local function normalize(targets)
 end
 
 -- req:proxy(targets [, { record_route =, forking = "parallel" | "sequential",
---   timeout = branch seconds (Timer C, 180), on_response = fn(res) }])
+--   timeout = branch seconds (Timer C, 180), on_response = fn(res),
+--   headers = { Name = "value" | {values} (added) | false (removed) },
+--   follow_redirects = true (3xx Contacts become new branches), stateless = true
+--   (forward the first target without a transaction: req:forward) }])
 --   -> response (the 2xx forwarded) | nil, err, code [, response]
 function req_methods.proxy(self, targets, opts)
   if opts ~= nil and type(opts) ~= "table" then
@@ -42,15 +45,27 @@ function req_methods.proxy(self, targets, opts)
   if opts.on_response ~= nil and type(opts.on_response) ~= "function" then
     error("luasip.request:proxy: on_response must be a function", 2)
   end
-  dispatcher.current("luasip.request:proxy")
+  if opts.headers ~= nil and type(opts.headers) ~= "table" then
+    error("luasip.request:proxy: headers must be a table", 2)
+  end
+  local add, remove = {}, {}
+  for name, v in pairs(opts.headers or {}) do
+    if v == false then remove[#remove + 1] = name else add[name] = v end
+  end
   -- RFC 3261 16.3 step 3
   if self.max_forwards == 0 then
     self:reply(483, "Too Many Hops")
     return nil, "483 Too Many Hops", 483
   end
+  if opts.stateless then
+    -- RFC 3261 16.11: no transaction, one target, nothing waits
+    return self:forward(list[1].uri)
+  end
+  dispatcher.current("luasip.request:proxy")
   local p, err, code = self:_proxy(list, {
     record_route = opts.record_route, sequential = opts.forking == "sequential",
-    timeout = opts.timeout, observe = opts.on_response ~= nil })
+    timeout = opts.timeout, observe = opts.on_response ~= nil, add = add, remove = remove,
+    follow_redirects = opts.follow_redirects })
   if not p then
     if code == "loop" then
       self:reply(482, "Loop Detected")
