@@ -25,6 +25,7 @@ typedef struct lsip_dialog {
   nta_leg_t *leg;
   uint32_t remote_cseq;
   char call_id[128];          /* for Replaces (RFC 3891) and logs */
+  char ltag[64], rtag[64];    /* kept after the leg is gone */
   unsigned uas:1, have_remote_cseq:1, terminated:1, early:1;
 } lsip_dialog_t;
 
@@ -85,6 +86,13 @@ static int leg_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *i
   luasip_bridge("dialog_request", &d->obj, req);
   luasip_request_dispatched(req);
   return 0;
+}
+
+static void keep_tags(lsip_dialog_t *d)
+{
+  const char *t = nta_leg_get_tag(d->leg), *r = nta_leg_get_rtag(d->leg);
+  snprintf(d->ltag, sizeof d->ltag, "%s", t ? t : "");
+  snprintf(d->rtag, sizeof d->rtag, "%s", r ? r : "");
 }
 
 static lsip_dialog_t *dialog_alloc(lsip_agent_t *a, int uas)
@@ -153,6 +161,7 @@ lsip_obj_t *luasip_dialog_uac(lsip_agent_t *a, sip_t const *resp, int early)
   nta_leg_client_route(d->leg, resp->sip_record_route, resp->sip_contact);
   d->early = early;
   snprintf(d->call_id, sizeof d->call_id, "%s", resp->sip_call_id->i_id);
+  keep_tags(d);
   luasip_link_add(&a->dialogs, &d->link);
   return &d->obj;
 }
@@ -192,6 +201,7 @@ static int req_dialog(lua_State *L)
    * start with their 2xx (RFC 6665 4.1.2.4) */
   d->early = sip->sip_request->rq_method == sip_method_invite;
   snprintf(d->call_id, sizeof d->call_id, "%s", sip->sip_call_id->i_id);
+  keep_tags(d);
   luasip_link_add(&a->dialogs, &d->link);
   luasip_anchor(L, &d->obj, -1);
   return 1;
@@ -299,14 +309,12 @@ static int dialog_fields(lua_State *L)
     lua_pushstring(L, d->uas ? "uas" : "uac");
     return 1;
   }
-  if (!d->leg)
-    return 0;
   if (!strcmp(k, "local_tag")) {
-    lua_pushstring(L, nta_leg_get_tag(d->leg));
+    lua_pushstring(L, d->ltag[0] ? d->ltag : NULL);
     return 1;
   }
   if (!strcmp(k, "remote_tag")) {
-    lua_pushstring(L, nta_leg_get_rtag(d->leg));
+    lua_pushstring(L, d->rtag[0] ? d->rtag : NULL);
     return 1;
   }
   return 0;
