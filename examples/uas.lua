@@ -18,7 +18,9 @@ local ALLOW = table.concat(sip.methods, ", ")
 local ACCEPT = "application/sdp, text/plain, message/cpim, application/json, multipart/mixed"
 local host = hostport:match("^%[?([^%]]+)%]?:%d+$") or "127.0.0.1"
 
+local quiet = os.getenv("UAS_QUIET") == "1"     -- benchmarks: no per-request log
 local function log(...)
+  if quiet then return end
   io.stdout:write(os.date("%H:%M:%S "), table.concat({ ... }, " "), "\n")
   io.stdout:flush()
 end

@@ -1,0 +1,369 @@
+#!/bin/sh
+# bench/run.sh — `make bench`: luasip's examples/uas.lua under sipp load, next to a
+# sipp->sipp baseline measured in the same run.
+#
+# Rows (per KIND in BENCH_KINDS, default "calls options"):
+#   baseline        sipp UAC -> sipp UAS (scenarios/uas.xml, scenarios/options-uas.xml)
+#   luasip/<lua>    sipp UAC -> lua examples/uas.lua, for each interpreter in BENCH_LUA
+# KIND calls   = INVITE, 100, 180, 200, ACK, BYE, 200 (scenarios/uac.xml)
+# KIND options = OPTIONS, 200 (scenarios/options-uac.xml)
+#
+# Each row is a rate ladder (lib.sh run_ladder: START_RATE, doubled until a step fails,
+# then REFINE bisections); each step is one bounded sipp UAC run (step.sh) of
+# BENCH_DURATION s. A step passes with 0 failed calls, none left incomplete,
+# < MAX_RETRANS_PCT % retransmissions and >= 95 % of the target rate achieved. The
+# responder is started on a free 127.0.0.1 port for each row, and again (fresh, new port)
+# after every failed step, so that the retransmissions and BYEs an overloaded UAS keeps
+# sending for 64*T1 do not load the next step. It is the "system under test": its CPU
+# comes from /proc/PID/task/*/schedstat before/after each step.
+#
+# Output: one progress line per step on stderr, per row what uas.lua logged (by kind of
+# line) and sipp's first errors at the failing rate, then a table: max rate at zero
+# failures, the responder's CPU us per call at REF_RATE (the same load for every row) and
+# at its max, ratios to the baseline of the same kind, and why the lowest failing step
+# failed. Machine load: loadavg per row, CPU of other processes during each max step.
+#
+# Env:
+#   BENCH_LUA="lua5.4 luajit"  interpreters for the luasip rows (lua5.4 -> build/5.4,
+#                              luajit -> build/luajit); BENCH_LUA=luajit for luajit only;
+#                              "lua5.4:quiet" runs bench/uas-quiet.lua (uas.lua with its
+#                              per-request stdout log discarded) to show what logging costs
+#   BENCH_KINDS="calls options"
+#   BENCH_QUICK=1              ~1 minute smoke: 2 s steps, rates 1000 and 4000, no bisection
+#   BENCH_DURATION (s/step, default 5), START_RATE (1000), MAX_RATE (32000), REFINE (2),
+#   REF_RATE (1000), WARMUP (2: s at REF_RATE before each row, not measured),
+#   STEP_PAUSE (2), QUIET_MAX_WAIT (10: wait at most that long before each step for the
+#   shared machine to be below QUIET_PCT=20 % busy), IDLE_MAX_WAIT (30: after a passing
+#   step, wait at most that long for the responder to be idle, polled), BENCH_BUDGET
+#   (570 s: no new step or row after that; the default run takes ~8 minutes)
+#   BENCH_SUSTAIN=N            also, per row, N s (>= 45) at REF_RATE on a fresh responder, CPU
+#                              over the last SUSTAIN_WINDOW (10) s: steady-state us per call,
+#                              with sofia's 32 s transaction expiry included (off by default:
+#                              ~1 min per row)
+#   BENCH_UAS_LOG=null         send uas.lua's per-request log to /dev/null instead of a file
+#                              (it still writes it: uas.lua has no quiet switch)
+#   BENCH_REV=TEXT             what to print as the revision (default: git describe --dirty)
+#   BENCH_OUT=FILE             also write the full log (steps + table) to FILE
+#   KEEP=1                     keep the work directory (responder logs, sipp error logs);
+#                              STEP_KEEP=1 also keeps each sipp run's own directory
+# Loopback only; every process bounded by `timeout` and stopped by PID at exit.
+
+# `make bench` runs this with sh: the harness needs bash.
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
+set -u
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+
+# defaults (before lib.sh, which reads START_RATE, REFINE, STEP_PAUSE, RATES)
+if [[ ${BENCH_QUICK:-0} == 1 ]]; then
+  : "${BENCH_DURATION:=2}" "${RATES:=1000 4000}" "${REFINE:=0}" "${STEP_PAUSE:=1}"
+  : "${QUIET_MAX_WAIT:=3}" "${IDLE_MAX_WAIT:=10}" "${WARMUP:=1}"
+fi
+: "${START_RATE:=1000}" "${STEP_PAUSE:=2}" "${QUIET_MAX_WAIT:=10}" "${QUIET_PCT:=20}"
+export START_RATE STEP_PAUSE QUIET_MAX_WAIT QUIET_PCT
+BENCH_BUDGET=${BENCH_BUDGET:-570}
+. "$HERE/lib.sh"
+BENCH_LUA=${BENCH_LUA:-lua5.4 luajit}
+BENCH_KINDS=${BENCH_KINDS:-calls options}
+BENCH_DURATION=${BENCH_DURATION:-5}
+REF_RATE=${REF_RATE:-1000}
+WARMUP=${WARMUP:-2}
+BENCH_SUSTAIN=${BENCH_SUSTAIN:-0}
+SUSTAIN_WINDOW=${SUSTAIN_WINDOW:-10}
+IDLE_MAX_WAIT=${IDLE_MAX_WAIT:-30}
+export RECV_TIMEOUT_MS=${RECV_TIMEOUT_MS:-5000}
+export REFINE STEP_PAUSE START_RATE MAX_RATE
+[[ -n ${RATES:-} ]] && export RATES
+HOST=127.0.0.1
+require_loopback "$HOST"
+require_uint "$BENCH_DURATION"; require_uint "$REF_RATE"; require_uint "$IDLE_MAX_WAIT"; require_uint "$WARMUP"
+require_uint "$BENCH_SUSTAIN"; require_uint "$SUSTAIN_WINDOW"
+(( BENCH_SUSTAIN == 0 || BENCH_SUSTAIN >= SUSTAIN_WINDOW + 5 )) || die "BENCH_SUSTAIN must be >= SUSTAIN_WINDOW + 5 (use >= 45 to reach steady state)"
+
+command -v sipp >/dev/null || die "sipp not found (apt-get install sip-tester)"
+command -v ss >/dev/null || die "ss not found (iproute2)"
+for W in $BENCH_LUA; do
+  L=${W%%:*}
+  [[ $W == "$L" || $W == "$L:quiet" ]] || die "BENCH_LUA: '$W' (INTERP or INTERP:quiet)"
+  case $L in
+    lua5.4) F=5.4 ;; luajit) F=luajit ;; lua5.1) F=5.1 ;; lua5.3) F=5.3 ;;
+    *) die "BENCH_LUA: unknown interpreter '$L' (lua5.4, luajit, lua5.3, lua5.1)" ;;
+  esac
+  command -v "$L" >/dev/null || die "$L not found"
+  [[ -f $ROOT/build/$F/luasip/core.so ]] || die "build/$F/luasip/core.so missing (make build)"
+done
+
+WORK=$(mktemp -d -t luasip-bench.XXXXXX)
+mkdir -p "$WORK/err"
+LOG=$WORK/bench.log
+RESP_PID=""      # the `timeout` wrapping the current responder
+SPID=""          # a sipp run in the background (sustain_run)
+cleanup() {
+  stop_pid "$SPID"
+  stop_pid "$RESP_PID"
+  if [[ -n ${BENCH_OUT:-} && -f $LOG ]]; then cp "$LOG" "$BENCH_OUT"; fi
+  if [[ ${KEEP:-0} == 1 ]]; then echo "bench work dir: $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+out() { echo "$*" | tee -a "$LOG"; }
+
+# Every responder lives at most this long (the whole run's budget, generously).
+RESP_MAX=${RESP_MAX:-1200}
+
+# start_responder KIND WHO PORT LOGFILE -> sets RESP_PID (the `timeout` around it), SUT
+# (the process holding the port) and RCVBUF; polls until the port is bound. luasip's
+# stdout/stderr are appended to LOGFILE / LOGFILE.stderr (one file per row, restarts too).
+start_responder() {
+  local kind=$1 who=$2 port=$3 logf=$4 scen flavour
+  if [[ $who == sipp ]]; then
+    scen=$SCEN_DIR/uas.xml; [[ $kind == options ]] && scen=$SCEN_DIR/options-uas.xml
+    ( cd "$WORK" && exec timeout --kill-after=5 "$RESP_MAX" \
+        sipp -sf "$scen" -i "$HOST" -mi "$HOST" -bind_local -p "$port" -t u1 \
+             -nostdin -buff_size 4194304 -trace_err -error_file "$WORK/err/uas-$kind-$port.log" \
+             >>"$logf" 2>&1 ) &
+  else
+    local interp=${who%%:*} script=examples/uas.lua dest=$logf
+    [[ $who == *:quiet ]] && script=bench/uas-quiet.lua
+    case $interp in lua5.4) flavour=5.4 ;; luajit) flavour=luajit ;; lua5.1) flavour=5.1 ;; lua5.3) flavour=5.3 ;; esac
+    [[ ${BENCH_UAS_LOG:-file} == null ]] && dest=/dev/null
+    ( cd "$ROOT" && exec timeout --kill-after=5 "$RESP_MAX" \
+        env LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/$flavour/?.so;;" \
+        "$interp" "$script" "$HOST:$port" >>"$dest" 2>>"$logf.stderr" ) &
+  fi
+  RESP_PID=$!
+  wait_udp_port "$port" 10 || { stop_pid "$RESP_PID"; RESP_PID=""; return 1; }
+  SUT=$(pids_on_udp_port "$port" | head -1)
+  RCVBUF=$(ss -H -uanm "sport = :$port" 2>/dev/null | grep -o 'rb[0-9]*' | head -1 | tr -d rb)
+  [[ -n $SUT ]]
+}
+
+# responder_died -> 0 (and DIED set to a description) if the current responder exited
+# by itself
+responder_died() {
+  kill -0 "$SUT" 2>/dev/null && return 1
+  local rc
+  wait "$RESP_PID"; rc=$?
+  RESP_PID=""
+  DIED="responder $SUT DIED (exit status $rc$( (( rc > 128 )) && echo ", signal $(( rc - 128 ))"))"
+  return 0
+}
+
+# Before each step (lib.sh STOP_CHECK, run in this shell):
+#   * the responder must still be alive (a crash ends the row, it is never hidden by a
+#     restart), and the time budget not spent;
+#   * after a FAILED step the responder is replaced by a fresh one on a new port: an
+#     overloaded UAS keeps retransmitting 2xx for unACKed INVITEs and sends BYEs for 64*T1
+#     (32 s), which would load the next step;
+#   * otherwise wait (polled, at most IDLE_MAX_WAIT s) until it is idle: below 5 % of a
+#     core over 0.5 s.
+pre_step() {
+  if responder_died; then echo "$DIED" >"$WORK/stop-$ROW"; return 1; fi
+  if (( SECONDS - BENCH_T0 > BENCH_BUDGET )); then
+    echo "time budget (BENCH_BUDGET=${BENCH_BUDGET}s) spent" >"$WORK/stop-$ROW"; return 1
+  fi
+  if [[ ${LAST_STEP_OK:-1} == 0 ]]; then
+    stop_pid "$RESP_PID"; RESP_PID=""
+    PORT=$(free_udp_port)
+    RESTARTS=$(( RESTARTS + 1 ))
+    if ! start_responder "$KIND" "$WHO" "$PORT" "$RLOG"; then
+      echo "fresh responder did not start" >"$WORK/stop-$ROW"; return 1
+    fi
+    [[ ${LADDER_PROGRESS:-0} == 1 ]] && echo "   [$(date +%T)] fresh responder after the failed step: pid $SUT on $HOST:$PORT" >&2
+    return 0
+  fi
+  local t0=$SECONDS a b
+  a=$(cpu_ns "$SUT")
+  while (( SECONDS - t0 < IDLE_MAX_WAIT )); do
+    sleep 0.5
+    b=$(cpu_ns "$SUT")
+    (( b - a < 25000000 )) && return 0
+    a=$b
+  done
+  log "responder $SUT still busy after ${IDLE_MAX_WAIT}s; measuring anyway"
+  return 0
+}
+
+# sustain_run: a fresh responder, REF_RATE for BENCH_SUSTAIN s (one sipp run); its CPU
+# is read over the last SUSTAIN_WINDOW s only, when the transactions of the first
+# seconds are expiring as fast as new ones start (steady state: 64*T1 = 32 s of UDP
+# transaction life in sofia's nta). Sets SUST_RES "us=... pass=0|1 rss_mb=...".
+sustain_run() {
+  local a b ta tb res us rss
+  PORT=$(free_udp_port)
+  start_responder "$KIND" "$WHO" "$PORT" "$RLOG" || return 1
+  KEEP=0 SUT_PIDS=$SUT QUIET_MAX_WAIT=0 "$HERE/step.sh" "$KIND" "$PORT" "$REF_RATE" "$BENCH_SUSTAIN" \
+    >"$WORK/sustain-$ROW.txt" 2>&1 &
+  SPID=$!
+  sleep $(( BENCH_SUSTAIN - SUSTAIN_WINDOW - 2 ))      # fixed measurement schedule
+  a=$(cpu_ns "$SUT"); ta=$(date +%s.%N)
+  sleep "$SUSTAIN_WINDOW"
+  b=$(cpu_ns "$SUT"); tb=$(date +%s.%N)
+  rss=$(awk '/VmRSS/{printf "%d", $2/1024}' "/proc/$SUT/status" 2>/dev/null)
+  wait "$SPID"; SPID=""
+  res=$(grep '^RESULT ' "$WORK/sustain-$ROW.txt" | tail -1)
+  us=$(awk -v a="$a" -v b="$b" -v ta="$ta" -v tb="$tb" -v r="$REF_RATE" \
+         'BEGIN{ printf "%.1f", (b-a)/1000/(r*(tb-ta)) }')
+  SUST_RES="us=$us pass=$(step_passes "$res" && echo 1 || echo 0) rss_mb=${rss:-0}"
+  out "   sustained $REF_RATE/s for ${BENCH_SUSTAIN}s (fresh responder): $(kv success "${res#RESULT }") ok," \
+      "$(kv failed "${res#RESULT }") failed; CPU over the last ${SUSTAIN_WINDOW}s: $us us/call" \
+      "($(awk -v a="$a" -v b="$b" -v ta="$ta" -v tb="$tb" 'BEGIN{printf "%.0f", 100*(b-a)/1e9/(tb-ta)}')% of a core), RSS ${rss:-?} MB"
+  stop_pid "$RESP_PID"; RESP_PID=""
+  return 0
+}
+
+ladder_step() {
+  KEEP=${STEP_KEEP:-0} SUT_PIDS=$SUT BENCH_ERRDIR=$WORK/err/$ROW "$HERE/step.sh" "$KIND" "$PORT" "$1" "$BENCH_DURATION" 2>&1 \
+    | tee -a "$WORK/steps-$ROW.txt"
+}
+
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+
+out "luasip bench: ${BENCH_REV:-$(cd "$ROOT" && git describe --always --dirty 2>/dev/null)} (core.so built $(date -r "$ROOT/build/5.4/luasip/core.so" '+%F %T' 2>/dev/null))  run $(date '+%F %T')"
+out "  $(nproc) CPUs, loadavg $(loadavg), sipp $(sipp -v 2>&1 | grep -o 'v[0-9.]*' | head -1); step ${BENCH_DURATION}s, ladder $(ladder_rates | tr ' ' ',')${RATES:+ (RATES)} + $REFINE bisections; luasip: $BENCH_LUA"
+BENCH_T0=$SECONDS
+export LADDER_PROGRESS=1
+STOP_CHECK=pre_step
+
+ROWS=()
+for KIND in $BENCH_KINDS; do
+  [[ $KIND == calls || $KIND == options ]] || die "BENCH_KINDS: calls and/or options"
+  for WHO in sipp $BENCH_LUA; do
+    ROW="$KIND-$WHO"
+    if (( SECONDS - BENCH_T0 > BENCH_BUDGET )); then
+      out ""; out "== $KIND: $WHO skipped (time budget BENCH_BUDGET=${BENCH_BUDGET}s spent)"
+      ROWS+=("$KIND|$WHO|skipped"); continue
+    fi
+    PORT=$(free_udp_port)
+    RLOG=$WORK/responder-$ROW.log
+    RESTARTS=0
+    mkdir -p "$WORK/err/$ROW"
+    label="baseline (sipp uas)"; [[ $WHO == sipp ]] || label="luasip $WHO (examples/uas.lua)"
+    out ""
+    out "== $KIND: $label on $HOST:$PORT  (loadavg $(loadavg))"
+    if ! start_responder "$KIND" "$WHO" "$PORT" "$RLOG"; then
+      out "   responder did not bind udp $HOST:$PORT; see $RLOG"
+      ROWS+=("$KIND|$WHO|startfail")
+      continue
+    fi
+    out "   pid $SUT, UDP receive buffer $(( ${RCVBUF:-0} / 1024 )) KiB"
+    # warm-up, not measured: the first calls of a fresh process fault in its heap, load
+    # code, grow tables; the REF_RATE step that follows must compare warm processes
+    if (( WARMUP > 0 )); then
+      KEEP=0 SUT_PIDS=$SUT QUIET_MAX_WAIT=0 "$HERE/step.sh" "$KIND" "$PORT" "$REF_RATE" "$WARMUP" \
+        >"$WORK/warmup-$ROW.txt" 2>&1
+      echo "   [$(date +%T)] warm-up: $(grep -o 'success=[0-9]* failed=[0-9]*' "$WORK/warmup-$ROW.txt" | head -1) at $REF_RATE/s for ${WARMUP}s (not measured)" >&2
+    fi
+    # in this shell (not $(...)): pre_step may replace the responder
+    run_ladder ladder_step "$ROW" >"$WORK/ladder-$ROW.txt"
+    RES_LINES=$(cat "$WORK/ladder-$ROW.txt")
+    cat "$WORK/ladder-$ROW.txt" >>"$LOG"
+    alive=yes
+    if [[ -n $RESP_PID ]] && responder_died; then alive=$DIED; fi
+    if [[ -f $WORK/stop-$ROW ]]; then alive="stopped: $(cat "$WORK/stop-$ROW")"; fi
+    [[ $alive == yes ]] || {
+      out "   $alive; its stderr (last lines):"
+      tail -20 "$RLOG.stderr" 2>/dev/null | sed 's/^/     /' | tee -a "$LOG"; }
+    stop_pid "$RESP_PID"; RESP_PID=""
+    (( RESTARTS > 0 )) && out "   ($RESTARTS fresh responder(s) after failed steps)"
+    SUST=""
+    if (( BENCH_SUSTAIN > 0 )) && [[ $alive == yes ]] && (( SECONDS - BENCH_T0 <= BENCH_BUDGET )); then
+      sustain_run && SUST=$SUST_RES
+    fi
+    out "   machine: waited $(grep -o 'quiet_wait_s=[0-9]*' "$WORK/steps-$ROW.txt" 2>/dev/null | awk -F= '{s+=$2} END{print s+0}') s in all for it to be quiet before steps; busiest pre-step second $(grep -o 'pre_busy_pct=[0-9.]*' "$WORK/steps-$ROW.txt" 2>/dev/null | awk -F= '$2>m{m=$2} END{print m+0}')% of 200; loadavg now $(loadavg)"
+    if [[ $WHO != sipp ]]; then
+      if [[ -s $RLOG ]]; then
+        # what the example logged, by kind of line (URIs and numbers left out), most frequent first
+        out "   uas.lua stdout: $(wc -l <"$RLOG") lines, by kind:"
+        awk '{ k = ""; n = 0
+               for (i = 2; i <= NF && n < 4; i++) {
+                 if ($i ~ /sip:|@|^[0-9.:]+$|^<|^\(/) continue
+                 k = k (n ? " " : "") $i; n++ }
+               c[k]++ }
+             END { for (k in c) printf "%9d  %s\n", c[k], k }' "$RLOG" | sort -rn | head -10 | tee -a "$LOG"
+      fi
+      if [[ -s $RLOG.stderr && $alive == yes ]]; then
+        out "   uas.lua stderr: $(wc -l <"$RLOG.stderr") lines, last ones:"
+        tail -5 "$RLOG.stderr" | cut -c1-200 | sed 's/^/     /' | tee -a "$LOG"
+      fi
+    fi
+    # the lowest failing rate (the boundary): its STEP line and sipp's first error lines
+    MAXL=$(echo "$RES_LINES" | grep '^MAX' | tail -1)
+    FAILRATE=$(tr ' ' '\n' <<<"$MAXL" | sed -n 's/^first_fail=//p')
+    FAILL=""
+    if [[ -n $FAILRATE && $FAILRATE != 0 ]]; then
+      FAILL=$(echo "$RES_LINES" | grep "^STEP FAIL rate=$FAILRATE " | head -1)
+      if [[ -s $WORK/err/$ROW/err-$FAILRATE.log ]]; then
+        out "   sipp UAC errors at $FAILRATE/s (first lines):"
+        grep -v '^\s*$' "$WORK/err/$ROW/err-$FAILRATE.log" | head -6 | cut -c1-200 | sed 's/^/     /' | tee -a "$LOG"
+      fi
+    fi
+    ROWS+=("$KIND|$WHO|$alive|$MAXL|$(echo "$RES_LINES" | grep "^STEP pass rate=$REF_RATE " | head -1)|$FAILL|$SUST")
+  done
+done
+
+# ---- table
+kvl() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p" | head -1; }
+fail_reason() {  # STEP FAIL line -> short reason
+  local s=$1 r=""
+  [[ -n $s ]] || { echo "-"; return; }
+  local f inc rp ach rate
+  f=$(kvl failed "$s"); inc=$(kvl incomplete "$s"); rp=$(kvl retrans_pct "$s"); ach=$(kvl achieved_rate "$s"); rate=$(kvl rate "$s")
+  (( ${f:-0} > 0 )) && r="$r failed=$f (timeout=$(kvl fail_recvtimeout "$s") maxretrans=$(kvl fail_maxretrans "$s") unexp=$(kvl fail_unexpected "$s"))"
+  (( ${inc:-0} > 0 )) && r="$r incomplete=$inc"
+  awk -v x="${rp:-0}" -v m="$MAX_RETRANS_PCT" 'BEGIN{exit !(x >= m)}' && r="$r retrans=${rp}%"
+  awk -v a="${ach:-0}" -v t="${rate:-1}" -v m="$MIN_RATE_RATIO" 'BEGIN{exit !(a < m*t)}' && r="$r achieved=${ach}/s"
+  local d=$(kvl drops_sut "$s"); (( ${d:-0} > 0 )) && r="$r udp_drops=$d"
+  r="$r resp_cpu=$(kvl sut_cpu_pct "$s")% rtd1=$(kvl rt1_ms "$s")ms"
+  echo "${r# }"
+}
+
+declare -A BASE_MAX BASE_REF BASE_ATMAX BASE_CAPPED BASE_SUST
+for r in "${ROWS[@]}"; do
+  IFS='|' read -r kind who alive mx ref fl sust <<<"$r"
+  [[ $who == sipp ]] || continue
+  BASE_MAX[$kind]=$(kvl max_rate "$mx"); BASE_CAPPED[$kind]=0
+  [[ $(kvl first_fail "$mx") == 0 ]] && BASE_CAPPED[$kind]=1
+  BASE_REF[$kind]=$(kvl sut_us_per_call "$ref"); BASE_ATMAX[$kind]=$(kvl sut_us_per_call "$mx")
+  BASE_SUST[$kind]=$(kvl us "$sust")
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "" || b == "" || b+0 == 0 || a+0 == 0) print "-"; else printf "%.2f", a/b }'; }
+
+{
+echo ""
+echo "== luasip bench results ($(date '+%F %T'), $(( SECONDS - BENCH_T0 )) s; $(nproc) CPUs, loadavg now $(loadavg))"
+echo "   max      = highest rate with 0 failed calls, <${MAX_RETRANS_PCT}% retransmissions, >=95% of target achieved (${BENCH_DURATION}s steps)"
+echo "   fails at = lowest rate tried that failed (\"-\": none of the rates tried failed; max shown as N+)"
+echo "   us/c     = CPU of the responder process (user+sys, schedstat) per completed call or request,"
+echo "              during the ${BENCH_DURATION}s step: work deferred past the step (sofia transactions expiring"
+echo "              5 s and 32 s later) is not in it; 'sust' (BENCH_SUSTAIN=N) is the steady state"
+echo "   x base   = luasip / baseline of the same kind (max: higher is better; us/call: lower is better)"
+echo "   other%   = CPU (of 200) used by other processes on this shared machine during the max step"
+SH=""; (( BENCH_SUSTAIN > 0 )) && SH=$(printf ' %9s %6s %6s' "us/c sust" "x base" "RSS MB")
+printf '%-8s %-21s %7s %8s %7s %9s %6s %9s %6s%s %6s  %s\n' \
+  kind responder "max/s" "fails at" "x base" "us/c@$REF_RATE" "x base" "us/c@max" "x base" "$SH" other% "why the 'fails at' step failed"
+for r in "${ROWS[@]}"; do
+  IFS='|' read -r kind who alive mx ref fl sust <<<"$r"
+  name="sipp uas (baseline)"; [[ $who == sipp ]] || name="luasip $who"
+  if [[ $alive == startfail ]]; then printf '%-8s %-21s  did not start\n' "$kind" "$name"; continue; fi
+  if [[ $alive == skipped ]]; then printf '%-8s %-21s  skipped (time budget)\n' "$kind" "$name"; continue; fi
+  m=$(kvl max_rate "$mx"); ff=$(kvl first_fail "$mx"); mshow=${m:-0}
+  [[ $ff == 0 ]] && { ff="-"; (( ${m:-0} > 0 )) && mshow="$m+"; }
+  uref=$(kvl sut_us_per_call "$ref"); umax=$(kvl sut_us_per_call "$mx"); usus=$(kvl us "$sust")
+  [[ -n $sust && $(kvl pass "$sust") != 1 ]] && usus="${usus}!"
+  if [[ $who == sipp ]]; then xm="1"; xr="1"; xx="1"; xs="1"
+  else
+    xm=$(ratio "$m" "${BASE_MAX[$kind]:-}")
+    [[ ${BASE_CAPPED[$kind]:-0} == 1 && $xm != - ]] && xm="<=$xm"
+    xr=$(ratio "$uref" "${BASE_REF[$kind]:-}"); xx=$(ratio "$umax" "${BASE_ATMAX[$kind]:-}")
+    xs=$(ratio "${usus%!}" "${BASE_SUST[$kind]:-}")
+  fi
+  SC=""; (( BENCH_SUSTAIN > 0 )) && SC=$(printf ' %9s %6s %6s' "${usus:--}" "$xs" "$(kvl rss_mb "$sust")")
+  note=$(fail_reason "$fl"); [[ $alive == yes ]] || note="$alive; $note"
+  printf '%-8s %-21s %7s %8s %7s %9s %6s %9s %6s%s %6s  %s\n' "$kind" "$name" "$mshow" "$ff" "$xm" \
+    "${uref:--}" "$xr" "${umax:--}" "$xx" "$SC" "$(kvl other_pct "$mx")" "$note"
+done
+(( BENCH_SUSTAIN > 0 )) && echo "   (sust: ${BENCH_SUSTAIN}s at $REF_RATE/s, CPU over the last ${SUSTAIN_WINDOW}s; '!' = that run had failures)"
+} | tee -a "$LOG"
