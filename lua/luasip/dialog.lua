@@ -181,8 +181,14 @@ function req_methods.early(self)
 end
 
 local reply_before = req_methods.reply
-function req_methods.reply(self, status, ...)
-  local ok, err, code = reply_before(self, status, ...)
+function req_methods.reply(self, status, a, b)
+  -- a session settled in a reliable 18x (and its PRACK) is the dialog's until changed
+  local o = type(a) == "table" and a or b
+  if type(o) == "table" and o.reliable and o.body and type(status) == "number" and status < 200 then
+    self._early_local_sdp = o.body
+  end
+  local ok, err, code = reply_before(self, status, a, b)
+  if ok and type(ok) ~= "boolean" and ok.body then self._early_remote_sdp = ok.body end
   local d = self._early_dialog
   if d and type(status) == "number" and status >= 300 then ended(d, "rejected") end
   return ok, err, code
@@ -237,8 +243,8 @@ function req_methods.answer(self, opts)
     return nil, rerr, rcode
   end
   d:_confirmed()
-  d.local_sdp = opts.body
-  d.remote_sdp = self.body
+  d.local_sdp = opts.body or self._early_local_sdp or d.local_sdp
+  d.remote_sdp = self.body or self._early_remote_sdp
   local ack, aerr, acode = self:wait_ack(opts.timeout)
   if not ack then
     -- no ACK: the core sends BYE after 64*T1; a shorter timeout sends it now
@@ -408,7 +414,9 @@ dispatcher.events.dialog_request = function(d, req)
     d.remote_sdp = req.body or d.remote_sdp
     local o = { headers = st }
     if d.local_sdp and (method == "INVITE" or req.body) then
-      o.body, o.content_type = mirror_sdp(d.local_sdp, req.body), "application/sdp"
+      -- what we send is the session from now on (its version only goes up)
+      d.local_sdp = mirror_sdp(d.local_sdp, req.body)
+      o.body, o.content_type = d.local_sdp, "application/sdp"
     end
     return req:reply(200, o)
   end
