@@ -7,6 +7,13 @@
 #   luasip/<lua>    sipp UAC -> lua examples/uas.lua, for each interpreter in BENCH_LUA
 # KIND calls   = INVITE, 100, 180, 200, ACK, BYE, 200 (scenarios/uac.xml)
 # KIND options = OPTIONS, 200 (scenarios/options-uac.xml)
+# Opt-in kinds (BENCH_KINDS="calls options b2bua proxy register"); see README.md:
+# KIND b2bua    = calls through examples/b2bua.lua to a downstream sipp UAS
+# KIND proxy    = authenticated calls through examples/pbx.lua (scenarios/proxy-uac.xml)
+#                 to a sipp UAS registered as bob; + a Kamailio proxy-lua row
+# KIND register = REGISTER with digest auth (scenarios/reg-auth.xml) against
+#                 bench/registrar.lua; + a Kamailio registrar-auth-lua row
+# (Kamailio rows when kamailio is installed, BENCH_KAMAILIO=0 to skip; KAM_ARGS)
 #
 # Each row is a rate ladder (lib.sh run_ladder: START_RATE, doubled until a step fails,
 # then REFINE bisections); each step is one bounded sipp UAC run (step.sh) of
@@ -70,6 +77,10 @@ BENCH_DURATION=${BENCH_DURATION:-5}
 REF_RATE=${REF_RATE:-1000}
 WARMUP=${WARMUP:-2}
 BENCH_SUSTAIN=${BENCH_SUSTAIN:-0}
+KAM_DIR=${KAM_DIR:-/work/shared/bench/kamailio}
+if [[ -z ${BENCH_KAMAILIO:-} ]]; then
+  BENCH_KAMAILIO=0; command -v kamailio >/dev/null && [[ -x $KAM_DIR/run-kamailio.sh ]] && BENCH_KAMAILIO=1
+fi
 SUSTAIN_WINDOW=${SUSTAIN_WINDOW:-10}
 IDLE_MAX_WAIT=${IDLE_MAX_WAIT:-30}
 export RECV_TIMEOUT_MS=${RECV_TIMEOUT_MS:-5000}
@@ -96,12 +107,21 @@ done
 
 WORK=$(mktemp -d -t luasip-bench.XXXXXX)
 mkdir -p "$WORK/err"
+DOWN_PID=""
+# KIND register: users u<N>/pw<N> in order (sipp -inf), the user space of the shared
+# harness (200000 = Kamailio registrar-auth's table); sipp wraps around at the end
+if [[ " $BENCH_KINDS " == *" register "* ]]; then
+  { echo SEQUENTIAL
+    awk 'BEGIN { for (i = 0; i < 200000; i++)
+      printf "u%d;pw%d;[authentication username=u%d password=pw%d]\n", i, i, i, i }'
+  } >"$WORK/users.csv"
+fi
 LOG=$WORK/bench.log
 RESP_PID=""      # the `timeout` wrapping the current responder
 SPID=""          # a sipp run in the background (sustain_run)
 cleanup() {
   stop_pid "$SPID"
-  stop_pid "$RESP_PID"
+  stop_pid "$RESP_PID"; stop_pid "${DOWN_PID:-}"
   if [[ -n ${BENCH_OUT:-} && -f $LOG ]]; then cp "$LOG" "$BENCH_OUT"; fi
   if [[ ${KEEP:-0} == 1 ]]; then echo "bench work dir: $WORK" >&2; else rm -rf "$WORK"; fi
 }
@@ -117,28 +137,75 @@ RESP_MAX=${RESP_MAX:-1200}
 # (the process holding the port) and RCVBUF; polls until the port is bound. luasip's
 # stdout/stderr are appended to LOGFILE / LOGFILE.stderr (one file per row, restarts too).
 start_responder() {
-  local kind=$1 who=$2 port=$3 logf=$4 scen flavour
+  local kind=$1 who=$2 port=$3 logf=$4 scen flavour dport=""
+  DOWN_PID=""; STEP_PORT=$port; STEP_SCEN=""; STEP_ARGS=""
+  STEP_INF=""; [[ $kind == register ]] && STEP_INF=$WORK/users.csv
+  # b2bua / proxy (luasip, kamailio): a downstream sipp UAS the calls end at
+  if [[ $who != sipp && ( $kind == b2bua || $kind == proxy ) ]]; then
+    dport=$(free_udp_port)
+    ( cd "$WORK" && exec timeout --kill-after=5 "$RESP_MAX" \
+        sipp -sf "$SCEN_DIR/uas.xml" -i "$HOST" -mi "$HOST" -bind_local -p "$dport" -t u1 \
+             -nostdin -buff_size 4194304 -trace_err -error_file "$WORK/err/down-$kind-$dport.log" \
+             >>"$logf.down" 2>&1 ) &
+    DOWN_PID=$!
+    wait_udp_port "$dport" 10 || { stop_responder; return 1; }
+  fi
   if [[ $who == sipp ]]; then
-    scen=$SCEN_DIR/uas.xml; [[ $kind == options ]] && scen=$SCEN_DIR/options-uas.xml
+    case $kind in
+      options) scen=$SCEN_DIR/options-uas.xml ;;
+      register) scen=$SCEN_DIR/reg-uas-auth.xml ;;
+      proxy) scen=$SCEN_DIR/uas.xml; STEP_SCEN=uac.xml ;;   # baseline: direct, no auth
+      *) scen=$SCEN_DIR/uas.xml ;;
+    esac
     ( cd "$WORK" && exec timeout --kill-after=5 "$RESP_MAX" \
         sipp -sf "$scen" -i "$HOST" -mi "$HOST" -bind_local -p "$port" -t u1 \
              -nostdin -buff_size 4194304 -trace_err -error_file "$WORK/err/uas-$kind-$port.log" \
              >>"$logf" 2>&1 ) &
+  elif [[ $who == kamailio ]]; then
+    local variant=proxy-lua
+    [[ $kind == register ]] && variant=registrar-auth-lua
+    rm -f "$WORK/kam-ready"
+    ( exec env READY_FILE="$WORK/kam-ready" KAM_ARGS="${KAM_ARGS--x tlsf -X tlsf}" \
+        "$KAM_DIR/run-kamailio.sh" "$variant" "$port" "$RESP_MAX" >>"$logf" 2>&1 ) &
+    RESP_PID=$!
+    local i; for i in $(seq 300); do [[ -f $WORK/kam-ready ]] && break; sleep 0.1; done
+    [[ -f $WORK/kam-ready ]] || { stop_responder; return 1; }
+    if [[ $kind == proxy ]]; then STEP_PORT=$dport; STEP_SCEN=uac.xml; STEP_ARGS="-rsa $HOST:$port"; fi
   else
-    local interp=${who%%:*} script=examples/uas.lua dest=$logf
-    [[ $who == *:quiet ]] && script=bench/uas-quiet.lua
+    local interp=${who%%:*} dest=$logf args=("$HOST:$port") script=examples/uas.lua
+    case $kind in
+      b2bua) script=examples/b2bua.lua; args+=("$HOST:$dport") ;;
+      proxy) script=examples/pbx.lua; STEP_ARGS="-auth_uri bob@$HOST" ;;
+      register) script=bench/registrar.lua ;;
+      *) [[ $who == *:quiet ]] && script=bench/uas-quiet.lua ;;
+    esac
     case $interp in lua5.4) flavour=5.4 ;; luajit) flavour=luajit ;; lua5.1) flavour=5.1 ;; lua5.3) flavour=5.3 ;; esac
     [[ ${BENCH_UAS_LOG:-file} == null ]] && dest=/dev/null
     ( cd "$ROOT" && exec timeout --kill-after=5 "$RESP_MAX" \
         env LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/$flavour/?.so;;" \
-        "$interp" "$script" "$HOST:$port" >>"$dest" 2>>"$logf.stderr" ) &
+        "$interp" "$script" "${args[@]}" >>"$dest" 2>>"$logf.stderr" ) &
   fi
   RESP_PID=$!
-  wait_udp_port "$port" 10 || { stop_pid "$RESP_PID"; RESP_PID=""; return 1; }
+  wait_udp_port "$port" 10 || { stop_responder; return 1; }
   SUT=$(pids_on_udp_port "$port" | head -1)
+  SUT_ALL=$SUT
+  if [[ $who == kamailio ]]; then
+    SUT_ALL=$(for p in $(with_descendants "$RESP_PID"); do
+      [[ $(cat /proc/$p/comm 2>/dev/null) == kamailio ]] && echo "$p"; done | sort -n | tr '\n' ' ')
+  fi
   RCVBUF=$(ss -H -uanm "sport = :$port" 2>/dev/null | grep -o 'rb[0-9]*' | head -1 | tr -d rb)
+  # proxy through pbx.lua: bind bob (digest auth) to the downstream UAS first
+  if [[ $kind == proxy && $who != sipp && $who != kamailio ]]; then
+    sed "s/CONTACT_PORT/$dport/g" "$SCEN_DIR/reg-bob.xml" >"$WORK/reg-bob.xml"
+    ( cd "$WORK" && timeout 15 sipp "$HOST:$port" -sf "$WORK/reg-bob.xml" -i "$HOST" -mi "$HOST" \
+        -bind_local -p "$(free_udp_port)" -t u1 -m 1 -nostdin -recv_timeout 5000 \
+        >"$WORK/reg-bob.out" 2>&1 ) || { echo "registering bob at the PBX failed" >>"$logf.stderr"; stop_responder; return 1; }
+  fi
   [[ -n $SUT ]]
 }
+
+stop_responder() { stop_pid "$RESP_PID"; stop_pid "$DOWN_PID"; RESP_PID=""; DOWN_PID=""; }
+sut_cpu() { local p s=0; for p in $SUT_ALL; do s=$(( s + $(cpu_ns "$p") )); done; echo "$s"; }
 
 # responder_died -> 0 (and DIED set to a description) if the current responder exited
 # by itself
@@ -165,7 +232,7 @@ pre_step() {
     echo "time budget (BENCH_BUDGET=${BENCH_BUDGET}s) spent" >"$WORK/stop-$ROW"; return 1
   fi
   if [[ ${LAST_STEP_OK:-1} == 0 ]]; then
-    stop_pid "$RESP_PID"; RESP_PID=""
+    stop_responder
     PORT=$(free_udp_port)
     RESTARTS=$(( RESTARTS + 1 ))
     if ! start_responder "$KIND" "$WHO" "$PORT" "$RLOG"; then
@@ -175,10 +242,10 @@ pre_step() {
     return 0
   fi
   local t0=$SECONDS a b
-  a=$(cpu_ns "$SUT")
+  a=$(sut_cpu)
   while (( SECONDS - t0 < IDLE_MAX_WAIT )); do
     sleep 0.5
-    b=$(cpu_ns "$SUT")
+    b=$(sut_cpu)
     (( b - a < 25000000 )) && return 0
     a=$b
   done
@@ -194,13 +261,13 @@ sustain_run() {
   local a b ta tb res us rss
   PORT=$(free_udp_port)
   start_responder "$KIND" "$WHO" "$PORT" "$RLOG" || return 1
-  KEEP=0 SUT_PIDS=$SUT QUIET_MAX_WAIT=0 "$HERE/step.sh" "$KIND" "$PORT" "$REF_RATE" "$BENCH_SUSTAIN" \
+  KEEP=0 QUIET_MAX_WAIT=0 step_env "$HERE/step.sh" "$KIND" "$STEP_PORT" "$REF_RATE" "$BENCH_SUSTAIN" \
     >"$WORK/sustain-$ROW.txt" 2>&1 &
   SPID=$!
   sleep $(( BENCH_SUSTAIN - SUSTAIN_WINDOW - 2 ))      # fixed measurement schedule
-  a=$(cpu_ns "$SUT"); ta=$(date +%s.%N)
+  a=$(sut_cpu); ta=$(date +%s.%N)
   sleep "$SUSTAIN_WINDOW"
-  b=$(cpu_ns "$SUT"); tb=$(date +%s.%N)
+  b=$(sut_cpu); tb=$(date +%s.%N)
   rss=$(awk '/VmRSS/{printf "%d", $2/1024}' "/proc/$SUT/status" 2>/dev/null)
   wait "$SPID"; SPID=""
   res=$(grep '^RESULT ' "$WORK/sustain-$ROW.txt" | tail -1)
@@ -210,12 +277,17 @@ sustain_run() {
   out "   sustained $REF_RATE/s for ${BENCH_SUSTAIN}s (fresh responder): $(kv success "${res#RESULT }") ok," \
       "$(kv failed "${res#RESULT }") failed; CPU over the last ${SUSTAIN_WINDOW}s: $us us/call" \
       "($(awk -v a="$a" -v b="$b" -v ta="$ta" -v tb="$tb" 'BEGIN{printf "%.0f", 100*(b-a)/1e9/(tb-ta)}')% of a core), RSS ${rss:-?} MB"
-  stop_pid "$RESP_PID"; RESP_PID=""
+  stop_responder
   return 0
 }
 
+# step_env CMD...: CMD with the current row's step settings (start_responder sets them)
+step_env() {
+  SUT_PIDS=$SUT_ALL STEP_SCEN=$STEP_SCEN STEP_ARGS=$STEP_ARGS STEP_INF=$STEP_INF STEP_SUT_PORT=$PORT "$@"
+}
+
 ladder_step() {
-  KEEP=${STEP_KEEP:-0} SUT_PIDS=$SUT BENCH_ERRDIR=$WORK/err/$ROW "$HERE/step.sh" "$KIND" "$PORT" "$1" "$BENCH_DURATION" 2>&1 \
+  KEEP=${STEP_KEEP:-0} BENCH_ERRDIR=$WORK/err/$ROW step_env "$HERE/step.sh" "$KIND" "$STEP_PORT" "$1" "$BENCH_DURATION" 2>&1 \
     | tee -a "$WORK/steps-$ROW.txt"
 }
 
@@ -229,8 +301,11 @@ STOP_CHECK=pre_step
 
 ROWS=()
 for KIND in $BENCH_KINDS; do
-  [[ $KIND == calls || $KIND == options ]] || die "BENCH_KINDS: calls and/or options"
-  for WHO in sipp $BENCH_LUA; do
+  case $KIND in calls|options|b2bua|proxy|register) ;;
+    *) die "BENCH_KINDS: calls options b2bua proxy register" ;; esac
+  WHOS="sipp $BENCH_LUA"
+  [[ ( $KIND == proxy || $KIND == register ) && $BENCH_KAMAILIO == 1 ]] && WHOS="$WHOS kamailio"
+  for WHO in $WHOS; do
     ROW="$KIND-$WHO"
     if (( SECONDS - BENCH_T0 > BENCH_BUDGET )); then
       out ""; out "== $KIND: $WHO skipped (time budget BENCH_BUDGET=${BENCH_BUDGET}s spent)"
@@ -241,6 +316,15 @@ for KIND in $BENCH_KINDS; do
     RESTARTS=0
     mkdir -p "$WORK/err/$ROW"
     label="baseline (sipp uas)"; [[ $WHO == sipp ]] || label="luasip $WHO (examples/uas.lua)"
+    case $KIND-$WHO in
+      register-sipp) label="baseline (sipp reg-uas-auth.xml: 401, 200)" ;;
+      b2bua-sipp|proxy-sipp) label="baseline (sipp uac -> sipp uas direct)" ;;
+      b2bua-*) label="luasip $WHO (examples/b2bua.lua -> sipp uas)" ;;
+      proxy-kamailio) label="kamailio proxy-lua (sipp uac -rsa kamailio -> sipp uas; no auth)" ;;
+      proxy-*) label="luasip $WHO (examples/pbx.lua: 407 + record-routing proxy -> sipp uas)" ;;
+      register-kamailio) label="kamailio registrar-auth-lua" ;;
+      register-*) label="luasip $WHO (bench/registrar.lua: sip.registrar + digest)" ;;
+    esac
     out ""
     out "== $KIND: $label on $HOST:$PORT  (loadavg $(loadavg))"
     if ! start_responder "$KIND" "$WHO" "$PORT" "$RLOG"; then
@@ -248,11 +332,11 @@ for KIND in $BENCH_KINDS; do
       ROWS+=("$KIND|$WHO|startfail")
       continue
     fi
-    out "   pid $SUT, UDP receive buffer $(( ${RCVBUF:-0} / 1024 )) KiB"
+    out "   pid(s) $SUT_ALL, UDP receive buffer $(( ${RCVBUF:-0} / 1024 )) KiB"
     # warm-up, not measured: the first calls of a fresh process fault in its heap, load
     # code, grow tables; the REF_RATE step that follows must compare warm processes
     if (( WARMUP > 0 )); then
-      KEEP=0 SUT_PIDS=$SUT QUIET_MAX_WAIT=0 "$HERE/step.sh" "$KIND" "$PORT" "$REF_RATE" "$WARMUP" \
+      KEEP=0 QUIET_MAX_WAIT=0 step_env "$HERE/step.sh" "$KIND" "$STEP_PORT" "$REF_RATE" "$WARMUP" \
         >"$WORK/warmup-$ROW.txt" 2>&1
       echo "   [$(date +%T)] warm-up: $(grep -o 'success=[0-9]* failed=[0-9]*' "$WORK/warmup-$ROW.txt" | head -1) at $REF_RATE/s for ${WARMUP}s (not measured)" >&2
     fi
@@ -266,7 +350,7 @@ for KIND in $BENCH_KINDS; do
     [[ $alive == yes ]] || {
       out "   $alive; its stderr (last lines):"
       tail -20 "$RLOG.stderr" 2>/dev/null | sed 's/^/     /' | tee -a "$LOG"; }
-    stop_pid "$RESP_PID"; RESP_PID=""
+    stop_responder
     (( RESTARTS > 0 )) && out "   ($RESTARTS fresh responder(s) after failed steps)"
     SUST=""
     if (( BENCH_SUSTAIN > 0 )) && [[ $alive == yes ]] && (( SECONDS - BENCH_T0 <= BENCH_BUDGET )); then
@@ -347,6 +431,8 @@ printf '%-8s %-21s %7s %8s %7s %9s %6s %9s %6s%s %6s  %s\n' \
 for r in "${ROWS[@]}"; do
   IFS='|' read -r kind who alive mx ref fl sust <<<"$r"
   name="sipp uas (baseline)"; [[ $who == sipp ]] || name="luasip $who"
+  [[ $who == kamailio && $kind == proxy ]] && name="kamailio proxy-lua"
+  [[ $who == kamailio && $kind == register ]] && name="kamailio reg-auth-lua"
   if [[ $alive == startfail ]]; then printf '%-8s %-21s  did not start\n' "$kind" "$name"; continue; fi
   if [[ $alive == skipped ]]; then printf '%-8s %-21s  skipped (time budget)\n' "$kind" "$name"; continue; fi
   m=$(kvl max_rate "$mx"); ff=$(kvl first_fail "$mx"); mshow=${m:-0}
@@ -366,4 +452,19 @@ for r in "${ROWS[@]}"; do
     "${uref:--}" "$xr" "${umax:--}" "$xx" "$SC" "$(kvl other_pct "$mx")" "$note"
 done
 (( BENCH_SUSTAIN > 0 )) && echo "   (sust: ${BENCH_SUSTAIN}s at $REF_RATE/s, CPU over the last ${SUSTAIN_WINDOW}s; '!' = that run had failures)"
+# luasip vs Kamailio (same run, same kind): CPU per call at REF_RATE and at max, max rate
+KLINES=""
+for r in "${ROWS[@]}"; do
+  IFS='|' read -r kind who alive mx ref fl sust <<<"$r"
+  [[ $who == kamailio && $alive == yes ]] || continue
+  kref=$(kvl sut_us_per_call "$ref"); kmax=$(kvl max_rate "$mx"); kum=$(kvl sut_us_per_call "$mx")
+  for r2 in "${ROWS[@]}"; do
+    IFS='|' read -r k2 w2 a2 mx2 ref2 fl2 sust2 <<<"$r2"
+    [[ $k2 == "$kind" && $w2 != sipp && $w2 != kamailio && $a2 != startfail && $a2 != skipped ]] || continue
+    KLINES+=$(printf '\n%-8s luasip %-13s max x%-6s  us/c@%s x%-6s  us/c@max x%s' "$kind" "$w2" \
+      "$(ratio "$(kvl max_rate "$mx2")" "$kmax")" "$REF_RATE" "$(ratio "$(kvl sut_us_per_call "$ref2")" "$kref")" \
+      "$(ratio "$(kvl sut_us_per_call "$mx2")" "$kum")")
+  done
+done
+[[ -n $KLINES ]] && { echo "   luasip / Kamailio (all Kamailio processes' CPU; max: higher is better, us/call: lower is better):"; echo "${KLINES#?}"; }
 } | tee -a "$LOG"

@@ -17,15 +17,25 @@
 set -u
 . "$(dirname "$0")/lib.sh"
 
-(( $# == 4 )) || die "usage: step.sh calls|options RESPONDER_PORT RATE DURATION"
+(( $# == 4 )) || die "usage: step.sh calls|options|b2bua|proxy|register RESPONDER_PORT RATE DURATION"
 KIND=$1 R_PORT=$2 RATE=$3 DURATION=$4
 require_port "$R_PORT"; require_uint "$RATE"; require_uint "$DURATION"
 (( RATE > 0 && DURATION > 0 && DURATION <= 600 )) || die "RATE>0, 0<DURATION<=600"
 case $KIND in
-  calls) SCEN=uac.xml ;;
+  calls|b2bua) SCEN=uac.xml ;;
   options) SCEN=options-uac.xml ;;
-  *) die "KIND must be calls or options" ;;
+  proxy) SCEN=proxy-uac.xml ;;
+  register) SCEN=reg-auth.xml ;;
+  *) die "KIND must be calls, options, b2bua, proxy or register" ;;
 esac
+# run.sh overrides: STEP_SCEN (scenario file in scenarios/), STEP_ARGS (extra sipp
+# arguments, e.g. "-rsa 127.0.0.1:PORT" to go through a proxy), STEP_INF (injection
+# CSV, KIND register), STEP_SUT_PORT (port whose kernel drops are reported as the SUT's)
+SCEN=${STEP_SCEN:-$SCEN}
+EXTRA=()
+[[ -n ${STEP_ARGS:-} ]] && read -r -a EXTRA <<<"$STEP_ARGS"
+[[ -n ${STEP_INF:-} ]] && EXTRA+=(-inf "$STEP_INF")
+[[ $KIND != register || -n ${STEP_INF:-} ]] || die "KIND register needs STEP_INF (injection CSV)"
 HOST=127.0.0.1
 require_loopback "$HOST"
 UAC_PORT=${UAC_PORT:-$(free_udp_port)}; require_port "$UAC_PORT"
@@ -43,12 +53,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' TERM INT
 
-M_UAC_PORT=$UAC_PORT M_SUT_PORT=$R_PORT
+M_UAC_PORT=$UAC_PORT M_SUT_PORT=${STEP_SUT_PORT:-$R_PORT}
 # UAS_PIDS is empty: the responder is accounted as the SUT (not twice).
 measure_sipp "$RATE" "$CALLS" 0 "" "$SUT" \
   "$HOST:$R_PORT" -sf "$SCEN_DIR/$SCEN" \
   -i "$HOST" -mi "$HOST" -bind_local -p "$UAC_PORT" \
-  -default_behaviors all,-abortunexp
+  -default_behaviors all,-abortunexp "${EXTRA[@]}"
 print_report "step: $KIND -> $HOST:$R_PORT rate=$RATE/s calls=$CALLS"
 # BENCH_ERRDIR: keep sipp's error log of this step (run.sh shows the first
 # lines of the first failing step of each row).

@@ -182,8 +182,12 @@ static void client_destroy(lsip_obj_t *obj)
 {
   lsip_client_t *c = (lsip_client_t *)obj;
   client_release(c);
-  if (c->dialog && !c->dialog->born)
-    c->dialog->destroy(c->dialog);    /* Lua never asked for it */
+  if (c->dialog) {
+    if (!c->dialog->born)
+      c->dialog->destroy(c->dialog);  /* Lua never asked for it */
+    else
+      luasip_dialog_backref(c->dialog, NULL);  /* it lives on without us */
+  }
   luasip_freeobj(&c->obj);
 }
 
@@ -250,9 +254,11 @@ static void track_dialog(lsip_client_t *c, sip_t const *sip, int status)
     c->dialog = NULL;
     c->rseq = 0;
   }
-  if (!c->dialog)
+  if (!c->dialog) {
     c->dialog = luasip_dialog_uac(c->agent, sip, status < 200);
-  else if (status >= 200)
+    if (c->dialog)
+      luasip_dialog_backref(c->dialog, &c->dialog);
+  } else if (status >= 200)
     luasip_dialog_confirm(c->dialog, sip);
 }
 

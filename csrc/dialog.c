@@ -26,6 +26,7 @@ typedef struct lsip_dialog {
   uint32_t remote_cseq;
   char call_id[128];          /* for Replaces (RFC 3891) and logs */
   char ltag[64], rtag[64];    /* kept after the leg is gone */
+  lsip_obj_t **backref;       /* the client transaction's pointer to us, cleared on free */
   unsigned uas:1, have_remote_cseq:1, terminated:1, early:1;
 } lsip_dialog_t;
 
@@ -39,9 +40,20 @@ static void dialog_release(lsip_dialog_t *d)
   d->terminated = 1;
 }
 
+/* A client transaction points at its dialog; the dialog may be freed first (collected
+ * once Lua drops it), so it clears that pointer. */
+void luasip_dialog_backref(lsip_obj_t *obj, lsip_obj_t **ref)
+{
+  ((lsip_dialog_t *)obj)->backref = ref;
+}
+
 static void dialog_destroy(lsip_obj_t *obj)
 {
   lsip_dialog_t *d = (lsip_dialog_t *)obj;
+  if (d->backref) {
+    *d->backref = NULL;
+    d->backref = NULL;
+  }
   dialog_release(d);
   luasip_freeobj(obj);
 }

@@ -138,6 +138,7 @@ nta_leg_t *luasip_dialog_leg(lsip_obj_t *d);
 int luasip_dialog_matches(lsip_obj_t *d, const char *remote_tag);
 void luasip_dialog_drop(lsip_obj_t *d);
 void luasip_dialog_confirm(lsip_obj_t *d, sip_t const *resp);
+void luasip_dialog_backref(lsip_obj_t *d, lsip_obj_t **ref);
 void luasip_dialogs_detach(lsip_agent_t *a);
 
 /* server_tx.c, for dialog.c */
