@@ -143,6 +143,10 @@ void luasip_dialog_confirm(lsip_obj_t *obj, sip_t const *resp)
 void luasip_dialog_drop(lsip_obj_t *obj)
 {
   lsip_dialog_t *d = (lsip_dialog_t *)obj;
+  if (d->backref) {                 /* the transaction lets go of it now */
+    *d->backref = NULL;
+    d->backref = NULL;
+  }
   dialog_release(d);
   if (!d->obj.born) {
     dialog_destroy(obj);
