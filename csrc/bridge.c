@@ -73,6 +73,7 @@ int luasip_bridge(const char *event, lsip_obj_t *a, lsip_obj_t *b)
   c.event = event;
   c.a = a;
   c.b = b;
+  luasip_S->entries++;
   luasip_S->depth++;
   status = luasip_cpcall(L, bridge_entry, &c);
   luasip_S->depth--;

@@ -364,6 +364,7 @@ static int core_run(lua_State *L)
   while (!luasip_S->stopping) {
     struct timespec t0, t1;
     su_duration_t next;
+    unsigned long entries = luasip_S->entries;
     luasip_drain();
     clock_gettime(CLOCK_MONOTONIC, &t0);
     next = su_root_step(luasip_S->root, 1000);
@@ -371,8 +372,10 @@ static int core_run(lua_State *L)
     /* su_root rounds timer waits down to whole milliseconds: a timer due in under 1 ms
      * makes it poll with a zero timeout until the timer is due, spinning a core
      * (seen as ~13,000 empty epoll_wait calls per second with nta's transaction timers).
-     * When a step did nothing and a timer is that close, sleep that fraction instead. */
-    if (next == 0 && (t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec) < 20000) {
+     * When a step did nothing (no Lua event, under 20 us) and a timer is that close,
+     * sleep that fraction instead; a step that handled a message never sleeps. */
+    if (next == 0 && entries == luasip_S->entries &&
+        (t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec) < 20000) {
       struct timespec nap = { 0, 200000 };
       nanosleep(&nap, NULL);
     }

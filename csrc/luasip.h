@@ -49,6 +49,7 @@ typedef struct lsip_state {
   int stopping;             /* sip.stop() seen by run() */
   int running;              /* inside run() */
   int closing;              /* lua_close in progress: Lua must not be entered */
+  unsigned long entries;    /* bridge entries so far: "did this loop step do work?" */
   lsip_obj_t *deferred;     /* objects to destroy at the next safe point */
 } lsip_state_t;
 
