@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # lib.sh - helpers shared by the bench scripts. Source it, do not run it.
 #
-# Adapted from the workplace harness (/work/shared/bench/lib.sh): same
+# Adapted from the workplace harness (../shared/bench/lib.sh): same
 # loopback guards, CPU accounting and sipp measurement; the rate ladder is a
 # doubling ladder (run_ladder) so that a whole `make bench` stays bounded, and
 # free_udp_port picks unused loopback ports.

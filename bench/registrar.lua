@@ -1,7 +1,7 @@
 #!/usr/bin/env lua
 --[[ bench/registrar.lua — bench-only registrar for `BENCH_KINDS=register`: sip.registrar
   with digest authentication (sip.auth.authorizer), users u<N> with password pw<N> (the
-  user space of /work/shared/bench/reg.sh and Kamailio's registrar-auth configs).
+  user space of ../shared/bench/reg.sh and Kamailio's registrar-auth configs).
 Usage: lua bench/registrar.lua [host:port]
 ]]
 local sip = require "luasip"

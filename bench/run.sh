@@ -7,7 +7,8 @@
 #   luasip/<lua>    sipp UAC -> lua examples/uas.lua, for each interpreter in BENCH_LUA
 # KIND calls   = INVITE, 100, 180, 200, ACK, BYE, 200 (scenarios/uac.xml)
 # KIND options = OPTIONS, 200 (scenarios/options-uac.xml)
-# Opt-in kinds (BENCH_KINDS="calls options b2bua proxy register"); see README.md:
+# Opt-in kinds (BENCH_KINDS="calls options b2bua proxy register notify"); see README.md
+# (notify: bench/notify.sh, NOTIFY fan-out rate and memory per active subscription):
 # KIND b2bua    = calls through examples/b2bua.lua to a downstream sipp UAS
 # KIND proxy    = authenticated calls through examples/pbx.lua (scenarios/proxy-uac.xml)
 #                 to a sipp UAS registered as bob; + a Kamailio proxy-lua row
@@ -77,7 +78,7 @@ BENCH_DURATION=${BENCH_DURATION:-5}
 REF_RATE=${REF_RATE:-1000}
 WARMUP=${WARMUP:-2}
 BENCH_SUSTAIN=${BENCH_SUSTAIN:-0}
-KAM_DIR=${KAM_DIR:-/work/shared/bench/kamailio}
+KAM_DIR=${KAM_DIR:-$HERE/../../shared/bench/kamailio}
 if [[ -z ${BENCH_KAMAILIO:-} ]]; then
   BENCH_KAMAILIO=0; command -v kamailio >/dev/null && [[ -x $KAM_DIR/run-kamailio.sh ]] && BENCH_KAMAILIO=1
 fi
@@ -302,7 +303,8 @@ STOP_CHECK=pre_step
 ROWS=()
 for KIND in $BENCH_KINDS; do
   case $KIND in calls|options|b2bua|proxy|register) ;;
-    *) die "BENCH_KINDS: calls options b2bua proxy register" ;; esac
+    notify) continue ;;                       # bench/notify.sh, after the table
+    *) die "BENCH_KINDS: calls options b2bua proxy register notify" ;; esac
   WHOS="sipp $BENCH_LUA"
   [[ ( $KIND == proxy || $KIND == register ) && $BENCH_KAMAILIO == 1 ]] && WHOS="$WHOS kamailio"
   for WHO in $WHOS; do
@@ -468,3 +470,7 @@ for r in "${ROWS[@]}"; do
 done
 [[ -n $KLINES ]] && { echo "   luasip / Kamailio (all Kamailio processes' CPU; max: higher is better, us/call: lower is better):"; echo "${KLINES#?}"; }
 } | tee -a "$LOG"
+# NOTIFY fan-out and memory per subscription (issue 5): not a sipp ladder, its own script
+if [[ " $BENCH_KINDS " == *" notify "* ]]; then
+  sh "$HERE/notify.sh" "${BENCH_NOTIFY_N:-2000}" | tee -a "$LOG"
+fi
