@@ -14,16 +14,7 @@ end
 local SDP_A, SDP_C, EARLY = sdp("alice"), sdp("carol"), sdp("early")
 local CT = "application/sdp"
 
--- defer(fn): runs fn when the test ends (busted keeps only the last `finally`)
-local deferred = {}
-local function defer(fn)
-  deferred[#deferred + 1] = fn
-  finally(function()
-    local list = deferred
-    deferred = {}
-    for i = #list, 1, -1 do pcall(list[i]) end
-  end)
-end
+local defer = H.defer_with(function(f) finally(f) end)
 
 describe("sip.b2bua between luasip agents", function()
   local a, bx, c, result

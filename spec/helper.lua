@@ -83,6 +83,27 @@ function H.free_port()
   return port
 end
 
+-- defer(fn): runs fn when the current test ends, after the functions deferred later.
+-- busted keeps only the last `finally` of a test; a test that starts several processes
+-- defers the stop of each.  busted's `finally` lives in the spec file's environment, so
+-- a spec file hands it over once, looked up when a test runs:
+--   local defer = H.defer_with(function(f) finally(f) end)
+local deferred, busted_finally = {}, nil
+function H.defer_with(fin)
+  busted_finally = fin
+  return H.defer
+end
+
+function H.defer(fn)
+  deferred[#deferred + 1] = fn
+  assert(busted_finally, "H.defer: call H.defer_with(finally) in the spec file first")
+  busted_finally(function()
+    local list = deferred
+    deferred = {}
+    for i = #list, 1, -1 do pcall(list[i]) end
+  end)
+end
+
 local function shquote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 H.shquote = shquote
 

@@ -8,6 +8,7 @@ local sip = H.sip
 -- session-timer refresh and expiry, and 481 for unknown dialogs.  Scenarios live in
 -- spec/peers/sipp_dialog/; each test starts its sipp and stops it in its one `finally`.
 local it_sipp = S.available() and it or pending
+H.defer_with(function(f) finally(f) end)             -- S.uac / S.uas stop their sipp when the test ends
 
 -- tests written for core bugs found with sipp (now fixed); the reason stays as a note
 local function it_core_bug(name, reason, fn)
@@ -19,43 +20,13 @@ local SDP = table.concat({ "v=0", "o=luasip 1 1 IN IP4 127.0.0.1", "s=-",
   "c=IN IP4 127.0.0.1", "t=0 0", "m=audio 40000 RTP/AVP 0", "a=rtpmap:0 PCMU/8000", "" },
   "\r\n")
 
--- defer(fn): runs fn when the current test ends, after the functions deferred later
--- (busted keeps only the last `finally` of a test)
-local deferred = {}
-local function defer(fn)
-  deferred[#deferred + 1] = fn
-  finally(function()
-    local list = deferred
-    deferred = {}
-    for i = #list, 1, -1 do pcall(list[i]) end
-  end)
-end
 
 local function scenario(name) return "../sipp_dialog/" .. name end
 
--- sipp as UAC against agent a: starts the scenario -> proc
-local function sipp_uac(a, name, o)
-  o = o or {}
-  local p = S.run{ scenario = scenario(name), target = "127.0.0.1:" .. a:transports()[1].port,
-    timeout = o.timeout or 10, calls = o.calls }
-  defer(function() S.stop(p) end)
-  return p
-end
-
--- sipp as UAS: starts the scenario and waits until its port is bound -> proc, its URI
-local function sipp_uas(name, o)
-  o = o or {}
-  local p = S.run{ scenario = scenario(name), timeout = o.timeout or 10 }
-  defer(function() S.stop(p) end)
-  S.wait_bound(p)
-  return p, "sip:sipp@127.0.0.1:" .. p.port
-end
-
--- asserts that sipp ended with every call passed (exit code 0)
-local function passed(p, timeout)
-  assert.equal(0, S.wait(p, timeout or 12), p.report())
-  if os.getenv("SIPP_DEBUG") then print(p.report()) end
-end
+-- sipp against agent a / sipp answering / all sipp calls passed (spec/peers/sipp.lua)
+local function sipp_uac(a, name, o) return S.uac(a, scenario(name), o) end
+local function sipp_uas(name, o) return S.uas(scenario(name), o) end
+local function passed(p, timeout) return S.passed(p, timeout or 12) end
 
 -- the messages sipp sent and received, from its trace -> list of { t = seconds, sent =
 -- bool, line = first line, call_id =, cseq = }

@@ -11,44 +11,15 @@ local sip = H.sip
 -- sends with <ereg check_it>; the spec reads sipp's message trace for CSeq numbers and
 -- tags.  Each test starts its sipp and stops it in its one `finally`.
 local it_sipp = S.available() and it or pending
+H.defer_with(function(f) finally(f) end)             -- S.uac / S.uas stop their sipp when the test ends
 
--- defer(fn): runs fn when the current test ends, after the functions deferred later
--- (busted keeps only the last `finally` of a test)
-local deferred = {}
-local function defer(fn)
-  deferred[#deferred + 1] = fn
-  finally(function()
-    local list = deferred
-    deferred = {}
-    for i = #list, 1, -1 do pcall(list[i]) end
-  end)
-end
 
 local function scenario(name) return "../sipp_events/" .. name end
 
--- sipp as UAC against agent a: starts the scenario -> proc
-local function sipp_uac(a, name, o)
-  o = o or {}
-  local p = S.run{ scenario = scenario(name), target = "127.0.0.1:" .. a:transports()[1].port,
-    timeout = o.timeout or 10 }
-  defer(function() S.stop(p) end)
-  return p
-end
-
--- sipp as UAS: starts the scenario and waits until its port is bound -> proc, its URI
-local function sipp_uas(name, o)
-  o = o or {}
-  local p = S.run{ scenario = scenario(name), timeout = o.timeout or 10 }
-  defer(function() S.stop(p) end)
-  S.wait_bound(p)
-  return p, "sip:sipp@127.0.0.1:" .. p.port
-end
-
--- asserts that sipp ended with every call passed (exit code 0)
-local function passed(p, timeout)
-  assert.equal(0, S.wait(p, timeout or 10), p.report())
-  if os.getenv("SIPP_DEBUG") then print(p.report()) end
-end
+-- sipp against agent a / sipp answering / all sipp calls passed (spec/peers/sipp.lua)
+local function sipp_uac(a, name, o) return S.uac(a, scenario(name), o) end
+local function sipp_uas(name, o) return S.uas(scenario(name), o) end
+local function passed(p, timeout) return S.passed(p, timeout or 10) end
 
 -- the messages sipp received, from its message trace: list of { method = (requests) |
 -- status = (responses), cseq = number, cseq_method =, from_tag =, to_tag = }

@@ -12,17 +12,7 @@ local SDP = table.concat({ "v=0", "o=luasip 1 1 IN IP4 127.0.0.1", "s=-",
   "c=IN IP4 127.0.0.1", "t=0 0", "m=audio 40000 RTP/AVP 0", "a=rtpmap:0 PCMU/8000", "" },
   "\r\n")
 
--- defer(fn): runs fn when the current test ends, after the functions deferred later
--- (busted keeps only the last `finally` of a test, and a test may start two processes)
-local deferred = {}
-local function defer(fn)
-  deferred[#deferred + 1] = fn
-  finally(function()
-    local list = deferred
-    deferred = {}
-    for i = #list, 1, -1 do pcall(list[i]) end
-  end)
-end
+local defer = H.defer_with(function(f) finally(f) end)
 
 local function target(a) return "127.0.0.1:" .. a:transports()[1].port end
 
@@ -163,17 +153,8 @@ describe("luasip as UAC, calling sipp", function()
   before_each(function() uac = H.agent() end)
   after_each(function() H.close_agents() end)
 
-  -- starts a sipp UAS scenario and waits until its port is bound -> proc, its URI
-  local function sipp_uas(scenario)
-    local p = S.run{ scenario = scenario }
-    defer(function() S.stop(p) end)
-    S.wait_bound(p)
-    return p, "sip:sipp@127.0.0.1:" .. p.port
-  end
-
-  local function passed(p)
-    assert.equal(0, S.wait(p), p.report())
-  end
+  local function sipp_uas(scenario) return S.uas(scenario, { timeout = 15 }) end
+  local passed = S.passed
 
   it_sipp("gets 200 for OPTIONS", function()
     local p, uri = sipp_uas("uas_options")

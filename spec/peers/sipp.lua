@@ -97,4 +97,30 @@ function S.wait_bound(p, timeout)
     or p.log()))
 end
 
+-- uac(agent, scenario [, {timeout =, calls =}]) -> proc: sipp calls the agent; stopped
+-- when the test ends
+function S.uac(a, scenario, o)
+  o = o or {}
+  local p = S.run{ scenario = scenario, target = "127.0.0.1:" .. a:transports()[1].port,
+    timeout = o.timeout or 10, calls = o.calls }
+  H.defer(function() S.stop(p) end)
+  return p
+end
+
+-- uas(scenario [, {timeout =}]) -> proc, its URI: sipp answers, once its port is bound
+function S.uas(scenario, o)
+  o = o or {}
+  local p = S.run{ scenario = scenario, timeout = o.timeout or 10 }
+  H.defer(function() S.stop(p) end)
+  S.wait_bound(p)
+  return p, "sip:sipp@127.0.0.1:" .. p.port
+end
+
+-- passed(proc [, timeout]): asserts that sipp ended with every call passed (exit code 0)
+function S.passed(p, timeout)
+  local rc = S.wait(p, timeout or 12)
+  if rc ~= 0 then error(("expected sipp exit code 0, got %s\n%s"):format(tostring(rc), p.report()), 2) end
+  if os.getenv("SIPP_DEBUG") then print(p.report()) end
+end
+
 return S
