@@ -48,7 +48,7 @@ warnings:
 	  $(MAKE) -s --no-print-directory build/$$f/luasip/core.so CFLAGS="-O2 -Werror" || exit 1; \
 	done
 
-test: deps warnings
+test: deps warnings lint
 	@sh scripts/run-specs.sh $(TEST_FLAVOURS)
 
 run: deps build
@@ -63,7 +63,7 @@ check-memory: deps build
 
 lint:
 	@command -v luacheck >/dev/null || { echo "lint: apt-get install lua-check"; exit 1; }
-	luacheck lua spec examples
+	@luacheck --no-color -q lua spec examples
 
 # luarocks make (luasip-scm-1.rockspec): compiles against LUA_INCDIR straight into
 # INST_LIBDIR (nothing is left in the source tree) and copies the Lua layer (all of lua/,

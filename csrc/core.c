@@ -232,19 +232,36 @@ int luasip_obj__gc(lua_State *L)
   return 0;
 }
 
-/* __index: methods, then values stored on the object, then computed fields (cached). */
+/* The uservalue of every object is its cache of computed fields (the message is
+ * immutable), and holds under STATE_KEY the private state table of the Lua layer
+ * (core.state).  Users never write to an object: fields are read-only, and their own
+ * values go in obj.data. */
+static const char STATE_KEY = 's';
+
+/* __index: methods, then Lua getters of the class, then cached fields, then computed
+ * fields (cached). */
 static int obj__index(lua_State *L)
 {
-  lua_CFunction fields = lua_tocfunction(L, lua_upvalueindex(2));
+  lua_CFunction fields = lua_tocfunction(L, lua_upvalueindex(3));
   lua_pushvalue(L, 2);
   lua_rawget(L, lua_upvalueindex(1));
   if (!lua_isnil(L, -1))
     return 1;
   lua_pop(L, 1);
+  lua_pushvalue(L, 2);
+  lua_rawget(L, lua_upvalueindex(2));
+  if (!lua_isnil(L, -1)) {          /* a getter of the Lua layer: getter(obj) */
+    lua_pushvalue(L, 1);
+    lua_call(L, 1, 1);
+    return 1;
+  }
+  lua_pop(L, 1);
   luasip_getuv(L, 1);
+  if (lua_isnil(L, -1) || lua_type(L, 2) != LUA_TSTRING)
+    return 1;
   lua_pushvalue(L, 2);
   lua_rawget(L, -2);
-  if (!lua_isnil(L, -1) || !fields || lua_type(L, 2) != LUA_TSTRING)
+  if (!lua_isnil(L, -1) || !fields)
     return 1;
   lua_settop(L, 3);                 /* ud key uv */
   lua_pushcfunction(L, fields);
@@ -259,12 +276,39 @@ static int obj__index(lua_State *L)
   return 1;
 }
 
+/* Objects are read-only for their users: a write is a programmer error. */
 static int obj__newindex(lua_State *L)
 {
+  const char *tname;
+  lua_getfield(L, lua_upvalueindex(1), "__name");
+  tname = lua_tostring(L, -1);
+  if (lua_type(L, 2) == LUA_TSTRING)
+    return luaL_error(L, "%s: field '%s' is read-only (keep your own values in "
+                      "obj.data)", tname, lua_tostring(L, 2));
+  return luaL_error(L, "%s: fields are read-only (keep your own values in obj.data)",
+                    tname);
+}
+
+/* state(obj) -> the private state table of obj for the Lua layer (created on first
+ * use); nil for a closed object */
+static int core_state(lua_State *L)
+{
+  luaL_checktype(L, 1, LUA_TUSERDATA);
   luasip_getuv(L, 1);
-  lua_replace(L, 1);
-  lua_rawset(L, 1);
-  return 0;
+  if (!lua_istable(L, -1)) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushlightuserdata(L, (void *)&STATE_KEY);
+  lua_rawget(L, -2);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushlightuserdata(L, (void *)&STATE_KEY);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+  }
+  return 1;
 }
 
 static int obj__tostring(lua_State *L)
@@ -289,17 +333,24 @@ void luasip_newclass(lua_State *L, const char *tname, const luaL_Reg *methods,
   lua_pushvalue(L, -1);
   lua_pushcclosure(L, obj__tostring, 1);
   lua_setfield(L, -2, "__tostring");
-  lua_pushcfunction(L, obj__newindex);
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, obj__newindex, 1);
   lua_setfield(L, -2, "__newindex");
   lua_newtable(L);
   luasip_setfuncs(L, methods);
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, "methods");
+  lua_newtable(L);                  /* the C methods, untouched by the Lua layer */
+  luasip_setfuncs(L, methods);
+  lua_setfield(L, -3, "cmethods");
+  lua_newtable(L);                  /* getters, filled by the class's Lua module */
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -4, "getters");
   if (fields)
     lua_pushcfunction(L, fields);
   else
     lua_pushnil(L);
-  lua_pushcclosure(L, obj__index, 2);
+  lua_pushcclosure(L, obj__index, 3);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
 }
@@ -310,17 +361,23 @@ void luasip_add_methods(lua_State *L, const char *tname, const luaL_Reg *l)
   luaL_getmetatable(L, tname);
   lua_getfield(L, -1, "methods");
   luasip_setfuncs(L, l);
-  lua_pop(L, 2);
+  lua_getfield(L, -2, "cmethods");
+  luasip_setfuncs(L, l);
+  lua_pop(L, 3);
 }
 
-/* methods(tname) -> the methods table of a class, for the Lua layer to extend */
-static int core_methods(lua_State *L)
+/* class(tname) -> methods, getters, cmethods: the tables of a class, for the one Lua
+ * module that owns the class (lua/luasip/<class>.lua); cmethods are the C functions as
+ * registered, so the module can rebuild its methods table on every (re)load */
+static int core_class(lua_State *L)
 {
   luaL_getmetatable(L, luaL_checkstring(L, 1));
   if (!lua_istable(L, -1))
-    return luaL_error(L, "luasip.core.methods: no class %s", lua_tostring(L, 1));
+    return luaL_error(L, "luasip.core.class: no class %s", lua_tostring(L, 1));
   lua_getfield(L, -1, "methods");
-  return 1;
+  lua_getfield(L, -2, "getters");
+  lua_getfield(L, -3, "cmethods");
+  return 3;
 }
 
 /* The fail tuple: nil, message, code. */
@@ -500,7 +557,8 @@ static const luaL_Reg core_funcs[] = {
   {"log_level", core_log_level},
   {"set_dispatcher", luasip_set_dispatcher},
   {"agent", luasip_agent_new},
-  {"methods", core_methods},
+  {"class", core_class},
+  {"state", core_state},
   {"stats", core_stats},
   {"md5", core_md5},
   {"random_hex", core_random_hex},

@@ -37,11 +37,7 @@ end)
 
 -- in-dialog requests go where their Request-URI says, but only along a route we
 -- record-routed ourselves (top Route = this PBX): no open relay through To tags
-local me = app:contact():match("^sip:(.*)$")
-local function routed_here(req)
-  local top = req:headers("Route")[1]
-  return (top and top:match("^%s*<?sips?:([^;>]+)")) == me
-end
+local function routed_here(req) return req:loose_route() end
 
 local function in_dialog(req)
   if req.to_tag then

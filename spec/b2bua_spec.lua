@@ -154,8 +154,9 @@ describe("sip.b2bua between luasip agents", function()
       res = H.run(function()
         return d:request("UPDATE", { body = sdp("alice3"), content_type = CT })
       end)
-      assert.equal(200, res.status)             -- C's default: its current session
-      assert.equal(SDP_C, res.body)
+      -- C's default answer: its current session, the one its re-INVITE answer set
+      assert.equal(200, res.status)
+      assert.equal(sdp("carol2"), res.body)
       H.run(function() d:bye() end)
     end)
 
@@ -200,13 +201,13 @@ describe("sip.b2bua between luasip agents", function()
     local update
     local tx = a:send{ method = "INVITE", uri = bx:uri("carol"), dialog = true, body = SDP_A,
       content_type = CT }
-    tx._on_provisional = function(_, t)
+    tx:on_provisional(function(_, t)
       local d = require("luasip.dialog").init(t:dialog())
       sip.spawn(function()
         local state = d:state()
         update = { state, d:request("UPDATE", { body = sdp("alice-upd"), content_type = CT }) }
       end)
-    end
+    end)
     local res = H.run(function() return tx:wait(5) end)
     assert.equal(200, res.status)
     assert.same({ "early", sdp("alice-upd") }, callee.update)

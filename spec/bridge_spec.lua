@@ -98,7 +98,7 @@ describe("luasip bridge", function()
   it("raises a message naming the function for a wrong argument", function()
     local err
     uas:on("OPTIONS", function(req)
-      local ok, e = pcall(req.reply, req, 42)
+      local _, e = pcall(req.reply, req, 42)
       err = e
       req:reply(200)
     end)

@@ -77,7 +77,8 @@ end
 local EXPECT = {
   -- its To carries a tag: parsed as well-formed, it is a re-INVITE for a dialog the uas
   -- does not have, so RFC 3261 12.2.2 answers 481 (not 400)
-  { "wsinv.dat", { 481 }, "parses a short tortuous INVITE (folding, odd LWS, To tag) and answers 481 for its unknown dialog" },
+  { "wsinv.dat", { 481 },
+    "parses a short tortuous INVITE (folding, odd LWS, To tag) and answers 481 for its unknown dialog" },
   { "intmeth.dat", { 501 }, "answers 501 with Allow to an extension method made of every token character",
     known = "drop", why = "sofia's request-line parser rejects '+' and '`' in the method token"
       .. " and discards the message as garbage",
@@ -95,7 +96,7 @@ local EXPECT = {
   { "lwsdisp.dat", { 200 }, "accepts a display name without LWS before < and answers 200" },
   { "longreq.dat", { 200 }, "accepts very long header values and many Via values and answers 200" },
   { "dblreq.dat", { 200 }, "answers the REGISTER 200 and ignores the INVITE-like trailing octets",
-    check = function(r, all)
+    check = function(_, all)
       for _, x in ipairs(all) do assert.equal("REGISTER", x.method, x.line) end
     end },
   { "semiuri.dat", { 200 }, "accepts ; in the Request-URI user part and answers 200" },

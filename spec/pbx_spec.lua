@@ -23,22 +23,22 @@ describe("examples/pbx.lua", function()
 
   local function phone(user, password)
     local a = H.agent()
-    a.user = user
-    a.auth = { username = user, password = password or PW[user] }
+    a.data.user = user
+    a.data.auth = { username = user, password = password or PW[user] }
     return a
   end
 
   local function register(p, expires)
     if expires == 0 then
-      local res, err = p:request{ method = "REGISTER", uri = pbx_uri(), auth = p.auth,
-        headers = { To = "<" .. aor(p.user) .. ">", From = "<" .. aor(p.user) .. ">",
-          Contact = "<" .. p:uri(p.user) .. ">", Expires = "0" } }
+      local res, err = p:request{ method = "REGISTER", uri = pbx_uri(), auth = p.data.auth,
+        headers = { To = "<" .. aor(p.data.user) .. ">", From = "<" .. aor(p.data.user) .. ">",
+          Contact = "<" .. p:uri(p.data.user) .. ">", Expires = "0" } }
       assert(res, err)
       return res
     end
-    return p:request{ method = "REGISTER", uri = pbx_uri(), auth = p.auth,
-      headers = { To = "<" .. aor(p.user) .. ">", From = "<" .. aor(p.user) .. ">",
-        Contact = "<" .. p:uri(p.user) .. ">", Expires = tostring(expires or 60) } }
+    return p:request{ method = "REGISTER", uri = pbx_uri(), auth = p.data.auth,
+      headers = { To = "<" .. aor(p.data.user) .. ">", From = "<" .. aor(p.data.user) .. ">",
+        Contact = "<" .. p:uri(p.data.user) .. ">", Expires = tostring(expires or 60) } }
   end
 
   it("registers with digest authentication and refuses a wrong password", function()
@@ -61,7 +61,7 @@ describe("examples/pbx.lua", function()
     end)
     H.run(function() assert(register(alice)); assert(register(bob)) end)
     local d, res = H.run(function()
-      return alice:invite{ uri = aor("bob"), proxy = pbx_uri(), auth = alice.auth,
+      return alice:invite{ uri = aor("bob"), proxy = pbx_uri(), auth = alice.data.auth,
         from = "<" .. aor("alice") .. ">", body = "v=0\r\n" }
     end)
     assert(d, res)
@@ -81,7 +81,7 @@ describe("examples/pbx.lua", function()
     bob2:on("INVITE", function(req) req:reply(180); bob2_result = { sip.sleep(5) } end)
     H.run(function() assert(register(alice)); assert(register(bob1)); assert(register(bob2)) end)
     local d, res = H.run(function()
-      return alice:invite{ uri = aor("bob"), proxy = pbx_uri(), auth = alice.auth,
+      return alice:invite{ uri = aor("bob"), proxy = pbx_uri(), auth = alice.data.auth,
         from = "<" .. aor("alice") .. ">" }
     end)
     assert(d, res)
@@ -107,17 +107,17 @@ describe("examples/pbx.lua", function()
     end
     local res = H.run(function()
       return alice:request{ method = "MESSAGE", uri = aor("carol"), proxy = pbx_uri(),
-        auth = alice.auth, from = "<" .. aor("alice") .. ">", body = "hello carol", content_type = "text/plain" }
+        auth = alice.data.auth, from = "<" .. aor("alice") .. ">", body = "hello carol", content_type = "text/plain" }
     end)
     assert.equal(200, res.status)
     assert.equal("hello carol", got)
-    assert.equal(404, send(aor("nobody"), alice.auth))
-    assert.equal(480, send(aor("bob"), alice.auth))
-    assert.equal(403, send("sip:carol@elsewhere.example", alice.auth))
+    assert.equal(404, send(aor("nobody"), alice.data.auth))
+    assert.equal(480, send(aor("bob"), alice.data.auth))
+    assert.equal(403, send("sip:carol@elsewhere.example", alice.data.auth))
     assert.equal(407, send(aor("carol"), nil))
     local _, err, code = H.run(function()
       return alice:request{ method = "MESSAGE", uri = aor("carol"), proxy = pbx_uri(),
-        auth = alice.auth, from = "<" .. aor("bob") .. ">", body = "x", content_type = "text/plain" }
+        auth = alice.data.auth, from = "<" .. aor("bob") .. ">", body = "x", content_type = "text/plain" }
     end)
     assert.equal(403, code)
     assert.equal("403 From Does Not Match Credentials", err)

@@ -1,5 +1,4 @@
 local H = require "spec.helper"
-local sip = H.sip
 
 -- Reliable provisional responses (RFC 3262), both sides.
 describe("luasip 100rel / PRACK", function()

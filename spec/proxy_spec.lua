@@ -101,7 +101,7 @@ describe("luasip proxy (req:proxy)", function()
     local proxied
     proxy:on("INVITE", function(req) proxied = { req:proxy(callee:uri("x")) } end)
     local tx = uac:send{ method = "INVITE", uri = "sip:x@example.test", proxy = proxy:contact() }
-    tx._on_provisional = function() tx:cancel() end
+    tx:on_provisional(function() tx:cancel() end)
     local res, _, code = H.run(function() return tx:wait(5) end)
     assert.is_nil(res)
     assert.equal(487, code)

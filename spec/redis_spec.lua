@@ -72,10 +72,10 @@ describe("luasip.store.redis", function()
 
   it_("shares registrations between two agents", function()
     local pbx1, pbx2, phone = H.agent(), H.agent(), H.agent()
-    local loc1, loc2
+    local loc2
     H.run(function()
       local handler
-      handler, loc1 = sip.registrar{ store = assert(sip.store.redis{ path = sock, prefix = "t3:" }) }
+      handler = sip.registrar{ store = assert(sip.store.redis{ path = sock, prefix = "t3:" }) }
       pbx1:on("REGISTER", handler)
       loc2 = sip.location{ store = assert(sip.store.redis{ path = sock, prefix = "t3:" }) }
     end)
@@ -94,7 +94,9 @@ describe("luasip.store.redis", function()
   it_("returns nil, err, code when the server is gone", function()
     local st = assert(H.run(function() return sip.store.redis{ path = sock, prefix = "t4:" } end))
     local r = assert(H.run(function() return sip.redis{ path = sock } end))
-    assert.equal("OK", H.run(function() return r:call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes") end) and "OK")
+    assert.equal("OK", H.run(function()
+      return r:call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    end) and "OK")
     local v, err, code = H.run(function() return st:get("x") end)
     assert.is_nil(v)
     assert.matches("redis connection", err)

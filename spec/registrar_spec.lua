@@ -252,7 +252,7 @@ describe("luasip.registrar", function()
     assert.equal(instance, t.instance)
     assert.equal(1, t.reg_id)
     -- over TCP the binding records the TCP flow
-    res = assert(H.run(function()
+    assert(H.run(function()
       return phone:request{ method = "REGISTER", uri = uas:contact() .. ";transport=tcp",
         headers = { To = "<" .. AOR .. ">", From = "<" .. AOR .. ">",
           Contact = "<sip:alice@192.0.2.1:5060;transport=tcp>" } }

@@ -533,7 +533,6 @@ describe("luasip.sdp offer/answer between two agents", function()
         local c = { address = caps.address, media = caps.media, previous = d.local_sdp }
         local a2, _, code2 = sdp.answer(re.body, c)
         if not a2 then return re:reply(code2) end
-        d.local_sdp, d.remote_sdp = a2, re.body
         re:reply(200, { body = a2, content_type = "application/sdp" })
       end)
     end)

@@ -1,5 +1,4 @@
 local H = require "spec.helper"
-local sip = H.sip
 
 -- Session timers (RFC 4028) with short intervals (min_se lowered for the test).
 describe("luasip session timers", function()

@@ -1,8 +1,8 @@
 -- luasip.auth: digest authentication for SIP (RFC 3261 22, RFC 2617 and RFC 7616 with MD5
 -- and qop=auth).  Server side: check(req, opts) answers a 401/407 challenge itself and
 -- returns the authenticated user; authorizer{...} is a registrar authorize hook.  Client
--- side: agent:request{..., auth = {username =, password = | ha1 =}} and agent:invite{...}
--- answer 401/407 challenges (this module wraps those two methods of luasip.agent).
+-- side: agent:request{..., auth = {username =, password = | ha1 =}}, agent:invite{...} and
+-- dialog:request(method, {auth = ...}) answer 401/407 challenges (send_with_auth).
 -- Nonces carry their issue time and a keyed md5 of it, so processes sharing a secret
 -- accept each other's nonces; the highest nonce count seen per nonce is kept in a luasip
 -- store (by default a memory store private to this process) until the nonce expires.
@@ -427,7 +427,7 @@ local function challenges_of(res, auth)
 end
 
 -- raises at the level of the caller of agent:request / agent:invite
-local function check_auth(opts, fname)
+local function check_auth(opts, fname, in_dialog)
   local auth = opts.auth
   if type(auth) ~= "table" then error(fname .. ": auth must be a table", 3) end
   if type(auth.username) ~= "string" then
@@ -439,7 +439,9 @@ local function check_auth(opts, fname)
   if auth.realm ~= nil and type(auth.realm) ~= "string" then
     error(fname .. ": auth.realm must be a string", 3)
   end
-  if type(opts.uri) ~= "string" then error(fname .. ": uri must be a string", 3) end
+  if not in_dialog and type(opts.uri) ~= "string" then
+    error(fname .. ": uri must be a string", 3)
+  end
 end
 
 local MAX_SENDS = 4   -- bounds the answers to challenges from ever new realms
@@ -449,7 +451,7 @@ local MAX_SENDS = 4   -- bounds the answers to challenges from ever new realms
 -- call yet -- once for a plain 401 or 407, twice for a 407 then a 401 -- and once more
 -- when a challenge says stale=true.  Credentials sent ahead from the cache do not count
 -- as an answer: a server that restarted with another secret challenges them afresh.
-local function with_auth(self, opts, send, method)
+local function with_auth(self, opts, send, method, in_dialog)
   local auth = opts.auth
   local per_agent = cache[self]
   if not per_agent then
@@ -495,38 +497,25 @@ local function with_auth(self, opts, send, method)
       entries[#entries + 1] = ch
     end
     per_agent[key] = entries
-    -- RFC 3261 22.2: same Call-ID and From tag, the next CSeq
+    -- RFC 3261 22.2: same Call-ID and From tag, the next CSeq (in a dialog, the leg
+    -- keeps all three)
     local h = unpinned(base)
-    h.From = res:header("From")
-    h["Call-ID"] = res.call_id
-    h.CSeq = (res.cseq + 1) .. " " .. method
+    if not in_dialog then
+      h.From = res:header("From")
+      h["Call-ID"] = res.call_id
+      h.CSeq = (res.cseq + 1) .. " " .. method
+    end
     o.headers = add_credentials(h, entries, auth, method, opts.uri, opts.body)
     o.from = nil
   end
 end
 
-local agent_methods = core.methods("luasip.agent")
-local request, invite = agent_methods.request, agent_methods.invite
-
--- agent:request{ ..., auth = { username =, password = | ha1 =, realm =,
---   preemptive = true } }
-function agent_methods.request(self, opts)
-  if type(opts) ~= "table" or opts.auth == nil then return request(self, opts) end
-  dispatcher.current("luasip.agent:request")
-  check_auth(opts, "luasip.agent:request")
-  if type(opts.method) ~= "string" then
-    error("luasip.agent:request: method must be a SIP method token", 2)
-  end
-  return with_auth(self, opts, request, opts.method:upper())
-end
-
--- agent:invite{ ..., auth = { username =, password = | ha1 =, realm =,
---   preemptive = true } }
-function agent_methods.invite(self, opts)
-  if type(opts) ~= "table" or opts.auth == nil then return invite(self, opts) end
-  dispatcher.current("luasip.agent:invite")
-  check_auth(opts, "luasip.agent:invite")
-  return with_auth(self, opts, invite, "INVITE")
+-- send_with_auth(self, opts, send, method, fname [, in_dialog]) -> what send returns:
+-- the auth = {...} option of agent:request, agent:invite and dialog:request (the class
+-- modules call it; raises at the level of their caller)
+function M.send_with_auth(self, opts, send, method, fname, in_dialog)
+  check_auth(opts, fname, in_dialog)
+  return with_auth(self, opts, send, method, in_dialog)
 end
 
 return M

@@ -6,6 +6,8 @@
 -- in-dialog requests, each in its own coroutine.
 local dispatcher = require "luasip.dispatcher"
 local dialog = require "luasip.dialog"
+local client_tx = require "luasip.client_tx"
+local session = require "luasip.call"
 
 local M = {}
 
@@ -183,7 +185,7 @@ end
 -- An INVITE we gave up on (ring timeout, CANCEL) may still be answered 2xx by a callee
 -- that did not see our CANCEL in time: watch it, and end that call (RFC 3261 9.1).
 local function reap(tx)
-  if not tx or tx._final or tx:status() >= 200 then return end
+  if not tx or client_tx.final(tx) or tx:status() >= 200 then return end
   dispatcher.spawn(function()
     local res = tx:wait(PRACK_WAIT + 8)
     local d = res and tx:dialog()
@@ -227,8 +229,8 @@ local function relay_request(call, r, from, leg)
   local out = (res or fres) and shape(call.opts, res or fres, other) or local_failure(code)
   reply(r, out)
   if offer and res then
-    from.remote_sdp = o.body or from.remote_sdp
-    from.local_sdp = out.body or from.local_sdp
+    -- the session of the dialog the offer came in: ours is the answer we relayed
+    session.settled(from, out.body, o.body)
   end
 end
 

@@ -3,6 +3,7 @@
 -- their coroutine on a "slot" that an event or a timer fills.  Defaults live here:
 -- 405/501 without a handler, 500 for a handler that raised or ended without answering.
 local core = require "luasip.core"
+local sipmethods = require "luasip.sipmethods"
 
 local unpack = table.unpack or unpack
 local co_create, co_resume, co_running, co_status, co_yield =
@@ -41,9 +42,11 @@ end
 
 -- ------------------------------------------------------------------ coroutines
 
+local state = core.state
+
 -- ctx[co] = { req = request answered by this coroutine (or nil), slot = waited slot }
--- The request -> coroutine link is weak both ways (reqco): a strong req._co would make a
--- cycle through ctx that 5.1/LuaJIT weak-key tables never collect.
+-- The request -> coroutine link is weak both ways (reqco): a strong link from the request
+-- would make a cycle through ctx that 5.1/LuaJIT weak-key tables never collect.
 local ctx = setmetatable({}, { __mode = "k" })
 local reqco = setmetatable({}, { __mode = "kv" })
 
@@ -54,31 +57,57 @@ local function err_text(err)
   end
   return tostring(err)
 end
+M.err_text = err_text
+
+-- the final response for a handler that raised err: error{status =, reason =} asks for
+-- a status 300-699 and a reason phrase (kept only when it is printable text)
+local function failure_status(err)
+  local status, reason = 500, nil
+  if type(err) == "table" then
+    local st = err.status
+    if type(st) == "number" and st % 1 == 0 and st >= 300 and st <= 699 then
+      status = st
+      local r = err.reason
+      if type(r) == "string" and #r <= 128 and r:match("^[%w%p ]+$") then reason = r end
+    end
+  end
+  return status, reason
+end
+
+-- Answers a request its handler left unanswered; never raises (the bridge's caller
+-- answers 500 itself if this fails anyway).
+local function answer_default(req, status, reason)
+  local ok, err = pcall(req.reply, req, status, reason)
+  if not ok then
+    M.log("error", "default " .. status .. " failed: " .. tostring(err))
+    pcall(req.reply, req, 500)
+  end
+end
+
+local function needs_answer(req)
+  local agent = req.agent
+  return agent and not agent:closed() and req.method ~= "ACK" and not req:answered()
+    and not req:cancelled()
+end
 
 -- Called when a coroutine has ended (ok) or raised (not ok).
 local function finished(co, ok, err)
   local c = ctx[co]
   local req = c and c.req
+  ctx[co] = nil
+  if c and c.deadline then c.deadline:cancel() end
   if not ok then
     M.log("error", "handler failed: " .. err_text(err) .. "\n" .. traceback(co))
+    if c and c.spawned and M.spawn_error then M.spawn_error(err, co) end
   end
-  local agent = req and req.agent
-  if req and agent and not agent:closed() and not req.method_is_ack and not req:answered()
-    and not req:cancelled() then
-    local status = 500
+  if req and needs_answer(req) then
     if not ok then
-      local st = type(err) == "table" and err.status
-      if type(st) == "number" and st % 1 == 0 and st >= 300 and st <= 699 then
-        status = st
-      end
-      req:reply(status, type(err) == "table" and type(err.reason) == "string"
-        and err.reason or nil)
+      answer_default(req, failure_status(err))
     else
       M.log("warn", req.method .. " handler ended without a final response: 500")
-      req:reply(500, "No Response From Handler")
+      answer_default(req, 500, "No Response From Handler")
     end
   end
-  ctx[co] = nil
 end
 
 local function step(co, ...)
@@ -86,21 +115,73 @@ local function step(co, ...)
   if not ok or co_status(co) == "dead" then finished(co, ok, err) end
 end
 
+-- on_error: what happens when a coroutine of sip.spawn raises (sip.run{ on_error = })
+function M.set_spawn_error(fn) M.spawn_error = fn end
+
 -- spawn(fn, ...) -> coroutine: runs fn now, in a luasip coroutine
 function M.spawn(fn, ...)
   if type(fn) ~= "function" then error("luasip.spawn: function expected", 2) end
   local co = co_create(fn)
-  ctx[co] = {}
+  ctx[co] = { spawned = true }
   step(co, ...)
   return co
 end
 
+-- Timers park their callback in the timer's state: the event "timer" calls it.
+local function timer_in(s, fn)
+  local t = core.timer(s)
+  state(t).fire = fn
+  return t
+end
+M.timer_in = timer_in
+
+-- How long a handler may keep its request unanswered (seconds): non-INVITE requests
+-- time out at the client after 64*T1 (32 s, RFC 3261 17.1.2.2); an INVITE's caller
+-- waits as long as a proxy's Timer C (>3 min, 16.6).  Agents may set their own
+-- (handler_timeout = { invite =, other = }, false for none).
+M.HANDLER_TIMEOUT = { invite = 180, other = 32 }
+
+local function arm_deadline(co, c, req)
+  local limits = req.agent and state(req.agent).handler_timeout or M.HANDLER_TIMEOUT
+  if not limits then return end
+  local s = req.method == "INVITE" and limits.invite or limits.other
+  if not s then return end
+  -- weak: an abandoned handler and its request stay collectable (the core then
+  -- answers 500 when the request is collected)
+  local ref = setmetatable({ co = co, req = req }, { __mode = "v" })
+  c.deadline = timer_in(s, function()
+    local cc = ref.co and ctx[ref.co]
+    local r = ref.req
+    if not cc or not r then return end
+    cc.deadline = nil
+    if not needs_answer(r) then return end
+    M.log("warn", r.method .. " handler still unanswered after " .. s .. " s: 500")
+    answer_default(r, 500, "Handler Timeout")
+    -- the handler learns it through its wait, and then ends
+    if cc.slot then M.fill(cc.slot, nil, "timeout", "timeout") end
+  end)
+end
+
 local function spawn_for(req, fn, ...)
   local co = co_create(fn)
-  ctx[co] = { req = req }
+  local c = { req = req }
+  ctx[co] = c
   reqco[req] = co
   step(co, ...)
+  if ctx[co] == c and req.method ~= "ACK" and not req:answered() then
+    arm_deadline(co, c, req)
+  end
   return co
+end
+
+-- answered(req): the request got its final response; its handler's deadline is off
+function M.answered(req)
+  local co = reqco[req]
+  local c = co and ctx[co]
+  if c and c.deadline then
+    c.deadline:cancel()
+    c.deadline = nil
+  end
 end
 
 local function current(fname)
@@ -112,7 +193,7 @@ local function current(fname)
 end
 M.current = current
 
-local parked = {}
+local parked = {}  -- luacheck: ignore 241 (a keep-alive set, never read)
 
 -- Slots: new_slot() in the waiting coroutine, fill(slot, ...) from an event.
 function M.new_slot(fname)
@@ -136,9 +217,7 @@ end
 function M.wait(slot, timeout)
   if not slot.done then
     if timeout then
-      local t = core.timer(timeout)
-      t.fire = function() M.fill(slot, nil, "timeout", "timeout") end
-      slot.timer = t
+      slot.timer = timer_in(timeout, function() M.fill(slot, nil, "timeout", "timeout") end)
     end
     local c = ctx[slot.co]
     if c then c.slot = slot end
@@ -159,9 +238,7 @@ end
 function M.sleep(s)
   if type(s) ~= "number" or s < 0 then error("luasip.sleep: seconds must be a number >= 0", 2) end
   local slot = M.new_slot("luasip.sleep")
-  local t = core.timer(s)
-  t.fire = function() M.fill(slot, true) end
-  slot.timer = t
+  slot.timer = timer_in(s, function() M.fill(slot, true) end)
   return M.wait(slot)
 end
 
@@ -169,18 +246,21 @@ end
 function M.timer(s, fn)
   if type(s) ~= "number" or s < 0 then error("luasip.timer: seconds must be a number >= 0", 2) end
   if type(fn) ~= "function" then error("luasip.timer: function expected", 2) end
-  local t = core.timer(s)
-  t.fire = function() M.spawn(fn, t) end
+  local t
+  t = timer_in(s, function() M.spawn(fn, t) end)
   return t
+end
+
+-- wake_request(req, ...): fills what the handler of req waits for
+function M.wake_request(req, ...)
+  local co = req and reqco[req]
+  local c = co and ctx[co]
+  if c and c.slot then M.fill(c.slot, ...) end
 end
 
 -- ------------------------------------------------------------------ requests in
 
-local KNOWN = {
-  INVITE = true, ACK = true, BYE = true, CANCEL = true, REGISTER = true, OPTIONS = true,
-  SUBSCRIBE = true, NOTIFY = true, PUBLISH = true, REFER = true, INFO = true,
-  UPDATE = true, PRACK = true, MESSAGE = true,
-}
+local KNOWN = sipmethods.known
 M.KNOWN = KNOWN
 
 local function allow_list(handlers)
@@ -209,10 +289,10 @@ end
 local function on_request(req)
   local agent = req.agent
   if not agent then return end
+  local ast = state(agent)
   local method = req.method
-  local handlers = agent._handlers
+  local handlers = ast.handlers
   if method == "ACK" then
-    req.method_is_ack = true
     local h = handlers.ACK
     if h then spawn_for(req, h, req) end
     return
@@ -223,11 +303,11 @@ local function on_request(req)
     return req:reply(416, "Unsupported URI Scheme", { stateless = true })
   end
   -- RFC 3261 12.2.2: a request with a To tag that matches no dialog of ours
-  if req.to_tag and agent._in_dialog == "481" then
+  if req.to_tag and ast.in_dialog == "481" then
     return req:reply(481, "Call/Transaction Does Not Exist", { stateless = true })
   end
   if method ~= "CANCEL" then
-    local unsupported, supported = {}, agent._supported
+    local unsupported, supported = {}, ast.supported
     for _, tag in ipairs(tags_of(req:headers("Require"))) do
       if not supported[tag] then unsupported[#unsupported + 1] = tag end
     end
@@ -253,87 +333,30 @@ local function on_request(req)
 end
 
 -- ------------------------------------------------------------------ events
+-- The C core calls dispatch(event, a, b).  Each event has one owner: the class module
+-- that handles it registers it with on_event (a second owner raises).
 
 local events = {}
+
+function M.on_event(name, fn)
+  local old = events[name]
+  if old and old ~= fn then error("luasip.dispatcher: event " .. name .. " has an owner", 2) end
+  events[name] = fn
+end
 
 events.request = on_request
 
 function events.timer(t)
-  local fire = t and t.fire
+  local st = t and state(t)
+  local fire = st and st.fire
   if fire then
-    t.fire = nil
+    st.fire = nil
     fire()
   end
 end
 
--- a client transaction got a response
-function events.response(tx, res)
-  if not tx or not res then return end
-  local status = res.status
-  if status < 200 then
-    local fn = tx._on_provisional
-    if fn then
-      local ok, err = pcall(fn, res, tx)
-      if not ok then M.log("error", "on_provisional failed: " .. err_text(err)) end
-    end
-    return
-  end
-  tx._final = res
-  if tx._gave_up and status < 300 then
-    -- a 2xx crossed our CANCEL (or came after we stopped waiting): the core ACKed it,
-    -- nobody wants the call: end it (RFC 3261 15)
-    local d = tx:dialog()
-    if d then
-      d:send{ method = "BYE" }
-      d:terminate()
-    end
-    return
-  end
-  local slot = tx._slot
-  if slot then M.fill(slot, res) end
-end
-
-function events.tx_closed(tx)
-  local slot = tx and tx._slot
-  if slot then M.fill(slot, nil, "agent closed", "closed") end
-end
-
-local function wake_request(req, ...)
-  local co = req and reqco[req]
-  local c = co and ctx[co]
-  if c and c.slot then M.fill(c.slot, ...) end
-end
-
-function events.cancel(req)
-  if not req then return end
-  local fn = req._on_cancel
-  if fn then
-    local ok, err = pcall(fn, req)
-    if not ok then M.log("error", "on_cancel failed: " .. err_text(err)) end
-  end
-  wake_request(req, nil, "cancelled", "cancelled")
-end
-
-function events.ack(inv, ack)
-  if ack then ack.method_is_ack = true end
-  if inv then
-    inv._ack = ack
-    if inv._ack_slot then M.fill(inv._ack_slot, ack) end
-  end
-  local agent = ack and ack.agent
-  local h = agent and agent._handlers.ACK
-  if h then spawn_for(ack, h, ack, inv) end
-end
-
-function events.ack_timeout(inv)
-  if inv then
-    inv._ack_timeout = true
-    if inv._ack_slot then M.fill(inv._ack_slot, nil, "timeout", "timeout") end
-  end
-end
-
-M.events = events
 M.spawn_for = spawn_for
+M.events = events   -- (read by modules not yet on on_event)
 
 function M.dispatch(event, a, b)
   local fn = events[event]

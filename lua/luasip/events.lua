@@ -18,8 +18,6 @@ local pidf = require "luasip.pidf"
 
 local M = {}
 
-local agent_methods = core.methods("luasip.agent")
-
 -- per-package defaults: the body type of NOTIFYs, the subscription duration, and the
 -- "neutral" state sent when nothing is known (RFC 3856 6.6.1: presence looks offline)
 local PACKAGES = {
@@ -575,7 +573,7 @@ end
 -- ends it with a reason that allows it (deactivated, timeout, probation, giveup; after
 -- retry-after), and ends with sub:unsubscribe().  Fields: state ("init", "pending",
 -- "active", "terminated"), reason, expires, body, content_type, dialog, notifications.
-function agent_methods.subscribe(self, opts)
+function M.subscribe(self, opts)
   local fname = "luasip.agent:subscribe"
   if type(opts) ~= "table" then error(fname .. ": options table expected", 2) end
   if type(opts.uri) ~= "string" then error(fname .. ": uri must be a string", 2) end

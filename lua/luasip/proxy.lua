@@ -1,9 +1,16 @@
--- luasip.proxy: req:proxy(targets, opts) on the C proxy engine (csrc/proxy.c).
+-- luasip.proxy: req:proxy(targets, opts) on the C proxy engine (csrc/proxy.c), and the
+-- class luasip.proxy (one proxied request's branches).  Owns the events "proxy_response"
+-- and "proxy_final".  Per-proxy state (class.state): req, on_response, final_seen, final,
+-- slot.
 --   local res, err, code = req:proxy({ "sip:bob@127.0.0.1:5070" }, { record_route = true })
-local core = require "luasip.core"
+local class = require "luasip.class"
 local dispatcher = require "luasip.dispatcher"
 
-local req_methods = core.methods("luasip.request")
+local state = class.state
+class.get("luasip.proxy")
+local _, _, REQ = require("luasip.core").class("luasip.request")
+
+local M = {}
 
 -- targets: a URI, a list of URIs, or a list of { uri =, path = {...} | route = "..." }
 -- (what location:lookup returns)
@@ -33,11 +40,15 @@ end
 --   follow_redirects = true (3xx Contacts become new branches), stateless = true
 --   (forward the first target without a transaction: req:forward) }])
 --   -> response (the 2xx forwarded) | nil, err, code [, response]
-function req_methods.proxy(self, targets, opts)
+local PROXY_OPTIONS = { record_route = true, forking = true, timeout = true,
+  on_response = true, headers = true, follow_redirects = true, stateless = true }
+
+function M.proxy(self, targets, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("luasip.request:proxy: options must be a table", 2)
   end
   opts = opts or {}
+  class.check_options(opts, PROXY_OPTIONS, "luasip.request:proxy")
   local list = normalize(targets)
   if opts.forking ~= nil and opts.forking ~= "parallel" and opts.forking ~= "sequential" then
     error('luasip.request:proxy: forking must be "parallel" or "sequential"', 2)
@@ -62,7 +73,7 @@ function req_methods.proxy(self, targets, opts)
     return self:forward(list[1].uri)
   end
   dispatcher.current("luasip.request:proxy")
-  local p, err, code = self:_proxy(list, {
+  local p, err, code = REQ._proxy(self, list, {
     record_route = opts.record_route, sequential = opts.forking == "sequential",
     timeout = opts.timeout, observe = opts.on_response ~= nil, add = add, remove = remove,
     follow_redirects = opts.follow_redirects })
@@ -73,14 +84,15 @@ function req_methods.proxy(self, targets, opts)
     end
     return nil, err, code
   end
-  p._req = self                      -- the request outlives its proxy
-  p._on_response = opts.on_response
+  local pst = state(p)
+  pst.req = self                     -- the request outlives its proxy
+  pst.on_response = opts.on_response
   local res
-  if p._final_seen then
-    res = p._final
+  if pst.final_seen then
+    res = pst.final
   else
     local slot = dispatcher.new_slot("luasip.request:proxy")
-    p._slot = slot
+    pst.slot = slot
     res = dispatcher.wait(slot)
   end
   if not res then
@@ -94,19 +106,20 @@ function req_methods.proxy(self, targets, opts)
   return res
 end
 
-dispatcher.events.proxy_response = function(p, res)
-  local fn = p and p._on_response
+dispatcher.on_event("proxy_response", function(p, res)
+  local fn = p and state(p).on_response
   if fn and res then
     local ok, err = pcall(fn, res)
     if not ok then dispatcher.log("error", "on_response failed: " .. tostring(err)) end
   end
-end
+end)
 
-dispatcher.events.proxy_final = function(p, res)
+dispatcher.on_event("proxy_final", function(p, res)
   if not p then return end
-  p._final_seen = true
-  p._final = res
-  if p._slot then dispatcher.fill(p._slot, res or false) end
-end
+  local pst = state(p)
+  pst.final_seen = true
+  pst.final = res
+  if pst.slot then dispatcher.fill(pst.slot, res or false) end
+end)
 
-return {}
+return M

@@ -20,8 +20,6 @@ local pidf = require "luasip.pidf"
 
 local M = {}
 
-local agent_methods = core.methods("luasip.agent")
-
 local function check_seconds(opts, name, default, fname)
   local v = opts[name]
   if v == nil then return default end
@@ -353,7 +351,7 @@ end
 --   proxy =, auth =, headers =, timeout =, refresh = true } -> publication | nil, err,
 --   code [, response].  The publication refreshes itself (SIP-If-Match, no body) before
 --   it expires unless refresh = false; pub.etag, pub.expires.
-function agent_methods.publish(self, opts)
+function M.publish(self, opts)
   local fname = "luasip.agent:publish"
   if type(opts) ~= "table" then error(fname .. ": options table expected", 2) end
   if type(opts.uri) ~= "string" then error(fname .. ": uri must be a string", 2) end

@@ -64,7 +64,7 @@ function M.connect(opts)
   end
   if not s then return nil, err, code end
   local c = setmetatable({ _s = s, _buf = "", _pending = {}, _head = 1, _tail = 0 }, Client)
-  s._client = c
+  require("luasip.core").state(s).client = c
   return c
 end
 
@@ -98,7 +98,7 @@ function Client:_fail(why)
 end
 
 dispatcher.events.stream_data = function(s)
-  local c = s and s._client
+  local c = s and require("luasip.core").state(s).client
   if not c then return end
   local buf, pos = c._buf .. s:take(), 1
   while c._head <= c._tail do
@@ -120,7 +120,7 @@ dispatcher.events.stream_data = function(s)
 end
 
 dispatcher.events.stream_closed = function(s)
-  local c = s and s._client
+  local c = s and require("luasip.core").state(s).client
   if c then
     c._closed = true
     c:_fail("redis connection lost: " .. tostring(s:error()))

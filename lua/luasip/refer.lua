@@ -7,14 +7,12 @@
 -- The implicit subscription's NOTIFYs go out one at a time, in order, from a coroutine of
 -- their own, so sub:progress never waits and works from on_provisional callbacks too.
 local core = require "luasip.core"
+local class = require "luasip.class"
 local dispatcher = require "luasip.dispatcher"
-local debug_lib = require "debug"
-require "luasip.dialog"
+
+local state = class.state
 
 local M = {}
-
-local dialog_methods = core.methods("luasip.dialog")
-local agent_methods = core.methods("luasip.agent")
 
 local SIPFRAG = "message/sipfrag;version=2.0"
 local DEFAULT_EXPIRES = 60      -- seconds the implicit subscription lasts (RFC 3515 2.4.4)
@@ -221,15 +219,15 @@ local function finish(sub, err, code)
 end
 
 local function notify_headers(sub, item)
-  local state
+  local sstate
   if item.final then
-    state = "terminated;reason=" .. item.why
+    sstate = "terminated;reason=" .. item.why
   else
     local left = math.max(0, math.floor(sub._expires_at - core.now() + 0.5))
-    state = "active;expires=" .. left
+    sstate = "active;expires=" .. left
   end
   return { Event = sub.id_needed and ("refer;id=" .. sub.id) or "refer",
-    ["Subscription-State"] = state }
+    ["Subscription-State"] = sstate }
 end
 
 -- sends the queued NOTIFYs in order, one transaction at a time (RFC 6665 4.2.2)
@@ -341,13 +339,9 @@ function sub_methods.invite(self, agent, opts)
   return nil, res, code, fres
 end
 
--- The dialog of an in-dialog request.  luasip.dialog stores it as req.dialog, but the
--- method req:dialog() shadows that field (methods come first in __index): read the value
--- stored on the object itself.
+-- The dialog of an in-dialog request (luasip.request keeps it).
 local function in_dialog(req)
-  local d = (debug_lib.getuservalue or debug_lib.getfenv)(req)
-  d = type(d) == "table" and rawget(d, "dialog")
-  return type(d) == "userdata" and d or nil
+  return require("luasip.request").in_dialog(req)
 end
 
 -- accept(req [, opts]) -> subscription | nil, err, code
@@ -405,8 +399,9 @@ function M.accept(req, opts)
   end
   local count = 0
   if d then
-    count = (d._refers_received or 0) + 1
-    d._refers_received = count
+    local dst = state(d)
+    count = (dst.refers_received or 0) + 1
+    dst.refers_received = count
   end
   local sub = setmetatable({
     request = req, dialog = d, id = req.cseq, id_needed = count > 1, notify = notify,
@@ -418,12 +413,10 @@ function M.accept(req, opts)
   }, Subscription)
   if notify then
     -- the subscription lapses without a final report: tell the referrer (RFC 6665 4.2.2)
-    local t = core.timer(expires)
-    t.fire = function()
+    sub._timer = dispatcher.timer_in(expires, function()
       sub._timer = nil
       if not sub._final then enqueue(sub, sub.status, sub.reason, true, "timeout") end
-    end
-    sub._timer = t
+    end)
   end
   -- the NOTIFY right after the 202 (RFC 3515 2.4.4)
   enqueue(sub, 100, "Trying", false)
@@ -462,7 +455,8 @@ end
 -- takes the NOTIFYs of the refer event package and hands the others to the NOTIFY
 -- handler it replaced (none: 200, the dialog's default).
 local function router_state(d)
-  local st = d._refer_out
+  local dst = state(d)
+  local st = dst.refer_out
   if not st then
     st = { waiters = {}, orphans = {}, count = 0 }
     st.route = function(req, dd)
@@ -494,9 +488,10 @@ local function router_state(d)
         req:reply(481, "Subscription Does Not Exist")
       end
     end
-    d._refer_out = st
+    dst.refer_out = st
   end
-  if d._handlers.NOTIFY ~= st.route then st.prev = d:on("NOTIFY", st.route) end
+  local prev = d:on("NOTIFY", st.route)
+  if prev ~= st.route then st.prev = prev end
   return st
 end
 
@@ -536,8 +531,8 @@ local function await_reports(d, w, opts)
     local notify = table.remove(w.queue, 1)
     if notify then
       local status, reason, line = parse_sipfrag(notify.body)
-      local state = notify:header("Subscription-State") or "active"
-      local sstate, rest = state:match("^%s*([%a%-]+)%s*(.*)$")
+      local sub_state = notify:header("Subscription-State") or "active"
+      local sstate, rest = sub_state:match("^%s*([%a%-]+)%s*(.*)$")
       local params = parse_params(rest or "")
       if status and status >= 200 then return status, line end
       if status and opts.on_progress then
@@ -554,7 +549,7 @@ local function await_reports(d, w, opts)
       local ex = tonumber(type(params.expires) == "string" and params.expires or nil)
       if ex then sub_deadline = now() + ex + EXPIRY_GRACE end
     else
-      if d._ended then return nil, "terminated", "terminated" end
+      if require("luasip.dialog").is_ended(d) then return nil, "terminated", "terminated" end
       local limit = sub_deadline
       if deadline and deadline < limit then limit = deadline end
       local left = limit - now()
@@ -564,12 +559,12 @@ local function await_reports(d, w, opts)
       end
       local slot = dispatcher.new_slot("luasip.dialog:refer")
       -- a BYE or a closed agent fills pending slots of the dialog (luasip.dialog)
-      local pending = { _slot = slot }
-      d._pending[pending] = true
+      local dialog = require "luasip.dialog"
+      dialog.watch(d, slot)
       w.slot = slot
       local ok, err, code = dispatcher.wait(slot, left)
       w.slot = nil
-      d._pending[pending] = nil
+      dialog.unwatch(d, slot)
       if not ok and code ~= "timeout" then return nil, err, code end
     end
   end
@@ -627,12 +622,14 @@ end
 -- opts: replaces ({call_id=, to_tag=, from_tag=} or a Replaces value), headers,
 -- on_progress = fn(status, reason, line) for each 1xx report, timeout (seconds, whole
 -- transfer), refer_sub = false (RFC 4488: no reports; -> 2xx status, nil when honoured)
-function dialog_methods.refer(self, target, opts)
+function M.dialog_refer(self, target, opts)
   local fname = "luasip.dialog:refer"
   opts = check_opts(opts, fname)
   local headers = refer_headers(opts, fname, target)
   dispatcher.current(fname)
-  if self._ended then return nil, "dialog terminated", "terminated" end
+  if require("luasip.dialog").is_ended(self) then
+    return nil, "dialog terminated", "terminated"
+  end
   local w = add_waiter(self)
   local t0 = core.now()
   local res, err, code = self:request("REFER",
@@ -657,7 +654,7 @@ end
 --   on_progress =, refer_sub = } -> final status, sipfrag line | nil, err, code
 -- A REFER outside any dialog; its 2xx makes the dialog of the subscription, which ends
 -- with it.
-function agent_methods.refer(self, opts)
+function M.agent_refer(self, opts)
   local fname = "luasip.agent:refer"
   if type(opts) ~= "table" then error(fname .. ": options table expected", 2) end
   check_opts(opts, fname)

@@ -1,0 +1,208 @@
+-- luasip.agent: the class luasip.agent (csrc/agent.c, csrc/client_tx.c).  This module owns
+-- the agent's methods: handlers per method, requests out (with digest auth), INVITE,
+-- SUBSCRIBE, PUBLISH and REFER outside dialogs.  Per-agent state: class.state(agent).
+local core = require "luasip.core"
+local class = require "luasip.class"
+local dispatcher = require "luasip.dispatcher"
+local sipmethods = require "luasip.sipmethods"
+-- the classes an agent's traffic reaches: loaded with the agent, so their events are
+-- handled whatever the application required
+require "luasip.request"
+require "luasip.response"
+local client_tx = require "luasip.client_tx"
+require "luasip.dialog"
+require "luasip.proxy"
+local auth = require "luasip.auth"
+local call = require "luasip.call"
+
+local state = class.state
+local methods, _, C = class.get("luasip.agent")
+
+local M = {}
+
+local OPTIONS = { listen = true, user_agent = true, t1 = true, in_dialog = true,
+  supported = true, handler_timeout = true, invite_timeout = true, overload = true }
+
+local function check_listen(listen)
+  if type(listen) == "string" then listen = { listen } end
+  if type(listen) ~= "table" or #listen == 0 then
+    error("luasip.agent: listen must be a URI or a list of URIs", 3)
+  end
+  for i, u in ipairs(listen) do
+    if type(u) ~= "string" or not u:match("^sips?:") then
+      error("luasip.agent: listen[" .. i .. "] must be a sip: URI", 3)
+    end
+    local port = u:match("^sips?:[^;]*:(%d+)") or u:match("^sips?:[^;%[%]]*%]:(%d+)")
+    if port and tonumber(port) > 65535 then
+      error("luasip.agent: listen[" .. i .. "] port must be 1-65535 (0: any free port)", 3)
+    end
+  end
+  -- IPv6 listen URIs go first: sofia 1.12 matches "[v6]" destinations to the first
+  -- transport of a protocol (its host_is_ip6_address does not take brackets), while
+  -- IPv4 destinations are matched by address family.
+  local ordered = {}
+  for _, u in ipairs(listen) do if u:match("^sips?:%[") then ordered[#ordered + 1] = u end end
+  for _, u in ipairs(listen) do if not u:match("^sips?:%[") then ordered[#ordered + 1] = u end end
+  return ordered
+end
+
+local function check_timeouts(v)
+  if v == false then return false end
+  if v == nil then return nil end
+  if type(v) ~= "table" then
+    error("luasip.agent: handler_timeout must be a table { invite =, other = } or false", 3)
+  end
+  for k, s in pairs(v) do
+    if (k ~= "invite" and k ~= "other") or (s ~= false and (type(s) ~= "number" or s <= 0)) then
+      error("luasip.agent: handler_timeout." .. tostring(k) .. " must be seconds > 0", 3)
+    end
+  end
+  return { invite = v.invite, other = v.other }
+end
+
+-- agent{ listen = uri | {uri...}, user_agent =, t1 =, in_dialog = "481" | "handler",
+--   supported = {tag...}, handler_timeout = { invite =, other = } | false,
+--   invite_timeout = seconds, overload = {...} } -> agent | nil, err, code
+function M.new(opts)
+  if type(opts) ~= "table" then error("luasip.agent: options table expected", 2) end
+  class.check_options(opts, OPTIONS, "luasip.agent")
+  local listen = check_listen(opts.listen or { "sip:127.0.0.1:0" })
+  if opts.user_agent ~= nil and type(opts.user_agent) ~= "string" then
+    error("luasip.agent: user_agent must be a string", 2)
+  end
+  if opts.t1 ~= nil and (type(opts.t1) ~= "number" or opts.t1 <= 0 or opts.t1 > 60) then
+    error("luasip.agent: t1 must be a number of seconds in (0, 60]", 2)
+  end
+  local in_dialog = opts.in_dialog or "481"
+  if in_dialog ~= "481" and in_dialog ~= "handler" then
+    error('luasip.agent: in_dialog must be "481" or "handler"', 2)
+  end
+  if opts.supported ~= nil and type(opts.supported) ~= "table" then
+    error("luasip.agent: supported must be a list of option tags", 2)
+  end
+  local limits = check_timeouts(opts.handler_timeout)
+  if opts.invite_timeout ~= nil and (type(opts.invite_timeout) ~= "number"
+    or opts.invite_timeout <= 0) then
+    error("luasip.agent: invite_timeout must be seconds > 0", 2)
+  end
+  local a, err, code = core.agent{ listen = listen, user_agent = opts.user_agent,
+    t1 = opts.t1, overload = opts.overload }
+  if not a then return nil, err, code end
+  local st = state(a)
+  st.handlers = {}
+  -- option tags a caller may Require: the core's 100rel (RFC 3262), timer (RFC 4028)
+  -- and norefersub (RFC 4488)
+  st.supported = { ["100rel"] = true, timer = true, norefersub = true }
+  for _, tag in ipairs(opts.supported or {}) do st.supported[tostring(tag):lower()] = true end
+  -- in-dialog requests matching no dialog: "481" (RFC 3261 12.2.2) or "handler" (the
+  -- method's handler sees them: proxies and stateless applications)
+  st.in_dialog = in_dialog
+  if limits == false then
+    st.handler_timeout = false
+  else
+    local d = dispatcher.HANDLER_TIMEOUT
+    st.handler_timeout = { invite = (limits or d).invite or d.invite,
+      other = (limits or d).other or d.other }
+  end
+  st.invite_timeout = opts.invite_timeout or 180
+  return a
+end
+
+local function check(self, fname)
+  local ok, closed = pcall(C.closed, self)
+  if not ok then error(fname .. ": luasip.agent expected, got " .. type(self), 3) end
+  if closed then error("attempt to use a closed luasip.agent (" .. fname .. ")", 3) end
+  return state(self)
+end
+
+-- agent:on(method, fn | nil) -> previous handler
+function methods.on(self, method, fn)
+  local st = check(self, "luasip.agent:on")
+  method = sipmethods.norm(method, "luasip.agent:on")
+  if fn ~= nil and type(fn) ~= "function" then
+    error("luasip.agent:on: handler must be a function or nil", 2)
+  end
+  if method == "CANCEL" then
+    error("luasip.agent:on: CANCEL is handled by the core (use req:on_cancel)", 2)
+  end
+  local old = st.handlers[method]
+  st.handlers[method] = fn
+  return old
+end
+
+-- agent:handlers() -> list of methods with a handler
+function methods.handlers(self)
+  local list = {}
+  for m in pairs(state(self).handlers) do list[#list + 1] = m end
+  table.sort(list)
+  return list
+end
+
+-- agent:allow() -> the Allow value the agent advertises
+function methods.allow(self)
+  return dispatcher.allow_list(state(self).handlers)
+end
+
+-- agent:uri([user]) -> "sip:user@host:port" for this agent
+function methods.uri(self, user)
+  local c = assert(self:contact())
+  if user then c = c:gsub("^sip:", "sip:" .. user .. "@") end
+  return c
+end
+
+local function copy(t)
+  local o = {}
+  for k, v in pairs(t) do o[k] = v end
+  return o
+end
+
+-- the request without auth: send, then wait for the final response
+local function plain_request(self, opts)
+  local tx, err, code = C.send(self, opts)
+  if not tx then return nil, err, code end
+  client_tx.set_on_provisional(tx, opts.on_provisional)
+  if opts.on_sent then opts.on_sent(tx) end
+  return tx:wait(opts.timeout)
+end
+
+-- agent:request{ method=, uri=, headers=, body=, content_type=, timeout=, auth =,
+--   on_provisional = fn(res, tx) } -> response | nil, err, code [, response]
+function methods.request(self, opts)
+  local fname = "luasip.agent:request"
+  check(self, fname)
+  if type(opts) ~= "table" then error(fname .. ": options table expected", 2) end
+  dispatcher.current(fname)
+  if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout <= 0) then
+    error(fname .. ": timeout must be a positive number", 2)
+  end
+  if opts.on_provisional ~= nil and type(opts.on_provisional) ~= "function" then
+    error(fname .. ": on_provisional must be a function", 2)
+  end
+  local o = copy(opts)
+  o.method = sipmethods.norm(opts.method, fname)
+  if o.auth ~= nil then
+    return auth.send_with_auth(self, o, plain_request, o.method, fname)
+  end
+  return plain_request(self, o)
+end
+
+-- agent:invite{ uri=, from=, to=, headers=, body=, content_type=, timeout=, auth =,
+--   session_expires =, min_se =, on_provisional= } -> dialog, response | nil, err, code
+--   [, response]
+function methods.invite(self, opts)
+  local fname = "luasip.agent:invite"
+  check(self, fname)
+  if type(opts) ~= "table" then error(fname .. ": options table expected", 2) end
+  dispatcher.current(fname)
+  if opts.auth ~= nil then
+    return auth.send_with_auth(self, opts, call.invite, "INVITE", fname)
+  end
+  return call.invite(self, opts)
+end
+
+-- these live with their features; the agent owns the names (assigned once, here)
+methods.subscribe = require("luasip.events").subscribe
+methods.publish = require("luasip.publications").publish
+methods.refer = require("luasip.refer").agent_refer
+
+return M

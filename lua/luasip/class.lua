@@ -1,0 +1,98 @@
+-- luasip.class: how the Lua layer builds the classes of the C core.
+-- Each userdata class (luasip.agent, luasip.request, ...) has ONE Lua module that owns its
+-- method table and its getters (lua/luasip/<class>.lua); that module assigns each method
+-- once.  Per-object state of the Lua layer lives in class.state(obj) (the object's
+-- uservalue), never in fields: objects are read-only to their users, who keep their own
+-- values in obj.data.  Other modules extend a class only through class.extend (a NEW
+-- method name: a name taken raises, so the order of require never changes behaviour) and
+-- through the hooks a class calls at documented points (class.hook).
+local core = require "luasip.core"
+
+local M = {}
+
+local state = core.state
+M.state = state
+
+local function data(self)
+  local st = state(self)
+  local d = st.data
+  if not d then
+    d = {}
+    st.data = d
+  end
+  return d
+end
+
+-- get(tname) -> methods, getters, cmethods (for the class's own module).  The methods
+-- table is reset to the C methods, less the internal ones (names starting with "_"),
+-- which stay reachable in cmethods: loading the module twice gives the same class.
+function M.get(tname)
+  local methods, getters, cmethods = core.class(tname)
+  for k in pairs(methods) do methods[k] = nil end
+  for k, v in pairs(cmethods) do
+    if k:sub(1, 1) ~= "_" then methods[k] = v end
+  end
+  for k in pairs(getters) do getters[k] = nil end
+  getters.data = data
+  return methods, getters, cmethods
+end
+
+-- extend(tname, name, fn): adds a new method to a class; raises if the name is taken
+function M.extend(tname, name, fn)
+  if type(name) ~= "string" or type(fn) ~= "function" then
+    error("luasip.class.extend: method name and function expected", 2)
+  end
+  local methods, getters = core.class(tname)
+  if methods[name] ~= nil or getters[name] ~= nil then
+    error("luasip.class.extend: " .. tname .. " already has '" .. name .. "'", 2)
+  end
+  methods[name] = fn
+end
+
+-- Hooks: hook(tname, point, fn) adds fn to a point a class defines (README lists them);
+-- run(tname, point, ...) calls each, in the order added, protected: a failing hook is
+-- logged, never breaks the class.
+local hooks = {}
+
+function M.hook(tname, point, fn)
+  if type(fn) ~= "function" then error("luasip.class.hook: function expected", 2) end
+  local key = tname .. "/" .. point
+  local list = hooks[key]
+  if not list then
+    list = {}
+    hooks[key] = list
+  end
+  list[#list + 1] = fn
+  return fn
+end
+
+function M.unhook(tname, point, fn)
+  local list = hooks[tname .. "/" .. point]
+  for i = #(list or {}), 1, -1 do
+    if list[i] == fn then table.remove(list, i) end
+  end
+end
+
+local log
+function M.run(tname, point, ...)
+  local list = hooks[tname .. "/" .. point]
+  if not list then return end
+  for i = 1, #list do
+    local ok, err = pcall(list[i], ...)
+    if not ok then
+      log = log or require("luasip.dispatcher").log
+      log("error", tname .. " hook " .. point .. " failed: " .. tostring(err))
+    end
+  end
+end
+
+-- check_options(opts, known, fname, level): raises on an option key not in known
+function M.check_options(opts, known, fname, level)
+  for k in pairs(opts) do
+    if not known[k] then
+      error(fname .. ": unknown option '" .. tostring(k) .. "'", (level or 2) + 1)
+    end
+  end
+end
+
+return M

@@ -1,0 +1,219 @@
+-- luasip.request: the class luasip.request (csrc/server_tx.c): a request we received.
+-- This module owns the request's methods: reply (reliable 1xx and PRACK), wait_ack,
+-- on_cancel, dialog, early, answer (luasip.call), proxy (luasip.proxy), and the events of
+-- a request's life: "cancel", "ack", "ack_timeout", "prack", "prack_timeout",
+-- "request_closed".  Per-request state (class.state): ack, ack_slot, ack_timeout,
+-- prack_slot, on_cancel, early_dialog, made_dialog, in_dialog, early_local_sdp,
+-- early_remote_sdp.
+-- Hooks (class.hook("luasip.request", point, fn)): "replied" fn(req, status, result) after
+-- every reply that was sent.
+local class = require "luasip.class"
+local dispatcher = require "luasip.dispatcher"
+
+local state = class.state
+local methods, _, C = class.get("luasip.request")
+
+local M = {}
+
+local c_reply = C.reply
+
+local function options_of(reason, opts)
+  if type(reason) == "table" then return reason end
+  return opts
+end
+
+-- req:reply(status [, reason] [, opts]) -> true | prack (reliable) | nil, err, code
+-- opts.reliable = true sends a 101-199 reliably (RFC 3262) and waits for its PRACK:
+-- -> prack | nil, "timeout" | nil, "cancelled"
+function methods.reply(self, status, reason, opts)
+  local o = options_of(reason, opts)
+  local st = state(self)
+  local reliable = type(o) == "table" and o.reliable
+  local result, err, code
+  if not reliable then
+    result, err, code = c_reply(self, status, reason, opts)
+  else
+    dispatcher.current("luasip.request:reply")
+    local slot = dispatcher.new_slot("luasip.request:reply")
+    st.prack_slot = slot
+    result, err, code = c_reply(self, status, reason, opts)
+    if result then
+      -- a session settled in a reliable 18x (and its PRACK) is the dialog's until
+      -- changed: the offer/answer of RFC 3262 5
+      if o.body and type(status) == "number" and status < 200 then
+        st.early_local_sdp = o.body
+      end
+      result, err, code = dispatcher.wait(slot, o.timeout)
+      if result and result.body then st.early_remote_sdp = result.body end
+    end
+    st.prack_slot = nil
+  end
+  local d = st.early_dialog
+  if d and type(status) == "number" and status >= 300 then
+    require("luasip.dialog").ended(d, "rejected")
+  end
+  if result ~= nil and st.in_dialog and type(status) == "number" and status < 300
+    and status >= 200 and (self.method == "INVITE" or self.method == "UPDATE") then
+    -- a refresh answered by the script: its offer and our answer are the session now
+    local ob = type(o) == "table" and o.body
+    if ob or self.body then require("luasip.call").settled(st.in_dialog, ob, self.body) end
+  end
+  if result ~= nil then
+    if type(status) == "number" and status >= 200 then dispatcher.answered(self) end
+    class.run("luasip.request", "replied", self, status, result)
+  end
+  return result, err, code
+end
+
+-- req:wait_ack([timeout]) -> ack | nil, "timeout" | nil, "terminated"
+function methods.wait_ack(self, timeout)
+  local st = state(self)
+  if st.ack then return st.ack end
+  if st.ack_timeout then return nil, "timeout", "timeout" end
+  local slot = dispatcher.new_slot("luasip.request:wait_ack")
+  st.ack_slot = slot
+  return dispatcher.wait(slot, timeout)
+end
+
+-- req:on_cancel(fn) -> previous: fn(req) runs when a CANCEL ends this INVITE
+function methods.on_cancel(self, fn)
+  if fn ~= nil and type(fn) ~= "function" then
+    error("luasip.request:on_cancel: function expected", 2)
+  end
+  local st = state(self)
+  local old = st.on_cancel
+  st.on_cancel = fn
+  return old
+end
+
+-- req:dialog() -> dialog | nil, err, code: for an in-dialog request, its dialog; for a
+-- SUBSCRIBE or REFER, the dialog it creates (the caller then answers 2xx); INVITEs use
+-- req:answer
+function methods.dialog(self)
+  local st = state(self)
+  if st.in_dialog then return st.in_dialog end
+  if self.method ~= "SUBSCRIBE" and self.method ~= "REFER" then
+    error("luasip.request:dialog: only SUBSCRIBE and REFER (INVITE: req:answer)", 2)
+  end
+  if st.made_dialog then return st.made_dialog end
+  local d, err, code = C._dialog(self)
+  if not d then return nil, err, code end
+  st.made_dialog = require("luasip.dialog").init(d)
+  return d
+end
+
+-- in_dialog(req) -> the dialog an in-dialog request arrived in, or nil
+function M.in_dialog(req)
+  return state(req).in_dialog
+end
+
+-- early_dialog(req [, create]) -> the early dialog of an INVITE (created on demand)
+function M.early_dialog(req, create)
+  local st = state(req)
+  if st.early_dialog or not create then return st.early_dialog end
+  local d, err, code = C._dialog(req)
+  if not d then return nil, err, code end
+  st.early_dialog = require("luasip.dialog").init(d)
+  return d
+end
+
+-- req:early() -> dialog: the early dialog of an INVITE (RFC 3261 12.1.1), so requests
+-- such as UPDATE (RFC 3311) reach dialog:on() before the 2xx; req:answer confirms it, a
+-- failure or CANCEL ends it
+function methods.early(self)
+  if self.method ~= "INVITE" then error("luasip.request:early: INVITE only", 2) end
+  return M.early_dialog(self, true)
+end
+
+-- the offer/answer state a reliable 1xx settled (luasip.call)
+function M.early_sdp(req)
+  local st = state(req)
+  return st.early_local_sdp, st.early_remote_sdp
+end
+
+-- the addresses of an agent, "host:port" -> true (cached in the agent's state)
+local function own_addresses(agent)
+  local ast = state(agent)
+  local set = ast.own_addresses
+  if not set then
+    set = {}
+    for _, t in ipairs(agent:transports()) do
+      local host = tostring(t.host):gsub("^%[(.*)%]$", "%1"):lower()
+      set[host .. ":" .. tostring(t.port)] = true
+    end
+    ast.own_addresses = set
+  end
+  return set
+end
+
+-- req:loose_route() -> true | false: whether the top Route header names this agent (the
+-- request follows a Record-Route we put in: RFC 3261 16.4).  A proxy relays in-dialog
+-- requests only when this is true; anything else would make it an open relay.
+function methods.loose_route(self)
+  local top = self:headers("Route")[1]
+  if not top then return false end
+  local hostport = top:match("^%s*<?sips?:([^;>]+)")
+  if not hostport then return false end
+  hostport = hostport:gsub("^[^@]*@", "")
+  local host, port = hostport:match("^%[([^%]]+)%]:?(%d*)$")
+  if not host then host, port = hostport:match("^([^:]+):?(%d*)$") end
+  if not host then return false end
+  if port == "" then port = top:match("^%s*<?sips:") and "5061" or "5060" end
+  local agent = self.agent
+  return agent ~= nil and own_addresses(agent)[host:lower() .. ":" .. port] == true
+end
+
+methods.answer = function(...) return require("luasip.call").answer(...) end
+methods.proxy = require("luasip.proxy").proxy
+
+-- ------------------------------------------------------------------ events
+
+dispatcher.on_event("prack", function(inv, prack)
+  local slot = inv and state(inv).prack_slot
+  if slot then dispatcher.fill(slot, prack) end
+end)
+
+dispatcher.on_event("prack_timeout", function(inv)
+  local slot = inv and state(inv).prack_slot
+  if slot then dispatcher.fill(slot, nil, "timeout", "timeout") end
+end)
+
+dispatcher.on_event("request_closed", function(req)
+  if not req then return end
+  local st = state(req)
+  for _, k in ipairs{ "ack_slot", "prack_slot" } do
+    if st[k] then dispatcher.fill(st[k], nil, "agent closed", "closed") end
+  end
+end)
+
+dispatcher.on_event("cancel", function(req)
+  if not req then return end
+  local st = state(req)
+  if st.early_dialog then require("luasip.dialog").ended(st.early_dialog, "cancelled") end
+  local fn = st.on_cancel
+  if fn then
+    local ok, err = pcall(fn, req)
+    if not ok then dispatcher.log("error", "on_cancel failed: " .. dispatcher.err_text(err)) end
+  end
+  dispatcher.wake_request(req, nil, "cancelled", "cancelled")
+end)
+
+dispatcher.on_event("ack", function(inv, ack)
+  if inv then
+    local st = state(inv)
+    st.ack = ack
+    if st.ack_slot then dispatcher.fill(st.ack_slot, ack) end
+  end
+  local agent = ack and ack.agent
+  local h = agent and state(agent).handlers.ACK
+  if h then dispatcher.spawn_for(ack, h, ack, inv) end
+end)
+
+dispatcher.on_event("ack_timeout", function(inv)
+  if not inv then return end
+  local st = state(inv)
+  st.ack_timeout = true
+  if st.ack_slot then dispatcher.fill(st.ack_slot, nil, "timeout", "timeout") end
+end)
+
+return M
