@@ -203,4 +203,29 @@ describe("luasip classes", function()
     assert.is_false(ok)
     assert.matches("spawned failure", err)
   end)
+
+  it("names the public function and the caller's line in argument errors", function()
+    local uas, uac = H.agent(), H.agent()
+    local this = debug.getinfo(1, "S").short_src
+    local errs = {}
+    uas:on("OPTIONS", function(req)
+      errs.reply = select(2, pcall(function() req:reply("x") end))
+      req:reply(200)
+    end)
+    H.run(function()
+      errs.request = select(2, pcall(function() uac:request{ method = "OPTIONS", uri = "x" } end))
+      errs.invite = select(2, pcall(function() uac:invite{ uri = "x" } end))
+      errs.auth = select(2, pcall(function()
+        uac:request{ method = "MESSAGE", uri = "x", auth = { username = "a", password = "b" } }
+      end))
+      uac:request{ method = "OPTIONS", uri = uas:uri() }
+    end)
+    for what, fname in pairs{ reply = "luasip.request:reply", request = "luasip.agent:request",
+      invite = "luasip.agent:invite", auth = "luasip.agent:request" } do
+      local err = errs[what]
+      assert.truthy(err:find(this, 1, true), what .. ": " .. err)
+      assert.truthy(err:find(fname .. ": ", 1, true), what .. ": " .. err)
+      assert.falsy(err:find("lua/luasip", 1, true), what .. ": " .. err)
+    end
+  end)
 end)

@@ -156,9 +156,10 @@ local function copy(t)
   return o
 end
 
--- the request without auth: send, then wait for the final response
-local function plain_request(self, opts)
-  local tx, err, code = C.send(self, opts)
+-- the request without auth: send, then wait for the final response; level: where an
+-- argument error points (as for error(); 3 when called by luasip.auth)
+local function plain_request(self, opts, level)
+  local tx, err, code = class.call("luasip.agent:request", level or 3, C.send, self, opts)
   if not tx then return nil, err, code end
   client_tx.set_on_provisional(tx, opts.on_provisional)
   if opts.on_sent then opts.on_sent(tx) end
@@ -183,7 +184,7 @@ function methods.request(self, opts)
   if o.auth ~= nil then
     return auth.send_with_auth(self, o, plain_request, o.method, fname)
   end
-  return plain_request(self, o)
+  return plain_request(self, o, 2)       -- a tail call: the caller is one level up
 end
 
 -- agent:invite{ uri=, from=, to=, headers=, body=, content_type=, timeout=, auth =,
@@ -197,7 +198,7 @@ function methods.invite(self, opts)
   if opts.auth ~= nil then
     return auth.send_with_auth(self, opts, call.invite, "INVITE", fname)
   end
-  return call.invite(self, opts)
+  return call.invite(self, opts, 2)      -- a tail call: the caller is one level up
 end
 
 -- these live with their features; the agent owns the names (assigned once, here)

@@ -96,8 +96,9 @@ function M.answer(req, opts)
   return d
 end
 
--- agent:invite{...} without auth (luasip.agent adds auth = on top)
-function M.invite(agent, opts)
+-- agent:invite{...} without auth (luasip.agent adds auth = on top); level: where an
+-- argument error points (as for error(); 3 when called by luasip.auth)
+function M.invite(agent, opts, level)
   local o = copy(opts)
   o.method, o.dialog = "INVITE", true
   o.auth = nil
@@ -112,7 +113,7 @@ function M.invite(agent, opts)
   end
   o.session_expires, o.min_se, o.st_retried, o.on_provisional, o.on_sent =
     nil, nil, nil, nil, nil
-  local tx, err, code = agent:send(o)
+  local tx, err, code = class.call("luasip.agent:invite", level or 3, agent.send, agent, o)
   if not tx then return nil, err, code end
   require("luasip.client_tx").set_on_provisional(tx, opts.on_provisional)
   if opts.on_sent then opts.on_sent(tx) end
@@ -125,7 +126,7 @@ function M.invite(agent, opts)
     if min_se and min_se > opts.session_expires then
       local again = copy(opts)
       again.session_expires, again.min_se, again.st_retried = min_se, min_se, true
-      return M.invite(agent, again)
+      return M.invite(agent, again, level)
     end
   end
   if not res then return nil, werr, wcode, wres end

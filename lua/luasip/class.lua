@@ -86,6 +86,35 @@ function M.run(tname, point, ...)
   end
 end
 
+-- call(fname, level, f, ...) -> what f returns: calls a C method for a public Lua method and
+-- re-raises its argument errors at the caller of that public method, named after it
+-- (a C error would name the Lua wrapper's line and an internal function name)
+local pack = table.pack or function(...) return { n = select("#", ...), ... } end
+local unpack = table.unpack or unpack
+
+local function restate(fname, err)
+  if type(err) ~= "string" then return err end
+  err = err:gsub("^[^\n]-:%d+: ", "", 1)
+  local n, what = err:match("^bad argument #(%d+) to '[^']*' %((.*)%)$")
+  if n then
+    -- methods count self as #1
+    err = fname .. ": bad argument #" .. (tonumber(n) - (fname:find(":") and 1 or 0))
+      .. " (" .. what .. ")"
+  elseif err:find("^luasip[%w%.:_]*: ") then
+    err = fname .. err:sub((err:find(": ", 1, true)))        -- the public name
+  elseif not err:find("^attempt to use a closed") then
+    err = fname .. ": " .. err
+  end
+  return err
+end
+
+-- level: as for error(), seen from the function that calls M.call
+function M.call(fname, level, f, ...)
+  local r = pack(pcall(f, ...))
+  if not r[1] then error(restate(fname, r[2]), level + 1) end
+  return unpack(r, 2, r.n)
+end
+
 -- check_options(opts, known, fname, level): raises on an option key not in known
 function M.check_options(opts, known, fname, level)
   for k in pairs(opts) do

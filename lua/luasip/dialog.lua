@@ -92,9 +92,9 @@ local function copy(t)
   return o
 end
 
-local function send_in_dialog(self, o)
+local function send_in_dialog(self, o, level)
   o.uri = nil
-  local tx, err, code = C.send(self, o)
+  local tx, err, code = class.call("luasip.dialog:request", level or 4, C.send, self, o)
   if not tx then return nil, err, code end
   -- the wait is woken with "terminated" if the dialog ends under it (M.ended)
   local txs = state(self).txs
@@ -121,7 +121,7 @@ function methods.request(self, method, opts)
     res, rerr, rcode, rres = require("luasip.auth").send_with_auth(self, o, send_in_dialog,
       method, fname, true)
   else
-    res, rerr, rcode, rres = send_in_dialog(self, o)
+    res, rerr, rcode, rres = send_in_dialog(self, o, 3)
   end
   if res and method == "INVITE" then require("luasip.call").settled(self, o.body, res.body) end
   return res, rerr, rcode, rres

@@ -73,7 +73,7 @@ function M.proxy(self, targets, opts)
     return self:forward(list[1].uri)
   end
   dispatcher.current("luasip.request:proxy")
-  local p, err, code = REQ._proxy(self, list, {
+  local p, err, code = class.call("luasip.request:proxy", 2, REQ._proxy, self, list, {
     record_route = opts.record_route, sequential = opts.forking == "sequential",
     timeout = opts.timeout, observe = opts.on_response ~= nil, add = add, remove = remove,
     follow_redirects = opts.follow_redirects })

@@ -11,6 +11,7 @@ local class = require "luasip.class"
 local dispatcher = require "luasip.dispatcher"
 
 local state = class.state
+local call = class.call
 local methods, _, C = class.get("luasip.request")
 
 local M = {}
@@ -31,12 +32,12 @@ function methods.reply(self, status, reason, opts)
   local reliable = type(o) == "table" and o.reliable
   local result, err, code
   if not reliable then
-    result, err, code = c_reply(self, status, reason, opts)
+    result, err, code = call("luasip.request:reply", 2, c_reply, self, status, reason, opts)
   else
     dispatcher.current("luasip.request:reply")
     local slot = dispatcher.new_slot("luasip.request:reply")
     st.prack_slot = slot
-    result, err, code = c_reply(self, status, reason, opts)
+    result, err, code = call("luasip.request:reply", 2, c_reply, self, status, reason, opts)
     if result then
       -- a session settled in a reliable 18x (and its PRACK) is the dialog's until
       -- changed: the offer/answer of RFC 3262 5
