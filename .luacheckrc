@@ -6,4 +6,4 @@ files["examples"] = { globals = { "arg" } }
 files["bench"] = { globals = { "arg" } }
 exclude_files = { "build/**" }
 -- the 5.1/5.2+ shims read globals that exist on one version only
-read_globals = { "unpack", "setfenv", "loadstring", "table.unpack", "math.type" }
+read_globals = { "unpack", "setfenv", "loadstring", "table.unpack", "table.pack", "math.type" }
