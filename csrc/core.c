@@ -289,8 +289,8 @@ static int obj__newindex(lua_State *L)
                     tname);
 }
 
-/* state(obj) -> the private state table of obj for the Lua layer (created on first
- * use); nil for a closed object */
+/* state(obj [, create]) -> the private state table of obj for the Lua layer, created on
+ * first use unless create is false (then nil until something made it) */
 static int core_state(lua_State *L)
 {
   luaL_checktype(L, 1, LUA_TUSERDATA);
@@ -301,7 +301,7 @@ static int core_state(lua_State *L)
   }
   lua_pushlightuserdata(L, (void *)&STATE_KEY);
   lua_rawget(L, -2);
-  if (lua_isnil(L, -1)) {
+  if (lua_isnil(L, -1) && !(lua_isboolean(L, 2) && !lua_toboolean(L, 2))) {
     lua_pop(L, 1);
     lua_newtable(L);
     lua_pushlightuserdata(L, (void *)&STATE_KEY);

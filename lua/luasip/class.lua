@@ -52,22 +52,20 @@ end
 -- Hooks: hook(tname, point, fn) adds fn to a point a class defines (README lists them);
 -- run(tname, point, ...) calls each, in the order added, protected: a failing hook is
 -- logged, never breaks the class.
-local hooks = {}
+local hooks = {}           -- hooks[tname][point] = { fn... }
 
 function M.hook(tname, point, fn)
   if type(fn) ~= "function" then error("luasip.class.hook: function expected", 2) end
-  local key = tname .. "/" .. point
-  local list = hooks[key]
-  if not list then
-    list = {}
-    hooks[key] = list
-  end
+  local per = hooks[tname] or {}
+  hooks[tname] = per
+  local list = per[point] or {}
+  per[point] = list
   list[#list + 1] = fn
   return fn
 end
 
 function M.unhook(tname, point, fn)
-  local list = hooks[tname .. "/" .. point]
+  local list = hooks[tname] and hooks[tname][point]
   for i = #(list or {}), 1, -1 do
     if list[i] == fn then table.remove(list, i) end
   end
@@ -75,7 +73,8 @@ end
 
 local log
 function M.run(tname, point, ...)
-  local list = hooks[tname .. "/" .. point]
+  local per = hooks[tname]
+  local list = per and per[point]
   if not list then return end
   for i = 1, #list do
     local ok, err = pcall(list[i], ...)
@@ -89,9 +88,6 @@ end
 -- call(fname, level, f, ...) -> what f returns: calls a C method for a public Lua method and
 -- re-raises its argument errors at the caller of that public method, named after it
 -- (a C error would name the Lua wrapper's line and an internal function name)
-local pack = table.pack or function(...) return { n = select("#", ...), ... } end
-local unpack = table.unpack or unpack
-
 local function restate(fname, err)
   if type(err) ~= "string" then return err end
   err = err:gsub("^[^\n]-:%d+: ", "", 1)
@@ -108,11 +104,12 @@ local function restate(fname, err)
   return err
 end
 
--- level: as for error(), seen from the function that calls M.call
+-- level: as for error(), seen from the function that calls M.call.  (C methods return
+-- at most four values: no table per call on this path of every request.)
 function M.call(fname, level, f, ...)
-  local r = pack(pcall(f, ...))
-  if not r[1] then error(restate(fname, r[2]), level + 1) end
-  return unpack(r, 2, r.n)
+  local ok, a, b, c, d = pcall(f, ...)
+  if not ok then error(restate(fname, a), level + 1) end
+  return a, b, c, d
 end
 
 -- check_options(opts, known, fname, level): raises on an option key not in known

@@ -12,7 +12,7 @@ local M = {}
 
 -- set_on_provisional(tx, fn): fn(res, tx) for each 1xx (agent:request, agent:invite)
 function M.set_on_provisional(tx, fn)
-  state(tx).on_provisional = fn
+  if fn then state(tx).on_provisional = fn end
 end
 
 -- abort(tx, ...): wakes a coroutine waiting on tx with these values (luasip.dialog)

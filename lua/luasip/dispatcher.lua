@@ -85,9 +85,9 @@ local function answer_default(req, status, reason)
 end
 
 local function needs_answer(req)
+  if req:answered() or req.method == "ACK" or req:cancelled() then return false end
   local agent = req.agent
-  return agent and not agent:closed() and req.method ~= "ACK" and not req:answered()
-    and not req:cancelled()
+  return agent ~= nil and not agent:closed()
 end
 
 -- Called when a coroutine has ended (ok) or raised (not ok).
@@ -95,6 +95,7 @@ local function finished(co, ok, err)
   local c = ctx[co]
   local req = c and c.req
   ctx[co] = nil
+  if req then reqco[req] = nil end
   if c and c.deadline then c.deadline:cancel() end
   if not ok then
     M.log("error", "handler failed: " .. err_text(err) .. "\n" .. traceback(co))
@@ -110,9 +111,33 @@ local function finished(co, ok, err)
   end
 end
 
+-- Request handlers run on pooled coroutines: a worker runs one handler after another,
+-- yielding DONE between them (a coroutine per request cost an allocation of a Lua
+-- thread each time).  A handler that raises kills its worker; it is not reused.
+local DONE = {}
+local pool, pooled, POOL_MAX = {}, 0, 64
+
+local function worker(fn, a, b)
+  while true do
+    fn(a, b)
+    fn, a, b = nil, nil, nil  -- luacheck: ignore 311 (nothing of the last request kept alive)
+    fn, a, b = co_yield(DONE)
+  end
+end
+
 local function step(co, ...)
-  local ok, err = co_resume(co, ...)
-  if not ok or co_status(co) == "dead" then finished(co, ok, err) end
+  local ok, r = co_resume(co, ...)
+  if not ok then
+    finished(co, false, r)
+  elseif r == DONE then
+    finished(co, true)
+    if pooled < POOL_MAX then
+      pooled = pooled + 1
+      pool[pooled] = co
+    end
+  elseif co_status(co) == "dead" then
+    finished(co, true)
+  end
 end
 
 -- on_error: what happens when a coroutine of sip.spawn raises (sip.run{ on_error = })
@@ -148,11 +173,11 @@ local function arm_deadline(co, c, req)
   if not s then return end
   -- weak: an abandoned handler and its request stay collectable (the core then
   -- answers 500 when the request is collected)
-  local ref = setmetatable({ co = co, req = req }, { __mode = "v" })
+  -- (no c.co: on 5.1/LuaJIT a value pointing back at its weak key is never collected)
+  local ref = setmetatable({ c = c, req = req, co = co }, { __mode = "v" })
   c.deadline = timer_in(s, function()
-    local cc = ref.co and ctx[ref.co]
-    local r = ref.req
-    if not cc or not r then return end
+    local cc, r, hco = ref.c, ref.req, ref.co
+    if not cc or not r or not hco or ctx[hco] ~= cc then return end
     cc.deadline = nil
     if not needs_answer(r) then return end
     M.log("warn", r.method .. " handler still unanswered after " .. s .. " s: 500")
@@ -162,12 +187,20 @@ local function arm_deadline(co, c, req)
   end)
 end
 
-local function spawn_for(req, fn, ...)
-  local co = co_create(fn)
+-- spawn_for(req, fn, a [, b]): runs fn(a, b) for request req on a pooled coroutine
+local function spawn_for(req, fn, a, b)
+  local co
+  if pooled > 0 then
+    co = pool[pooled]
+    pool[pooled] = nil
+    pooled = pooled - 1
+  else
+    co = co_create(worker)
+  end
   local c = { req = req }
   ctx[co] = c
   reqco[req] = co
-  step(co, ...)
+  step(co, fn, a, b)
   if ctx[co] == c and req.method ~= "ACK" and not req:answered() then
     arm_deadline(co, c, req)
   end
@@ -206,7 +239,7 @@ function M.fill(slot, ...)
   slot.n = select("#", ...)
   slot.values = { ... }
   if slot.timer then slot.timer:cancel() end
-  if slot.parked and co_status(slot.co) == "suspended" then
+  if slot.parked and ctx[slot.co] and co_status(slot.co) == "suspended" then
     slot.parked = false
     step(slot.co, ...)
   end
@@ -298,15 +331,16 @@ local function on_request(req)
     return
   end
   -- UAS checks of RFC 3261 8.2.2: scheme, then extensions
-  local scheme = req.ruri.scheme
-  if scheme ~= "sip" and scheme ~= "sips" then
+  local uri = req.uri
+  local c4 = uri:sub(1, 4):lower()
+  if c4 ~= "sip:" and (c4 ~= "sips" or uri:sub(5, 5) ~= ":") then
     return req:reply(416, "Unsupported URI Scheme", { stateless = true })
   end
   -- RFC 3261 12.2.2: a request with a To tag that matches no dialog of ours
   if req.to_tag and ast.in_dialog == "481" then
     return req:reply(481, "Call/Transaction Does Not Exist", { stateless = true })
   end
-  if method ~= "CANCEL" then
+  if method ~= "CANCEL" and req:header("Require") then
     local unsupported, supported = {}, ast.supported
     for _, tag in ipairs(tags_of(req:headers("Require"))) do
       if not supported[tag] then unsupported[#unsupported + 1] = tag end

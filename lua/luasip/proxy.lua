@@ -15,7 +15,7 @@ local M = {}
 -- targets: a URI, a list of URIs, or a list of { uri =, path = {...} | route = "..." }
 -- (what location:lookup returns)
 local function normalize(targets)
-  if type(targets) == "string" then targets = { targets } end
+  if type(targets) == "string" then return { { uri = targets } } end
   if type(targets) ~= "table" or #targets == 0 then
     error("luasip.request:proxy: targets must be a URI or a non-empty list", 3)
   end
@@ -40,6 +40,7 @@ end
 --   follow_redirects = true (3xx Contacts become new branches), stateless = true
 --   (forward the first target without a transaction: req:forward) }])
 --   -> response (the 2xx forwarded) | nil, err, code [, response]
+local NO_OPTIONS = {}
 local PROXY_OPTIONS = { record_route = true, forking = true, timeout = true,
   on_response = true, headers = true, follow_redirects = true, stateless = true }
 
@@ -47,8 +48,8 @@ function M.proxy(self, targets, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("luasip.request:proxy: options must be a table", 2)
   end
-  opts = opts or {}
-  class.check_options(opts, PROXY_OPTIONS, "luasip.request:proxy")
+  if opts then class.check_options(opts, PROXY_OPTIONS, "luasip.request:proxy") end
+  opts = opts or NO_OPTIONS
   local list = normalize(targets)
   if opts.forking ~= nil and opts.forking ~= "parallel" and opts.forking ~= "sequential" then
     error('luasip.request:proxy: forking must be "parallel" or "sequential"', 2)
@@ -59,9 +60,12 @@ function M.proxy(self, targets, opts)
   if opts.headers ~= nil and type(opts.headers) ~= "table" then
     error("luasip.request:proxy: headers must be a table", 2)
   end
-  local add, remove = {}, {}
-  for name, v in pairs(opts.headers or {}) do
-    if v == false then remove[#remove + 1] = name else add[name] = v end
+  local add, remove = NO_OPTIONS, NO_OPTIONS     -- (read only by the core)
+  if opts.headers then
+    add, remove = {}, {}
+    for name, v in pairs(opts.headers) do
+      if v == false then remove[#remove + 1] = name else add[name] = v end
+    end
   end
   -- RFC 3261 16.3 step 3
   if self.max_forwards == 0 then

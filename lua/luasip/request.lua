@@ -28,12 +28,21 @@ end
 -- -> prack | nil, "timeout" | nil, "cancelled"
 function methods.reply(self, status, reason, opts)
   local o = options_of(reason, opts)
-  local st = state(self)
   local reliable = type(o) == "table" and o.reliable
   local result, err, code
+  local st = state(self, false)
   if not reliable then
     result, err, code = call("luasip.request:reply", 2, c_reply, self, status, reason, opts)
+    if not st then
+      -- the common case: a request the Lua layer keeps nothing about
+      if result ~= nil then
+        if type(status) == "number" and status >= 200 then dispatcher.answered(self) end
+        class.run("luasip.request", "replied", self, status, result)
+      end
+      return result, err, code
+    end
   else
+    st = st or state(self)
     dispatcher.current("luasip.request:reply")
     local slot = dispatcher.new_slot("luasip.request:reply")
     st.prack_slot = slot
@@ -105,7 +114,8 @@ end
 
 -- in_dialog(req) -> the dialog an in-dialog request arrived in, or nil
 function M.in_dialog(req)
-  return state(req).in_dialog
+  local st = state(req, false)
+  return st and st.in_dialog
 end
 
 -- early_dialog(req [, create]) -> the early dialog of an INVITE (created on demand)
