@@ -508,60 +508,96 @@ static const luaL_Reg core_funcs[] = {
   {NULL, NULL}
 };
 
-static void state_open(lua_State *L)
+/* The module state is one per process (sofia's su_root is driven by one loop) and
+ * belongs to the lua_State that opened it, recognised by the sentinel userdata it keeps
+ * in its registry.  Another lua_State may open the module only after that one is closed. */
+static const char STATE_KEY = 's';  /* registry: the sentinel userdata */
+static void *state_owner;           /* that sentinel: identifies the owning lua_State */
+
+static void state_free(void)
 {
-  if (luasip_S)
-    return;
+  if (luasip_S->root)
+    su_root_destroy(luasip_S->root);
+  su_home_deinit(luasip_S->home);
+  free(luasip_S);
+  luasip_S = NULL;
+  state_owner = NULL;
+  su_deinit();
+}
+
+/* Finalizer of the sentinel (lua_close): created before any luasip object, so it runs
+ * after all of theirs.  Destroys what they queued, then the loop.  The one place where a
+ * __gc calls sofia: at lua_close no sofia frame can be active. */
+static int state__gc(lua_State *L)
+{
+  if (!luasip_S || lua_touserdata(L, 1) != state_owner)
+    return 0;
+  luasip_S->closing = 1;
+  luasip_drain();
+  state_free();
+  return 0;
+}
+
+/* 1 when L's registry holds the sentinel of the open module state */
+static int state_owned_by(lua_State *L)
+{
+  void *p;
+  lua_pushlightuserdata(L, (void *)&STATE_KEY);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  p = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return p && p == state_owner;
+}
+
+/* Opens the loop and pushes nothing; returns the sentinel (owner once all is set up) */
+static void *state_open(lua_State *L)
+{
+  void *sentinel;
   if (su_init() != 0)
-    luaL_error(L, "luasip: su_init failed");
+    luaL_error(L, "luasip.core: su_init failed");
   luasip_S = calloc(1, sizeof *luasip_S);
-  if (!luasip_S)
-    luaL_error(L, "luasip: out of memory");
+  if (!luasip_S) {
+    su_deinit();
+    luaL_error(L, "luasip.core: out of memory");
+  }
   su_home_init(luasip_S->home);
   luasip_S->root = su_root_create(NULL);
-  if (!luasip_S->root)
-    luaL_error(L, "luasip: cannot create su_root");
+  if (!luasip_S->root) {
+    state_free();
+    luaL_error(L, "luasip.core: cannot create su_root");
+  }
   su_root_threading(luasip_S->root, 0);
   /* sofia's own debug output stays quiet unless NTA_DEBUG / TPORT_DEBUG ask for it;
    * luasip reports failures through return values and its logger */
   su_log_soft_set_level(nta_log, 0);
   su_log_soft_set_level(tport_log, 0);
-}
-
-/* Finalizer of the Lua state (lua_close): created before any luasip object, so it runs
- * after all of theirs.  Destroys what they queued, then the loop.  The one place where a
- * __gc calls sofia: at lua_close no sofia frame can be active. */
-static int state__gc(lua_State *L)
-{
-  (void)L;
-  if (!luasip_S)
-    return 0;
-  luasip_S->closing = 1;
-  luasip_drain();
-  su_root_destroy(luasip_S->root);
-  su_home_deinit(luasip_S->home);
-  free(luasip_S);
-  luasip_S = NULL;
-  su_deinit();
-  return 0;
+  /* the sentinel: its __gc at lua_close ends the module state */
+  sentinel = lua_newuserdata(L, 1);
+  lua_newtable(L);
+  lua_pushcfunction(L, state__gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_pushlightuserdata(L, (void *)&STATE_KEY);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  lua_pop(L, 1);
+  return sentinel;
 }
 
 __attribute__((visibility("default"))) int luaopen_luasip_core(lua_State *L);
 
-/* Idempotent: busted and package.loaded resets may require the module again; the loop,
- * the bridge thread and the object table are created once per process. */
+/* Idempotent in one lua_State: busted and package.loaded resets may require the module
+ * again; the loop, the bridge thread and the object table are created once per state.
+ * A second lua_State is refused while the first is open (the state is per process). */
 int luaopen_luasip_core(lua_State *L)
 {
-  state_open(L);
-  lua_pushlightuserdata(L, (void *)&OBJECTS_KEY);
-  lua_rawget(L, LUA_REGISTRYINDEX);
-  if (lua_isnil(L, -1)) {
-    lua_newuserdata(L, 1);          /* the state sentinel, anchored in the registry */
-    lua_newtable(L);
-    lua_pushcfunction(L, state__gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, "luasip.state");
+  if (luasip_S && state_owner && !state_owned_by(L))
+    return luaL_error(L, "luasip.core: already loaded by another Lua state in this "
+                      "process; luasip supports one Lua state per process");
+  if (luasip_S && !state_owner)
+    state_free();                   /* a previous open failed half-way */
+  if (!luasip_S) {
+    void *sentinel = state_open(L);
     lua_pushlightuserdata(L, (void *)&OBJECTS_KEY);
     lua_newtable(L);
     lua_newtable(L);
@@ -578,8 +614,10 @@ int luaopen_luasip_core(lua_State *L)
     luasip_dialog_open(L);
     luasip_proxy_open(L);
     luasip_stream_open(L);
+    /* only now: a memory error above leaves the state unowned, and the next require
+     * (in any lua_State) starts afresh */
+    state_owner = sentinel;
   }
-  lua_pop(L, 1);
   luasip_newlib(L, core_funcs);
   lua_pushstring(L, nta_agent_version(NULL) ? nta_agent_version(NULL) : "unknown");
   lua_setfield(L, -2, "sofia_version");
