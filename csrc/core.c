@@ -68,19 +68,35 @@ void luasip_wrapobj(lua_State *L, lsip_obj_t *obj)
   obj->born = 1;
 }
 
-/* live C objects per class, for core.stats() (leak checks in specs and benchmarks) */
-static struct { const char *tname; long live; } counts[8];
+/* Live C objects per class, for core.stats() (leak checks in specs and benchmarks): a
+ * growable array, one slot per class name, looked up by pointer first (class names are
+ * string constants) and by content second.  It lives for the process: counts stay exact
+ * across lua_States.  When it cannot grow, counts go to `lost` (reported as "?"). */
+typedef struct { const char *tname; long live; } class_count_t;
+static class_count_t *counts;
+static size_t ncounts, counts_cap;
+static long lost;
 
 static long *count_of(const char *tname)
 {
   size_t i;
-  for (i = 0; i < sizeof counts / sizeof counts[0]; i++) {
-    if (counts[i].tname == tname || !counts[i].tname) {
-      counts[i].tname = tname;
+  for (i = 0; i < ncounts; i++)
+    if (counts[i].tname == tname)
       return &counts[i].live;
-    }
+  for (i = 0; i < ncounts; i++)
+    if (!strcmp(counts[i].tname, tname))
+      return &counts[i].live;
+  if (ncounts == counts_cap) {
+    size_t cap = counts_cap ? 2 * counts_cap : 16;
+    class_count_t *n = realloc(counts, cap * sizeof *n);
+    if (!n)
+      return &lost;
+    counts = n;
+    counts_cap = cap;
   }
-  return &counts[0].live;
+  counts[ncounts].tname = tname;
+  counts[ncounts].live = 0;
+  return &counts[ncounts++].live;
 }
 
 void luasip_freeobj(lsip_obj_t *obj)
@@ -120,14 +136,19 @@ static int core_random_hex(lua_State *L)
   return 1;
 }
 
-/* stats() -> { ["luasip.request"] = live count, ... } */
+/* stats() -> { ["luasip.request"] = live count, ... }: every class that ever had an
+ * object in this process */
 static int core_stats(lua_State *L)
 {
   size_t i;
-  lua_newtable(L);
-  for (i = 0; i < sizeof counts / sizeof counts[0] && counts[i].tname; i++) {
+  lua_createtable(L, 0, (int)ncounts);
+  for (i = 0; i < ncounts; i++) {
     lua_pushinteger(L, counts[i].live);
     lua_setfield(L, -2, counts[i].tname);
+  }
+  if (lost) {
+    lua_pushinteger(L, lost);
+    lua_setfield(L, -2, "?");
   }
   return 1;
 }
