@@ -22,16 +22,160 @@ lsip_state_t *luasip_S = NULL;
 static int log_level = 2; /* 0 none, 1 errors, 2 warnings, 3 info, 4 debug */
 static const char OBJECTS_KEY = 'o'; /* registry: weak table lightuserdata -> userdata */
 
+/* ---------------------------------------------------------------- log */
+
+/* C log lines go to the Lua logger (sip.set_logger) through the function the Lua layer
+ * registers with core.set_log_handler.  luasip_log may run inside a sofia frame, where
+ * Lua must not be entered unprotected: it only queues the formatted line; the queue is
+ * delivered at safe points (luasip_log_flush: after each loop step) by protected calls.
+ * Without a handler (or when it raises) lines go to stderr. */
+static const char LOG_HANDLER_KEY = 'l';  /* registry: the Lua log handler */
+static const char *const LOG_LEVEL_NAMES[] = { "error", "error", "warn", "info", "debug" };
+#define LOG_QUEUE_MAX 1000
+
+typedef struct log_line {
+  struct log_line *next;
+  int level;
+  char text[1];
+} log_line_t;
+
+static log_line_t *log_head, **log_tail = &log_head;
+static size_t log_queued;
+static unsigned long log_dropped;
+static int log_handler_set;         /* a Lua handler is registered in the open state */
+
+static void log_stderr(const char *text)
+{
+  fputs("luasip: ", stderr);
+  fputs(text, stderr);
+  fputc('\n', stderr);
+}
+
 void luasip_log(int level, const char *fmt, ...)
 {
   va_list ap;
+  char buf[1024];
+  log_line_t *line;
+  size_t n;
   if (level > log_level)
     return;
   va_start(ap, fmt);
-  fputs("luasip: ", stderr);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
+  vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
+  if (!log_handler_set || !luasip_S || luasip_S->closing) {
+    log_stderr(buf);
+    return;
+  }
+  if (log_queued >= LOG_QUEUE_MAX) {
+    log_dropped++;
+    return;
+  }
+  n = strlen(buf);
+  line = malloc(sizeof *line + n);
+  if (!line) {
+    log_stderr(buf);
+    return;
+  }
+  line->next = NULL;
+  line->level = level < 1 ? 1 : level > 4 ? 4 : level;
+  memcpy(line->text, buf, n + 1);
+  *log_tail = line;
+  log_tail = &line->next;
+  log_queued++;
+}
+
+static log_line_t *log_pop(void)
+{
+  log_line_t *line = log_head;
+  if (line) {
+    log_head = line->next;
+    if (!log_head)
+      log_tail = &log_head;
+    log_queued--;
+  }
+  return line;
+}
+
+/* queued lines to stderr (no Lua to deliver them to) */
+static void log_spill(void)
+{
+  log_line_t *line;
+  while ((line = log_pop())) {
+    log_stderr(line->text);
+    free(line);
+  }
+  if (log_dropped) {
+    fprintf(stderr, "luasip: %lu log lines dropped (queue full)\n", log_dropped);
+    log_dropped = 0;
+  }
+}
+
+/* Runs protected (luasip_cpcall): hands each queued line to the handler, each call
+ * protected again so one failure costs only its line.  Lines logged meanwhile wait for
+ * the next flush (the handler cannot make this loop endless). */
+static int log_deliver(lua_State *L)
+{
+  size_t n = log_queued;
+  lua_settop(L, 0);
+  lua_pushlightuserdata(L, (void *)&LOG_HANDLER_KEY);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (log_dropped) {
+    char buf[64];
+    snprintf(buf, sizeof buf, "%lu log lines dropped (queue full)", log_dropped);
+    log_dropped = 0;
+    lua_pushvalue(L, 1);
+    lua_pushstring(L, "warn");
+    lua_pushstring(L, buf);
+    if (lua_pcall(L, 2, 0, 0) != 0)
+      lua_pop(L, 1);
+  }
+  while (n-- > 0 && log_head) {
+    log_line_t *line;
+    lua_pushvalue(L, 1);
+    lua_pushstring(L, LOG_LEVEL_NAMES[log_head->level]);
+    lua_pushstring(L, log_head->text);
+    line = log_pop();               /* only now: the pushes above may raise */
+    if (lua_pcall(L, 2, 0, 0) != 0) {
+      fprintf(stderr, "luasip: log handler failed: %s\n",
+              lua_isstring(L, -1) ? lua_tostring(L, -1) : "(error object)");
+      log_stderr(line->text);
+      lua_pop(L, 1);
+    }
+    free(line);
+  }
+  return 0;
+}
+
+/* Delivers the queued C log lines to the Lua handler.  Call only where Lua may be
+ * entered (outside sofia frames, or inside the bridge's protection); never raises. */
+void luasip_log_flush(lua_State *L)
+{
+  if (!log_head && !log_dropped)
+    return;
+  if (!log_handler_set || !luasip_S || luasip_S->closing || !lua_checkstack(L, 5)) {
+    log_spill();
+    return;
+  }
+  if (luasip_cpcall(L, log_deliver, NULL) != 0) {
+    lua_pop(L, 1);
+    log_spill();
+  }
+}
+
+/* set_log_handler(fn(level, message) | nil): where C log lines go (nil: stderr).
+ * Levels are "error", "warn", "info", "debug"; core.log_level filters before. */
+static int core_set_log_handler(lua_State *L)
+{
+  if (!lua_isnoneornil(L, 1))
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_pushlightuserdata(L, (void *)&LOG_HANDLER_KEY);
+  lua_pushvalue(L, 1);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  if (lua_isnil(L, 1))
+    log_spill();
+  log_handler_set = !lua_isnil(L, 1);
+  return 0;
 }
 
 int luasip_in_callback(void)
@@ -370,6 +514,7 @@ static int core_step(lua_State *L)
   luasip_drain();
   next = su_root_step(luasip_S->root, ms < 0 ? 0 : (su_duration_t)ms);
   luasip_drain();
+  luasip_log_flush(L);
   lua_pushinteger(L, next == SU_WAIT_FOREVER ? -1 : (lua_Integer)next);
   return 1;
 }
@@ -390,6 +535,8 @@ static int core_run(lua_State *L)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     next = su_root_step(luasip_S->root, 1000);
     clock_gettime(CLOCK_MONOTONIC, &t1);
+    luasip_drain();
+    luasip_log_flush(L);
     /* su_root rounds timer waits down to whole milliseconds: a timer due in under 1 ms
      * makes it poll with a zero timeout until the timer is due, spinning a core
      * (seen as ~13,000 empty epoll_wait calls per second with nta's transaction timers).
@@ -402,6 +549,7 @@ static int core_run(lua_State *L)
     }
   }
   luasip_drain();
+  luasip_log_flush(L);
   luasip_S->running = 0;
   luasip_S->stopping = 0;
   lua_pushboolean(L, 1);
@@ -519,6 +667,7 @@ static const luaL_Reg core_funcs[] = {
   {"time", core_time},
   {"timer", core_timer},
   {"log_level", core_log_level},
+  {"set_log_handler", core_set_log_handler},
   {"set_dispatcher", luasip_set_dispatcher},
   {"agent", luasip_agent_new},
   {"methods", core_methods},
@@ -555,6 +704,8 @@ static int state__gc(lua_State *L)
     return 0;
   luasip_S->closing = 1;
   luasip_drain();
+  log_spill();                      /* Lua is going away: what is left goes to stderr */
+  log_handler_set = 0;
   state_free();
   return 0;
 }

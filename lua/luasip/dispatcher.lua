@@ -35,9 +35,13 @@ function M.set_logger(fn, level)
   logger = fn or function() end
   if level then
     log_level = LEVELS[level] or error("luasip.set_logger: unknown level " .. tostring(level), 2)
+    core.log_level(log_level)       -- the C core filters its lines the same way
   end
   return old
 end
+
+-- the C core's log lines (queued in C, delivered after each loop step) take the same way
+core.set_log_handler(M.log)
 
 -- ------------------------------------------------------------------ coroutines
 
