@@ -3,11 +3,15 @@
  * box shared by every userdata type, deferred destruction and logging.
  * Uses su_root (single-threaded) and su_timer.  The module state lives for the process.
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <sofia-sip/su_log.h>
 #include <sofia-sip/su_md5.h>
@@ -519,15 +523,90 @@ static int core_step(lua_State *L)
   return 1;
 }
 
-/* run() -> true: steps until stop() */
+/* SIGINT and SIGTERM stop run() on the first signal: while run() turns the loop, their
+ * handler records the signal and writes a byte to a pipe the su_root watches, so the
+ * wait returns at once (no window between checking the flag and waiting). */
+static volatile sig_atomic_t run_signal;
+static int run_pipe[2] = { -1, -1 };
+
+static void run_on_signal(int sig)
+{
+  int e = errno;
+  run_signal = sig;
+  if (run_pipe[1] >= 0 && write(run_pipe[1], "", 1) < 0)
+    (void)0;                        /* full pipe: a wakeup is pending anyway */
+  errno = e;
+}
+
+static int run_wakeup(su_root_magic_t *m, su_wait_t *w, su_wakeup_arg_t *arg)
+{
+  char buf[64];
+  (void)m; (void)w; (void)arg;
+  while (read(run_pipe[0], buf, sizeof buf) > 0)
+    ;
+  return 0;
+}
+
+typedef struct run_signals {
+  struct sigaction old_int, old_term;
+  su_wait_t wait[1];
+  int reg;
+} run_signals_t;
+
+static void run_signals_on(run_signals_t *rs)
+{
+  struct sigaction sa;
+  rs->reg = -1;
+  run_signal = 0;
+  if (pipe(run_pipe) == 0) {
+    int i;
+    for (i = 0; i < 2; i++) {
+      fcntl(run_pipe[i], F_SETFL, fcntl(run_pipe[i], F_GETFL) | O_NONBLOCK);
+      fcntl(run_pipe[i], F_SETFD, FD_CLOEXEC);
+    }
+    if (su_wait_create(rs->wait, run_pipe[0], SU_WAIT_IN) == 0)
+      rs->reg = su_root_register(luasip_S->root, rs->wait, run_wakeup, NULL, 0);
+  }
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = run_on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;                  /* no SA_RESTART: a blocked wait returns EINTR */
+  /* a signal the process was started ignoring (a background job's SIGINT) stays
+   * ignored, as shells and most daemons expect */
+  sigaction(SIGINT, NULL, &rs->old_int);
+  sigaction(SIGTERM, NULL, &rs->old_term);
+  if (rs->old_int.sa_handler != SIG_IGN)
+    sigaction(SIGINT, &sa, NULL);
+  if (rs->old_term.sa_handler != SIG_IGN)
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+static void run_signals_off(run_signals_t *rs)
+{
+  sigaction(SIGINT, &rs->old_int, NULL);
+  sigaction(SIGTERM, &rs->old_term, NULL);
+  if (rs->reg >= 0)
+    su_root_deregister(luasip_S->root, rs->reg);
+  if (run_pipe[0] >= 0) {
+    close(run_pipe[0]);
+    close(run_pipe[1]);
+    run_pipe[0] = run_pipe[1] = -1;
+  }
+}
+
+/* run() -> true (after stop()) | true, "SIGINT" | true, "SIGTERM": steps until stop()
+ * or the first SIGINT/SIGTERM; the previous signal handlers are back when it returns */
 static int core_run(lua_State *L)
 {
+  run_signals_t rs;
+  int sig;
   check_not_in_callback(L, "luasip.run");
   if (luasip_S->running)
     return luaL_error(L, "luasip.run: already running");
   luasip_S->running = 1;
   luasip_S->stopping = 0;
-  while (!luasip_S->stopping) {
+  run_signals_on(&rs);
+  while (!luasip_S->stopping && !run_signal) {
     struct timespec t0, t1;
     su_duration_t next;
     unsigned long entries = luasip_S->entries;
@@ -542,18 +621,24 @@ static int core_run(lua_State *L)
      * (seen as ~13,000 empty epoll_wait calls per second with nta's transaction timers).
      * When a step did nothing (no Lua event, under 20 us) and a timer is that close,
      * sleep that fraction instead; a step that handled a message never sleeps. */
-    if (next == 0 && entries == luasip_S->entries &&
+    if (next == 0 && entries == luasip_S->entries && !run_signal &&
         (t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec) < 20000) {
       struct timespec nap = { 0, 200000 };
       nanosleep(&nap, NULL);
     }
   }
+  sig = run_signal;
+  run_signal = 0;
+  run_signals_off(&rs);
   luasip_drain();
   luasip_log_flush(L);
   luasip_S->running = 0;
   luasip_S->stopping = 0;
   lua_pushboolean(L, 1);
-  return 1;
+  if (!sig)
+    return 1;
+  lua_pushstring(L, sig == SIGINT ? "SIGINT" : "SIGTERM");
+  return 2;
 }
 
 static int core_stop(lua_State *L)
