@@ -769,6 +769,18 @@ static const luaL_Reg core_funcs[] = {
 static const char STATE_KEY = 's';  /* registry: the sentinel userdata */
 static void *state_owner;           /* that sentinel: identifies the owning lua_State */
 
+/* at the close of the state: the counters go too when nothing is left to count */
+static void counts_free(void)
+{
+  size_t i;
+  for (i = 0; i < ncounts; i++)
+    if (counts[i].live)
+      return;
+  free(counts);
+  counts = NULL;
+  ncounts = counts_cap = 0;
+}
+
 static void state_free(void)
 {
   if (luasip_S->root)
@@ -778,6 +790,7 @@ static void state_free(void)
   luasip_S = NULL;
   state_owner = NULL;
   su_deinit();
+  counts_free();
 }
 
 /* Finalizer of the sentinel (lua_close): created before any luasip object, so it runs
