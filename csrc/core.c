@@ -3,6 +3,7 @@
  * box shared by every userdata type, deferred destruction and logging.
  * Uses su_root (single-threaded) and su_timer.  The module state lives for the process.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -854,6 +855,45 @@ static void *state_open(lua_State *L)
   return sentinel;
 }
 
+/* The Lua that loaded us, told by the API symbols only it exports ("Lua 5.4"), and the
+ * --lua-version luarocks wants for it. */
+static const char *host_lua(const char **rocks)
+{
+  static const struct { const char *sym, *name, *rocks; } probes[] = {
+    { "luaJIT_setmode", "LuaJIT", "5.1" },
+    { "lua_newuserdatauv", "Lua 5.4", "5.4" },
+    { "lua_rotate", "Lua 5.3", "5.3" },
+    { "lua_version", "Lua 5.2", "5.2" },
+    { "lua_objlen", "Lua 5.1", "5.1" },
+  };
+  void *self = dlopen(NULL, RTLD_LAZY);
+  size_t i;
+  *rocks = "<your Lua version>";
+  if (!self)
+    return "another Lua";
+  for (i = 0; i < sizeof probes / sizeof probes[0]; i++) {
+    if (dlsym(self, probes[i].sym)) {
+      *rocks = probes[i].rocks;
+      dlclose(self);
+      return probes[i].name;
+    }
+  }
+  dlclose(self);
+  return "another Lua";
+}
+
+/* Refuses a host Lua this build cannot work with, before touching any of its API but
+ * luaL_error (the same in every version). */
+static void check_lua_version(lua_State *L)
+{
+  if (LUASIP_API_MISSING()) {
+    const char *rocks, *host = host_lua(&rocks);
+    luaL_error(L, "luasip.core was built for " LUASIP_BUILT_FOR " but loaded by %s: "
+               "rebuild with luarocks --lua-version=%s make", host, rocks);
+  }
+  LUASIP_CHECKVERSION(L);
+}
+
 __attribute__((visibility("default"))) int luaopen_luasip_core(lua_State *L);
 
 /* Idempotent in one lua_State: busted and package.loaded resets may require the module
@@ -861,6 +901,7 @@ __attribute__((visibility("default"))) int luaopen_luasip_core(lua_State *L);
  * A second lua_State is refused while the first is open (the state is per process). */
 int luaopen_luasip_core(lua_State *L)
 {
+  check_lua_version(L);
   if (luasip_S && state_owner && !state_owned_by(L))
     return luaL_error(L, "luasip.core: already loaded by another Lua state in this "
                       "process; luasip supports one Lua state per process");
