@@ -279,9 +279,11 @@ static void track_dialog(lsip_client_t *c, sip_t const *sip, int status)
   if (c->dialog && !luasip_dialog_matches(c->dialog, sip->sip_to->a_tag)) {
     if (status < 200 && !reliable)
       return;                         /* keep the first early dialog */
-    luasip_dialog_drop(c->dialog);
+    luasip_dialog_drop(c->dialog);    /* may call Lua ("dialog_closed") */
     c->dialog = NULL;
     c->rseq = 0;
+    if (c->state == CLIENT_CLOSED || !c->agent)
+      return;                         /* Lua closed the transaction or the agent */
   }
   if (!c->dialog) {
     c->dialog = luasip_dialog_uac(c->agent, sip, status < 200);
@@ -307,6 +309,15 @@ static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
   if (c->want_dialog && c->dialog && sip && status >= 300) {
     luasip_dialog_drop(c->dialog);  /* the early dialog ends with the INVITE */
     c->dialog = NULL;
+  }
+  /* dropping a dialog Lua knows calls Lua: it may have closed this transaction (and
+   * destroyed orq) or the agent (rule 8: re-read).  A 2xx is still ACKed. */
+  if (c->state == CLIENT_CLOSED) {
+    if (c->is_invite && status >= 200 && status < 300 && sip && c->agent) {
+      send_2xx_ack(c->agent, sip, NULL);
+      acks_remember(c->agent, sip);
+    }
+    return 0;
   }
   if (c->is_invite && status >= 200 && status < 300 && sip && c->agent) {
     msg_t *req = nta_outgoing_getrequest(orq);
@@ -343,7 +354,8 @@ static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
       sip->sip_to->a_tag && c->agent) {
     if (!c->dialog)                   /* sent without dialog = true: PRACK all the same */
       track_dialog(c, sip, status);
-    send_prack(c, sip);               /* after Lua, which may give it a body */
+    if (c->state != CLIENT_CLOSED && c->agent)
+      send_prack(c, sip);             /* after Lua, which may give it a body */
   }
   return 0;
 }
