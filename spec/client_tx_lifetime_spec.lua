@@ -97,7 +97,7 @@ describe("luasip.client_tx lifetime", function()
     local closed, provisional = {}, 0
     local res, err = H.run(function()
       return uac:request{ method = "INVITE", uri = uas:contact(), timeout = 0.5,
-        on_provisional = function(r, tx)
+        on_provisional = function(_, tx)
           provisional = provisional + 1
           closed[#closed + 1] = tx:close()
           closed[#closed + 1] = tx:close()       -- idempotent
@@ -155,7 +155,7 @@ describe("luasip.client_tx lifetime", function()
     assert.is_true(seen)
     assert.is_true(tx:close())
     assert.equal(200, tx:status())
-    tx, res = nil, nil
+    tx, res = nil, nil                           -- luacheck: ignore 311 (let GC take them)
     uas:close()
     uac:close()
     H.run_until(function() return live() <= base end, 5, "objects freed")
@@ -173,7 +173,7 @@ describe("luasip.client_tx lifetime", function()
     assert.is_true(tx:cancel())
     assert.is_true(tx:close())
     assert.is_nil(select(1, tx:cancel()))        -- closed: "already answered"
-    tx = nil
+    tx = nil                                     -- luacheck: ignore 311 (let GC take it)
     local _, restore = H.capture_logs()
     H.settle(0.2)
     uac:close()

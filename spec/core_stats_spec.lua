@@ -47,7 +47,7 @@ describe("luasip.core.stats", function()
     H.run(function() assert.is_true(d:bye()) end)
     timer:cancel()
     stream:close()
-    d, res, msg, timer, stream = nil, nil, nil, nil, nil
+    d, res, msg, timer, stream = nil, nil, nil, nil, nil   -- luacheck: ignore 311 (for GC)
     H.run_until(function()
       collectgarbage()
       collectgarbage()

@@ -62,10 +62,10 @@ describe("luasip.redis.connect", function()
     defer(function() for _, s in ipairs(fillers) do s:close() end end)
     H.settle(0.2)
     local ticks, t0 = 0, sip.now()
+    local res, elapsed, ticks_during
     sip.spawn(function()
       while not res do sip.sleep(0.02); ticks = ticks + 1 end
     end)
-    local res, elapsed, ticks_during
     sip.spawn(function()
       res = { redis.connect{ host = "127.0.0.1", port = port, timeout = 0.3 } }
       elapsed, ticks_during = sip.now() - t0, ticks
