@@ -19,13 +19,30 @@
 
 #define ACK_KEEP_MS (64 * 500)
 
+/* A client transaction's life, changed only by client_to():
+ *   SENDING    nta_outgoing_mcreate is running; orq not known yet (a local failure may be
+ *              delivered from inside it)
+ *   PROCEEDING orq held, anchored, on the agent's list, waiting for the final response
+ *   COMPLETED  the final response is being delivered to Lua; orq still held
+ *   CLOSED     orq destroyed, off the list, unanchored; nothing of sofia left.  Reached by
+ *              the final response's delivery, tx:close(), the agent's close or the GC at
+ *              lua_close, from any state and possibly from inside a Lua call the core made
+ *              about this very transaction: every caller of the bridge re-reads the state. */
+typedef enum {
+  CLIENT_SENDING,
+  CLIENT_PROCEEDING,
+  CLIENT_COMPLETED,
+  CLIENT_CLOSED
+} client_state_t;
+
 typedef struct lsip_client {
   lsip_obj_t obj;
   lsip_link_t link;
   lsip_agent_t *agent;
   nta_outgoing_t *orq;
+  client_state_t state;
   int status;
-  unsigned is_invite:1, creating:1, done:1, want_dialog:1;
+  unsigned is_invite:1, want_dialog:1;
   lsip_obj_t *dialog;         /* dialog created by our 2xx (owned by Lua once born) */
   uint32_t rseq;              /* last RSeq PRACKed in the early dialog */
   char *prack_body, *prack_type;  /* what Lua wants in the next PRACK (an SDP answer) */
@@ -168,20 +185,32 @@ static void early_release(lsip_client_t *c)
   c->prack_body = c->prack_type = NULL;
 }
 
-static void client_release(lsip_client_t *c)
+/* The one transition function of a client transaction (see client_state_t). */
+static void client_to(lsip_client_t *c, client_state_t to)
 {
+  if (c->state == CLIENT_CLOSED || c->state == to)
+    return;
+  c->state = to;
+  if (to != CLIENT_CLOSED)
+    return;
   early_release(c);
   if (c->orq) {
+    /* nta allows destroying a transaction from inside its own callback; whoever called
+     * us from there must not touch orq again (it reads c->state after Lua returns) */
     nta_outgoing_destroy(c->orq);
     c->orq = NULL;
   }
   luasip_link_del(&c->link);
+  /* at lua_close the registry goes with the state: no anchor to drop */
+  if (!luasip_S->closing)
+    luasip_unanchor(luasip_L(), &c->obj);
 }
 
 static void client_destroy(lsip_obj_t *obj)
 {
   lsip_client_t *c = (lsip_client_t *)obj;
-  client_release(c);
+  client_to(c, CLIENT_CLOSED);        /* only lua_close collects an open transaction */
+  early_release(c);                   /* tx:prack_body() after the close */
   if (c->dialog) {
     if (!c->dialog->born)
       c->dialog->destroy(c->dialog);  /* Lua never asked for it */
@@ -196,11 +225,11 @@ void luasip_clients_detach(lsip_agent_t *a)
   while (a->clients.next != &a->clients) {
     lsip_client_t *c = (lsip_client_t *)((char *)a->clients.next -
                                          offsetof(lsip_client_t, link));
-    client_release(c);
-    c->done = 1;
     c->agent = NULL;
+    /* still anchored while Lua hears of it, so the bridge can push its userdata; Lua
+     * may close it meanwhile (client_to is idempotent) */
     luasip_bridge("tx_closed", &c->obj, NULL);   /* wake whoever waits on it */
-    luasip_unanchor(luasip_L(), &c->obj);
+    client_to(c, CLIENT_CLOSED);
   }
   acks_prune(a, 1);
 }
@@ -250,9 +279,11 @@ static void track_dialog(lsip_client_t *c, sip_t const *sip, int status)
   if (c->dialog && !luasip_dialog_matches(c->dialog, sip->sip_to->a_tag)) {
     if (status < 200 && !reliable)
       return;                         /* keep the first early dialog */
-    luasip_dialog_drop(c->dialog);
+    luasip_dialog_drop(c->dialog);    /* may call Lua ("dialog_closed") */
     c->dialog = NULL;
     c->rseq = 0;
+    if (c->state == CLIENT_CLOSED || !c->agent)
+      return;                         /* Lua closed the transaction or the agent */
   }
   if (!c->dialog) {
     c->dialog = luasip_dialog_uac(c->agent, sip, status < 200);
@@ -270,7 +301,7 @@ static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
   lsip_obj_t *resp = NULL;
   msg_t *msg;
 
-  if (c->done)
+  if (c->state == CLIENT_CLOSED || c->state == CLIENT_COMPLETED)
     return 0;
   if (c->want_dialog && sip && c->agent && status > 100 && status < 300 &&
       sip->sip_to && sip->sip_to->a_tag && (c->is_invite || status >= 200))
@@ -278,6 +309,15 @@ static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
   if (c->want_dialog && c->dialog && sip && status >= 300) {
     luasip_dialog_drop(c->dialog);  /* the early dialog ends with the INVITE */
     c->dialog = NULL;
+  }
+  /* dropping a dialog Lua knows calls Lua: it may have closed this transaction (and
+   * destroyed orq) or the agent (rule 8: re-read).  A 2xx is still ACKed. */
+  if (c->state == CLIENT_CLOSED) {
+    if (c->is_invite && status >= 200 && status < 300 && sip && c->agent) {
+      send_2xx_ack(c->agent, sip, NULL);
+      acks_remember(c->agent, sip);
+    }
+    return 0;
   }
   if (c->is_invite && status >= 200 && status < 300 && sip && c->agent) {
     msg_t *req = nta_outgoing_getrequest(orq);
@@ -296,26 +336,26 @@ static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
       msg_destroy(msg);
   }
   if (status >= 200)
-    c->done = 1;
+    client_to(c, CLIENT_COMPLETED);
   luasip_bridge("response", &c->obj, resp);
+
+  /* Lua ran (or not): it may have closed this transaction (orq is then gone), closed
+   * the agent, or taken the response.  Only what is re-read from c counts now. */
+  if (resp && !resp->born)
+    resp->destroy(resp);
+  if (c->state == CLIENT_CLOSED)
+    return 0;
+  if (c->state == CLIENT_COMPLETED) {
+    client_to(c, CLIENT_CLOSED);
+    return 0;
+  }
   if (c->is_invite && status > 100 && status < 200 && sip && sip->sip_rseq &&
       sip->sip_require && sip_has_feature(sip->sip_require, "100rel") &&
       sip->sip_to->a_tag && c->agent) {
     if (!c->dialog)                   /* sent without dialog = true: PRACK all the same */
       track_dialog(c, sip, status);
-    send_prack(c, sip);               /* after Lua, which may give it a body */
-  }
-  if (status >= 200)
-    early_release(c);
-  if (resp && !resp->born)
-    resp->destroy(resp);
-  if (c->done) {
-    if (!c->creating) {
-      nta_outgoing_destroy(orq);
-      c->orq = NULL;
-    }
-    luasip_link_del(&c->link);
-    luasip_unanchor(luasip_L(), &c->obj);
+    if (c->state != CLIENT_CLOSED && c->agent)
+      send_prack(c, sip);             /* after Lua, which may give it a body */
   }
   return 0;
 }
@@ -446,23 +486,22 @@ int luasip_client_start(lua_State *L, lsip_agent_t *a, msg_t *msg, const char *p
   c->agent = a;
   c->is_invite = sip->sip_request->rq_method == sip_method_invite;
   c->want_dialog = want_dialog;
-  c->creating = 1;
+  c->state = CLIENT_SENDING;
   luasip_anchor(L, &c->obj, -1);
   luasip_link_add(&a->clients, &c->link);
   orq = nta_outgoing_mcreate(a->nta, client_response, (nta_outgoing_magic_t *)c,
                              (url_string_t const *)proxy, msg_ref_create(msg),
                              TAG_END());
-  c->creating = 0;
   if (!orq) {
-    luasip_link_del(&c->link);
-    luasip_unanchor(L, &c->obj);
-    c->done = 1;
+    client_to(c, CLIENT_CLOSED);
     return luasip_fail(L, "cannot send request", "send");
   }
-  if (c->done)
+  if (c->state == CLIENT_CLOSED) {
     nta_outgoing_destroy(orq);    /* answered (failed) inside mcreate */
-  else
+  } else {
     c->orq = orq;
+    client_to(c, CLIENT_PROCEEDING);
+  }
   return 1;
 }
 
@@ -472,7 +511,7 @@ static int client_cancel(lua_State *L)
   lsip_client_t *c = (lsip_client_t *)luasip_checkobj(L, 1, LUASIP_CLIENT_TX);
   if (!c->is_invite)
     return luaL_error(L, "luasip.client_tx:cancel: only an INVITE can be cancelled");
-  if (c->done || !c->orq)
+  if (c->state != CLIENT_PROCEEDING || !c->orq || !c->agent)
     return luasip_fail(L, "already answered", "answered");
   if (nta_outgoing_cancel(c->orq) < 0)
     return luasip_fail(L, "cannot send CANCEL", "send");
@@ -515,16 +554,12 @@ static int client_status(lua_State *L)
   return 1;
 }
 
-/* tx:close() -> true: stop listening (the transaction itself runs its course in nta) */
+/* tx:close() -> true: stop listening (the transaction itself runs its course in nta);
+ * idempotent, and allowed from inside on_provisional or any other callback about it */
 static int client_close(lua_State *L)
 {
   lsip_client_t *c = (lsip_client_t *)luasip_checkobj(L, 1, LUASIP_CLIENT_TX);
-  if (!c->done) {
-    /* nta allows destroying a transaction from inside other callbacks (and its own) */
-    c->done = 1;
-    client_release(c);
-    luasip_unanchor(L, &c->obj);
-  }
+  client_to(c, CLIENT_CLOSED);
   lua_pushboolean(L, 1);
   return 1;
 }

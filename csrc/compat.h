@@ -7,6 +7,52 @@
 
 #include <lua.h>
 #include <lauxlib.h>
+#include <lualib.h>
+
+/* A module built for one Lua and loaded by another fails in dlopen on its first missing
+ * symbol ("undefined symbol: lua_pcall"), before luaopen can say why.  The API functions
+ * this build uses that other Lua versions lack are weak references instead: the library
+ * then loads anywhere, and luaopen refuses a host where one of them is missing
+ * (LUASIP_API_MISSING) with a message naming both versions.
+ * LUASIP_BUILT_FOR names this build; LUASIP_CHECKVERSION checks the rest (5.2+). */
+#define LUASIP_PRAGMA(x) _Pragma(#x)
+#define LUASIP_WEAK(f) LUASIP_PRAGMA(weak f)
+#define LUASIP_ISNULL(f) (&f == NULL) ||
+
+#if LUA_VERSION_NUM < 502
+#define LUASIP_WEAK_API(X) X(luaL_prepbuffer) X(luaL_register) X(lua_call) X(lua_cpcall) \
+  X(lua_getfenv) X(lua_newuserdata) X(lua_objlen) X(lua_pcall) X(lua_remove) \
+  X(lua_replace) X(lua_setfenv) X(lua_tonumber)
+#ifdef LUA_JITLIBNAME
+#define LUASIP_BUILT_FOR "LuaJIT"
+#else
+#define LUASIP_BUILT_FOR "Lua 5.1"
+#endif
+#define LUASIP_CHECKVERSION(L) ((void)(L))
+#else
+/* 5.2 API that Lua 5.1 lacks (LuaJIT has it) */
+#define LUASIP_WEAK_52(X) X(luaL_setfuncs) X(luaL_testudata) X(luaL_traceback) X(lua_copy) \
+  X(lua_tonumberx)
+#if LUA_VERSION_NUM == 502
+#define LUASIP_WEAK_API(X) X(lua_getuservalue) X(lua_newuserdata) X(lua_setuservalue) \
+  X(luaL_checkversion_) X(lua_callk) X(lua_pcallk) X(lua_rawlen) LUASIP_WEAK_52(X)
+#define LUASIP_BUILT_FOR "Lua 5.2"
+#elif LUA_VERSION_NUM == 503
+#define LUASIP_WEAK_API(X) X(lua_getuservalue) X(lua_newuserdata) X(lua_setuservalue) \
+  X(luaL_checkversion_) X(luaL_prepbuffsize) X(lua_callk) X(lua_pcallk) X(lua_rawlen) \
+  X(lua_rotate) LUASIP_WEAK_52(X)
+#define LUASIP_BUILT_FOR "Lua 5.3"
+#else
+#define LUASIP_WEAK_API(X) X(lua_getiuservalue) X(lua_newuserdatauv) X(lua_setiuservalue) \
+  X(luaL_checkversion_) X(luaL_prepbuffsize) X(lua_callk) X(lua_pcallk) X(lua_rawlen) \
+  X(lua_rotate) LUASIP_WEAK_52(X)
+#define LUASIP_BUILT_FOR "Lua 5.4"
+#endif
+#define LUASIP_CHECKVERSION(L) luaL_checkversion(L)
+#endif
+
+LUASIP_WEAK_API(LUASIP_WEAK)
+#define LUASIP_API_MISSING() (LUASIP_WEAK_API(LUASIP_ISNULL) 0)
 
 #if LUA_VERSION_NUM < 502
 #define luasip_getuv(L, i) lua_getfenv((L), (i))

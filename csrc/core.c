@@ -3,11 +3,16 @@
  * box shared by every userdata type, deferred destruction and logging.
  * Uses su_root (single-threaded) and su_timer.  The module state lives for the process.
  */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <sofia-sip/su_log.h>
 #include <sofia-sip/su_md5.h>
@@ -22,16 +27,160 @@ lsip_state_t *luasip_S = NULL;
 static int log_level = 2; /* 0 none, 1 errors, 2 warnings, 3 info, 4 debug */
 static const char OBJECTS_KEY = 'o'; /* registry: weak table lightuserdata -> userdata */
 
+/* ---------------------------------------------------------------- log */
+
+/* C log lines go to the Lua logger (sip.set_logger) through the function the Lua layer
+ * registers with core.set_log_handler.  luasip_log may run inside a sofia frame, where
+ * Lua must not be entered unprotected: it only queues the formatted line; the queue is
+ * delivered at safe points (luasip_log_flush: after each loop step) by protected calls.
+ * Without a handler (or when it raises) lines go to stderr. */
+static const char LOG_HANDLER_KEY = 'l';  /* registry: the Lua log handler */
+static const char *const LOG_LEVEL_NAMES[] = { "error", "error", "warn", "info", "debug" };
+#define LOG_QUEUE_MAX 1000
+
+typedef struct log_line {
+  struct log_line *next;
+  int level;
+  char text[1];
+} log_line_t;
+
+static log_line_t *log_head, **log_tail = &log_head;
+static size_t log_queued;
+static unsigned long log_dropped;
+static int log_handler_set;         /* a Lua handler is registered in the open state */
+
+static void log_stderr(const char *text)
+{
+  fputs("luasip: ", stderr);
+  fputs(text, stderr);
+  fputc('\n', stderr);
+}
+
 void luasip_log(int level, const char *fmt, ...)
 {
   va_list ap;
+  char buf[1024];
+  log_line_t *line;
+  size_t n;
   if (level > log_level)
     return;
   va_start(ap, fmt);
-  fputs("luasip: ", stderr);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
+  vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
+  if (!log_handler_set || !luasip_S || luasip_S->closing) {
+    log_stderr(buf);
+    return;
+  }
+  if (log_queued >= LOG_QUEUE_MAX) {
+    log_dropped++;
+    return;
+  }
+  n = strlen(buf);
+  line = malloc(sizeof *line + n);
+  if (!line) {
+    log_stderr(buf);
+    return;
+  }
+  line->next = NULL;
+  line->level = level < 1 ? 1 : level > 4 ? 4 : level;
+  memcpy(line->text, buf, n + 1);
+  *log_tail = line;
+  log_tail = &line->next;
+  log_queued++;
+}
+
+static log_line_t *log_pop(void)
+{
+  log_line_t *line = log_head;
+  if (line) {
+    log_head = line->next;
+    if (!log_head)
+      log_tail = &log_head;
+    log_queued--;
+  }
+  return line;
+}
+
+/* queued lines to stderr (no Lua to deliver them to) */
+static void log_spill(void)
+{
+  log_line_t *line;
+  while ((line = log_pop())) {
+    log_stderr(line->text);
+    free(line);
+  }
+  if (log_dropped) {
+    fprintf(stderr, "luasip: %lu log lines dropped (queue full)\n", log_dropped);
+    log_dropped = 0;
+  }
+}
+
+/* Runs protected (luasip_cpcall): hands each queued line to the handler, each call
+ * protected again so one failure costs only its line.  Lines logged meanwhile wait for
+ * the next flush (the handler cannot make this loop endless). */
+static int log_deliver(lua_State *L)
+{
+  size_t n = log_queued;
+  lua_settop(L, 0);
+  lua_pushlightuserdata(L, (void *)&LOG_HANDLER_KEY);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (log_dropped) {
+    char buf[64];
+    snprintf(buf, sizeof buf, "%lu log lines dropped (queue full)", log_dropped);
+    log_dropped = 0;
+    lua_pushvalue(L, 1);
+    lua_pushstring(L, "warn");
+    lua_pushstring(L, buf);
+    if (lua_pcall(L, 2, 0, 0) != 0)
+      lua_pop(L, 1);
+  }
+  while (n-- > 0 && log_head) {
+    log_line_t *line;
+    lua_pushvalue(L, 1);
+    lua_pushstring(L, LOG_LEVEL_NAMES[log_head->level]);
+    lua_pushstring(L, log_head->text);
+    line = log_pop();               /* only now: the pushes above may raise */
+    if (lua_pcall(L, 2, 0, 0) != 0) {
+      fprintf(stderr, "luasip: log handler failed: %s\n",
+              lua_isstring(L, -1) ? lua_tostring(L, -1) : "(error object)");
+      log_stderr(line->text);
+      lua_pop(L, 1);
+    }
+    free(line);
+  }
+  return 0;
+}
+
+/* Delivers the queued C log lines to the Lua handler.  Call only where Lua may be
+ * entered (outside sofia frames, or inside the bridge's protection); never raises. */
+void luasip_log_flush(lua_State *L)
+{
+  if (!log_head && !log_dropped)
+    return;
+  if (!log_handler_set || !luasip_S || luasip_S->closing || !lua_checkstack(L, 5)) {
+    log_spill();
+    return;
+  }
+  if (luasip_cpcall(L, log_deliver, NULL) != 0) {
+    lua_pop(L, 1);
+    log_spill();
+  }
+}
+
+/* set_log_handler(fn(level, message) | nil): where C log lines go (nil: stderr).
+ * Levels are "error", "warn", "info", "debug"; core.log_level filters before. */
+static int core_set_log_handler(lua_State *L)
+{
+  if (!lua_isnoneornil(L, 1))
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_pushlightuserdata(L, (void *)&LOG_HANDLER_KEY);
+  lua_pushvalue(L, 1);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  if (lua_isnil(L, 1))
+    log_spill();
+  log_handler_set = !lua_isnil(L, 1);
+  return 0;
 }
 
 int luasip_in_callback(void)
@@ -68,19 +217,35 @@ void luasip_wrapobj(lua_State *L, lsip_obj_t *obj)
   obj->born = 1;
 }
 
-/* live C objects per class, for core.stats() (leak checks in specs and benchmarks) */
-static struct { const char *tname; long live; } counts[8];
+/* Live C objects per class, for core.stats() (leak checks in specs and benchmarks): a
+ * growable array, one slot per class name, looked up by pointer first (class names are
+ * string constants) and by content second.  It lives for the process: counts stay exact
+ * across lua_States.  When it cannot grow, counts go to `lost` (reported as "?"). */
+typedef struct { const char *tname; long live; } class_count_t;
+static class_count_t *counts;
+static size_t ncounts, counts_cap;
+static long lost;
 
 static long *count_of(const char *tname)
 {
   size_t i;
-  for (i = 0; i < sizeof counts / sizeof counts[0]; i++) {
-    if (counts[i].tname == tname || !counts[i].tname) {
-      counts[i].tname = tname;
+  for (i = 0; i < ncounts; i++)
+    if (counts[i].tname == tname)
       return &counts[i].live;
-    }
+  for (i = 0; i < ncounts; i++)
+    if (!strcmp(counts[i].tname, tname))
+      return &counts[i].live;
+  if (ncounts == counts_cap) {
+    size_t cap = counts_cap ? 2 * counts_cap : 16;
+    class_count_t *n = realloc(counts, cap * sizeof *n);
+    if (!n)
+      return &lost;
+    counts = n;
+    counts_cap = cap;
   }
-  return &counts[0].live;
+  counts[ncounts].tname = tname;
+  counts[ncounts].live = 0;
+  return &counts[ncounts++].live;
 }
 
 void luasip_freeobj(lsip_obj_t *obj)
@@ -120,14 +285,19 @@ static int core_random_hex(lua_State *L)
   return 1;
 }
 
-/* stats() -> { ["luasip.request"] = live count, ... } */
+/* stats() -> { ["luasip.request"] = live count, ... }: every class that ever had an
+ * object in this process */
 static int core_stats(lua_State *L)
 {
   size_t i;
-  lua_newtable(L);
-  for (i = 0; i < sizeof counts / sizeof counts[0] && counts[i].tname; i++) {
+  lua_createtable(L, 0, (int)ncounts);
+  for (i = 0; i < ncounts; i++) {
     lua_pushinteger(L, counts[i].live);
     lua_setfield(L, -2, counts[i].tname);
+  }
+  if (lost) {
+    lua_pushinteger(L, lost);
+    lua_setfield(L, -2, "?");
   }
   return 1;
 }
@@ -233,10 +403,10 @@ int luasip_obj__gc(lua_State *L)
 }
 
 /* The uservalue of every object is its cache of computed fields (the message is
- * immutable), and holds under STATE_KEY the private state table of the Lua layer
+ * immutable), and holds under OBJSTATE_KEY the private state table of the Lua layer
  * (core.state).  Users never write to an object: fields are read-only, and their own
  * values go in obj.data. */
-static const char STATE_KEY = 's';
+static const char OBJSTATE_KEY = 's';
 
 /* __index: methods, then Lua getters of the class, then cached fields, then computed
  * fields (cached). */
@@ -299,12 +469,12 @@ static int core_state(lua_State *L)
     lua_pushnil(L);
     return 1;
   }
-  lua_pushlightuserdata(L, (void *)&STATE_KEY);
+  lua_pushlightuserdata(L, (void *)&OBJSTATE_KEY);
   lua_rawget(L, -2);
   if (lua_isnil(L, -1) && !(lua_isboolean(L, 2) && !lua_toboolean(L, 2))) {
     lua_pop(L, 1);
     lua_newtable(L);
-    lua_pushlightuserdata(L, (void *)&STATE_KEY);
+    lua_pushlightuserdata(L, (void *)&OBJSTATE_KEY);
     lua_pushvalue(L, -2);
     lua_rawset(L, -4);
   }
@@ -406,19 +576,95 @@ static int core_step(lua_State *L)
   luasip_drain();
   next = su_root_step(luasip_S->root, ms < 0 ? 0 : (su_duration_t)ms);
   luasip_drain();
+  luasip_log_flush(L);
   lua_pushinteger(L, next == SU_WAIT_FOREVER ? -1 : (lua_Integer)next);
   return 1;
 }
 
-/* run() -> true: steps until stop() */
+/* SIGINT and SIGTERM stop run() on the first signal: while run() turns the loop, their
+ * handler records the signal and writes a byte to a pipe the su_root watches, so the
+ * wait returns at once (no window between checking the flag and waiting). */
+static volatile sig_atomic_t run_signal;
+static int run_pipe[2] = { -1, -1 };
+
+static void run_on_signal(int sig)
+{
+  int e = errno;
+  run_signal = sig;
+  if (run_pipe[1] >= 0 && write(run_pipe[1], "", 1) < 0)
+    (void)0;                        /* full pipe: a wakeup is pending anyway */
+  errno = e;
+}
+
+static int run_wakeup(su_root_magic_t *m, su_wait_t *w, su_wakeup_arg_t *arg)
+{
+  char buf[64];
+  (void)m; (void)w; (void)arg;
+  while (read(run_pipe[0], buf, sizeof buf) > 0)
+    ;
+  return 0;
+}
+
+typedef struct run_signals {
+  struct sigaction old_int, old_term;
+  su_wait_t wait[1];
+  int reg;
+} run_signals_t;
+
+static void run_signals_on(run_signals_t *rs)
+{
+  struct sigaction sa;
+  rs->reg = -1;
+  run_signal = 0;
+  if (pipe(run_pipe) == 0) {
+    int i;
+    for (i = 0; i < 2; i++) {
+      fcntl(run_pipe[i], F_SETFL, fcntl(run_pipe[i], F_GETFL) | O_NONBLOCK);
+      fcntl(run_pipe[i], F_SETFD, FD_CLOEXEC);
+    }
+    if (su_wait_create(rs->wait, run_pipe[0], SU_WAIT_IN) == 0)
+      rs->reg = su_root_register(luasip_S->root, rs->wait, run_wakeup, NULL, 0);
+  }
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = run_on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;                  /* no SA_RESTART: a blocked wait returns EINTR */
+  /* a signal the process was started ignoring (a background job's SIGINT) stays
+   * ignored, as shells and most daemons expect */
+  sigaction(SIGINT, NULL, &rs->old_int);
+  sigaction(SIGTERM, NULL, &rs->old_term);
+  if (rs->old_int.sa_handler != SIG_IGN)
+    sigaction(SIGINT, &sa, NULL);
+  if (rs->old_term.sa_handler != SIG_IGN)
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+static void run_signals_off(run_signals_t *rs)
+{
+  sigaction(SIGINT, &rs->old_int, NULL);
+  sigaction(SIGTERM, &rs->old_term, NULL);
+  if (rs->reg >= 0)
+    su_root_deregister(luasip_S->root, rs->reg);
+  if (run_pipe[0] >= 0) {
+    close(run_pipe[0]);
+    close(run_pipe[1]);
+    run_pipe[0] = run_pipe[1] = -1;
+  }
+}
+
+/* run() -> true (after stop()) | true, "SIGINT" | true, "SIGTERM": steps until stop()
+ * or the first SIGINT/SIGTERM; the previous signal handlers are back when it returns */
 static int core_run(lua_State *L)
 {
+  run_signals_t rs;
+  int sig;
   check_not_in_callback(L, "luasip.run");
   if (luasip_S->running)
     return luaL_error(L, "luasip.run: already running");
   luasip_S->running = 1;
   luasip_S->stopping = 0;
-  while (!luasip_S->stopping) {
+  run_signals_on(&rs);
+  while (!luasip_S->stopping && !run_signal) {
     struct timespec t0, t1;
     su_duration_t next;
     unsigned long entries = luasip_S->entries;
@@ -426,22 +672,31 @@ static int core_run(lua_State *L)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     next = su_root_step(luasip_S->root, 1000);
     clock_gettime(CLOCK_MONOTONIC, &t1);
+    luasip_drain();
+    luasip_log_flush(L);
     /* su_root rounds timer waits down to whole milliseconds: a timer due in under 1 ms
      * makes it poll with a zero timeout until the timer is due, spinning a core
      * (seen as ~13,000 empty epoll_wait calls per second with nta's transaction timers).
      * When a step did nothing (no Lua event, under 20 us) and a timer is that close,
      * sleep that fraction instead; a step that handled a message never sleeps. */
-    if (next == 0 && entries == luasip_S->entries &&
+    if (next == 0 && entries == luasip_S->entries && !run_signal &&
         (t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec) < 20000) {
       struct timespec nap = { 0, 200000 };
       nanosleep(&nap, NULL);
     }
   }
+  sig = run_signal;
+  run_signal = 0;
+  run_signals_off(&rs);
   luasip_drain();
+  luasip_log_flush(L);
   luasip_S->running = 0;
   luasip_S->stopping = 0;
   lua_pushboolean(L, 1);
-  return 1;
+  if (!sig)
+    return 1;
+  lua_pushstring(L, sig == SIGINT ? "SIGINT" : "SIGTERM");
+  return 2;
 }
 
 static int core_stop(lua_State *L)
@@ -555,6 +810,7 @@ static const luaL_Reg core_funcs[] = {
   {"time", core_time},
   {"timer", core_timer},
   {"log_level", core_log_level},
+  {"set_log_handler", core_set_log_handler},
   {"set_dispatcher", luasip_set_dispatcher},
   {"agent", luasip_agent_new},
   {"class", core_class},
@@ -566,60 +822,151 @@ static const luaL_Reg core_funcs[] = {
   {NULL, NULL}
 };
 
-static void state_open(lua_State *L)
+/* The module state is one per process (sofia's su_root is driven by one loop) and
+ * belongs to the lua_State that opened it, recognised by the sentinel userdata it keeps
+ * in its registry.  Another lua_State may open the module only after that one is closed. */
+static const char STATE_KEY = 's';  /* registry: the sentinel userdata */
+static void *state_owner;           /* that sentinel: identifies the owning lua_State */
+
+/* at the close of the state: the counters go too when nothing is left to count */
+static void counts_free(void)
 {
-  if (luasip_S)
-    return;
+  size_t i;
+  for (i = 0; i < ncounts; i++)
+    if (counts[i].live)
+      return;
+  free(counts);
+  counts = NULL;
+  ncounts = counts_cap = 0;
+}
+
+static void state_free(void)
+{
+  if (luasip_S->root)
+    su_root_destroy(luasip_S->root);
+  su_home_deinit(luasip_S->home);
+  free(luasip_S);
+  luasip_S = NULL;
+  state_owner = NULL;
+  su_deinit();
+  counts_free();
+}
+
+/* Finalizer of the sentinel (lua_close): created before any luasip object, so it runs
+ * after all of theirs.  Destroys what they queued, then the loop.  The one place where a
+ * __gc calls sofia: at lua_close no sofia frame can be active. */
+static int state__gc(lua_State *L)
+{
+  if (!luasip_S || lua_touserdata(L, 1) != state_owner)
+    return 0;
+  luasip_S->closing = 1;
+  luasip_drain();
+  log_spill();                      /* Lua is going away: what is left goes to stderr */
+  log_handler_set = 0;
+  state_free();
+  return 0;
+}
+
+/* 1 when L's registry holds the sentinel of the open module state */
+static int state_owned_by(lua_State *L)
+{
+  void *p;
+  lua_pushlightuserdata(L, (void *)&STATE_KEY);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  p = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return p && p == state_owner;
+}
+
+/* Opens the loop and pushes nothing; returns the sentinel (owner once all is set up) */
+static void *state_open(lua_State *L)
+{
+  void *sentinel;
   if (su_init() != 0)
-    luaL_error(L, "luasip: su_init failed");
+    luaL_error(L, "luasip.core: su_init failed");
   luasip_S = calloc(1, sizeof *luasip_S);
-  if (!luasip_S)
-    luaL_error(L, "luasip: out of memory");
+  if (!luasip_S) {
+    su_deinit();
+    luaL_error(L, "luasip.core: out of memory");
+  }
   su_home_init(luasip_S->home);
   luasip_S->root = su_root_create(NULL);
-  if (!luasip_S->root)
-    luaL_error(L, "luasip: cannot create su_root");
+  if (!luasip_S->root) {
+    state_free();
+    luaL_error(L, "luasip.core: cannot create su_root");
+  }
   su_root_threading(luasip_S->root, 0);
   /* sofia's own debug output stays quiet unless NTA_DEBUG / TPORT_DEBUG ask for it;
    * luasip reports failures through return values and its logger */
   su_log_soft_set_level(nta_log, 0);
   su_log_soft_set_level(tport_log, 0);
+  /* the sentinel: its __gc at lua_close ends the module state */
+  sentinel = lua_newuserdata(L, 1);
+  lua_newtable(L);
+  lua_pushcfunction(L, state__gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_pushlightuserdata(L, (void *)&STATE_KEY);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  lua_pop(L, 1);
+  return sentinel;
 }
 
-/* Finalizer of the Lua state (lua_close): created before any luasip object, so it runs
- * after all of theirs.  Destroys what they queued, then the loop.  The one place where a
- * __gc calls sofia: at lua_close no sofia frame can be active. */
-static int state__gc(lua_State *L)
+/* The Lua that loaded us, told by the API symbols only it exports ("Lua 5.4"), and the
+ * --lua-version luarocks wants for it. */
+static const char *host_lua(const char **rocks)
 {
-  (void)L;
-  if (!luasip_S)
-    return 0;
-  luasip_S->closing = 1;
-  luasip_drain();
-  su_root_destroy(luasip_S->root);
-  su_home_deinit(luasip_S->home);
-  free(luasip_S);
-  luasip_S = NULL;
-  su_deinit();
-  return 0;
+  static const struct { const char *sym, *name, *rocks; } probes[] = {
+    { "luaJIT_setmode", "LuaJIT", "5.1" },
+    { "lua_newuserdatauv", "Lua 5.4", "5.4" },
+    { "lua_rotate", "Lua 5.3", "5.3" },
+    { "lua_version", "Lua 5.2", "5.2" },
+    { "lua_objlen", "Lua 5.1", "5.1" },
+  };
+  void *self = dlopen(NULL, RTLD_LAZY);
+  size_t i;
+  *rocks = "<your Lua version>";
+  if (!self)
+    return "another Lua";
+  for (i = 0; i < sizeof probes / sizeof probes[0]; i++) {
+    if (dlsym(self, probes[i].sym)) {
+      *rocks = probes[i].rocks;
+      dlclose(self);
+      return probes[i].name;
+    }
+  }
+  dlclose(self);
+  return "another Lua";
+}
+
+/* Refuses a host Lua this build cannot work with, before touching any of its API but
+ * luaL_error (the same in every version). */
+static void check_lua_version(lua_State *L)
+{
+  if (LUASIP_API_MISSING()) {
+    const char *rocks, *host = host_lua(&rocks);
+    luaL_error(L, "luasip.core was built for " LUASIP_BUILT_FOR " but loaded by %s: "
+               "rebuild with luarocks --lua-version=%s make", host, rocks);
+  }
+  LUASIP_CHECKVERSION(L);
 }
 
 __attribute__((visibility("default"))) int luaopen_luasip_core(lua_State *L);
 
-/* Idempotent: busted and package.loaded resets may require the module again; the loop,
- * the bridge thread and the object table are created once per process. */
+/* Idempotent in one lua_State: busted and package.loaded resets may require the module
+ * again; the loop, the bridge thread and the object table are created once per state.
+ * A second lua_State is refused while the first is open (the state is per process). */
 int luaopen_luasip_core(lua_State *L)
 {
-  state_open(L);
-  lua_pushlightuserdata(L, (void *)&OBJECTS_KEY);
-  lua_rawget(L, LUA_REGISTRYINDEX);
-  if (lua_isnil(L, -1)) {
-    lua_newuserdata(L, 1);          /* the state sentinel, anchored in the registry */
-    lua_newtable(L);
-    lua_pushcfunction(L, state__gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, "luasip.state");
+  check_lua_version(L);
+  if (luasip_S && state_owner && !state_owned_by(L))
+    return luaL_error(L, "luasip.core: already loaded by another Lua state in this "
+                      "process; luasip supports one Lua state per process");
+  if (luasip_S && !state_owner)
+    state_free();                   /* a previous open failed half-way */
+  if (!luasip_S) {
+    void *sentinel = state_open(L);
     lua_pushlightuserdata(L, (void *)&OBJECTS_KEY);
     lua_newtable(L);
     lua_newtable(L);
@@ -636,8 +983,10 @@ int luaopen_luasip_core(lua_State *L)
     luasip_dialog_open(L);
     luasip_proxy_open(L);
     luasip_stream_open(L);
+    /* only now: a memory error above leaves the state unowned, and the next require
+     * (in any lua_State) starts afresh */
+    state_owner = sentinel;
   }
-  lua_pop(L, 1);
   luasip_newlib(L, core_funcs);
   lua_pushstring(L, nta_agent_version(NULL) ? nta_agent_version(NULL) : "unknown");
   lua_setfield(L, -2, "sofia_version");

@@ -76,6 +76,9 @@ void luasip_log(int level, const char *fmt, ...)
   __attribute__((format(printf, 2, 3)))
 #endif
   ;
+/* core.c: hands queued C log lines to the Lua handler (core.set_log_handler); call only
+ * where Lua may be entered (after a loop step, or inside the bridge's protection) */
+void luasip_log_flush(lua_State *L);
 int luasip_in_callback(void);
 lua_State *luasip_L(void);
 

@@ -85,7 +85,8 @@ function sip.run(opts)
     while left > 0 and core.now() < deadline do core.step(10) end
   end
   if fatal then error(fatal[1], 0) end
-  return ok, signal
+  if signal then return ok, signal end
+  return ok
 end
 
 -- registrar and location: registrar{...} -> handler, location;  location{ store = };

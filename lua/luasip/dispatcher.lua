@@ -36,9 +36,13 @@ function M.set_logger(fn, level)
   logger = fn or function() end
   if level then
     log_level = LEVELS[level] or error("luasip.set_logger: unknown level " .. tostring(level), 2)
+    core.log_level(log_level)       -- the C core filters its lines the same way
   end
   return old
 end
+
+-- the C core's log lines (queued in C, delivered after each loop step) take the same way
+core.set_log_handler(M.log)
 
 -- ------------------------------------------------------------------ coroutines
 
@@ -372,9 +376,16 @@ end
 
 local events = {}
 
+local owners = {}
+
+-- on_event(name, fn): the calling module becomes the owner of event `name` (a module
+-- loaded again replaces its own handler; another module raises)
 function M.on_event(name, fn)
-  local old = events[name]
-  if old and old ~= fn then error("luasip.dispatcher: event " .. name .. " has an owner", 2) end
+  local owner = debug.getinfo(2, "S").source
+  if owners[name] and owners[name] ~= owner then
+    error("luasip.dispatcher: event " .. name .. " is owned by " .. owners[name], 2)
+  end
+  owners[name] = owner
   events[name] = fn
 end
 

@@ -53,9 +53,20 @@ local function parse(buf, pos)
   return { err = "protocol error: unexpected " .. kind }, #buf + 1
 end
 
--- connect{ path = unix socket | host =, port = } -> client | nil, err, code
+-- connect{ path = unix socket | host =, port =, timeout = seconds (5) }
+--   -> client | nil, err, "connect"
+-- The connect never blocks the loop.  In a luasip coroutine it waits (at most timeout)
+-- until the connection is up or has failed (nil, "connection refused", "connect" or
+-- nil, "timeout", "connect").  Outside one it returns at once: commands wait for the
+-- connection, and a failure to connect shows at the first call.
 function M.connect(opts)
   if type(opts) ~= "table" then error("luasip.redis.connect: options table expected", 2) end
+  local timeout = opts.timeout
+  if timeout == nil then
+    timeout = 5
+  elseif type(timeout) ~= "number" or timeout <= 0 then
+    error("luasip.redis.connect: timeout must be a positive number", 2)
+  end
   local s, err, code
   if opts.path then
     s, err, code = core.stream_connect(opts.path)
@@ -64,7 +75,18 @@ function M.connect(opts)
   end
   if not s then return nil, err, code end
   local c = setmetatable({ _s = s, _buf = "", _pending = {}, _head = 1, _tail = 0 }, Client)
-  require("luasip.core").state(s).client = c
+  core.state(s).client = c
+  if s:state() == "connecting" and pcall(dispatcher.current, "luasip.redis.connect") then
+    local slot = dispatcher.new_slot("luasip.redis.connect")
+    c._connecting = slot
+    local ok, why = dispatcher.wait(slot, timeout)
+    c._connecting = nil
+    if not ok then
+      c._closed = true
+      s:close()
+      return nil, why, "connect"
+    end
+  end
   return c
 end
 
@@ -97,8 +119,8 @@ function Client:_fail(why)
   end
 end
 
-dispatcher.events.stream_data = function(s)
-  local c = s and require("luasip.core").state(s).client
+dispatcher.on_event("stream_data", function(s)
+  local c = s and core.state(s).client
   if not c then return end
   local buf, pos = c._buf .. s:take(), 1
   while c._head <= c._tail do
@@ -117,14 +139,20 @@ dispatcher.events.stream_data = function(s)
     end
   end
   c._buf = buf:sub(pos)
-end
+end)
 
-dispatcher.events.stream_closed = function(s)
-  local c = s and require("luasip.core").state(s).client
+dispatcher.on_event("stream_connected", function(s)
+  local c = s and core.state(s).client
+  if c and c._connecting then dispatcher.fill(c._connecting, true) end
+end)
+
+dispatcher.on_event("stream_closed", function(s)
+  local c = s and core.state(s).client
   if c then
     c._closed = true
+    if c._connecting then dispatcher.fill(c._connecting, nil, tostring(s:error())) end
     c:_fail("redis connection lost: " .. tostring(s:error()))
   end
-end
+end)
 
 return M
