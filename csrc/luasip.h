@@ -45,6 +45,8 @@ typedef struct lsip_state {
   su_home_t home[1];
   su_root_t *root;
   lua_State *T;             /* thread the bridge calls Lua on */
+#define LUASIP_BRIDGE_DEPTH 16
+  lua_State *nested[LUASIP_BRIDGE_DEPTH]; /* bridge.c: thread of nesting level i + 1 */
   int depth;                /* > 0 while Lua runs from a sofia callback */
   int stopping;             /* sip.stop() seen by run() */
   int running;              /* inside run() */
@@ -81,8 +83,10 @@ lua_State *luasip_L(void);
 
 /* bridge.c: the only way into Lua from sofia callbacks.  Calls the Lua dispatcher as
  * dispatcher(event, a, b) where a and b are objects (or nil); objects never seen by Lua
- * get their userdata inside the protected call.  Returns 0 when the call ran (its errors
- * are logged), -1 when Lua could not be entered at all. */
+ * get their userdata inside the protected call.  Returns 0 when the dispatcher ran and
+ * returned normally, -1 when Lua could not be entered or the dispatcher raised (logged).
+ * Either way the caller re-reads its objects afterwards (STYLE rule 8): Lua may have
+ * answered, closed or dropped anything. */
 int luasip_bridge(const char *event, lsip_obj_t *a, lsip_obj_t *b);
 void luasip_bridge_open(lua_State *L);
 int luasip_set_dispatcher(lua_State *L);
