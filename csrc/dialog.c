@@ -95,8 +95,8 @@ static int leg_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *i
   req = luasip_request_from_irq(d->agent, irq);
   if (!req)
     return 500;
-  luasip_bridge("dialog_request", &d->obj, req);
-  luasip_request_dispatched(req);
+  /* d may have been terminated meanwhile; the request is re-read by dispatched() */
+  luasip_request_dispatched(req, luasip_bridge("dialog_request", &d->obj, req));
   return 0;
 }
 

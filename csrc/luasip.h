@@ -148,7 +148,7 @@ void luasip_dialogs_detach(lsip_agent_t *a);
 
 /* server_tx.c, for dialog.c */
 lsip_obj_t *luasip_request_from_irq(lsip_agent_t *a, nta_incoming_t *irq);
-void luasip_request_dispatched(lsip_obj_t *req);
+void luasip_request_dispatched(lsip_obj_t *req, int bridge_rc);
 nta_incoming_t *luasip_request_irq(lsip_obj_t *req);
 lsip_agent_t *luasip_request_agent(lsip_obj_t *req);
 nta_incoming_t *luasip_request_ensure_irq(lsip_obj_t *req);

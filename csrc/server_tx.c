@@ -231,8 +231,7 @@ static int prack_callback(nta_reliable_magic_t *magic, nta_reliable_t *rel,
   if (!pr)
     return 200;
   send_final_plain((lsip_req_t *)pr, SIP_200_OK);
-  luasip_bridge("prack", r->m.obj.alive ? &r->m.obj : NULL, pr);
-  luasip_request_dispatched(pr);
+  luasip_request_dispatched(pr, luasip_bridge("prack", r->m.obj.alive ? &r->m.obj : NULL, pr));
   return 0;
 }
 
@@ -346,15 +345,25 @@ void luasip_request_incoming(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_
     r->status = 100;
   }
   r->dispatching = 1;
-  luasip_bridge("request", &r->m.obj, NULL);
-  luasip_request_dispatched(&r->m.obj);
+  luasip_request_dispatched(&r->m.obj, luasip_bridge("request", &r->m.obj, NULL));
 }
 
-/* After the first run of the request's handler (the bridge call returned). */
-void luasip_request_dispatched(lsip_obj_t *obj)
+/* After the first run of the request's handler: the bridge call returned rc.  Everything
+ * is re-read from r (Lua may have answered, proxied or forwarded it, or closed the agent).
+ * When Lua did not run or the dispatcher raised, nobody will answer: 500 now (statelessly
+ * while there is no transaction), not when GC finds the request. */
+void luasip_request_dispatched(lsip_obj_t *obj, int rc)
 {
   lsip_req_t *r = (lsip_req_t *)obj;
   r->dispatching = 0;
+  if (rc < 0 && !r->is_ack && !r->forwarded && r->status < 200 && r->agent &&
+      !r->agent->closed) {
+    luasip_log(3, "%s left unanswered by a failed dispatch: 500",
+               r->m.sip->sip_request->rq_method_name);
+    if (r->proxy)
+      luasip_proxy_cancel(r->proxy);  /* its branches end; the answer is ours */
+    send_final_plain(r, SIP_500_INTERNAL_SERVER_ERROR);
+  }
   if (!r->m.obj.born) {
     /* Lua could not even see it (out of memory): answer and forget */
     send_final_plain(r, SIP_500_INTERNAL_SERVER_ERROR);
