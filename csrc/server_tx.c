@@ -535,12 +535,63 @@ static int needs_contact(sip_t const *sip, int status)
          m == sip_method_update || (m == sip_method_notify && status < 300);
 }
 
+/* Is this chunk one of luasip's own Lua files (lua/luasip.lua, lua/luasip/x.lua)? */
+static int library_chunk(const char *source)
+{
+  const char *base, *p;
+  size_t n;
+  if (source[0] != '@')
+    return 0;
+  n = strlen(source);
+  if (n >= 10 && !strcmp(source + n - 10, "luasip.lua"))
+    return n == 11 || source[n - 11] == '/';
+  base = strrchr(source, '/');
+  if (!base)
+    return 0;
+  for (p = base - 1; p > source && *p != '/' && *p != '@'; p--)
+    ;
+  return base - p - 1 == 6 && !strncmp(p + 1, "luasip", 6);
+}
+
+/* Raises "<where>fname: msg", where is the line of the first caller outside luasip's own
+ * files (the user's line, whatever the Lua layer wraps around the C method). */
+static int req_argerror(lua_State *L, const char *fname, const char *msg)
+{
+  lua_Debug ar;
+  int level;
+  lua_pushliteral(L, "");
+  for (level = 1; lua_getstack(L, level, &ar); level++) {
+    if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0 || library_chunk(ar.source))
+      continue;
+    lua_pop(L, 1);
+    lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+    break;
+  }
+  lua_pushfstring(L, "%s: %s", fname, msg);
+  lua_concat(L, 2);
+  return lua_error(L);
+}
+
+/* A Reason-Phrase is text (RFC 3261 25.1): no CR, LF or other controls but HTAB. */
+static int reason_ok(const char *s, size_t n)
+{
+  size_t i;
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if ((c < 0x20 && c != '\t') || c == 0x7f)
+      return 0;
+  }
+  return 1;
+}
+
 /* req:reply(status [, reason] [, {headers=, body=, content_type=, stateless=, reliable=}])
  *   -> true | nil, err, code */
 static int req_reply(lua_State *L)
 {
+  static const char *const fname = "luasip.request:reply";
   lsip_req_t *r = req_check(L, 1);
-  lua_Integer status = luaL_checkinteger(L, 2);
+  lua_Integer status;
+  lua_Number sn;
   const char *reason = NULL;
   int opts = 3, has_opts, reliable = 0;
   nta_agent_t *nta;
@@ -548,22 +599,26 @@ static int req_reply(lua_State *L)
   sip_t *rs;
   int rv;
 
-  if (status < 100 || status > 699)
-    return luaL_error(L, "luasip.request:reply: status must be 100-699");
+  sn = lua_type(L, 2) == LUA_TNUMBER ? lua_tonumber(L, 2) : 0;
+  status = (lua_Integer)sn;
+  if ((lua_Number)status != sn || status < 100 || status > 699)
+    return req_argerror(L, fname, "status must be 100-699");
   if (lua_type(L, 3) == LUA_TSTRING) {
-    reason = lua_tostring(L, 3);
-    if (strpbrk(reason, "\r\n"))
-      return luaL_error(L, "luasip.request:reply: reason must not contain CR or LF");
+    size_t n;
+    reason = lua_tolstring(L, 3, &n);
+    if (!reason_ok(reason, n))
+      return req_argerror(L, fname, "reason must not contain CR or LF (or other control "
+                          "characters)");
     opts = 4;
   } else if (lua_isnil(L, 3) && lua_istable(L, 4)) {
     opts = 4;                         /* reply(status, nil, opts) */
   } else if (!lua_isnoneornil(L, 3) && !lua_istable(L, 3)) {
-    return luaL_error(L, "luasip.request:reply: reason must be a string");
+    return req_argerror(L, fname, "reason must be a string");
   }
   if (!lua_isnoneornil(L, opts) && !lua_istable(L, opts))
-    return luaL_error(L, "luasip.request:reply: options must be a table");
+    return req_argerror(L, fname, "options must be a table");
   if (r->is_ack)
-    return luaL_error(L, "luasip.request:reply: an ACK is never answered");
+    return req_argerror(L, fname, "an ACK is never answered");
   if (r->cancelled)
     return luasip_fail(L, "request cancelled", "cancelled");
   if (r->status >= 200)
@@ -578,8 +633,7 @@ static int req_reply(lua_State *L)
     if (reliable) {
       sip_t const *q = r->m.sip;
       if (q->sip_request->rq_method != sip_method_invite || status <= 100 || status >= 200)
-        return luaL_error(L, "luasip.request:reply: only a 101-199 answer to an INVITE "
-                          "can be reliable");
+        return req_argerror(L, fname, "only a 101-199 answer to an INVITE can be reliable");
       if (!(q->sip_supported && sip_has_feature(q->sip_supported, "100rel")) &&
           !(q->sip_require && sip_has_feature(q->sip_require, "100rel")))
         return luasip_fail(L, "the caller does not support 100rel", "unsupported");
