@@ -182,6 +182,47 @@ lsip_obj_t *luasip_dialog_uac(lsip_agent_t *a, sip_t const *resp, int early)
   return &d->obj;
 }
 
+/* The UAS dialog of req (INVITE, SUBSCRIBE or REFER without a To tag, with its server
+ * transaction): pushes the dialog, anchored while its leg exists, and links it to the
+ * request (req:reply knows it then has one).  NULL, nothing pushed, when the leg cannot be
+ * made.  An INVITE's dialog is early until its 2xx goes out; SUBSCRIBE and REFER
+ * dialogs start with their 2xx (RFC 6665 4.1.2.4). */
+lsip_obj_t *luasip_dialog_uas(lua_State *L, lsip_obj_t *r, int early)
+{
+  lsip_agent_t *a = luasip_request_agent(r);
+  nta_incoming_t *irq = luasip_request_irq(r);
+  sip_t const *sip = luasip_request_sip(r);
+  lsip_dialog_t *d = luasip_newobj(L, sizeof *d, LUASIP_DIALOG, dialog_destroy);
+  d->agent = a;
+  d->uas = 1;
+  d->leg = nta_leg_tcreate(a->nta, leg_request, (nta_leg_magic_t *)d,
+                           SIPTAG_CALL_ID(sip->sip_call_id),
+                           SIPTAG_FROM(sip->sip_to),
+                           SIPTAG_TO(sip->sip_from),
+                           TAG_END());
+  if (!d->leg) {
+    lua_pop(L, 1);                  /* collected: nothing to release */
+    return NULL;
+  }
+  nta_leg_tag(d->leg, nta_incoming_tag(irq, NULL));
+  nta_leg_server_route(d->leg, sip->sip_record_route, sip->sip_contact);
+  d->remote_cseq = sip->sip_cseq->cs_seq;
+  d->have_remote_cseq = 1;
+  d->early = early;
+  snprintf(d->call_id, sizeof d->call_id, "%s", sip->sip_call_id->i_id);
+  keep_tags(d);
+  luasip_link_add(&a->dialogs, &d->link);
+  luasip_anchor(L, &d->obj, -1);
+  luasip_request_set_dialog(r, &d->obj);
+  return &d->obj;
+}
+
+/* The 2xx of its INVITE went out. */
+void luasip_dialog_confirmed(lsip_obj_t *obj)
+{
+  ((lsip_dialog_t *)obj)->early = 0;
+}
+
 /* req:_dialog() -> dialog: the UAS dialog of an INVITE not yet answered finally */
 static int req_dialog(lua_State *L)
 {
@@ -190,7 +231,6 @@ static int req_dialog(lua_State *L)
   nta_incoming_t *irq = luasip_request_ensure_irq(r);
   sip_t const *sip = luasip_request_sip(r);
   nta_agent_t *nta = a ? luasip_agent_nta(a) : NULL;
-  lsip_dialog_t *d;
   if (sip->sip_request->rq_method != sip_method_invite &&
       sip->sip_request->rq_method != sip_method_subscribe &&
       sip->sip_request->rq_method != sip_method_refer)
@@ -199,27 +239,8 @@ static int req_dialog(lua_State *L)
     return luasip_fail(L, "in-dialog request: it has a dialog already", "dialog");
   if (!nta || !irq || nta_incoming_status(irq) >= 200)
     return luasip_fail(L, "request already answered", "answered");
-  d = luasip_newobj(L, sizeof *d, LUASIP_DIALOG, dialog_destroy);
-  d->agent = a;
-  d->uas = 1;
-  d->leg = nta_leg_tcreate(nta, leg_request, (nta_leg_magic_t *)d,
-                           SIPTAG_CALL_ID(sip->sip_call_id),
-                           SIPTAG_FROM(sip->sip_to),
-                           SIPTAG_TO(sip->sip_from),
-                           TAG_END());
-  if (!d->leg)
+  if (!luasip_dialog_uas(L, r, sip->sip_request->rq_method == sip_method_invite))
     return luasip_fail(L, "cannot create dialog", "memory");
-  nta_leg_tag(d->leg, nta_incoming_tag(irq, NULL));
-  nta_leg_server_route(d->leg, sip->sip_record_route, sip->sip_contact);
-  d->remote_cseq = sip->sip_cseq->cs_seq;
-  d->have_remote_cseq = 1;
-  /* an INVITE's dialog is early until its 2xx goes out; SUBSCRIBE and REFER dialogs
-   * start with their 2xx (RFC 6665 4.1.2.4) */
-  d->early = sip->sip_request->rq_method == sip_method_invite;
-  snprintf(d->call_id, sizeof d->call_id, "%s", sip->sip_call_id->i_id);
-  keep_tags(d);
-  luasip_link_add(&a->dialogs, &d->link);
-  luasip_anchor(L, &d->obj, -1);
   return 1;
 }
 

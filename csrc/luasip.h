@@ -145,6 +145,8 @@ void luasip_dialog_drop(lsip_obj_t *d);
 void luasip_dialog_confirm(lsip_obj_t *d, sip_t const *resp);
 void luasip_dialog_backref(lsip_obj_t *d, lsip_obj_t **ref);
 void luasip_dialogs_detach(lsip_agent_t *a);
+lsip_obj_t *luasip_dialog_uas(lua_State *L, lsip_obj_t *req, int early);
+void luasip_dialog_confirmed(lsip_obj_t *d);
 
 /* server_tx.c, for dialog.c */
 lsip_obj_t *luasip_request_from_irq(lsip_agent_t *a, nta_incoming_t *irq);
@@ -153,6 +155,7 @@ nta_incoming_t *luasip_request_irq(lsip_obj_t *req);
 lsip_agent_t *luasip_request_agent(lsip_obj_t *req);
 nta_incoming_t *luasip_request_ensure_irq(lsip_obj_t *req);
 void luasip_request_set_proxy(lsip_obj_t *req, lsip_obj_t *proxy);
+void luasip_request_set_dialog(lsip_obj_t *req, lsip_obj_t *dialog);
 int luasip_request_status(lsip_obj_t *req);
 int luasip_request_forward(lsip_obj_t *req, msg_t *resp);
 void luasip_request_forwarded(lsip_obj_t *req);
@@ -189,6 +192,7 @@ struct lsip_agent {
   lsip_link_t dialogs;      /* lsip_dialog_t with a leg */
   lsip_link_t proxies;      /* lsip_proxy_t with branches */
   void *acks;               /* client_tx.c: sent ACKs kept for 2xx retransmissions */
+  void *await_ack;          /* server_tx.c: INVITEs whose 2xx waits for its ACK, hashed */
   const char *user_agent;   /* User-Agent / Server value */
   unsigned t1, t2;          /* RFC 3261 timers in ms (defaults 500 / 4000) */
   int closed;
