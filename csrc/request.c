@@ -200,6 +200,27 @@ static msg_t *reply_build(lua_State *L, lsip_req_t *r, reply_args_t const *a)
   return msg_ref_create(resp);
 }
 
+/* A 2xx to an initial INVITE: the callee's dialog, made here when the script did not make
+ * it first (req:answer, req:early do), so the caller's in-dialog requests and the ACK
+ * find it.  Returns the dialog made now (left to the caller to drop if the 2xx cannot
+ * go out), NULL when there was nothing to make; raises only on a memory error. */
+static lsip_obj_t *reply_dialog(lua_State *L, lsip_req_t *r, int status, int *failed)
+{
+  sip_t const *q = r->m.sip;
+  lsip_obj_t *d;
+  *failed = 0;
+  if (status < 200 || status >= 300 || q->sip_request->rq_method != sip_method_invite ||
+      (q->sip_to && q->sip_to->a_tag) || r->proxy || r->dialog || !r->irq)
+    return NULL;
+  d = luasip_dialog_uas(L, &r->m.obj, 0);
+  if (!d) {
+    *failed = 1;
+    return NULL;
+  }
+  lua_pop(L, 1);                    /* anchored while its leg exists */
+  return d;
+}
+
 /* req:reply(status [, reason] [, {headers=, body=, content_type=, stateless=, reliable=}])
  *   -> true | nil, err, code */
 static int req_reply(lua_State *L)
@@ -207,8 +228,9 @@ static int req_reply(lua_State *L)
   lsip_req_t *r = req_check(L, 1);
   reply_args_t a;
   const char *err, *code;
+  lsip_obj_t *made;
   msg_t *resp;
-  int rv;
+  int rv, failed;
 
   reply_args(L, r, &a);
   if ((err = reply_refused(r, &a, &code)))
@@ -228,11 +250,22 @@ static int req_reply(lua_State *L)
   if (a.reliable) {
     if (luasip_req_send_reliable(r, resp, a.status, a.reason) < 0)
       return luasip_fail(L, "cannot send reliable response", "send");
-  } else {
-    rv = luasip_req_send(r, resp, a.status, a.reason);
-    if (rv < 0)
-      return luasip_fail(L, "cannot send response", "send");
+    lua_pushboolean(L, 1);
+    return 1;
   }
+  made = reply_dialog(L, r, a.status, &failed);
+  if (failed) {
+    msg_destroy(resp);
+    return luasip_fail(L, "cannot create dialog", "memory");
+  }
+  rv = luasip_req_send(r, resp, a.status, a.reason);
+  /* re-read: r->dialog is cleared if the dialog went meanwhile */
+  if (rv < 0 && made && r->dialog == made)
+    luasip_dialog_drop(made);
+  else if (rv >= 0 && r->dialog && a.status >= 200 && a.status < 300)
+    luasip_dialog_confirmed(r->dialog);
+  if (rv < 0)
+    return luasip_fail(L, "cannot send response", "send");
   lua_pushboolean(L, 1);
   return 1;
 }
