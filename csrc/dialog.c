@@ -18,6 +18,15 @@
 
 #include "luasip.h"
 
+/* A dialog's life (STYLE rule 9), changed only by dialog_enter():
+ *   EARLY -> CONFIRMED (its 2xx) | TERMINATED;  CONFIRMED -> TERMINATED;  TERMINATED: final.
+ * Only EARLY and CONFIRMED hold the nta leg and a place on agent->dialogs. */
+typedef enum dialog_state {
+  DIALOG_EARLY, DIALOG_CONFIRMED, DIALOG_TERMINATED
+} dialog_state_t;
+
+static const char *const dialog_state_names[] = { "early", "confirmed", "terminated" };
+
 typedef struct lsip_dialog {
   lsip_obj_t obj;
   lsip_link_t link;           /* in agent->dialogs while the leg exists */
@@ -27,17 +36,30 @@ typedef struct lsip_dialog {
   char call_id[128];          /* for Replaces (RFC 3891) and logs */
   char ltag[64], rtag[64];    /* kept after the leg is gone */
   lsip_obj_t **backref;       /* the client transaction's pointer to us, cleared on free */
-  unsigned uas:1, have_remote_cseq:1, terminated:1, early:1;
+  dialog_state_t state;       /* change only through dialog_enter() */
+  unsigned uas:1, have_remote_cseq:1;
 } lsip_dialog_t;
+
+/* The one transition function: a dialog only moves forward (a move to the state it is
+ * in, or back, is a no-op: terminate() is idempotent, a late 2xx for a dialog the script
+ * already ended confirms nothing); TERMINATED lets go of the leg and is final. */
+static void dialog_enter(lsip_dialog_t *d, dialog_state_t to)
+{
+  if (to <= d->state)
+    return;
+  d->state = to;
+  if (to == DIALOG_TERMINATED) {
+    if (d->leg) {
+      nta_leg_destroy(d->leg);
+      d->leg = NULL;
+    }
+    luasip_link_del(&d->link);
+  }
+}
 
 static void dialog_release(lsip_dialog_t *d)
 {
-  if (d->leg) {
-    nta_leg_destroy(d->leg);
-    d->leg = NULL;
-  }
-  luasip_link_del(&d->link);
-  d->terminated = 1;
+  dialog_enter(d, DIALOG_TERMINATED);
 }
 
 /* A client transaction points at its dialog; the dialog may be freed first (collected
@@ -78,7 +100,7 @@ static int leg_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *i
   lsip_dialog_t *d = (lsip_dialog_t *)magic;
   lsip_obj_t *req;
   (void)leg;
-  if (!d->agent || d->terminated)
+  if (!d->agent || d->state == DIALOG_TERMINATED)
     return 481;
   if (sip->sip_request->rq_method == sip_method_ack) {
     msg_t *msg = nta_incoming_getrequest(irq);
@@ -95,8 +117,8 @@ static int leg_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *i
   req = luasip_request_from_irq(d->agent, irq);
   if (!req)
     return 500;
-  luasip_bridge("dialog_request", &d->obj, req);
-  luasip_request_dispatched(req);
+  /* d may have been terminated meanwhile; the request is re-read by dispatched() */
+  luasip_request_dispatched(req, luasip_bridge("dialog_request", &d->obj, req));
   return 0;
 }
 
@@ -134,7 +156,7 @@ int luasip_dialog_matches(lsip_obj_t *obj, const char *rtag)
 void luasip_dialog_confirm(lsip_obj_t *obj, sip_t const *resp)
 {
   lsip_dialog_t *d = (lsip_dialog_t *)obj;
-  d->early = 0;
+  dialog_enter(d, DIALOG_CONFIRMED);
   if (d->leg && resp->sip_contact)
     nta_leg_client_reroute(d->leg, resp->sip_record_route, resp->sip_contact, 0);
 }
@@ -175,11 +197,52 @@ lsip_obj_t *luasip_dialog_uac(lsip_agent_t *a, sip_t const *resp, int early)
     return NULL;
   }
   nta_leg_client_route(d->leg, resp->sip_record_route, resp->sip_contact);
-  d->early = early;
+  d->state = early ? DIALOG_EARLY : DIALOG_CONFIRMED;
   snprintf(d->call_id, sizeof d->call_id, "%s", resp->sip_call_id->i_id);
   keep_tags(d);
   luasip_link_add(&a->dialogs, &d->link);
   return &d->obj;
+}
+
+/* The UAS dialog of req (INVITE, SUBSCRIBE or REFER without a To tag, with its server
+ * transaction): pushes the dialog, anchored while its leg exists, and links it to the
+ * request (req:reply knows it then has one).  NULL, nothing pushed, when the leg cannot be
+ * made.  An INVITE's dialog is early until its 2xx goes out; SUBSCRIBE and REFER
+ * dialogs start with their 2xx (RFC 6665 4.1.2.4). */
+lsip_obj_t *luasip_dialog_uas(lua_State *L, lsip_obj_t *r, int early)
+{
+  lsip_agent_t *a = luasip_request_agent(r);
+  nta_incoming_t *irq = luasip_request_irq(r);
+  sip_t const *sip = luasip_request_sip(r);
+  lsip_dialog_t *d = luasip_newobj(L, sizeof *d, LUASIP_DIALOG, dialog_destroy);
+  d->agent = a;
+  d->uas = 1;
+  d->leg = nta_leg_tcreate(a->nta, leg_request, (nta_leg_magic_t *)d,
+                           SIPTAG_CALL_ID(sip->sip_call_id),
+                           SIPTAG_FROM(sip->sip_to),
+                           SIPTAG_TO(sip->sip_from),
+                           TAG_END());
+  if (!d->leg) {
+    lua_pop(L, 1);                  /* collected: nothing to release */
+    return NULL;
+  }
+  nta_leg_tag(d->leg, nta_incoming_tag(irq, NULL));
+  nta_leg_server_route(d->leg, sip->sip_record_route, sip->sip_contact);
+  d->remote_cseq = sip->sip_cseq->cs_seq;
+  d->have_remote_cseq = 1;
+  d->state = early ? DIALOG_EARLY : DIALOG_CONFIRMED;
+  snprintf(d->call_id, sizeof d->call_id, "%s", sip->sip_call_id->i_id);
+  keep_tags(d);
+  luasip_link_add(&a->dialogs, &d->link);
+  luasip_anchor(L, &d->obj, -1);
+  luasip_request_set_dialog(r, &d->obj);
+  return &d->obj;
+}
+
+/* The 2xx of its INVITE went out. */
+void luasip_dialog_confirmed(lsip_obj_t *obj)
+{
+  dialog_enter((lsip_dialog_t *)obj, DIALOG_CONFIRMED);
 }
 
 /* req:_dialog() -> dialog: the UAS dialog of an INVITE not yet answered finally */
@@ -190,7 +253,6 @@ static int req_dialog(lua_State *L)
   nta_incoming_t *irq = luasip_request_ensure_irq(r);
   sip_t const *sip = luasip_request_sip(r);
   nta_agent_t *nta = a ? luasip_agent_nta(a) : NULL;
-  lsip_dialog_t *d;
   if (sip->sip_request->rq_method != sip_method_invite &&
       sip->sip_request->rq_method != sip_method_subscribe &&
       sip->sip_request->rq_method != sip_method_refer)
@@ -199,34 +261,15 @@ static int req_dialog(lua_State *L)
     return luasip_fail(L, "in-dialog request: it has a dialog already", "dialog");
   if (!nta || !irq || nta_incoming_status(irq) >= 200)
     return luasip_fail(L, "request already answered", "answered");
-  d = luasip_newobj(L, sizeof *d, LUASIP_DIALOG, dialog_destroy);
-  d->agent = a;
-  d->uas = 1;
-  d->leg = nta_leg_tcreate(nta, leg_request, (nta_leg_magic_t *)d,
-                           SIPTAG_CALL_ID(sip->sip_call_id),
-                           SIPTAG_FROM(sip->sip_to),
-                           SIPTAG_TO(sip->sip_from),
-                           TAG_END());
-  if (!d->leg)
+  if (!luasip_dialog_uas(L, r, sip->sip_request->rq_method == sip_method_invite))
     return luasip_fail(L, "cannot create dialog", "memory");
-  nta_leg_tag(d->leg, nta_incoming_tag(irq, NULL));
-  nta_leg_server_route(d->leg, sip->sip_record_route, sip->sip_contact);
-  d->remote_cseq = sip->sip_cseq->cs_seq;
-  d->have_remote_cseq = 1;
-  /* an INVITE's dialog is early until its 2xx goes out; SUBSCRIBE and REFER dialogs
-   * start with their 2xx (RFC 6665 4.1.2.4) */
-  d->early = sip->sip_request->rq_method == sip_method_invite;
-  snprintf(d->call_id, sizeof d->call_id, "%s", sip->sip_call_id->i_id);
-  keep_tags(d);
-  luasip_link_add(&a->dialogs, &d->link);
-  luasip_anchor(L, &d->obj, -1);
   return 1;
 }
 
 /* dialog:_confirmed(): the 2xx went out */
 static int dialog_confirmed(lua_State *L)
 {
-  ((lsip_dialog_t *)luasip_checkobj(L, 1, LUASIP_DIALOG))->early = 0;
+  dialog_enter((lsip_dialog_t *)luasip_checkobj(L, 1, LUASIP_DIALOG), DIALOG_CONFIRMED);
   return 0;
 }
 
@@ -253,7 +296,7 @@ static int dialog_send(lua_State *L)
   if (method == sip_method_invalid || method == sip_method_cancel ||
       method == sip_method_ack)
     return luaL_error(L, "%s: cannot send %s this way", fname, method_name);
-  if (d->terminated || !d->leg || !d->agent || d->agent->closed)
+  if (d->state == DIALOG_TERMINATED || !d->agent || d->agent->closed)
     return luasip_fail(L, "dialog terminated", "terminated");
   msg = nta_msg_create(d->agent->nta, 0);
   if (!msg)
@@ -284,7 +327,7 @@ static int dialog_send(lua_State *L)
 static int dialog_terminate(lua_State *L)
 {
   lsip_dialog_t *d = dialog_check(L, 1);
-  if (!d->terminated) {
+  if (d->state != DIALOG_TERMINATED) {
     dialog_release(d);
     luasip_unanchor(L, &d->obj);
   }
@@ -296,7 +339,7 @@ static int dialog_terminate(lua_State *L)
 static int dialog_keep(lua_State *L)
 {
   lsip_dialog_t *d = dialog_check(L, 1);
-  if (!d->terminated && d->leg)
+  if (d->state != DIALOG_TERMINATED)
     luasip_anchor(L, &d->obj, 1);
   return 0;
 }
@@ -336,11 +379,11 @@ static int dialog_fields(lua_State *L)
   return 0;
 }
 
-/* dialog:state() -> "confirmed" | "terminated" */
+/* dialog:state() -> "early" | "confirmed" | "terminated" */
 static int dialog_state(lua_State *L)
 {
   lsip_dialog_t *d = dialog_check(L, 1);
-  lua_pushstring(L, d->terminated ? "terminated" : d->early ? "early" : "confirmed");
+  lua_pushstring(L, dialog_state_names[d->state]);
   return 1;
 }
 

@@ -45,6 +45,8 @@ typedef struct lsip_state {
   su_home_t home[1];
   su_root_t *root;
   lua_State *T;             /* thread the bridge calls Lua on */
+#define LUASIP_BRIDGE_DEPTH 16
+  lua_State *nested[LUASIP_BRIDGE_DEPTH]; /* bridge.c: thread of nesting level i + 1 */
   int depth;                /* > 0 while Lua runs from a sofia callback */
   int stopping;             /* sip.stop() seen by run() */
   int running;              /* inside run() */
@@ -84,8 +86,10 @@ lua_State *luasip_L(void);
 
 /* bridge.c: the only way into Lua from sofia callbacks.  Calls the Lua dispatcher as
  * dispatcher(event, a, b) where a and b are objects (or nil); objects never seen by Lua
- * get their userdata inside the protected call.  Returns 0 when the call ran (its errors
- * are logged), -1 when Lua could not be entered at all. */
+ * get their userdata inside the protected call.  Returns 0 when the dispatcher ran and
+ * returned normally, -1 when Lua could not be entered or the dispatcher raised (logged).
+ * Either way the caller re-reads its objects afterwards (STYLE rule 8): Lua may have
+ * answered, closed or dropped anything. */
 int luasip_bridge(const char *event, lsip_obj_t *a, lsip_obj_t *b);
 void luasip_bridge_open(lua_State *L);
 int luasip_set_dispatcher(lua_State *L);
@@ -144,14 +148,17 @@ void luasip_dialog_drop(lsip_obj_t *d);
 void luasip_dialog_confirm(lsip_obj_t *d, sip_t const *resp);
 void luasip_dialog_backref(lsip_obj_t *d, lsip_obj_t **ref);
 void luasip_dialogs_detach(lsip_agent_t *a);
+lsip_obj_t *luasip_dialog_uas(lua_State *L, lsip_obj_t *req, int early);
+void luasip_dialog_confirmed(lsip_obj_t *d);
 
 /* server_tx.c, for dialog.c */
 lsip_obj_t *luasip_request_from_irq(lsip_agent_t *a, nta_incoming_t *irq);
-void luasip_request_dispatched(lsip_obj_t *req);
+void luasip_request_dispatched(lsip_obj_t *req, int bridge_rc);
 nta_incoming_t *luasip_request_irq(lsip_obj_t *req);
 lsip_agent_t *luasip_request_agent(lsip_obj_t *req);
 nta_incoming_t *luasip_request_ensure_irq(lsip_obj_t *req);
 void luasip_request_set_proxy(lsip_obj_t *req, lsip_obj_t *proxy);
+void luasip_request_set_dialog(lsip_obj_t *req, lsip_obj_t *dialog);
 int luasip_request_status(lsip_obj_t *req);
 int luasip_request_forward(lsip_obj_t *req, msg_t *resp);
 void luasip_request_forwarded(lsip_obj_t *req);
@@ -188,6 +195,7 @@ struct lsip_agent {
   lsip_link_t dialogs;      /* lsip_dialog_t with a leg */
   lsip_link_t proxies;      /* lsip_proxy_t with branches */
   void *acks;               /* client_tx.c: sent ACKs kept for 2xx retransmissions */
+  void *await_ack;          /* server_tx.c: INVITEs whose 2xx waits for its ACK, hashed */
   const char *user_agent;   /* User-Agent / Server value */
   unsigned t1, t2;          /* RFC 3261 timers in ms (defaults 500 / 4000) */
   int closed;

@@ -323,6 +323,12 @@ static int branch_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
     luasip_bridge("proxy_response", &p->obj, o);
     if (o && !o->born)
       o->destroy(o);
+    /* re-read (STYLE rule 8): Lua may have closed the agent, which destroyed every
+     * branch's orq, this one included */
+    if (b->orq != orq || b->done || !p->agent) {
+      msg_destroy(msg);
+      return 0;
+    }
   }
   if (status < 200) {
     if (status > 100 && msg && !p->done && p->req)

@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: MIT
- * luasip.request: an incoming request and its server side.  Uses nta_incoming (created
- * lazily: only INVITEs and requests left unanswered by their handler's first run get
- * one), nta_msg_mreply for stateless answers (DESIGN D9), and does the INVITE duties nta
- * leaves to a UA when it runs with NTATAG_UA(0): 100 Trying, 2xx retransmission until the
- * ACK (RFC 3261 13.3.1.4), BYE when none comes in 64*T1, 487 on CANCEL.
+ * The server side of a luasip.request: its life as one state machine (request.h), the
+ * nta_incoming transaction (made lazily: only INVITEs and requests left unanswered by
+ * their handler's first run get one), stateless answers by nta_msg_mreply (DESIGN D9),
+ * and the INVITE duties nta leaves to a UA under NTATAG_UA(0): 100 Trying, 2xx
+ * retransmission until the ACK (RFC 3261 13.3.1.4), BYE when none comes in 64*T1, 487 on
+ * CANCEL, PRACK (RFC 3262).  ACKs for our 2xx are found in a per-agent hash table keyed
+ * by Call-ID and CSeq (the To tag is compared on a hit); CANCELs are matched by nta.
  * Ownership: the struct owns one msg reference for reading (m.msg) and, until nta takes
- * it, one for answering (pending).  It outlives its userdata while the 2xx is in flight.
+ * it, one for answering (pending).  It outlives its userdata while its 2xx is in flight.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -18,37 +20,121 @@
 #include <sofia-sip/su_string.h>
 #include <sofia-sip/su_tag.h>
 
-#include "luasip.h"
+#include "request.h"
 
+static const char *const state_names[LSIP_RQ_NSTATES] = {
+  "first run", "proceeding", "reliable", "accepted", "answered", "cancelled",
+  "forwarded", "ack", "gone"
+};
 
-typedef struct lsip_req {
-  lsip_msgobj_t m;
-  lsip_link_t link;           /* in agent->requests while sofia state exists */
-  lsip_agent_t *agent;
-  nta_incoming_t *irq;
-  msg_t *pending;             /* reference handed to nta with the answer */
-  tport_t *tport;             /* delivering transport, for 2xx retransmission */
-  char transport[8];
-  int status;                 /* highest status sent */
-  unsigned dispatching:1, cancelled:1, is_ack:1, orphan:1, reliable:1, forwarded:1;
-  lsip_obj_t *proxy;          /* proxy.c forwarding this request, if any */
-  su_timer_t *rtx;            /* 2xx retransmission timer */
-  msg_t *resp2xx;
-  unsigned rtx_interval, rtx_elapsed;
-  tp_name_t rtx_tpn[1];
-  struct lsip_req *invite;    /* for an ACK: nothing (the INVITE is passed alongside) */
-} lsip_req_t;
+#define TO(s) (1u << LSIP_RQ_##s)
+static const unsigned transitions[LSIP_RQ_NSTATES] = {
+  [LSIP_RQ_FIRST_RUN] = TO(PROCEEDING) | TO(ANSWERED) | TO(FORWARDED) | TO(GONE),
+  [LSIP_RQ_PROCEEDING] = TO(RELIABLE) | TO(ACCEPTED) | TO(ANSWERED) | TO(CANCELLED) |
+                         TO(GONE),
+  [LSIP_RQ_RELIABLE] = TO(ACCEPTED) | TO(ANSWERED) | TO(CANCELLED) | TO(GONE),
+  [LSIP_RQ_ACCEPTED] = TO(ANSWERED) | TO(GONE),
+  [LSIP_RQ_ACK] = TO(FORWARDED),
+};
+#undef TO
 
-static const char *const luasip_methods_allow =
-  "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, PUBLISH, REFER, "
-  "INFO, UPDATE, PRACK, MESSAGE";
-
-/* ---------------------------------------------------------------- lifetime */
-
-static int req_has_sofia(lsip_req_t *r)
+static int final_state(lsip_req_state_t s)
 {
-  return r->irq || r->rtx || r->pending;
+  return s >= LSIP_RQ_ANSWERED;
 }
+
+/* ---------------------------------------------------------------- the ACK table */
+
+/* INVITEs in ACCEPTED, by Call-ID + CSeq number (what an ACK for a 2xx shares with its
+ * INVITE: it is a transaction of its own, with a new branch, RFC 3261 17.1.1.3). */
+typedef struct ack_table {
+  unsigned size, count;       /* size: a power of two */
+  lsip_req_t **slot;
+} ack_table_t;
+
+static unsigned ack_key(sip_t const *sip)
+{
+  const unsigned char *s = (const unsigned char *)sip->sip_call_id->i_id;
+  unsigned h = 2166136261u ^ (unsigned)sip->sip_cseq->cs_seq;  /* FNV-1a */
+  h *= 16777619u;
+  while (*s) {
+    h ^= *s++;
+    h *= 16777619u;
+  }
+  return h;
+}
+
+static int ack_table_grow(ack_table_t *t)
+{
+  unsigned size = t->size ? t->size * 2 : 64, i;
+  lsip_req_t **slot = calloc(size, sizeof *slot);
+  if (!slot)
+    return -1;
+  for (i = 0; i < t->size; i++) {
+    lsip_req_t *r = t->slot[i], *next;
+    for (; r; r = next) {
+      next = r->ack_next;
+      r->ack_next = slot[r->ack_hash & (size - 1)];
+      slot[r->ack_hash & (size - 1)] = r;
+    }
+  }
+  free(t->slot);
+  t->slot = slot;
+  t->size = size;
+  return 0;
+}
+
+static int ack_table_add(lsip_req_t *r)
+{
+  ack_table_t *t = r->agent->await_ack;
+  if (!t && !(t = r->agent->await_ack = calloc(1, sizeof *t)))
+    return -1;
+  if (t->count >= t->size && ack_table_grow(t) < 0)
+    return -1;
+  r->ack_hash = ack_key(r->m.sip);
+  r->ack_next = t->slot[r->ack_hash & (t->size - 1)];
+  t->slot[r->ack_hash & (t->size - 1)] = r;
+  t->count++;
+  return 0;
+}
+
+static void ack_table_del(lsip_req_t *r)
+{
+  ack_table_t *t = r->agent ? r->agent->await_ack : NULL;
+  lsip_req_t **pp;
+  if (!t || !t->size)
+    return;
+  for (pp = &t->slot[r->ack_hash & (t->size - 1)]; *pp; pp = &(*pp)->ack_next) {
+    if (*pp == r) {
+      *pp = r->ack_next;
+      r->ack_next = NULL;
+      t->count--;
+      return;
+    }
+  }
+}
+
+static lsip_req_t *ack_table_find(lsip_agent_t *a, sip_t const *ack)
+{
+  ack_table_t *t = a->await_ack;
+  unsigned h;
+  lsip_req_t *r;
+  if (!t || !t->count || !ack->sip_call_id || !ack->sip_cseq || !ack->sip_to)
+    return NULL;
+  h = ack_key(ack);
+  for (r = t->slot[h & (t->size - 1)]; r; r = r->ack_next) {
+    sip_t const *resp = sip_object(r->resp2xx);
+    if (r->ack_hash == h && r->m.sip->sip_cseq->cs_seq == ack->sip_cseq->cs_seq &&
+        su_strmatch(r->m.sip->sip_call_id->i_id, ack->sip_call_id->i_id) &&
+        resp && su_strmatch(resp->sip_to->a_tag, ack->sip_to->a_tag))
+      return r;
+  }
+  return NULL;
+}
+
+/* ---------------------------------------------------------------- transitions */
+
+static void rtx_tick(su_root_magic_t *magic, su_timer_t *t, su_timer_arg_t *arg);
 
 static void rtx_stop(lsip_req_t *r)
 {
@@ -62,32 +148,32 @@ static void rtx_stop(lsip_req_t *r)
   }
 }
 
-static void req_free(lsip_req_t *r)
+/* Entering ACCEPTED: keep the 2xx nta sent and retransmit it ourselves. */
+static int rtx_start(lsip_req_t *r)
 {
-  if (r->proxy)
-    luasip_proxy_forget(r->proxy);
-  if (r->m.msg)
-    msg_destroy(r->m.msg);
-  luasip_freeobj(&r->m.obj);
-}
-
-/* Drops sofia state that is no longer needed; frees an orphan with nothing left. */
-static void req_settle(lsip_req_t *r)
-{
-  if (req_has_sofia(r))
-    return;
-  if (r->tport) {
-    tport_unref(r->tport);
-    r->tport = NULL;
+  sip_via_t const *v = r->m.sip->sip_via;
+  if (!v || !r->tport || !(r->resp2xx = nta_incoming_getresponse(r->irq)))
+    return -1;
+  /* the request's Via already carries received/rport (nta's check_request_via) */
+  r->rtx_tpn->tpn_proto = tport_name(r->tport)->tpn_proto;
+  r->rtx_tpn->tpn_host = v->v_received ? v->v_received : v->v_host;
+  r->rtx_tpn->tpn_canon = r->rtx_tpn->tpn_host;
+  r->rtx_tpn->tpn_port = v->v_rport && v->v_rport[0] ? v->v_rport
+                         : v->v_port ? v->v_port : "5060";
+  r->rtx = su_timer_create(su_root_task(luasip_S->root), 0);
+  r->rtx_interval = r->agent->t1;
+  r->rtx_elapsed = 0;
+  if (!r->rtx || su_timer_set_interval(r->rtx, rtx_tick, r, r->rtx_interval) < 0 ||
+      ack_table_add(r) < 0) {
+    rtx_stop(r);
+    return -1;
   }
-  luasip_link_del(&r->link);
-  if (r->orphan)
-    req_free(r);
+  return 0;
 }
 
-static void req_release_sofia(lsip_req_t *r)
+/* What a final state leaves behind: nothing of sofia's. */
+static void release_sofia(lsip_req_t *r)
 {
-  rtx_stop(r);
   if (r->irq) {
     nta_incoming_destroy(r->irq);
     r->irq = NULL;
@@ -103,65 +189,160 @@ static void req_release_sofia(lsip_req_t *r)
   luasip_link_del(&r->link);
 }
 
-static int send_final_plain(lsip_req_t *r, int status, const char *phrase);
-
-/* The userdata is gone (drained after __gc). */
-static void req_destroy(lsip_obj_t *obj)
+/* The one transition function: leaves r->state for `to`, doing each state's exit and
+ * entry work.  Never frees r (luasip_req_collect does) and never calls Lua. */
+void luasip_req_enter(lsip_req_t *r, lsip_req_state_t to)
 {
-  lsip_req_t *r = (lsip_req_t *)obj;
-  if (r->irq && r->status < 200) {
-    /* abandoned by its handler: the caller still gets an answer */
-    luasip_log(2, "%s request collected without a final response: 500",
-               r->m.sip->sip_request->rq_method_name);
-    send_final_plain(r, 500, "Request Abandoned");
-  }
-  if (r->rtx && r->agent && !r->agent->closed) {
-    r->orphan = 1;                /* keep retransmitting the 2xx until ACK or timeout */
+  lsip_req_state_t from = r->state;
+  if (!(transitions[from] & (1u << to))) {
+    luasip_log(1, "internal: request %s -> %s refused", state_names[from], state_names[to]);
     return;
   }
-  req_release_sofia(r);
-  req_free(r);
+  if (from == LSIP_RQ_ACCEPTED) {
+    ack_table_del(r);
+    rtx_stop(r);
+  }
+  r->state = to;
+  switch (to) {
+  case LSIP_RQ_ACCEPTED:
+    if (rtx_start(r) < 0) {         /* cannot retransmit: the 2xx went out once */
+      r->state = LSIP_RQ_ANSWERED;
+      release_sofia(r);
+      return;
+    }
+    nta_incoming_destroy(r->irq);   /* the 2xx is ours to retransmit from now on */
+    r->irq = NULL;
+    return;
+  case LSIP_RQ_PROCEEDING:
+  case LSIP_RQ_RELIABLE:
+    return;
+  default:
+    release_sofia(r);
+    return;
+  }
 }
 
-void luasip_requests_detach(lsip_agent_t *a)
+static void req_free(lsip_req_t *r)
 {
-  while (a->requests.next != &a->requests) {
-    lsip_req_t *r = (lsip_req_t *)((char *)a->requests.next - offsetof(lsip_req_t, link));
-    int waited = r->m.obj.alive && (r->rtx || r->reliable);
-    req_release_sofia(r);
-    r->agent = NULL;
-    if (waited)
-      luasip_bridge("request_closed", &r->m.obj, NULL);  /* wake wait_ack / PRACK waits */
-    if (r->orphan)
-      req_free(r);
-  }
+  if (r->proxy)
+    luasip_proxy_forget(r->proxy);
+  if (r->dialog)
+    luasip_dialog_backref(r->dialog, NULL);
+  if (r->m.msg)
+    msg_destroy(r->m.msg);
+  luasip_freeobj(&r->m.obj);
+}
+
+/* Frees r when nothing needs it any more: a final state and a userdata that was
+ * collected (and whose deferred destroy already ran). */
+void luasip_req_collect(lsip_req_t *r)
+{
+  if (final_state(r->state) && r->m.obj.born && !r->m.obj.alive && !r->m.obj.queued)
+    req_free(r);
+}
+
+int luasip_req_unanswered(lsip_req_t const *r)
+{
+  return r->state <= LSIP_RQ_RELIABLE && r->agent && !r->agent->closed;
+}
+
+/* The state a final response of this status leads to. */
+static lsip_req_state_t after_final(lsip_req_t const *r, int status)
+{
+  /* a proxied 2xx is the UAS's to retransmit, not ours */
+  if (r->m.sip->sip_request->rq_method == sip_method_invite && status < 300 && !r->proxy)
+    return LSIP_RQ_ACCEPTED;
+  return LSIP_RQ_ANSWERED;
 }
 
 /* ---------------------------------------------------------------- sending */
 
-static void rtx_tick(su_root_magic_t *magic, su_timer_t *t, su_timer_arg_t *arg);
+static int irq_callback(nta_incoming_magic_t *magic, nta_incoming_t *irq, sip_t const *sip);
 
-static void start_2xx_rtx(lsip_req_t *r)
+/* FIRST_RUN -> PROCEEDING: a server transaction from the pending reference. */
+nta_incoming_t *luasip_req_make_irq(lsip_req_t *r)
 {
-  sip_via_t const *v = r->m.sip->sip_via;
-  nta_agent_t *nta = luasip_agent_nta(r->agent);
-  if (!v || !r->tport || !nta)
-    return;
-  r->resp2xx = nta_incoming_getresponse(r->irq);
-  if (!r->resp2xx)
-    return;
-  /* the request's Via already carries received/rport (nta's check_request_via) */
-  r->rtx_tpn->tpn_proto = tport_name(r->tport)->tpn_proto;
-  r->rtx_tpn->tpn_host = v->v_received ? v->v_received : v->v_host;
-  r->rtx_tpn->tpn_canon = r->rtx_tpn->tpn_host;
-  r->rtx_tpn->tpn_port = v->v_rport && v->v_rport[0] ? v->v_rport
-                         : v->v_port ? v->v_port : "5060";
-  r->rtx = su_timer_create(su_root_task(luasip_S->root), 0);
-  r->rtx_interval = r->agent->t1;
-  r->rtx_elapsed = 0;
-  if (!r->rtx || su_timer_set_interval(r->rtx, rtx_tick, r, r->rtx_interval) < 0)
-    rtx_stop(r);
+  nta_agent_t *nta = r->agent ? luasip_agent_nta(r->agent) : NULL;
+  if (r->state != LSIP_RQ_FIRST_RUN || !nta || !r->pending)
+    return NULL;
+  r->irq = nta_incoming_create(nta, NULL, r->pending, NULL, NTATAG_TPORT(r->tport),
+                               TAG_END());
+  r->pending = NULL;                /* nta owns it now, even on failure */
+  if (!r->irq) {
+    luasip_req_enter(r, LSIP_RQ_GONE);
+    return NULL;
+  }
+  nta_incoming_bind(r->irq, irq_callback, (nta_incoming_magic_t *)r);
+  if (!r->m.sip->sip_to || !r->m.sip->sip_to->a_tag)
+    nta_incoming_tag(r->irq, NULL);
+  luasip_req_enter(r, LSIP_RQ_PROCEEDING);
+  return r->irq;
 }
+
+/* Sends resp (our reference, complete but for the status line) through the transaction,
+ * or statelessly in FIRST_RUN, and moves r on. */
+int luasip_req_send(lsip_req_t *r, msg_t *resp, int status, const char *reason)
+{
+  nta_agent_t *nta = luasip_agent_nta(r->agent);
+  int rv;
+  if (r->state == LSIP_RQ_FIRST_RUN) {
+    rv = nta_msg_mreply(nta, resp, sip_object(resp), status, reason, r->pending, TAG_END());
+    r->pending = NULL;              /* nta took it */
+    r->status = status;
+    luasip_req_enter(r, LSIP_RQ_ANSWERED);
+    return rv;
+  }
+  if (nta_incoming_complete_response(r->irq, resp, status, reason, TAG_END()) < 0) {
+    msg_destroy(resp);
+    return -1;
+  }
+  rv = nta_incoming_mreply(r->irq, resp);
+  if (status > r->status)
+    r->status = status;
+  if (status >= 200)
+    luasip_req_enter(r, after_final(r, status));
+  return rv;
+}
+
+static int prack_callback(nta_reliable_magic_t *magic, nta_reliable_t *rel,
+                          nta_incoming_t *pr_irq, sip_t const *sip);
+
+/* A 101-199 sent reliably: RSeq and Require: 100rel are nta's; it retransmits until the
+ * PRACK (RFC 3262). */
+int luasip_req_send_reliable(lsip_req_t *r, msg_t *resp, int status, const char *reason)
+{
+  if (nta_incoming_complete_response(r->irq, resp, status, reason, TAG_END()) < 0) {
+    msg_destroy(resp);
+    return -1;
+  }
+  if (!nta_reliable_mreply(r->irq, prack_callback, (nta_reliable_magic_t *)r, resp))
+    return -1;                      /* msg freed by nta */
+  if (status > r->status)
+    r->status = status;
+  if (r->state == LSIP_RQ_PROCEEDING)
+    luasip_req_enter(r, LSIP_RQ_RELIABLE);
+  return 0;
+}
+
+/* A final answer with no Lua options: 487, 500, 504 and abandoned requests. */
+static void reply_plain(lsip_req_t *r, int status, const char *phrase)
+{
+  nta_agent_t *nta = r->agent ? luasip_agent_nta(r->agent) : NULL;
+  if (!nta || !luasip_req_unanswered(r))
+    return;
+  if (r->state == LSIP_RQ_FIRST_RUN) {
+    nta_msg_treply(nta, r->pending, status, phrase,
+                   SIPTAG_SERVER_STR(r->agent->user_agent), TAG_END());
+    r->pending = NULL;
+  } else {
+    nta_incoming_treply(r->irq, status, phrase,
+                        SIPTAG_SERVER_STR(r->agent->user_agent), TAG_END());
+  }
+  r->status = status;
+  luasip_req_enter(r, after_final(r, status));
+}
+
+/* ---------------------------------------------------------------- INVITE duties */
 
 static int bye_done(nta_outgoing_magic_t *magic, nta_outgoing_t *orq, sip_t const *sip)
 {
@@ -196,19 +377,27 @@ static void send_bye(lsip_req_t *r)
     nta_leg_destroy(leg);
 }
 
+/* The UAS dialog of a 2xx never ACKed ends with the session. */
+static void drop_dialog(lsip_req_t *r)
+{
+  if (r->dialog && luasip_dialog_leg(r->dialog))
+    luasip_dialog_drop(r->dialog);  /* clears r->dialog through the backref */
+}
+
 static void rtx_tick(su_root_magic_t *magic, su_timer_t *t, su_timer_arg_t *arg)
 {
   lsip_req_t *r = (lsip_req_t *)arg;
   (void)magic; (void)t;
   r->rtx_elapsed += r->rtx_interval;
-  if (!r->agent || r->rtx_elapsed >= 64 * r->agent->t1) {
+  if (r->rtx_elapsed >= 64 * r->agent->t1) {
     luasip_log(3, "no ACK for 2xx to INVITE %s: sending BYE",
                r->m.sip->sip_call_id ? r->m.sip->sip_call_id->i_id : "?");
     send_bye(r);
-    rtx_stop(r);
-    if (!r->orphan)
-      luasip_bridge("ack_timeout", &r->m.obj, NULL);
-    req_settle(r);
+    luasip_req_enter(r, LSIP_RQ_ANSWERED);
+    if (r->m.obj.alive)
+      luasip_bridge("ack_timeout", &r->m.obj, NULL);  /* a notification: no rc to act on */
+    drop_dialog(r);                 /* re-read: Lua may have ended it already */
+    luasip_req_collect(r);
     return;
   }
   if (r->tport)
@@ -230,105 +419,106 @@ static int prack_callback(nta_reliable_magic_t *magic, nta_reliable_t *rel,
   pr = luasip_request_from_irq(r->agent, pr_irq);
   if (!pr)
     return 200;
-  send_final_plain((lsip_req_t *)pr, SIP_200_OK);
-  luasip_bridge("prack", r->m.obj.alive ? &r->m.obj : NULL, pr);
-  luasip_request_dispatched(pr);
+  reply_plain((lsip_req_t *)pr, SIP_200_OK);
+  luasip_request_dispatched(pr, luasip_bridge("prack", r->m.obj.alive ? &r->m.obj : NULL,
+                                              pr));
   return 0;
+}
+
+/* CANCEL of an INVITE still unanswered (RFC 3261 9.2): nta already answered the CANCEL
+ * 200; the INVITE ends with 487, and a proxy cancels its branches (16.10). */
+static void cancelled(lsip_req_t *r)
+{
+  nta_incoming_treply(r->irq, SIP_487_REQUEST_CANCELLED,
+                      SIPTAG_SERVER_STR(r->agent->user_agent), TAG_END());
+  r->status = 487;
+  luasip_req_enter(r, LSIP_RQ_CANCELLED);
+  if (r->proxy)
+    luasip_proxy_cancel(r->proxy);  /* Lua hears proxy_final */
+  if (r->m.obj.alive)
+    luasip_bridge("cancel", &r->m.obj, NULL);
+  luasip_req_collect(r);
 }
 
 static int irq_callback(nta_incoming_magic_t *magic, nta_incoming_t *irq, sip_t const *sip)
 {
   lsip_req_t *r = (lsip_req_t *)magic;
   (void)irq;
-  if (!sip && r->reliable && r->status < 200) {
-    /* a reliable provisional response was never PRACKed (RFC 3262 3: 5xx) */
-    send_final_plain(r, 504, "Reliable Response Time-Out");
-    if (r->m.obj.alive)
-      luasip_bridge("prack_timeout", &r->m.obj, NULL);
-    req_settle(r);
+  if (!sip) {
+    if (r->state == LSIP_RQ_RELIABLE) {
+      /* a reliable provisional response was never PRACKed (RFC 3262 3: 5xx) */
+      reply_plain(r, 504, "Reliable Response Time-Out");
+      if (r->m.obj.alive)
+        luasip_bridge("prack_timeout", &r->m.obj, NULL);
+      luasip_req_collect(r);
+    }
     return 0;
   }
-  /* CANCEL ends only an INVITE (RFC 3261 9.2); for others nta's 200 is all there is */
-  if (sip && sip->sip_request && sip->sip_request->rq_method == sip_method_cancel &&
-      r->m.sip->sip_request->rq_method == sip_method_invite && r->status < 200) {
-    /* nta already answered the CANCEL 200; the INVITE ends with 487, and a proxy
-     * cancels its branches (RFC 3261 16.10) */
-    send_final_plain(r, SIP_487_REQUEST_CANCELLED);
-    r->cancelled = 1;
-    if (r->proxy)
-      luasip_proxy_cancel(r->proxy);
-    if (r->m.obj.alive)
-      luasip_bridge("cancel", &r->m.obj, NULL);
-    req_settle(r);
-  }
+  /* CANCEL ends only an INVITE; for others nta's 200 is all there is */
+  if (sip->sip_request && sip->sip_request->rq_method == sip_method_cancel &&
+      r->m.sip->sip_request->rq_method == sip_method_invite && luasip_req_unanswered(r))
+    cancelled(r);
   return 0;
 }
 
-static nta_incoming_t *make_irq(lsip_req_t *r)
+/* ---------------------------------------------------------------- lifetime */
+
+/* The userdata is gone (drained after __gc). */
+static void req_destroy(lsip_obj_t *obj)
 {
-  nta_agent_t *nta = luasip_agent_nta(r->agent);
-  if (!nta || !r->pending)
-    return NULL;
-  r->irq = nta_incoming_create(nta, NULL, r->pending, NULL,
-                               NTATAG_TPORT(r->tport),
-                               TAG_END());
-  r->pending = NULL;                /* nta owns it now, even on failure */
-  if (r->irq) {
-    nta_incoming_bind(r->irq, irq_callback, (nta_incoming_magic_t *)r);
-    if (!r->m.sip->sip_to || !r->m.sip->sip_to->a_tag)
-      nta_incoming_tag(r->irq, NULL);
+  lsip_req_t *r = (lsip_req_t *)obj;
+  if (luasip_req_unanswered(r)) {
+    /* abandoned by its handler: the caller still gets an answer */
+    luasip_log(2, "%s request collected without a final response: 500",
+               r->m.sip->sip_request->rq_method_name);
+    reply_plain(r, 500, "Request Abandoned");
   }
-  return r->irq;
+  if (r->state == LSIP_RQ_ACCEPTED)
+    return;                         /* retransmits its 2xx until ACK or timeout */
+  if (!final_state(r->state))
+    luasip_req_enter(r, LSIP_RQ_GONE);
+  req_free(r);
 }
 
-/* After a final response went out through the irq. */
-static void after_final(lsip_req_t *r, int status)
-{
-  /* a proxied 2xx is the UAS's to retransmit, not ours */
-  if (r->m.sip->sip_request->rq_method == sip_method_invite && status < 300 && !r->proxy)
-    start_2xx_rtx(r);
-  nta_incoming_destroy(r->irq);
-  r->irq = NULL;
-}
-
-/* A final answer with no Lua options: used for 487, 500 and abandoned requests. */
-static int send_final_plain(lsip_req_t *r, int status, const char *phrase)
-{
-  nta_agent_t *nta = luasip_agent_nta(r->agent);
-  int rv = -1;
-  if (!nta || r->status >= 200)
-    return -1;
-  if (r->irq) {
-    rv = nta_incoming_treply(r->irq, status, phrase,
-                             SIPTAG_SERVER_STR(r->agent->user_agent), TAG_END());
-    r->status = status;
-    after_final(r, status);
-  } else if (r->pending) {
-    rv = nta_msg_treply(nta, r->pending, status, phrase,
-                        SIPTAG_SERVER_STR(r->agent->user_agent), TAG_END());
-    r->pending = NULL;
-    r->status = status;
-  }
-  return rv;
-}
-
-/* ---------------------------------------------------------------- incoming */
-
-static lsip_req_t *req_new(lsip_agent_t *a, msg_t *msg, sip_t *sip)
+static lsip_req_t *req_new(lsip_agent_t *a, msg_t *msg, sip_t *sip, lsip_req_state_t state)
 {
   lsip_req_t *r = calloc(1, sizeof *r);
   if (!r)
     return NULL;
   luasip_initobj(&r->m.obj, LUASIP_REQUEST, req_destroy);
+  r->state = state;
   r->agent = a;
   r->m.msg = msg;
   r->m.sip = sip;
   return r;
 }
 
+void luasip_requests_detach(lsip_agent_t *a)
+{
+  while (a->requests.next != &a->requests) {
+    lsip_req_t *r = (lsip_req_t *)((char *)a->requests.next - offsetof(lsip_req_t, link));
+    int waited = r->m.obj.alive &&
+                 (r->state == LSIP_RQ_ACCEPTED || r->state == LSIP_RQ_RELIABLE);
+    luasip_req_enter(r, LSIP_RQ_GONE);
+    r->agent = NULL;
+    if (waited)
+      luasip_bridge("request_closed", &r->m.obj, NULL);  /* wake wait_ack / PRACK waits */
+    else
+      luasip_req_collect(r);
+  }
+  if (a->await_ack) {
+    ack_table_t *t = a->await_ack;
+    free(t->slot);
+    free(t);
+    a->await_ack = NULL;
+  }
+}
+
+/* ---------------------------------------------------------------- incoming */
+
 void luasip_request_incoming(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_t *sip)
 {
-  lsip_req_t *r = req_new(a, msg, sip);
+  lsip_req_t *r = req_new(a, msg, sip, LSIP_RQ_FIRST_RUN);
   tport_t *tp;
   if (!r) {
     nta_msg_treply(nta, msg, SIP_500_INTERNAL_SERVER_ERROR, TAG_END());
@@ -341,30 +531,35 @@ void luasip_request_incoming(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_
     snprintf(r->transport, sizeof r->transport, "%s", tport_name(tp)->tpn_proto);
   }
   luasip_link_add(&a->requests, &r->link);
-  if (sip->sip_request->rq_method == sip_method_invite && make_irq(r)) {
+  if (sip->sip_request->rq_method == sip_method_invite && luasip_req_make_irq(r)) {
     nta_incoming_treply(r->irq, SIP_100_TRYING, TAG_END());
     r->status = 100;
   }
-  r->dispatching = 1;
-  luasip_bridge("request", &r->m.obj, NULL);
-  luasip_request_dispatched(&r->m.obj);
+  luasip_request_dispatched(&r->m.obj, luasip_bridge("request", &r->m.obj, NULL));
 }
 
-/* After the first run of the request's handler (the bridge call returned). */
-void luasip_request_dispatched(lsip_obj_t *obj)
+/* After the first run of the request's handler: the bridge call returned rc.  Everything
+ * is re-read from r (Lua may have answered, proxied or forwarded it, or closed the agent).
+ * When Lua did not run or the dispatcher raised, nobody will answer: 500 now (statelessly
+ * while there is no transaction), not when GC finds the request. */
+void luasip_request_dispatched(lsip_obj_t *obj, int rc)
 {
   lsip_req_t *r = (lsip_req_t *)obj;
-  r->dispatching = 0;
-  if (!r->m.obj.born) {
-    /* Lua could not even see it (out of memory): answer and forget */
-    send_final_plain(r, SIP_500_INTERNAL_SERVER_ERROR);
-    req_release_sofia(r);
+  if (rc < 0 && luasip_req_unanswered(r)) {
+    luasip_log(3, "%s left unanswered by a failed dispatch: 500",
+               r->m.sip->sip_request->rq_method_name);
+    if (r->proxy)
+      luasip_proxy_cancel(r->proxy);  /* its branches end (Lua hears proxy_final) */
+    reply_plain(r, SIP_500_INTERNAL_SERVER_ERROR);  /* unless that answered it */
+  }
+  if (!r->m.obj.born) {             /* Lua never saw it: nobody else will free it */
+    if (!final_state(r->state))
+      luasip_req_enter(r, LSIP_RQ_GONE);
     req_free(r);
     return;
   }
-  if (r->status < 200 && !r->irq && !(r->agent && r->agent->closed))
-    make_irq(r);                   /* the handler waits: absorb retransmissions */
-  req_settle(r);
+  if (r->state == LSIP_RQ_FIRST_RUN)
+    luasip_req_make_irq(r);         /* the handler waits: absorb retransmissions */
 }
 
 /* A request nta already made a transaction for (in-dialog requests reach leg callbacks
@@ -373,7 +568,7 @@ void luasip_request_dispatched(lsip_obj_t *obj)
 lsip_obj_t *luasip_request_from_irq(lsip_agent_t *a, nta_incoming_t *irq)
 {
   msg_t *msg = nta_incoming_getrequest(irq);
-  lsip_req_t *r = msg ? req_new(a, msg, sip_object(msg)) : NULL;
+  lsip_req_t *r = msg ? req_new(a, msg, sip_object(msg), LSIP_RQ_PROCEEDING) : NULL;
   tport_t *tp;
   if (!r) {
     if (msg)
@@ -388,27 +583,40 @@ lsip_obj_t *luasip_request_from_irq(lsip_agent_t *a, nta_incoming_t *irq)
     snprintf(r->transport, sizeof r->transport, "%s", tport_name(tp)->tpn_proto);
   }
   luasip_link_add(&a->requests, &r->link);
-  r->dispatching = 1;
   return &r->m.obj;
 }
+
+/* An ACK: for a 2xx of ours (found by hash) it ends the retransmissions and Lua hears
+ * ("ack", invite, ack); otherwise it is a request of its own for the ACK handler. */
+int luasip_request_ack(lsip_agent_t *a, msg_t *msg, sip_t *sip)
+{
+  lsip_req_t *inv = ack_table_find(a, sip);
+  lsip_req_t *ack = req_new(a, msg, sip, LSIP_RQ_ACK);
+  if (!ack) {
+    msg_destroy(msg);
+    return 0;
+  }
+  if (inv) {
+    luasip_req_enter(inv, LSIP_RQ_ANSWERED);
+    luasip_bridge("ack", inv->m.obj.alive ? &inv->m.obj : NULL, &ack->m.obj);
+    luasip_req_collect(inv);        /* an INVITE whose userdata is gone ends here */
+  } else {
+    luasip_bridge("request", &ack->m.obj, NULL);
+  }
+  if (!ack->m.obj.born)
+    req_free(ack);
+  return 1;
+}
+
+/* ---------------------------------------------------------------- for other files */
 
 /* The request's server transaction, made now if it has none yet (first run only). */
 nta_incoming_t *luasip_request_ensure_irq(lsip_obj_t *obj)
 {
   lsip_req_t *r = (lsip_req_t *)obj;
-  if (!r->irq && r->dispatching && r->status < 200)
-    make_irq(r);
+  if (r->state == LSIP_RQ_FIRST_RUN)
+    return luasip_req_make_irq(r);
   return r->irq;
-}
-
-void luasip_request_set_proxy(lsip_obj_t *obj, lsip_obj_t *proxy)
-{
-  ((lsip_req_t *)obj)->proxy = proxy;
-}
-
-int luasip_request_status(lsip_obj_t *obj)
-{
-  return ((lsip_req_t *)obj)->status;
 }
 
 /* Forwards a response received on a proxy branch (msg: our reference, our Via still on
@@ -424,7 +632,7 @@ int luasip_request_forward(lsip_obj_t *obj, msg_t *msg)
     msg_destroy(msg);
     return -1;
   }
-  if (!r->irq || r->status >= 200) {
+  if (!r->irq) {
     if (status >= 200 && status < 300)
       return nta_msg_tsend(nta, msg, NULL, TAG_END());  /* removes our Via itself */
     msg_destroy(msg);
@@ -435,9 +643,8 @@ int luasip_request_forward(lsip_obj_t *obj, msg_t *msg)
   if (status > r->status)
     r->status = status;
   if (status >= 200) {
-    after_final(r, status);
-    if (!r->dispatching)
-      req_settle(r);
+    luasip_req_enter(r, after_final(r, status));
+    luasip_req_collect(r);
   }
   return rv;
 }
@@ -446,13 +653,29 @@ int luasip_request_forward(lsip_obj_t *obj, msg_t *msg)
 void luasip_request_forwarded(lsip_obj_t *obj)
 {
   lsip_req_t *r = (lsip_req_t *)obj;
-  r->forwarded = 1;
-  if (r->pending) {
-    msg_destroy(r->pending);
-    r->pending = NULL;
-  }
-  if (!r->dispatching)
-    req_settle(r);
+  if (r->state == LSIP_RQ_FIRST_RUN || r->state == LSIP_RQ_ACK)
+    luasip_req_enter(r, LSIP_RQ_FORWARDED);
+}
+
+void luasip_request_set_proxy(lsip_obj_t *obj, lsip_obj_t *proxy)
+{
+  ((lsip_req_t *)obj)->proxy = proxy;
+}
+
+/* dialog.c: d is the request's UAS dialog; d clears our pointer if freed first. */
+void luasip_request_set_dialog(lsip_obj_t *obj, lsip_obj_t *d)
+{
+  lsip_req_t *r = (lsip_req_t *)obj;
+  if (r->dialog)
+    luasip_dialog_backref(r->dialog, NULL);
+  r->dialog = d;
+  if (d)
+    luasip_dialog_backref(d, &r->dialog);
+}
+
+int luasip_request_status(lsip_obj_t *obj)
+{
+  return ((lsip_req_t *)obj)->status;
 }
 
 lsip_agent_t *luasip_request_agent(lsip_obj_t *obj)
@@ -473,255 +696,4 @@ msg_t *luasip_request_msg(lsip_obj_t *obj)
 sip_t const *luasip_request_sip(lsip_obj_t *obj)
 {
   return ((lsip_req_t *)obj)->m.sip;
-}
-
-int luasip_request_ack(lsip_agent_t *a, msg_t *msg, sip_t *sip)
-{
-  lsip_link_t *l;
-  lsip_req_t *inv = NULL, *ack;
-  for (l = a->requests.next; l != &a->requests; l = l->next) {
-    lsip_req_t *r = (lsip_req_t *)((char *)l - offsetof(lsip_req_t, link));
-    sip_t const *resp;
-    if (!r->resp2xx || !(resp = sip_object(r->resp2xx)))
-      continue;
-    if (r->m.sip->sip_cseq->cs_seq == sip->sip_cseq->cs_seq &&
-        su_strmatch(r->m.sip->sip_call_id->i_id, sip->sip_call_id->i_id) &&
-        su_strmatch(resp->sip_to->a_tag, sip->sip_to->a_tag)) {
-      inv = r;
-      break;
-    }
-  }
-  ack = req_new(a, msg, sip);
-  if (!ack) {
-    msg_destroy(msg);
-    return 0;
-  }
-  ack->is_ack = 1;
-  ack->status = 700;                /* never answered */
-  if (inv) {
-    rtx_stop(inv);
-    luasip_bridge("ack", inv->m.obj.alive ? &inv->m.obj : NULL, &ack->m.obj);
-    req_settle(inv);
-  } else {
-    luasip_bridge("request", &ack->m.obj, NULL);
-  }
-  if (!ack->m.obj.born)
-    req_free(ack);
-  return 1;
-}
-
-/* ---------------------------------------------------------------- Lua API */
-
-static lsip_req_t *req_check(lua_State *L, int idx)
-{
-  return (lsip_req_t *)luasip_checkobj(L, idx, LUASIP_REQUEST);
-}
-
-static int needs_contact(sip_t const *sip, int status)
-{
-  sip_method_t m = sip->sip_request->rq_method;
-  if (status <= 100 || status >= 300)
-    return 0;
-  return m == sip_method_invite || m == sip_method_subscribe || m == sip_method_refer ||
-         m == sip_method_update || (m == sip_method_notify && status < 300);
-}
-
-/* req:reply(status [, reason] [, {headers=, body=, content_type=, stateless=, reliable=}])
- *   -> true | nil, err, code */
-static int req_reply(lua_State *L)
-{
-  lsip_req_t *r = req_check(L, 1);
-  lua_Integer status = luaL_checkinteger(L, 2);
-  const char *reason = NULL;
-  int opts = 3, has_opts, reliable = 0;
-  nta_agent_t *nta;
-  msg_t *resp;
-  sip_t *rs;
-  int rv;
-
-  if (status < 100 || status > 699)
-    return luaL_error(L, "luasip.request:reply: status must be 100-699");
-  if (lua_type(L, 3) == LUA_TSTRING) {
-    reason = lua_tostring(L, 3);
-    if (strpbrk(reason, "\r\n"))
-      return luaL_error(L, "luasip.request:reply: reason must not contain CR or LF");
-    opts = 4;
-  } else if (lua_isnil(L, 3) && lua_istable(L, 4)) {
-    opts = 4;                         /* reply(status, nil, opts) */
-  } else if (!lua_isnoneornil(L, 3) && !lua_istable(L, 3)) {
-    return luaL_error(L, "luasip.request:reply: reason must be a string");
-  }
-  if (!lua_isnoneornil(L, opts) && !lua_istable(L, opts))
-    return luaL_error(L, "luasip.request:reply: options must be a table");
-  if (r->is_ack)
-    return luaL_error(L, "luasip.request:reply: an ACK is never answered");
-  if (r->cancelled)
-    return luasip_fail(L, "request cancelled", "cancelled");
-  if (r->status >= 200)
-    return luasip_fail(L, "request already answered", "answered");
-  nta = r->agent ? luasip_agent_nta(r->agent) : NULL;
-  if (!nta)
-    return luasip_fail(L, "agent closed", "closed");
-  if (lua_istable(L, opts)) {
-    lua_getfield(L, opts, "reliable");
-    reliable = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    if (reliable) {
-      sip_t const *q = r->m.sip;
-      if (q->sip_request->rq_method != sip_method_invite || status <= 100 || status >= 200)
-        return luaL_error(L, "luasip.request:reply: only a 101-199 answer to an INVITE "
-                          "can be reliable");
-      if (!(q->sip_supported && sip_has_feature(q->sip_supported, "100rel")) &&
-          !(q->sip_require && sip_has_feature(q->sip_require, "100rel")))
-        return luasip_fail(L, "the caller does not support 100rel", "unsupported");
-    }
-  }
-  if (status == 100 && r->status >= 100) {
-    lua_pushboolean(L, 1);          /* 100 Trying already went out */
-    return 1;
-  }
-  has_opts = !lua_isnoneornil(L, opts);
-  if (!reason)
-    reason = sip_status_phrase((int)status);
-  if (!reason)
-    reason = status < 200 ? "Session Progress" : status < 300 ? "OK" : "Unknown";
-
-  /* Stateless answers (DESIGN D9) only for idempotent requests answered during their
-   * first run -- OPTIONS, REGISTER, or when the caller says so (opts.stateless, used for
-   * the core's own rejections) -- so a retransmission never runs a handler twice. */
-  if (!r->irq) {
-    int stateless = 0;
-    if (r->dispatching && status >= 200) {
-      sip_method_t m = r->m.sip->sip_request->rq_method;
-      stateless = m == sip_method_options || m == sip_method_register;
-      if (has_opts) {
-        lua_getfield(L, opts, "stateless");
-        if (!lua_isnil(L, -1))
-          stateless = lua_toboolean(L, -1);
-        lua_pop(L, 1);
-      }
-    }
-    if (!stateless && (!r->dispatching || !make_irq(r)))
-      return luasip_fail(L, "no transaction for this request", "transaction");
-  }
-
-  resp = nta_msg_create(nta, 0);
-  rs = sip_object(resp);
-  if (!resp || !rs)
-    return luasip_fail(L, "out of memory", "memory");
-  /* a luasip.response owns the message while Lua code may raise on bad headers, so
-   * nothing leaks; nta gets a reference of its own below */
-  luasip_response_new(L, resp);
-  if (has_opts) {
-    lua_getfield(L, opts, "headers");
-    luasip_add_headers(L, lua_gettop(L), resp, rs, "luasip.request:reply");
-    lua_pop(L, 1);
-    luasip_set_body(L, opts, resp, rs, "luasip.request:reply");
-  }
-  resp = msg_ref_create(resp);
-  if (!rs->sip_server && !rs->sip_user_agent)
-    sip_add_tl(resp, rs, SIPTAG_SERVER_STR(r->agent->user_agent), TAG_END());
-  if (!rs->sip_contact && needs_contact(r->m.sip, (int)status))
-    sip_add_tl(resp, rs, SIPTAG_CONTACT(luasip_agent_contact_for(r->agent, msg_home(resp),
-                                                                 r->tport, NULL)),
-               TAG_END());
-  if ((status == 405 || status == 501) && !rs->sip_allow)
-    sip_add_tl(resp, rs, SIPTAG_ALLOW_STR(luasip_methods_allow), TAG_END());
-
-  if (reliable) {
-    /* RFC 3262: RSeq and Require: 100rel are nta's; it retransmits until the PRACK */
-    if (nta_incoming_complete_response(r->irq, resp, (int)status, reason, TAG_END()) < 0) {
-      msg_destroy(resp);
-      return luasip_fail(L, "cannot build response", "build");
-    }
-    if (!nta_reliable_mreply(r->irq, prack_callback, (nta_reliable_magic_t *)r, resp))
-      return luasip_fail(L, "cannot send reliable response", "send");  /* msg freed */
-    r->reliable = 1;
-    if ((int)status > r->status)
-      r->status = (int)status;
-    lua_pushboolean(L, 1);
-    return 1;
-  }
-  if (r->irq) {
-    if (nta_incoming_complete_response(r->irq, resp, (int)status, reason, TAG_END()) < 0) {
-      msg_destroy(resp);
-      return luasip_fail(L, "cannot build response", "build");
-    }
-    rv = nta_incoming_mreply(r->irq, resp);
-    if ((int)status > r->status)
-      r->status = (int)status;
-    if (status >= 200)
-      after_final(r, (int)status);
-  } else {
-    rv = nta_msg_mreply(nta, resp, rs, (int)status, reason, r->pending, TAG_END());
-    r->pending = NULL;
-    r->status = (int)status;
-  }
-  if (!r->dispatching)
-    req_settle(r);
-  if (rv < 0)
-    return luasip_fail(L, "cannot send response", "send");
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-/* req:answered() -> status of the final response sent, "forwarded" after a stateless
- * forward, or false */
-static int req_answered(lua_State *L)
-{
-  lsip_req_t *r = req_check(L, 1);
-  if (r->forwarded)
-    lua_pushliteral(L, "forwarded");
-  else if (r->is_ack || r->status < 200)
-    lua_pushboolean(L, 0);
-  else
-    lua_pushinteger(L, r->status);
-  return 1;
-}
-
-/* req:cancelled() -> boolean */
-static int req_cancelled(lua_State *L)
-{
-  lua_pushboolean(L, req_check(L, 1)->cancelled);
-  return 1;
-}
-
-static int req_fields(lua_State *L)
-{
-  lsip_req_t *r = (lsip_req_t *)luasip_testobj(L, 1, LUASIP_REQUEST);
-  const char *key = lua_tostring(L, 2);
-  if (!r || !key)
-    return 0;
-  if (!strcmp(key, "transport")) {
-    lua_pushstring(L, r->transport[0] ? r->transport : NULL);
-    return 1;
-  }
-  if (!strcmp(key, "agent")) {
-    if (!r->agent || !luasip_pushobj(L, &r->agent->obj))
-      return 0;
-    return 1;
-  }
-  if (!strcmp(key, "source")) {
-    if (!luasip_msg_field(L, r->m.msg, r->m.sip, key))
-      return 0;
-    lua_pushstring(L, r->transport);
-    lua_setfield(L, -2, "transport");
-    return 1;
-  }
-  return luasip_msg_field(L, r->m.msg, r->m.sip, key);
-}
-
-static const luaL_Reg req_methods[] = {
-  {"reply", req_reply},
-  {"answered", req_answered},
-  {"cancelled", req_cancelled},
-  {"header", luasip_msg_method_header},
-  {"headers", luasip_msg_method_headers},
-  {"raw", luasip_msg_method_raw},
-  {NULL, NULL}
-};
-
-void luasip_request_open(lua_State *L)
-{
-  luasip_newclass(L, LUASIP_REQUEST, req_methods, req_fields);
 }
