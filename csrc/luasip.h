@@ -187,6 +187,7 @@ struct lsip_agent {
   void *acks;               /* client_tx.c: sent ACKs kept for 2xx retransmissions */
   const char *user_agent;   /* User-Agent / Server value */
   unsigned t1, t2;          /* RFC 3261 timers in ms (defaults 500 / 4000) */
+  struct lsip_overload *overload;  /* agent.c: load shedding at the entry point */
   int closed;
 };
 
