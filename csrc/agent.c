@@ -264,6 +264,9 @@ static void overload_config(lua_State *L, int idx, lsip_overload_t *o, const cha
 static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg, sip_t *sip)
 {
   lsip_agent_t *a = (lsip_agent_t *)magic;
+  /* this loop step did work, even when no Lua runs for it (a shed request, the ACK of
+   * a 503): run() must not nap after it (see core_run) */
+  luasip_S->entries++;
   if (a->closed) {
     msg_destroy(msg);
     return 0;
@@ -551,4 +554,5 @@ static const luaL_Reg agent_methods[] = {
 void luasip_agent_open(lua_State *L)
 {
   luasip_newclass(L, LUASIP_AGENT, agent_methods, NULL);
+  luasip_digest_open(L);
 }
