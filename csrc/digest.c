@@ -252,6 +252,99 @@ static int digest_check(lua_State *L)
   return 1;
 }
 
+static int is_token(unsigned char c)
+{
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         (c && strchr("-.!%*_+`'~", c) != NULL);
+}
+
+static int is_space(unsigned char c)
+{
+  return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\f' || c == '\v';
+}
+
+/* digest.parse(value) -> scheme, params | nil: one WWW-Authenticate, Authorization (or
+ * Proxy-) value; parameter names lowercased, quoted values unquoted (the contract of
+ * luasip.auth.parse, without a Lua call per character). */
+static int digest_parse(lua_State *L)
+{
+  size_t n;
+  const char *v = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n) : NULL;
+  const char *p, *end, *t;
+  luaL_Buffer B;
+  if (!v) {
+    lua_pushnil(L);
+    return 1;
+  }
+  p = v, end = v + n;
+  while (p < end && is_space((unsigned char)*p))
+    p++;
+  for (t = p; p < end && is_token((unsigned char)*p); p++)
+    ;
+  if (p == t) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushlstring(L, t, (size_t)(p - t));
+  lua_newtable(L);
+  for (;;) {
+    char name[64];
+    size_t nl, i;
+    while (p < end && (is_space((unsigned char)*p) || *p == ','))
+      p++;
+    if (p >= end)
+      break;
+    for (t = p; p < end && is_token((unsigned char)*p); p++)
+      ;
+    nl = (size_t)(p - t);
+    while (p < end && is_space((unsigned char)*p))
+      p++;
+    if (nl == 0 || p >= end || *p != '=') {
+      lua_pushnil(L);
+      return 1;
+    }
+    p++;
+    while (p < end && is_space((unsigned char)*p))
+      p++;
+    if (nl < sizeof name) {
+      for (i = 0; i < nl; i++)
+        name[i] = (t[i] >= 'A' && t[i] <= 'Z') ? (char)(t[i] + 32) : t[i];
+      lua_pushlstring(L, name, nl);
+    } else {
+      lua_pushlstring(L, t, nl);   /* absurdly long: lowercased by Lua */
+      lua_getfield(L, -1, "lower");
+      lua_insert(L, -2);
+      lua_call(L, 1, 1);
+    }
+    if (p < end && *p == '"') {
+      luaL_buffinit(L, &B);
+      for (p++;; p++) {
+        if (p >= end) {
+          lua_pushnil(L);          /* unterminated quoted string */
+          return 1;
+        }
+        if (*p == '"')
+          break;
+        if (*p == '\\') {
+          if (++p >= end) {
+            lua_pushnil(L);
+            return 1;
+          }
+        }
+        luaL_addchar(&B, *p);
+      }
+      p++;
+      luaL_pushresult(&B);
+    } else {
+      for (t = p; p < end && !is_space((unsigned char)*p) && *p != ',' && *p != '"'; p++)
+        ;
+      lua_pushlstring(L, t, (size_t)(p - t));
+    }
+    lua_rawset(L, -3);
+  }
+  return 2;
+}
+
 /* digest.supports(alg) -> boolean */
 static int digest_supports(lua_State *L)
 {
@@ -271,6 +364,7 @@ static const luaL_Reg digest_funcs[] = {
   {"response", digest_response},
   {"check", digest_check},
   {"supports", digest_supports},
+  {"parse", digest_parse},
   {NULL, NULL}
 };
 

@@ -59,6 +59,27 @@ describe("luasip.digest (C)", function()
     end
   end)
 
+  it("parses credentials and challenges like luasip.auth.parse", function()
+    local values = {
+      'Digest username="Mufasa", realm="testrealm@host.com", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", '
+        .. 'uri="/dir/index.html", qop=auth, nc=00000001, cnonce="0a4f113b", '
+        .. 'response="6629fae49393a05397450978507c4ef1", opaque="5ccc069c403ebaf9f0171e9517f40e41"',
+      [[Digest realm="a\\b\"c",NONCE="n",algorithm=MD5,stale=true]],
+      '  digest   a = "x y" ,, b=c',
+      'Digest', 'Digest a="unterminated', 'Digest a', 'Digest a=b, =c', '', '  ', '"x"',
+    }
+    for _, v in ipairs(values) do
+      local s1, p1 = auth.parse(v)
+      local s2, p2 = digest.parse(v)
+      assert.equal(s1, s2, v)
+      assert.same(p1, p2, v)
+    end
+    local _, p = digest.parse(values[2])
+    assert.equal([[a\b"c]], p.realm)
+    assert.equal("n", p.nonce)
+    assert.is_nil(digest.parse(nil))
+  end)
+
   it("raises on bad arguments", function()
     assert.has_error(function() digest.ha1("MD4", "a", "b", "c") end,
       "luasip.digest.ha1: unsupported algorithm 'MD4'")

@@ -242,7 +242,7 @@ end
 local function find_credentials(req, cfg)
   local _, _, _, header = names(cfg)
   for _, v in ipairs(req:headers(header)) do
-    local scheme, p = M.parse(v)
+    local scheme, p = digest.parse(v)    -- M.parse's contract, in C
     if scheme and scheme:lower() == "digest" and p.realm == cfg.realm then return p end
   end
   return nil
