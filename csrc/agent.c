@@ -65,9 +65,10 @@ lsip_agent_t *luasip_agent_check(lua_State *L, int idx)
  * from: tport reads one datagram and delivers it before reading the next) and now.  A
  * proxy or UAS that falls behind sees that delay grow long before T1, whatever the cost
  * of its handlers; the UACs then retransmit, and the retransmissions of work not yet
- * started are what made throughput collapse.  Above `delay` (INVITE) or `delay_other`
- * (other requests without a To tag), the request is answered 503 + Retry-After
- * statelessly, without a transaction or any Lua, so the queue drains; retransmissions
+ * started are what made throughput collapse.  When the delay stands above `delay` for
+ * `interval` (overload_state), new INVITEs -- and other requests without a To tag that
+ * waited `delay_other` -- are answered 503 + Retry-After statelessly, without a
+ * transaction or any Lua, so the queue drains; retransmissions
  * of requests with a transaction are still absorbed by nta before they reach us.  The
  * 503 carries a To tag of our own so that its ACK is recognised and dropped here
  * (RFC 3261 17.1.1.3: that ACK is hop-by-hop and needs no answer).  TCP and TLS have
@@ -78,8 +79,12 @@ lsip_agent_t *luasip_agent_check(lua_State *L, int idx)
 
 typedef struct lsip_overload {
   int enabled;
-  double delay;               /* s: INVITEs delayed longer get 503 */
+  double delay;               /* s: target queueing delay (INVITE) */
   double delay_other;         /* s: other initial requests */
+  double interval;            /* s: the delay must stand above target this long */
+  int dropping;               /* shedding now */
+  double above_since;         /* when requests started to see delay >= target; 0: no */
+  double dropped_until;       /* when the last shedding period ended */
   unsigned retry_after;       /* s, 0: no Retry-After */
   char retry_str[16];
   struct { tport_t const *tp; int fd; } fds[OVL_FDS];  /* UDP sockets, found lazily */
@@ -147,8 +152,9 @@ static int overload_fd(lsip_overload_t *o, tport_t const *tp)
   return fd;
 }
 
-/* Seconds msg waited in the kernel before we got it; < 0 when unknown. */
-static double overload_delay(lsip_agent_t *a, lsip_overload_t *o, msg_t *msg)
+/* Seconds msg waited in the kernel before we got it; < 0 when unknown.  *now: the
+ * wall clock, in seconds. */
+static double overload_delay(lsip_agent_t *a, lsip_overload_t *o, msg_t *msg, double *now_s)
 {
   tport_t *tp = tport_delivered_by(nta_agent_tports(a->nta), msg);
   struct timeval tv;
@@ -159,7 +165,33 @@ static double overload_delay(lsip_agent_t *a, lsip_overload_t *o, msg_t *msg)
   fd = overload_fd(o, tport_is_primary(tp) ? tp : tport_parent(tp));
   if (fd < 0 || ioctl(fd, SIOCGSTAMP, &tv) < 0 || clock_gettime(CLOCK_REALTIME, &now) < 0)
     return -1;
+  *now_s = (double)now.tv_sec + now.tv_nsec / 1e9;
   return (double)(now.tv_sec - tv.tv_sec) + now.tv_nsec / 1e9 - tv.tv_usec / 1e6;
+}
+
+/* The shedding state after a request that waited d seconds, at now (CoDel's idea,
+ * RFC 8289, on requests instead of packets): a standing queue, not a burst, is
+ * overload.  Shedding starts once every request for `interval` has seen a delay of at
+ * least `delay` (a loop that was descheduled or ran a long GC drains its backlog within
+ * that time and sheds nothing), and stops at the first request that waited less.  Within
+ * 10 intervals of a shedding period it restarts at once: the overload is still there. */
+static int overload_state(lsip_overload_t *o, double d, double now)
+{
+  if (d < o->delay) {
+    if (o->dropping)
+      o->dropped_until = now;
+    o->dropping = 0;
+    o->above_since = 0;
+    return 0;
+  }
+  if (!o->dropping) {
+    if (o->above_since == 0)
+      o->above_since = now;
+    if (now - o->above_since >= o->interval ||
+        (o->dropped_until > 0 && now - o->dropped_until < 10 * o->interval))
+      o->dropping = 1;
+  }
+  return o->dropping;
 }
 
 /* 1 when the request was answered 503 (and msg consumed). */
@@ -167,19 +199,20 @@ static int overload_shed(lsip_agent_t *a, msg_t *msg, sip_t *sip)
 {
   lsip_overload_t *o = a->overload;
   int invite = sip->sip_request->rq_method == sip_method_invite;
-  double d;
+  double d, now = 0;
   char tag[48];
   sip_to_t to[1];
   if (!o || !o->enabled || !sip->sip_to || sip->sip_to->a_tag || !sip->sip_via)
     return 0;
-  d = overload_delay(a, o, msg);
+  d = overload_delay(a, o, msg, &now);
   if (d < 0)
     return 0;
   o->measured++;
   o->last_delay = d;
   if (d > o->max_delay)
     o->max_delay = d;
-  if (d < (invite ? o->delay : o->delay_other))
+  /* INVITEs go first: other requests only when they, too, waited delay_other */
+  if (!overload_state(o, d, now) || (!invite && d < o->delay_other))
     return 0;
   if (invite)
     o->rejected_invite++;
@@ -219,7 +252,7 @@ static int overload_is_our_ack(lsip_agent_t *a, sip_t const *sip)
  * raises naming fname. */
 static void overload_config(lua_State *L, int idx, lsip_overload_t *o, const char *fname)
 {
-  double delay = 0.1, other = -1, retry = 5;
+  double delay = 0.1, other = -1, retry = 5, interval = 0.2;
   int enabled = 1;
   if (idx < 0)
     idx = lua_gettop(L) + idx + 1;
@@ -236,9 +269,11 @@ static void overload_config(lua_State *L, int idx, lsip_overload_t *o, const cha
         enabled = lua_toboolean(L, -1);
       } else if (k && lua_type(L, -1) == LUA_TNUMBER && v >= 0 && v <= 3600 &&
                  (!strcmp(k, "delay") || !strcmp(k, "delay_other") ||
-                  !strcmp(k, "retry_after"))) {
+                  !strcmp(k, "retry_after") || !strcmp(k, "interval"))) {
         if (k[0] == 'r')
           retry = v;
+        else if (k[0] == 'i')
+          interval = v;
         else if (k[5] == '_')
           other = v;
         else
@@ -246,7 +281,8 @@ static void overload_config(lua_State *L, int idx, lsip_overload_t *o, const cha
       } else {
         luaL_error(L, "%s: overload.%s: %s", fname, k ? k : "?",
                    k && (!strcmp(k, "delay") || !strcmp(k, "delay_other") ||
-                         !strcmp(k, "retry_after") || !strcmp(k, "enabled"))
+                         !strcmp(k, "retry_after") || !strcmp(k, "enabled") ||
+                         !strcmp(k, "interval"))
                    ? "bad value" : "unknown option");
       }
       lua_pop(L, 1);
@@ -257,6 +293,9 @@ static void overload_config(lua_State *L, int idx, lsip_overload_t *o, const cha
   o->enabled = enabled;
   o->delay = delay;
   o->delay_other = other >= 0 ? other : 2 * delay;
+  o->interval = interval;
+  o->dropping = 0;
+  o->above_since = o->dropped_until = 0;
   o->retry_after = (unsigned)retry;
   snprintf(o->retry_str, sizeof o->retry_str, "%u", o->retry_after);
 }
@@ -327,7 +366,8 @@ static void agent_destroy(lsip_obj_t *obj)
 }
 
 /* core.agent{ listen = {uri...}, user_agent = s, t1 = s,
- *   overload = { delay = 0.1, delay_other = 2 * delay, retry_after = 5, enabled = true }
+ *   overload = { delay = 0.1, interval = 0.2, delay_other = 2 * delay, retry_after = 5,
+ *                enabled = true }
  *   | false } -> agent | nil, err, code */
 int luasip_agent_new(lua_State *L)
 {
@@ -508,7 +548,8 @@ static int agent_contact(lua_State *L)
   return 1;
 }
 
-/* agent:overload([opts]) -> { enabled =, delay =, delay_other =, retry_after =,
+/* agent:overload([opts]) -> { enabled =, delay =, interval =, delay_other =, retry_after =,
+ *   shedding =,
  *   rejected_invite =, rejected_other =, acks_dropped =, measured =, last_delay =,
  *   max_delay = }: the load-shedding settings and counters (delays in seconds); opts,
  *   of the shape of the agent's overload option, replaces the settings first. */
@@ -518,7 +559,7 @@ static int agent_overload(lua_State *L)
   lsip_overload_t *o = a->overload;
   if (!lua_isnone(L, 2))
     overload_config(L, 2, o, "luasip.agent:overload");
-  lua_createtable(L, 0, 10);
+  lua_createtable(L, 0, 12);
   lua_pushboolean(L, o->enabled);
   lua_setfield(L, -2, "enabled");
   lua_pushnumber(L, o->delay);
@@ -527,6 +568,10 @@ static int agent_overload(lua_State *L)
   lua_setfield(L, -2, "delay_other");
   lua_pushinteger(L, (lua_Integer)o->retry_after);
   lua_setfield(L, -2, "retry_after");
+  lua_pushnumber(L, o->interval);
+  lua_setfield(L, -2, "interval");
+  lua_pushboolean(L, o->dropping);
+  lua_setfield(L, -2, "shedding");
   lua_pushinteger(L, (lua_Integer)o->rejected_invite);
   lua_setfield(L, -2, "rejected_invite");
   lua_pushinteger(L, (lua_Integer)o->rejected_other);

@@ -12,6 +12,8 @@ describe("luasip.agent overload shedding", function()
     assert.equal(0.1, o.delay)
     assert.equal(0.2, o.delay_other)
     assert.equal(5, o.retry_after)
+    assert.equal(0.2, o.interval)
+    assert.is_false(o.shedding)
     assert.equal(0, o.rejected_invite)
   end)
 
@@ -25,7 +27,7 @@ describe("luasip.agent overload shedding", function()
     local d = H.run(function() return assert(uac:invite{ uri = uas:uri("bob") }) end)
     H.run_until(function() return server and server:state() == "confirmed" end)
     -- every new initial request now counts as overloaded: its delay is >= 0
-    uas:overload{ delay = 0, delay_other = 0, retry_after = 7 }
+    uas:overload{ delay = 0, interval = 0, delay_other = 0, retry_after = 7 }
     local d2, err, code, res = H.run(function() return uac:invite{ uri = uas:uri("carol") } end)
     assert.is_nil(d2)
     assert.equal(503, code, err)
@@ -44,25 +46,37 @@ describe("luasip.agent overload shedding", function()
   it("sheds other initial requests only above their own threshold", function()
     uas:on("OPTIONS", function(req) req:reply(200) end)
     uas:on("INVITE", function(req) req:reply(486) end)
-    uas:overload{ delay = 0, delay_other = 3600 }
+    uas:overload{ delay = 0, interval = 0, delay_other = 3600 }
     local res = H.run(function() return uac:request{ method = "OPTIONS", uri = uas:uri("x") } end)
     assert.equal(200, res.status)
     local _, _, code = H.run(function() return uac:invite{ uri = uas:uri("x") } end)
     assert.equal(503, code)
-    uas:overload{ delay = 3600, delay_other = 0, retry_after = 0 }
+    uas:overload{ delay = 0, interval = 0, delay_other = 0, retry_after = 0 }
     local r2, _, code2, res2 = H.run(function()
       return uac:request{ method = "OPTIONS", uri = uas:uri("x") }
     end)
     assert.is_nil(r2)
     assert.equal(503, code2)
     assert.is_nil(res2:header("Retry-After"))
-    local _, _, code3 = H.run(function() return uac:invite{ uri = uas:uri("x") } end)
-    assert.equal(486, code3)
     local o = uas:overload()
     assert.equal(1, o.rejected_invite)
     assert.equal(1, o.rejected_other)
-    assert.is_true(o.measured >= 4)
+    assert.is_true(o.shedding)
+    assert.is_true(o.measured >= 3)
     assert.is_true(o.max_delay >= 0 and o.max_delay < 5)
+  end)
+
+  it("sheds nothing until the delay has stood above target for the interval", function()
+    uas:on("INVITE", function(req) req:reply(486) end)
+    uas:overload{ delay = 0, interval = 3600 }
+    for _ = 1, 3 do
+      local _, _, code = H.run(function() return uac:invite{ uri = uas:uri("x") } end)
+      assert.equal(486, code)
+    end
+    local o = uas:overload()
+    assert.equal(0, o.rejected_invite)
+    assert.is_false(o.shedding)
+    assert.equal(3, o.measured)
   end)
 
   it("can be switched off, at creation or later", function()
