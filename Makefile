@@ -5,9 +5,12 @@ CC        ?= cc
 PKG       ?= pkg-config
 SOFIA_CFLAGS := $(shell $(PKG) --cflags sofia-sip-ua 2>/dev/null)
 SOFIA_LIBS   := $(shell $(PKG) --libs sofia-sip-ua 2>/dev/null)
+# digest.c: SHA-256 digests when OpenSSL's libcrypto is there (sofia-sip links it too)
+CRYPTO_LIBS  := $(shell $(PKG) --libs libcrypto 2>/dev/null)
+CRYPTO_CFLAGS := $(if $(CRYPTO_LIBS),$(shell $(PKG) --cflags libcrypto) -DLUASIP_HAVE_LIBCRYPTO)
 WARN      = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -Wpointer-arith
 CFLAGS    ?= -O2 -g
-ALL_CFLAGS = -std=gnu99 -fPIC -fvisibility=hidden $(WARN) $(CFLAGS) $(SOFIA_CFLAGS)
+ALL_CFLAGS = -std=gnu99 -fPIC -fvisibility=hidden $(WARN) $(CFLAGS) $(SOFIA_CFLAGS) $(CRYPTO_CFLAGS)
 LDFLAGS   ?=
 SRCS      = $(wildcard csrc/*.c)
 HDRS      = $(wildcard csrc/*.h)
@@ -40,7 +43,7 @@ build: $(foreach f,$(TEST_FLAVOURS),build/$(f)/luasip/core.so)
 
 build/%/luasip/core.so: $(SRCS) $(HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -I$(INC_$*) $(SRCS) -shared -o $@ $(LDFLAGS) $(SOFIA_LIBS)
+	$(CC) $(ALL_CFLAGS) -I$(INC_$*) $(SRCS) -shared -o $@ $(LDFLAGS) $(SOFIA_LIBS) $(CRYPTO_LIBS)
 
 # every flavour, warnings as errors (CI runs this through make test)
 warnings:

@@ -304,6 +304,7 @@ ROWS=()
 for KIND in $BENCH_KINDS; do
   case $KIND in calls|options|b2bua|proxy|register) ;;
     notify) continue ;;                       # bench/notify.sh, after the table
+    overload) continue ;;                     # bench/overload.sh, after the table
     *) die "BENCH_KINDS: calls options b2bua proxy register notify" ;; esac
   WHOS="sipp $BENCH_LUA"
   [[ ( $KIND == proxy || $KIND == register ) && $BENCH_KAMAILIO == 1 ]] && WHOS="$WHOS kamailio"
@@ -473,4 +474,8 @@ done
 # NOTIFY fan-out and memory per subscription (issue 5): not a sipp ladder, its own script
 if [[ " $BENCH_KINDS " == *" notify "* ]]; then
   sh "$HERE/notify.sh" "${BENCH_NOTIFY_N:-2000}" | tee -a "$LOG"
+fi
+# overload (issue 8 point 5): offered vs completed at 1x, 1.5x, 2x the max, its own script
+if [[ " $BENCH_KINDS " == *" overload "* ]]; then
+  OVL_LUA="${BENCH_LUA//:quiet/}" bash "$HERE/overload.sh" | tee -a "$LOG"
 fi

@@ -3,10 +3,20 @@
  * The stateless message callback is the single entry point for everything nta does not
  * absorb itself: new requests go to server_tx.c, ACKs for our 2xx too, stray responses
  * to client_tx.c.  The agent userdata is anchored while open; close() is idempotent and
- * destroys the nta agent outside sofia frames.
+ * destroys the nta agent outside sofia frames.  Load shedding lives here too: under
+ * overload new initial requests get a stateless 503 before any Lua work.
  */
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
+#include <errno.h>
+#include <time.h>
+#include <dirent.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <linux/sockios.h>
 
 #include <sofia-sip/nta_tport.h>
 #include <sofia-sip/tport.h>
@@ -49,9 +59,253 @@ lsip_agent_t *luasip_agent_check(lua_State *L, int idx)
   return a;
 }
 
+/* ---------------------------------------------------------------- overload
+ * The signal is the queueing delay of each new initial request: the time between the
+ * kernel's receive timestamp of its datagram (SIOCGSTAMP on the UDP socket it was read
+ * from: tport reads one datagram and delivers it before reading the next) and now.  A
+ * proxy or UAS that falls behind sees that delay grow long before T1, whatever the cost
+ * of its handlers; the UACs then retransmit, and the retransmissions of work not yet
+ * started are what made throughput collapse.  When the delay stands above `delay` for
+ * `interval` (overload_state), new INVITEs -- and other requests without a To tag that
+ * waited `delay_other` -- are answered 503 + Retry-After statelessly, without a
+ * transaction or any Lua, so the queue drains; retransmissions
+ * of requests with a transaction are still absorbed by nta before they reach us.  The
+ * 503 carries a To tag of our own so that its ACK is recognised and dropped here
+ * (RFC 3261 17.1.1.3: that ACK is hop-by-hop and needs no answer).  TCP and TLS have
+ * no per-message timestamp: they are never shed. */
+
+#define OVL_TAG "ovl503."
+#define OVL_FDS 8
+
+typedef struct lsip_overload {
+  int enabled;
+  double delay;               /* s: target queueing delay (INVITE) */
+  double delay_other;         /* s: other initial requests */
+  double interval;            /* s: the delay must stand above target this long */
+  int dropping;               /* shedding now */
+  double above_since;         /* when requests started to see delay >= target; 0: no */
+  double dropped_until;       /* when the last shedding period ended */
+  unsigned retry_after;       /* s, 0: no Retry-After */
+  char retry_str[16];
+  struct { tport_t const *tp; int fd; } fds[OVL_FDS];  /* UDP sockets, found lazily */
+  int nfds;
+  unsigned long tag;          /* counter making each 503's To tag unique */
+  unsigned long rejected_invite, rejected_other, acks_dropped, measured;
+  double last_delay, max_delay;
+} lsip_overload_t;
+
+static int same_socket(int fd, struct sockaddr const *want)
+{
+  su_sockaddr_t got;
+  socklen_t len = sizeof got;
+  int type = 0;
+  socklen_t tlen = sizeof type;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0 || type != SOCK_DGRAM)
+    return 0;
+  if (getsockname(fd, &got.su_sa, &len) < 0 || got.su_family != want->sa_family)
+    return 0;
+  if (got.su_family == AF_INET) {
+    struct sockaddr_in const *w = (struct sockaddr_in const *)want;
+    return got.su_sin.sin_port == w->sin_port &&
+           got.su_sin.sin_addr.s_addr == w->sin_addr.s_addr;
+  }
+#if SU_HAVE_IN6
+  if (got.su_family == AF_INET6) {
+    struct sockaddr_in6 const *w = (struct sockaddr_in6 const *)want;
+    return got.su_sin6.sin6_port == w->sin6_port &&
+           !memcmp(&got.su_sin6.sin6_addr, &w->sin6_addr, sizeof w->sin6_addr);
+  }
+#endif
+  return 0;
+}
+
+/* The socket of a UDP transport: sofia has no accessor, so it is found once by its
+ * bound address among this process's descriptors.  -1 when not found. */
+static int overload_fd(lsip_overload_t *o, tport_t const *tp)
+{
+  su_addrinfo_t const *ai;
+  DIR *dir;
+  struct dirent *de;
+  int i, fd = -1;
+  for (i = 0; i < o->nfds; i++)
+    if (o->fds[i].tp == tp)
+      return o->fds[i].fd;
+  ai = tport_get_address(tp);
+  if (ai && ai->ai_addr && (dir = opendir("/proc/self/fd")) != NULL) {
+    while (fd < 0 && (de = readdir(dir)) != NULL) {
+      int n = atoi(de->d_name);
+      if (de->d_name[0] >= '0' && de->d_name[0] <= '9' && n != dirfd(dir) &&
+          same_socket(n, ai->ai_addr))
+        fd = n;
+    }
+    closedir(dir);
+  }
+  if (o->nfds < OVL_FDS) {
+    o->fds[o->nfds].tp = tp;
+    o->fds[o->nfds].fd = fd;
+    o->nfds++;
+  }
+  if (fd >= 0) {
+    struct timeval tv;
+    ioctl(fd, SIOCGSTAMP, &tv);     /* the first call switches timestamping on */
+  }
+  return fd;
+}
+
+/* Seconds msg waited in the kernel before we got it; < 0 when unknown.  *now: the
+ * wall clock, in seconds. */
+static double overload_delay(lsip_agent_t *a, lsip_overload_t *o, msg_t *msg, double *now_s)
+{
+  tport_t *tp = tport_delivered_by(nta_agent_tports(a->nta), msg);
+  struct timeval tv;
+  struct timespec now;
+  int fd;
+  if (!tp || !tport_is_udp(tp))
+    return -1;
+  fd = overload_fd(o, tport_is_primary(tp) ? tp : tport_parent(tp));
+  if (fd < 0 || ioctl(fd, SIOCGSTAMP, &tv) < 0 || clock_gettime(CLOCK_REALTIME, &now) < 0)
+    return -1;
+  *now_s = (double)now.tv_sec + now.tv_nsec / 1e9;
+  return (double)(now.tv_sec - tv.tv_sec) + now.tv_nsec / 1e9 - tv.tv_usec / 1e6;
+}
+
+/* The shedding state after a request that waited d seconds, at now (CoDel's idea,
+ * RFC 8289, on requests instead of packets): a standing queue, not a burst, is
+ * overload.  Shedding starts once every request for `interval` has seen a delay of at
+ * least `delay` (a loop that was descheduled or ran a long GC drains its backlog within
+ * that time and sheds nothing), and stops at the first request that waited less.  Within
+ * 10 intervals of a shedding period it restarts at once: the overload is still there. */
+static int overload_state(lsip_overload_t *o, double d, double now)
+{
+  if (d < o->delay) {
+    if (o->dropping)
+      o->dropped_until = now;
+    o->dropping = 0;
+    o->above_since = 0;
+    return 0;
+  }
+  if (!o->dropping) {
+    if (o->above_since == 0)
+      o->above_since = now;
+    if (now - o->above_since >= o->interval ||
+        (o->dropped_until > 0 && now - o->dropped_until < 10 * o->interval))
+      o->dropping = 1;
+  }
+  return o->dropping;
+}
+
+/* 1 when the request was answered 503 (and msg consumed). */
+static int overload_shed(lsip_agent_t *a, msg_t *msg, sip_t *sip)
+{
+  lsip_overload_t *o = a->overload;
+  int invite = sip->sip_request->rq_method == sip_method_invite;
+  double d, now = 0;
+  char tag[48];
+  sip_to_t to[1];
+  if (!o || !o->enabled || !sip->sip_to || sip->sip_to->a_tag || !sip->sip_via)
+    return 0;
+  d = overload_delay(a, o, msg, &now);
+  if (d < 0)
+    return 0;
+  o->measured++;
+  o->last_delay = d;
+  if (d > o->max_delay)
+    o->max_delay = d;
+  /* INVITEs go first: other requests only when they, too, waited delay_other */
+  if (!overload_state(o, d, now) || (!invite && d < o->delay_other))
+    return 0;
+  if (invite)
+    o->rejected_invite++;
+  else
+    o->rejected_other++;
+  /* the request's To with our tag: a shallow copy whose params list gains one item */
+  {
+    msg_param_t params[16];
+    int i = 0;
+    snprintf(tag, sizeof tag, "tag=" OVL_TAG "%lx", ++o->tag);
+    *to = *sip->sip_to;             /* sip_add_tl below duplicates it */
+    memset(to->a_common, 0, sizeof to->a_common);
+    to->a_common->h_class = sip_to_class;
+    to->a_next = NULL;
+    for (; to->a_params && to->a_params[i] && i < 14; i++)
+      params[i] = to->a_params[i];
+    params[i++] = tag;
+    params[i] = NULL;
+    to->a_params = params;
+    to->a_tag = tag + 4;
+    nta_msg_treply(a->nta, msg, 503, "Service Unavailable",
+                   SIPTAG_TO(to),
+                   TAG_IF(o->retry_after, SIPTAG_RETRY_AFTER_STR(o->retry_str)),
+                   SIPTAG_SERVER_STR(a->user_agent),
+                   TAG_END());
+  }
+  return 1;
+}
+
+static int overload_is_our_ack(lsip_agent_t *a, sip_t const *sip)
+{
+  return a->overload && sip->sip_to && sip->sip_to->a_tag &&
+         !strncmp(sip->sip_to->a_tag, OVL_TAG, sizeof OVL_TAG - 1);
+}
+
+/* Reads the overload option at idx (nil: defaults, false: off, or a table) into o;
+ * raises naming fname. */
+static void overload_config(lua_State *L, int idx, lsip_overload_t *o, const char *fname)
+{
+  double delay = 0.1, other = -1, retry = 5, interval = 0.2;
+  int enabled = 1;
+  if (idx < 0)
+    idx = lua_gettop(L) + idx + 1;
+  if (lua_isnil(L, idx) || (lua_isboolean(L, idx) && lua_toboolean(L, idx))) {
+    /* the defaults */
+  } else if (lua_isboolean(L, idx)) {
+    enabled = 0;
+  } else if (lua_istable(L, idx)) {
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+      const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+      double v = lua_tonumber(L, -1);
+      if (k && !strcmp(k, "enabled") && lua_isboolean(L, -1)) {
+        enabled = lua_toboolean(L, -1);
+      } else if (k && lua_type(L, -1) == LUA_TNUMBER && v >= 0 && v <= 3600 &&
+                 (!strcmp(k, "delay") || !strcmp(k, "delay_other") ||
+                  !strcmp(k, "retry_after") || !strcmp(k, "interval"))) {
+        if (k[0] == 'r')
+          retry = v;
+        else if (k[0] == 'i')
+          interval = v;
+        else if (k[5] == '_')
+          other = v;
+        else
+          delay = v;
+      } else {
+        luaL_error(L, "%s: overload.%s: %s", fname, k ? k : "?",
+                   k && (!strcmp(k, "delay") || !strcmp(k, "delay_other") ||
+                         !strcmp(k, "retry_after") || !strcmp(k, "enabled") ||
+                         !strcmp(k, "interval"))
+                   ? "bad value" : "unknown option");
+      }
+      lua_pop(L, 1);
+    }
+  } else {
+    luaL_error(L, "%s: overload must be a table or a boolean", fname);
+  }
+  o->enabled = enabled;
+  o->delay = delay;
+  o->delay_other = other >= 0 ? other : 2 * delay;
+  o->interval = interval;
+  o->dropping = 0;
+  o->above_since = o->dropped_until = 0;
+  o->retry_after = (unsigned)retry;
+  snprintf(o->retry_str, sizeof o->retry_str, "%u", o->retry_after);
+}
+
 static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg, sip_t *sip)
 {
   lsip_agent_t *a = (lsip_agent_t *)magic;
+  /* this loop step did work, even when no Lua runs for it (a shed request, the ACK of
+   * a 503): run() must not nap after it (see core_run) */
+  luasip_S->entries++;
   if (a->closed) {
     msg_destroy(msg);
     return 0;
@@ -59,6 +313,11 @@ static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg,
   if (sip && sip->sip_request) {
     sip_method_t m = sip->sip_request->rq_method;
     if (m == sip_method_ack) {
+      if (overload_is_our_ack(a, sip)) {
+        a->overload->acks_dropped++;
+        msg_destroy(msg);
+        return 0;
+      }
       luasip_request_ack(a, msg, sip);
       return 0;
     }
@@ -67,6 +326,8 @@ static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg,
       nta_msg_treply(nta, msg, SIP_481_NO_TRANSACTION, TAG_END());
       return 0;
     }
+    if (overload_shed(a, msg, sip))
+      return 0;
     luasip_request_incoming(a, nta, msg, sip);
     return 0;
   }
@@ -104,13 +365,21 @@ static void agent_destroy(lsip_obj_t *obj)
   luasip_freeobj(&a->obj);
 }
 
-/* core.agent{ listen = {uri...}, user_agent = s } -> agent | nil, err, code */
+/* core.agent{ listen = {uri...}, user_agent = s, t1 = s,
+ *   overload = { delay = 0.1, interval = 0.2, delay_other = 2 * delay, retry_after = 5,
+ *                enabled = true }
+ *   | false } -> agent | nil, err, code */
 int luasip_agent_new(lua_State *L)
 {
   lsip_agent_t *a;
   int i, n;
   const char *first;
+  lsip_overload_t ovl;
   luaL_checktype(L, 1, LUA_TTABLE);
+  memset(&ovl, 0, sizeof ovl);
+  lua_getfield(L, 1, "overload");
+  overload_config(L, -1, &ovl, "luasip.agent");
+  lua_pop(L, 1);
   lua_getfield(L, 1, "listen");
   if (!lua_istable(L, -1) || luasip_rawlen(L, -1) == 0)
     return luaL_error(L, "luasip.agent: listen must be a non-empty list of URIs");
@@ -127,6 +396,10 @@ int luasip_agent_new(lua_State *L)
   a->clients.next = a->clients.prev = &a->clients;
   a->dialogs.next = a->dialogs.prev = &a->dialogs;
   a->proxies.next = a->proxies.prev = &a->proxies;
+  a->overload = su_alloc(a->home, sizeof *a->overload);
+  if (!a->overload)
+    return luaL_error(L, "luasip.agent: out of memory");
+  *a->overload = ovl;
   lua_getfield(L, 1, "user_agent");
   a->user_agent = su_strdup(a->home, lua_isstring(L, -1) ? lua_tostring(L, -1)
                             : "luasip/" LUASIP_VERSION);
@@ -275,8 +548,48 @@ static int agent_contact(lua_State *L)
   return 1;
 }
 
+/* agent:overload([opts]) -> { enabled =, delay =, interval =, delay_other =, retry_after =,
+ *   shedding =,
+ *   rejected_invite =, rejected_other =, acks_dropped =, measured =, last_delay =,
+ *   max_delay = }: the load-shedding settings and counters (delays in seconds); opts,
+ *   of the shape of the agent's overload option, replaces the settings first. */
+static int agent_overload(lua_State *L)
+{
+  lsip_agent_t *a = luasip_agent_check(L, 1);
+  lsip_overload_t *o = a->overload;
+  if (!lua_isnone(L, 2))
+    overload_config(L, 2, o, "luasip.agent:overload");
+  lua_createtable(L, 0, 12);
+  lua_pushboolean(L, o->enabled);
+  lua_setfield(L, -2, "enabled");
+  lua_pushnumber(L, o->delay);
+  lua_setfield(L, -2, "delay");
+  lua_pushnumber(L, o->delay_other);
+  lua_setfield(L, -2, "delay_other");
+  lua_pushinteger(L, (lua_Integer)o->retry_after);
+  lua_setfield(L, -2, "retry_after");
+  lua_pushnumber(L, o->interval);
+  lua_setfield(L, -2, "interval");
+  lua_pushboolean(L, o->dropping);
+  lua_setfield(L, -2, "shedding");
+  lua_pushinteger(L, (lua_Integer)o->rejected_invite);
+  lua_setfield(L, -2, "rejected_invite");
+  lua_pushinteger(L, (lua_Integer)o->rejected_other);
+  lua_setfield(L, -2, "rejected_other");
+  lua_pushinteger(L, (lua_Integer)o->acks_dropped);
+  lua_setfield(L, -2, "acks_dropped");
+  lua_pushinteger(L, (lua_Integer)o->measured);
+  lua_setfield(L, -2, "measured");
+  lua_pushnumber(L, o->last_delay);
+  lua_setfield(L, -2, "last_delay");
+  lua_pushnumber(L, o->max_delay);
+  lua_setfield(L, -2, "max_delay");
+  return 1;
+}
+
 static const luaL_Reg agent_methods[] = {
   {"close", agent_close},
+  {"overload", agent_overload},
   {"closed", agent_closed},
   {"transports", agent_transports},
   {"contact", agent_contact},
@@ -286,4 +599,5 @@ static const luaL_Reg agent_methods[] = {
 void luasip_agent_open(lua_State *L)
 {
   luasip_newclass(L, LUASIP_AGENT, agent_methods, NULL);
+  luasip_digest_open(L);
 }

@@ -21,7 +21,7 @@
 
 #if LUA_VERSION_NUM < 502
 #define LUASIP_WEAK_API(X) X(luaL_prepbuffer) X(luaL_register) X(lua_call) X(lua_cpcall) \
-  X(lua_getfenv) X(lua_newuserdata) X(lua_objlen) X(lua_pcall) X(lua_remove) \
+  X(lua_getfenv) X(lua_insert) X(lua_newuserdata) X(lua_objlen) X(lua_pcall) X(lua_remove) \
   X(lua_replace) X(lua_setfenv) X(lua_tonumber)
 #ifdef LUA_JITLIBNAME
 #define LUASIP_BUILT_FOR "LuaJIT"

@@ -117,6 +117,11 @@ void luasip_remove_header(msg_t *msg, sip_t *sip, const char *name);
 int luasip_set_body(lua_State *L, int idx, msg_t *msg, sip_t *sip, const char *fname);
 const char *luasip_uri_arg(lua_State *L, int idx, const char *fname);
 
+/* digest.c: RFC 2617 / RFC 7616 digests; its functions are the methods of a class
+ * without instances (core.methods("luasip.digest")), opened by luasip_agent_open */
+#define LUASIP_DIGEST "luasip.digest"
+void luasip_digest_open(lua_State *L);
+
 /* agent.c */
 typedef struct lsip_agent lsip_agent_t;
 void luasip_agent_open(lua_State *L);
@@ -198,6 +203,7 @@ struct lsip_agent {
   void *await_ack;          /* server_tx.c: INVITEs whose 2xx waits for its ACK, hashed */
   const char *user_agent;   /* User-Agent / Server value */
   unsigned t1, t2;          /* RFC 3261 timers in ms (defaults 500 / 4000) */
+  struct lsip_overload *overload;  /* agent.c: load shedding at the entry point */
   int closed;
 };
 

@@ -73,7 +73,10 @@ static void setstr(lua_State *L, const char *k, const char *v)
 /* {name = value | true, ...} from a NULL-terminated "name=value" list */
 static void push_params(lua_State *L, msg_param_t const *params)
 {
-  lua_newtable(L);
+  int n = 0;
+  while (params && params[n])
+    n++;
+  lua_createtable(L, 0, n);         /* presized: no rehash (and realloc) per field */
   for (; params && *params; params++) {
     const char *eq = strchr(*params, '=');
     if (eq) {
@@ -89,7 +92,7 @@ static void push_params(lua_State *L, msg_param_t const *params)
 
 static void push_uri_parts(lua_State *L, url_t const *u)
 {
-  lua_newtable(L);
+  lua_createtable(L, 0, 8);
   if (!u)
     return;
   setstr(L, "scheme", u->url_scheme);
@@ -107,8 +110,11 @@ static void push_uri_parts(lua_State *L, url_t const *u)
   }
   {
     /* url params "a=b;lr" as a table */
-    char const *p = u->url_params;
-    lua_newtable(L);
+    char const *p = u->url_params, *q;
+    int count = p && *p ? 1 : 0;
+    for (q = p; q && *q; q++)
+      count += *q == ';';
+    lua_createtable(L, 0, count);
     while (p && *p) {
       size_t n = strcspn(p, ";");
       size_t k = strcspn(p, "=;");
@@ -153,7 +159,7 @@ static void push_addr(lua_State *L, sip_addr_t const *a)
     lua_pushnil(L);
     return;
   }
-  lua_newtable(L);
+  lua_createtable(L, 0, 5);
   if (a->a_display && a->a_display[0]) {
     push_display(L, a->a_display);
     lua_setfield(L, -2, "display");
@@ -169,10 +175,13 @@ static void push_addr(lua_State *L, sip_addr_t const *a)
 
 static void push_vias(lua_State *L, sip_via_t const *v)
 {
-  int i = 0;
-  lua_newtable(L);
+  int i = 0, n = 0;
+  sip_via_t const *c;
+  for (c = v; c; c = c->v_next)
+    n++;
+  lua_createtable(L, n, 0);
   for (; v; v = v->v_next) {
-    lua_newtable(L);
+    lua_createtable(L, 0, 8);
     setstr(L, "protocol", v->v_protocol);
     setstr(L, "host", v->v_host);
     if (v->v_port) {
@@ -192,10 +201,13 @@ static void push_vias(lua_State *L, sip_via_t const *v)
 
 static void push_contacts(lua_State *L, sip_contact_t const *m)
 {
-  int i = 0;
-  lua_newtable(L);
+  int i = 0, n = 0;
+  sip_contact_t const *c;
+  for (c = m; c; c = c->m_next)
+    n++;
+  lua_createtable(L, n, 0);
   for (; m; m = m->m_next) {
-    lua_newtable(L);
+    lua_createtable(L, 0, 8);
     if (m->m_url->url_type == url_any) {
       lua_pushboolean(L, 1);
       lua_setfield(L, -2, "star");
@@ -315,7 +327,7 @@ int luasip_msg_field(lua_State *L, msg_t *msg, sip_t const *sip, const char *key
       char host[64];
       if (!su || !su_inet_ntop(su->su_family, SU_ADDR(su), host, sizeof host))
         return 0;
-      lua_newtable(L);
+      lua_createtable(L, 0, 2);
       setstr(L, "address", host);
       lua_pushinteger(L, ntohs(su->su_port));
       lua_setfield(L, -2, "port");

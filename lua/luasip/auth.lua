@@ -13,6 +13,7 @@ local memory = require "luasip.store.memory"
 
 local unpack = table.unpack or unpack
 local md5 = core.md5
+local digest = select(3, core.class("luasip.digest"))   -- the C functions (csrc/digest.c)
 
 local M = {}
 
@@ -241,7 +242,7 @@ end
 local function find_credentials(req, cfg)
   local _, _, _, header = names(cfg)
   for _, v in ipairs(req:headers(header)) do
-    local scheme, p = M.parse(v)
+    local scheme, p = digest.parse(v)    -- M.parse's contract, in C
     if scheme and scheme:lower() == "digest" and p.realm == cfg.realm then return p end
   end
   return nil
@@ -282,12 +283,16 @@ local function verify(req, cfg)
     ha1 = cfg.ha1(p.username, cfg.realm)
   else
     local password = cfg.password(p.username, cfg.realm)
-    if password then ha1 = md5(p.username .. ":" .. cfg.realm .. ":" .. password) end
+    if type(password) == "string" then
+      ha1 = digest.ha1("MD5", p.username, cfg.realm, password)
+    end
   end
   if type(ha1) ~= "string" then return challenge(req, cfg, "unknown user") end
-  local expected = M.response{ method = req.method, uri = p.uri, nonce = p.nonce,
-    ha1 = ha1, qop = "auth", nc = p.nc, cnonce = p.cnonce }
-  if expected ~= p.response:lower() then return challenge(req, cfg, "bad response") end
+  -- computed and compared in C (csrc/digest.c), without building the strings here
+  if not digest.check(p.response, "MD5", ha1, p.nonce, p.nc, p.cnonce, "auth", req.method,
+    p.uri) then
+    return challenge(req, cfg, "bad response")
+  end
   local left = issued + cfg.nonce_ttl - now
   if left <= 0 then return challenge(req, cfg, "stale", true) end
   -- nonce counts must rise (RFC 7616 3.4): a count seen before is a replay
