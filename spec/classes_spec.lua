@@ -228,4 +228,27 @@ describe("luasip classes", function()
       assert.falsy(err:find("lua/luasip", 1, true), what .. ": " .. err)
     end
   end)
+
+  it("answers a 401 to an in-dialog request with dialog:request{ auth = }", function()
+    local uas, uac = H.agent(), H.agent()
+    local user
+    uas:on("INVITE", function(req)
+      local d = assert(req:answer())
+      d:on("INFO", function(r)
+        user = sip.auth.check(r, { realm = "r", password = function() return "pw" end })
+        if user then r:reply(200) end
+      end)
+    end)
+    local first, second = H.run(function()
+      local d = assert(uac:invite{ uri = uas:uri("x") })
+      local _, _, code = d:request("INFO", { body = "1", content_type = "text/plain" })
+      local res = d:request("INFO", { body = "2", content_type = "text/plain",
+        auth = { username = "alice", password = "pw" } })
+      d:bye()
+      return code, res and res.status
+    end)
+    assert.equal(401, first)
+    assert.equal(200, second)
+    assert.equal("alice", user)
+  end)
 end)
