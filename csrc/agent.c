@@ -16,6 +16,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
+#include <netdb.h>
 #include <linux/sockios.h>
 
 #include <sofia-sip/nta_tport.h>
@@ -365,6 +366,69 @@ static void agent_destroy(lsip_obj_t *obj)
   luasip_freeobj(&a->obj);
 }
 
+/* Why a listen URI cannot be opened: sofia does not keep the socket's errno (it is
+ * clobbered by its clean-up), so bind a socket of our own to the same address, UDP then
+ * TCP (or the one transport the URI names), and return its errno (0: no idea). */
+static int listen_errno(const char *uri)
+{
+  su_home_t home[1] = { SU_HOME_INIT(home) };
+  url_t *url = url_hdup(home, (url_t const *)uri);
+  struct addrinfo hints, *ai = NULL;
+  const char *port, *host;
+  char tp[8] = "";
+  int types[2] = { SOCK_DGRAM, SOCK_STREAM }, i, e = 0;
+  if (!url || !url->url_host)
+    goto done;
+  host = url->url_host;
+  if (host[0] == '[') {                   /* "[::1]": the brackets are not the address */
+    char *h = su_strdup(home, host + 1);
+    char *end = h ? strchr(h, ']') : NULL;
+    if (end)
+      *end = '\0';
+    host = h;
+  }
+  port = url->url_port ? url->url_port : "5060";
+  if (url->url_params && url_param(url->url_params, "transport", tp, sizeof tp)) {
+    if (su_casematch(tp, "tcp"))
+      types[0] = SOCK_STREAM, types[1] = 0;
+    else
+      types[1] = 0;
+  }
+  memset(&hints, 0, sizeof hints);
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE;
+  if (!host || getaddrinfo(host, port, &hints, &ai) != 0 || !ai)
+    goto done;
+  for (i = 0; i < 2 && types[i] && !e; i++) {
+    int fd = socket(ai->ai_family, types[i], 0);
+    int one = 1;
+    if (fd < 0) {
+      e = errno;
+      break;
+    }
+    if (types[i] == SOCK_STREAM)
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0)
+      e = errno;
+    close(fd);
+  }
+done:
+  if (ai)
+    freeaddrinfo(ai);
+  su_home_deinit(home);
+  return e;
+}
+
+/* The fail tuple for a listen URI that could not be opened, with the system's reason
+ * when one can be found (address in use, not available, permission, ...). */
+static int listen_failed(lua_State *L, const char *uri)
+{
+  int e = listen_errno(uri);
+  if (e != 0)
+    return luasip_fail(L, lua_pushfstring(L, "cannot listen on %s: %s", uri, strerror(e)),
+                       "listen");
+  return luasip_fail(L, lua_pushfstring(L, "cannot listen on %s", uri), "listen");
+}
+
 /* core.agent{ listen = {uri...}, user_agent = s, t1 = s,
  *   overload = { delay = 0.1, interval = 0.2, delay_other = 2 * delay, retry_after = 5,
  *                enabled = true }
@@ -429,20 +493,20 @@ int luasip_agent_new(lua_State *L)
                             TAG_END());
   if (!a->nta) {
     a->closed = 1;
-    return luasip_fail(L, lua_pushfstring(L, "cannot listen on %s", first), "listen");
+    return listen_failed(L, first);
   }
   lua_pop(L, 1);
   for (i = 2; i <= n; i++) {
     const char *u;
     lua_rawgeti(L, -2, i);
     u = lua_tostring(L, -1);
-    if (nta_agent_add_tport(a->nta, (url_string_t const *)u,
+      if (nta_agent_add_tport(a->nta, (url_string_t const *)u,
                             TPTAG_UDP_RMEM(4 * 1024 * 1024), TPTAG_UDP_WMEM(1024 * 1024),
                             TAG_END()) < 0) {
       nta_agent_destroy(a->nta);
       a->nta = NULL;
       a->closed = 1;
-      return luasip_fail(L, lua_pushfstring(L, "cannot listen on %s", u), "listen");
+      return listen_failed(L, u);
     }
     lua_pop(L, 1);
   }

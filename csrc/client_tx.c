@@ -373,7 +373,7 @@ static int dialog_creating(sip_method_t m)
  *   ("response", client_tx, response). */
 static int agent_send(lua_State *L)
 {
-  static const char *const fname = "luasip.agent:request";
+  static const char *const fname = "luasip.agent:send";
   lsip_agent_t *a = luasip_agent_check(L, 1);
   nta_agent_t *nta = a->nta;
   const char *method_name, *uri, *proxy = NULL;

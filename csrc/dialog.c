@@ -281,7 +281,7 @@ static lsip_dialog_t *dialog_check(lua_State *L, int idx)
 /* dialog:send{ method=, headers=, body=, content_type= } -> client_tx | nil, err, code */
 static int dialog_send(lua_State *L)
 {
-  static const char *const fname = "luasip.dialog:request";
+  static const char *const fname = "luasip.dialog:send";
   lsip_dialog_t *d = dialog_check(L, 1);
   const char *method_name;
   sip_method_t method;

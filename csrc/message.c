@@ -5,6 +5,7 @@
  * headers and bodies into outgoing messages.  No sofia pointer ever reaches Lua.
  */
 #include <stdlib.h>
+#include <ctype.h>
 #include <string.h>
 
 #include <sofia-sip/msg_header.h>
@@ -562,6 +563,19 @@ static void check_header_text(lua_State *L, const char *fname, const char *s)
     luaL_error(L, "%s: header text must not contain CR or LF", fname);
 }
 
+/* A header name is a token (RFC 3261 25.1): letters, digits and -.!%*_+`'~ */
+static void check_header_name(lua_State *L, const char *fname, const char *name, size_t n)
+{
+  size_t i;
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)name[i];
+    if (!(c < 128 && (isalnum(c) || strchr("-.!%*_+`'~", c))))
+      break;
+  }
+  if (n == 0 || i < n)
+    luaL_error(L, "%s: bad header name '%s' (a token expected)", fname, name);
+}
+
 /* Adds the headers of the table at idx to msg.  The table is either a map
  * { ["X-Name"] = "value" | {"v1", "v2"} } or a list { "X-Name: value", ... }, or both.
  * Raises naming fname for malformed input. */
@@ -585,14 +599,16 @@ int luasip_add_headers(lua_State *L, int idx, msg_t *msg, sip_t *sip, const char
       while (n > 0 && (name[n - 1] == ' ' || name[n - 1] == '\t'))
         n--;
       name[n] = '\0';
+      check_header_name(L, fname, name, n);
       colon++;
       while (*colon == ' ' || *colon == '\t')
         colon++;
       if (add_one_header(msg, sip, name, colon) < 0)
         return luaL_error(L, "%s: cannot parse header '%s'", fname, line);
     } else if (lua_type(L, -2) == LUA_TSTRING) {
-      const char *name = lua_tostring(L, -2);
-      check_header_text(L, fname, name);
+      size_t nlen;
+      const char *name = lua_tolstring(L, -2, &nlen);
+      check_header_name(L, fname, name, nlen);
       if (lua_istable(L, -1)) {
         int i, n = (int)luasip_rawlen(L, -1);
         for (i = 1; i <= n; i++) {
@@ -636,9 +652,10 @@ int luasip_set_body(lua_State *L, int idx, msg_t *msg, sip_t *sip, const char *f
     lua_pop(L, 2);
     return 0;
   }
+  /* the type first: lua_tolstring would turn a number into a string in place */
+  if (lua_type(L, -2) != LUA_TSTRING)
+    return luaL_error(L, "%s: body must be a string, got %s", fname, luaL_typename(L, -2));
   body = lua_tolstring(L, -2, &len);
-  if (!body || lua_type(L, -2) != LUA_TSTRING)
-    return luaL_error(L, "%s: body must be a string", fname);
   ctype = lua_tostring(L, -1);
   if (!lua_isnil(L, -1) && !ctype)
     return luaL_error(L, "%s: content_type must be a string", fname);

@@ -31,6 +31,7 @@ describe("luasip.agent", function()
       ";transport=udp" } }
     assert.is_nil(b)
     assert.matches("cannot listen", err)
+    assert.matches("Address already in use$", err)     -- says why (the system's reason)
     assert.equal("listen", code)
   end)
 

@@ -20,6 +20,18 @@ describe("luasip.agent:request (UAC)", function()
       assert.has_error(function()
         uac:request{ method = "OPTIONS", uri = uas:contact(), timeout = 0 }
       end, "luasip.agent:request: timeout must be a positive number")
+      assert.has_error(function()
+        uac:request{ method = "OPTIONS", uri = uas:contact(), headers = { ["Bad Name"] = "x" } }
+      end, "luasip.agent:request: bad header name 'Bad Name' (a token expected)")
+      assert.has_error(function()
+        uac:request{ method = "OPTIONS", uri = uas:contact(), headers = { "X Y: z" } }
+      end, "luasip.agent:request: bad header name 'X Y' (a token expected)")
+      assert.has_error(function()
+        uac:request{ method = "MESSAGE", uri = uas:contact(), body = 42, content_type = "text/plain" }
+      end, "luasip.agent:request: body must be a string, got number")
+      assert.has_error(function()
+        uac:send{ method = "MESSAGE", uri = uas:contact(), body = {}, content_type = "text/plain" }
+      end, "luasip.agent:send: body must be a string, got table")
     end)
   end)
 
