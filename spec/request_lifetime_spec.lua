@@ -74,5 +74,11 @@ describe("luasip.request lifetime", function()
     assert.is_true(code == 500 or code == 486, tostring(code))
     assert.is_nil(r and r:header("X-Evil"))
     assert.is_true(H.sip.now() - t0 < 1, "answered promptly")
+    -- the handler's failure is logged once (the bridge's own line goes to stderr)
+    local n = 0
+    for _, l in ipairs(logs) do
+      if l.msg:match("handler failed") then n = n + 1 end
+    end
+    assert.equal(1, n)
   end)
 end)
