@@ -81,4 +81,26 @@ describe("luasip.request lifetime", function()
     end
     assert.equal(1, n)
   end)
+
+  it("answers 500 to an in-dialog request at once when the dispatcher raises", function()
+    local SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+      .. "m=audio 40000 RTP/AVP 0\r\n"
+    uas:on("INVITE", function(req) req:answer{ body = SDP } end)
+    local d = H.run(function() return assert(uac:invite{ uri = uas:uri("x"), body = SDP }) end)
+    collectgarbage("stop")
+    local real = dispatcher.dispatch
+    core.set_dispatcher(function(event, a, b)
+      if event == "dialog_request" then error("boom") end
+      return real(event, a, b)
+    end)
+    defer(function()
+      core.set_dispatcher(require("luasip.dispatcher").dispatch)
+      collectgarbage("restart")
+    end)
+    local t0 = H.sip.now()
+    local res, err, code = H.run(function() return d:request("INFO", { timeout = 3 }) end, 5)
+    assert.is_nil(res)
+    assert.equal(500, code, err)
+    assert.is_true(H.sip.now() - t0 < 1, "answered promptly")
+  end)
 end)
