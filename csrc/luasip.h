@@ -153,10 +153,13 @@ void luasip_dialog_drop(lsip_obj_t *d);
 void luasip_dialog_confirm(lsip_obj_t *d, sip_t const *resp);
 void luasip_dialog_backref(lsip_obj_t *d, lsip_obj_t **ref);
 void luasip_dialogs_detach(lsip_agent_t *a);
+/* the UAS dialog of an INVITE/SUBSCRIBE/REFER: pushed, anchored, linked to req */
 lsip_obj_t *luasip_dialog_uas(lua_State *L, lsip_obj_t *req, int early);
 void luasip_dialog_confirmed(lsip_obj_t *d);
 
-/* server_tx.c, for dialog.c */
+/* server_tx.c, for dialog.c.  Whoever bridges a new request passes luasip_bridge's
+ * result to luasip_request_dispatched(), which re-reads the request, answers it 500 when
+ * the dispatch failed and left it unanswered, and frees it if Lua never saw it. */
 lsip_obj_t *luasip_request_from_irq(lsip_agent_t *a, nta_incoming_t *irq);
 void luasip_request_dispatched(lsip_obj_t *req, int bridge_rc);
 nta_incoming_t *luasip_request_irq(lsip_obj_t *req);

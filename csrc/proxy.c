@@ -35,6 +35,19 @@ typedef struct branch {
   unsigned done:1;
 } branch_t;
 
+/* A proxy's life (STYLE rule 9), changed only by proxy_enter():
+ *   FORKING  -> ACCEPTED (a 2xx went upstream) | ANSWERED (the best final went upstream,
+ *               or none could be had) | CANCELLED (the caller's CANCEL) | FINISHED
+ *   ACCEPTED, ANSWERED, CANCELLED -> FINISHED (every branch ended);  FINISHED: final.
+ * Lua hears ("proxy_final", p, res|nil) exactly once, as the proxy leaves FORKING (or
+ * when the agent closes under it).  Branches may still answer after FORKING: a late 2xx
+ * is forwarded statelessly.  FINISHED lets go of the request, the agent list and the
+ * anchor. */
+typedef enum proxy_state {
+  PROXY_FORKING, PROXY_ACCEPTED, PROXY_ANSWERED, PROXY_CANCELLED, PROXY_FINISHED,
+  PROXY_NSTATES
+} proxy_state_t;
+
 typedef struct lsip_proxy {
   lsip_obj_t obj;
   lsip_link_t link;           /* in agent->proxies while branches may exist */
@@ -53,8 +66,34 @@ typedef struct lsip_proxy {
   msg_t *best;
   int best_status;
   char key[24];               /* branch prefix: loop detection hash */
-  unsigned done:1, cancelled:1, got_2xx:1, is_invite:1;
+  proxy_state_t state;        /* change only through proxy_enter() */
+  unsigned is_invite:1;
 } lsip_proxy_t;
+
+#define TO(s) (1u << PROXY_##s)
+static const unsigned proxy_transitions[PROXY_NSTATES] = {
+  [PROXY_FORKING] = TO(ACCEPTED) | TO(ANSWERED) | TO(CANCELLED) | TO(FINISHED),
+  [PROXY_ACCEPTED] = TO(FINISHED),
+  [PROXY_ANSWERED] = TO(FINISHED),
+  [PROXY_CANCELLED] = TO(FINISHED),
+};
+#undef TO
+
+/* The one transition function.  Never calls Lua; a refused move is a no-op. */
+static void proxy_enter(lsip_proxy_t *p, proxy_state_t to)
+{
+  if (!(proxy_transitions[p->state] & (1u << to)))
+    return;
+  p->state = to;
+  if (to == PROXY_FINISHED) {
+    if (p->req) {
+      luasip_request_set_proxy(p->req, NULL);
+      p->req = NULL;
+    }
+    luasip_link_del(&p->link);
+    luasip_unanchor(luasip_L(), &p->obj);
+  }
+}
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -153,13 +192,12 @@ void luasip_proxies_detach(lsip_agent_t *a)
   while (a->proxies.next != &a->proxies) {
     lsip_proxy_t *p = (lsip_proxy_t *)((char *)a->proxies.next -
                                        offsetof(lsip_proxy_t, link));
+    int forking = p->state == PROXY_FORKING;
     proxy_release(p);
     p->agent = NULL;
-    if (!p->done) {
-      p->done = 1;
-      luasip_bridge("proxy_final", &p->obj, NULL);
-    }
-    luasip_unanchor(luasip_L(), &p->obj);
+    if (forking)
+      luasip_bridge("proxy_final", &p->obj, NULL);  /* a notification */
+    proxy_enter(p, PROXY_FINISHED);
   }
 }
 
@@ -202,14 +240,15 @@ static void timer_c(su_root_magic_t *m, su_timer_t *t, su_timer_arg_t *arg)
   }
 }
 
-static void cancel_others(lsip_proxy_t *p, branch_t *except)
+/* CANCEL every pending INVITE branch but except; elsewhere: a 2xx was seen */
+static void cancel_others(lsip_proxy_t *p, branch_t *except, int elsewhere)
 {
   int i;
   for (i = 0; i < p->nbr; i++) {
     branch_t *b = &p->br[i];
     if (b != except && !b->done && b->orq && p->is_invite) {
       /* RFC 3326: a phone that lost to another tells "answered elsewhere", not missed */
-      if (p->got_2xx)
+      if (elsewhere)
         nta_outgoing_tcancel(b->orq, NULL, NULL,
                              SIPTAG_REASON_STR("SIP;cause=200;text=\"Call completed elsewhere\""),
                              TAG_END());
@@ -279,25 +318,20 @@ static int recurse(lsip_proxy_t *p, sip_t const *sip)
   return added;
 }
 
-/* All branches ended. */
+/* All branches ended: the best final response goes upstream if nothing did yet. */
 static void proxy_finished(lsip_proxy_t *p)
 {
-  if (!p->done) {
-    p->done = 1;
+  if (p->state == PROXY_FORKING) {
+    proxy_enter(p, PROXY_ANSWERED);
     if (p->best && p->req) {
       merge_challenges(p);
       luasip_request_forward(p->req, msg_ref_create(p->best));
       proxy_final(p, p->best);
     } else {
-      proxy_final(p, NULL);
+      proxy_final(p, NULL);         /* every branch failed without a response: Lua answers */
     }
   }
-  if (p->req) {
-    luasip_request_set_proxy(p->req, NULL);
-    p->req = NULL;
-  }
-  luasip_link_del(&p->link);
-  luasip_unanchor(luasip_L(), &p->obj);
+  proxy_enter(p, PROXY_FINISHED);
 }
 
 static int rank(int status)
@@ -331,7 +365,7 @@ static int branch_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
     }
   }
   if (status < 200) {
-    if (status > 100 && msg && !p->done && p->req)
+    if (status > 100 && msg && p->state == PROXY_FORKING && p->req)
       luasip_request_forward(p->req, msg);       /* takes msg */
     else if (msg)
       msg_destroy(msg);
@@ -346,27 +380,25 @@ static int branch_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
   p->pending--;
 
   if (status < 300) {
-    p->got_2xx = 1;
-    cancel_others(p, b);
-    if (msg && p->req) {
-      int first = !p->done;
-      lsip_obj_t *o = first ? response_for_lua(msg) : NULL;
-      p->done = 1;
+    int first = p->state == PROXY_FORKING;
+    lsip_obj_t *o = first && msg ? response_for_lua(msg) : NULL;
+    cancel_others(p, b, 1);
+    if (first)
+      proxy_enter(p, PROXY_ACCEPTED);
+    if (msg && p->req)
       luasip_request_forward(p->req, msg);       /* late 2xx go statelessly */
-      if (first) {
-        /* Lua hears of the 2xx only once it went upstream */
-        luasip_bridge("proxy_final", &p->obj, o);
-        if (o && !o->born)
-          o->destroy(o);
-      }
-    } else if (msg) {
+    else if (msg)
       msg_destroy(msg);
+    if (first) {
+      /* Lua hears of the 2xx only once it went upstream */
+      luasip_bridge("proxy_final", &p->obj, o);
+      if (o && !o->born)
+        o->destroy(o);
     }
   } else {
     if (status >= 600)
-      cancel_others(p, b);
-    if (status >= 300 && status < 400 && p->follow && sip && !p->done && !p->got_2xx &&
-        !p->cancelled) {
+      cancel_others(p, b, p->state == PROXY_ACCEPTED);
+    if (status >= 300 && status < 400 && p->follow && sip && p->state == PROXY_FORKING) {
       int first = p->ntargets, added = recurse(p, sip);
       if (added) {
         if (msg)
@@ -399,18 +431,13 @@ static int branch_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
     }
     if (msg)
       msg_destroy(msg);
-    if (p->sequential && !p->got_2xx && !p->cancelled && status < 600 && !p->done &&
+    if (p->sequential && p->state == PROXY_FORKING && status < 600 &&
         p->next < p->ntargets && start_next(p) == 0)
       return 0;
   }
-  if (p->pending == 0) {
-    if (!p->best && !p->done && p->req && !p->got_2xx) {
-      /* every branch failed without a response message: answer ourselves */
-      p->done = 1;
-      luasip_bridge("proxy_final", &p->obj, NULL);
-    }
+  /* re-read after the bridges above: Lua may have cancelled or ended branches */
+  if (p->pending == 0)
     proxy_finished(p);
-  }
   return 0;
 }
 
@@ -615,11 +642,10 @@ static int req_proxy(lua_State *L)
 void luasip_proxy_cancel(lsip_obj_t *obj)
 {
   lsip_proxy_t *p = (lsip_proxy_t *)obj;
-  if (p->done)
+  if (p->state != PROXY_FORKING)
     return;
-  p->cancelled = 1;
-  p->done = 1;                      /* the caller answers 487 upstream itself */
-  cancel_others(p, NULL);
+  proxy_enter(p, PROXY_CANCELLED);  /* the request answers 487 upstream itself */
+  cancel_others(p, NULL, 0);
   luasip_bridge("proxy_final", &p->obj, NULL);
 }
 
@@ -627,8 +653,8 @@ void luasip_proxy_cancel(lsip_obj_t *obj)
 static int proxy_cancel_m(lua_State *L)
 {
   lsip_proxy_t *p = (lsip_proxy_t *)luasip_checkobj(L, 1, LUASIP_PROXY);
-  if (!p->done || p->pending)
-    cancel_others(p, NULL);
+  if (p->state == PROXY_FORKING || p->pending)
+    cancel_others(p, NULL, p->state == PROXY_ACCEPTED);
   lua_pushboolean(L, 1);
   return 1;
 }

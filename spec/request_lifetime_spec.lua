@@ -74,5 +74,33 @@ describe("luasip.request lifetime", function()
     assert.is_true(code == 500 or code == 486, tostring(code))
     assert.is_nil(r and r:header("X-Evil"))
     assert.is_true(H.sip.now() - t0 < 1, "answered promptly")
+    -- the handler's failure is logged once (the bridge's own line goes to stderr)
+    local n = 0
+    for _, l in ipairs(logs) do
+      if l.msg:match("handler failed") then n = n + 1 end
+    end
+    assert.equal(1, n)
+  end)
+
+  it("answers 500 to an in-dialog request at once when the dispatcher raises", function()
+    local SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+      .. "m=audio 40000 RTP/AVP 0\r\n"
+    uas:on("INVITE", function(req) req:answer{ body = SDP } end)
+    local d = H.run(function() return assert(uac:invite{ uri = uas:uri("x"), body = SDP }) end)
+    collectgarbage("stop")
+    local real = dispatcher.dispatch
+    core.set_dispatcher(function(event, a, b)
+      if event == "dialog_request" then error("boom") end
+      return real(event, a, b)
+    end)
+    defer(function()
+      core.set_dispatcher(require("luasip.dispatcher").dispatch)
+      collectgarbage("restart")
+    end)
+    local t0 = H.sip.now()
+    local res, err, code = H.run(function() return d:request("INFO", { timeout = 3 }) end, 5)
+    assert.is_nil(res)
+    assert.equal(500, code, err)
+    assert.is_true(H.sip.now() - t0 < 1, "answered promptly")
   end)
 end)

@@ -62,4 +62,28 @@ describe("luasip.request:reply 2xx to an INVITE", function()
     H.run_until(function() return ended end, 2, "callee's dialog ended")
     assert.equal("remote bye", ended)
   end)
+
+  it("matches each ACK to its own INVITE with 150 calls in flight", function()
+    local acked, wrong, done, ok = 0, 0, 0, 0
+    uas:on("INVITE", function(req)
+      req:reply(200, { body = SDP, content_type = "application/sdp" })
+      local ack = req:wait_ack(5)
+      if ack and ack.call_id == req.call_id and ack.cseq == req.cseq then
+        acked = acked + 1
+      else
+        wrong = wrong + 1
+      end
+    end)
+    for _ = 1, 150 do
+      H.sip.spawn(function()
+        local d = uac:invite{ uri = uas:uri("x"), body = SDP, timeout = 5 }
+        if d and d:request("BYE", { timeout = 5 }).status == 200 then ok = ok + 1 end
+        done = done + 1
+      end)
+    end
+    H.run_until(function() return done == 150 and acked + wrong == 150 end, 20, "150 calls")
+    assert.equal(0, wrong)
+    assert.equal(150, acked)
+    assert.equal(150, ok)
+  end)
 end)
