@@ -253,7 +253,10 @@ static int overload_is_our_ack(lsip_agent_t *a, sip_t const *sip)
  * raises naming fname. */
 static void overload_config(lua_State *L, int idx, lsip_overload_t *o, const char *fname)
 {
-  double delay = 0.1, other = -1, retry = 5, interval = 0.2;
+  /* defaults: at 2x its capacity a queue grows ~1 s per s, so shedding starts by
+   * delay + interval = 0.45 s, before an INVITE waiting for its 100 Trying is
+   * retransmitted (T1 = 0.5 s) */
+  double delay = 0.15, other = -1, retry = 5, interval = 0.3;
   int enabled = 1;
   if (idx < 0)
     idx = lua_gettop(L) + idx + 1;
@@ -430,7 +433,7 @@ static int listen_failed(lua_State *L, const char *uri)
 }
 
 /* core.agent{ listen = {uri...}, user_agent = s, t1 = s,
- *   overload = { delay = 0.1, interval = 0.2, delay_other = 2 * delay, retry_after = 5,
+ *   overload = { delay = 0.15, interval = 0.3, delay_other = 2 * delay, retry_after = 5,
  *                enabled = true }
  *   | false } -> agent | nil, err, code */
 int luasip_agent_new(lua_State *L)

@@ -88,19 +88,18 @@ static size_t hash_hex(const alg_t *alg, parts_t const *ps, char *hex)
   }
 #ifdef LUASIP_HAVE_LIBCRYPTO
   {
-    static EVP_MD_CTX *ctx;         /* one per process: the loop is single-threaded */
+    /* a context per hash, freed at once: a static one would be left to valgrind as
+     * lost when the module is unloaded */
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     unsigned char d[EVP_MAX_MD_SIZE];
     unsigned int n = 0;
-    if (!ctx && !(ctx = EVP_MD_CTX_new()))
-      return 0;
-    if (!EVP_DigestInit_ex(ctx, alg->evp(), NULL))
-      return 0;
-    for (i = 0; i < ps->count; i++) {
-      if ((i > 0 && !EVP_DigestUpdate(ctx, ":", 1)) ||
-          !EVP_DigestUpdate(ctx, ps->p[i], ps->n[i]))
-        return 0;
-    }
-    if (!EVP_DigestFinal_ex(ctx, d, &n) || 2 * (size_t)n >= HEX_MAX)
+    int ok = ctx && EVP_DigestInit_ex(ctx, alg->evp(), NULL);
+    for (i = 0; ok && i < ps->count; i++)
+      ok = (i == 0 || EVP_DigestUpdate(ctx, ":", 1)) &&
+           EVP_DigestUpdate(ctx, ps->p[i], ps->n[i]);
+    ok = ok && EVP_DigestFinal_ex(ctx, d, &n) && 2 * (size_t)n < HEX_MAX;
+    EVP_MD_CTX_free(ctx);
+    if (!ok)
       return 0;
     tohex(d, n, hex);
     return 2 * (size_t)n;
