@@ -47,6 +47,10 @@
 #   shared machine to be below QUIET_PCT=20 % busy), IDLE_MAX_WAIT (30: after a passing
 #   step, wait at most that long for the responder to be idle, polled), BENCH_BUDGET
 #   (570 s: no new step or row after that; the default run takes ~8 minutes)
+#   BENCH_AB_ROUNDS=3          KIND proxy and register: rounds of the interleaved A/B at REF_RATE
+#                              (each interpreter of BENCH_LUA, then Kamailio, fresh processes,
+#                              WARMUP s then AB_DURATION=5 s measured; medians in the table);
+#                              0 = none. BENCH_PROXY_BASELINE=1 adds the sipp->sipp row to proxy
 #   BENCH_SUSTAIN=N            also, per row, N s (>= 45) at REF_RATE on a fresh responder, CPU
 #                              over the last SUSTAIN_WINDOW (10) s: steady-state us per call,
 #                              with sofia's 32 s transaction expiry included (off by default:
@@ -88,6 +92,7 @@ fi
 SUSTAIN_WINDOW=${SUSTAIN_WINDOW:-10}
 BENCH_AB_ROUNDS=${BENCH_AB_ROUNDS:-3}
 AB_DURATION=${AB_DURATION:-5}
+AB_QUIET_WAIT=${AB_QUIET_WAIT:-3}   # A/B runs: wait at most that long for a quiet machine
 IDLE_MAX_WAIT=${IDLE_MAX_WAIT:-30}
 export RECV_TIMEOUT_MS=${RECV_TIMEOUT_MS:-5000}
 export REFINE STEP_PAUSE START_RATE MAX_RATE
@@ -330,7 +335,7 @@ ab_rounds() {
         KEEP=0 QUIET_MAX_WAIT=0 step_env "$HERE/step.sh" "$KIND" "$STEP_PORT" "$REF_RATE" "$WARMUP" >/dev/null 2>&1
         wait_responder_idle
       fi
-      res=$(KEEP=0 step_env "$HERE/step.sh" "$KIND" "$STEP_PORT" "$REF_RATE" "$AB_DURATION" 2>&1 |
+      res=$(KEEP=0 QUIET_MAX_WAIT=$AB_QUIET_WAIT step_env "$HERE/step.sh" "$KIND" "$STEP_PORT" "$REF_RATE" "$AB_DURATION" 2>&1 |
               grep '^RESULT ' | tail -1)
       responder_died && out "   round $r $w: $DIED"
       stop_responder
@@ -338,7 +343,7 @@ ab_rounds() {
       us=$(kv sut_us_per_call "$res"); us=${us:-0}
       step_passes "RESULT $res" || us="$us!"
       AB_US[$KIND|$w]+=" $us"
-      out "   round $r $(printf '%-9s' "$w") $(printf '%7s' "$us") us/call  $(kv success "$res") ok $(kv failed "$res") failed," \
+      out "   [$(date +%T)] round $r $(printf '%-9s' "$w") $(printf '%7s' "$us") us/call  $(kv success "$res") ok $(kv failed "$res") failed," \
           "retrans $(kv retrans_pct "$res")%, resp CPU $(kv sut_cpu_pct "$res")%, other $(kv other_pct "$res")%"
     done
   done
