@@ -13,7 +13,11 @@
 #   OUT_PREFIX.sym.txt    top 25 symbols (self %, with their DSO)
 #   OUT_PREFIX.malloc.txt who calls malloc/free/calloc/realloc (callers, % of all samples)
 # PERF=0 skips perf (CPU per call only, e.g. for the allocator runs).
-# Env: RATE (1000) DURATION (12) WARMUP (3) PERF_S (6) ALLOC ("" = glibc only).
+# Env: RATE (1000) DURATION (12) WARMUP (3) PERF_S (6) PERF_AT (1: s into the run when perf
+#      starts; e.g. RATE=500 DURATION=45 PERF_AT=35 PERF_S=8 profiles the steady state, when
+#      sofia's transactions of the first seconds expire, 32 s after they began)
+#      ALLOC ("" = glibc only; e.g. "jemalloc mimalloc": then ROUNDS (3) interleaved rounds of
+#      glibc and each allocator, PERF off, medians).
 # Loopback only; every process bounded by `timeout` and stopped by PID.
 if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -u
@@ -23,9 +27,11 @@ ROOT=$(cd "$HERE/.." && pwd)
 KIND=${1:?usage: profile.sh proxy|register lua5.4|luajit [OUT_PREFIX]}
 INTERP=${2:?usage: profile.sh proxy|register lua5.4|luajit [OUT_PREFIX]}
 OUTP=${3:-$HERE/profiles/$KIND-$INTERP}
+ROUNDS=${ROUNDS:-3}; require_uint "$ROUNDS"
 RATE=${RATE:-1000} DURATION=${DURATION:-12} WARMUP=${WARMUP:-3} PERF_S=${PERF_S:-6} PERF=${PERF:-1}
 for v in "$RATE" "$DURATION" "$WARMUP" "$PERF_S"; do require_uint "$v"; done
-(( PERF_S + 2 < DURATION )) || die "PERF_S must be < DURATION - 2"
+PERF_AT=${PERF_AT:-1}; require_uint "$PERF_AT"
+(( PERF_AT + PERF_S + 1 < DURATION )) || die "PERF_AT + PERF_S must be < DURATION - 1"
 case $INTERP in lua5.4) FL=5.4 ;; luajit) FL=luajit ;; *) die "INTERP: lua5.4 or luajit" ;; esac
 HOST=127.0.0.1
 require_loopback "$HOST"
@@ -80,12 +86,12 @@ run_one() {  # run_one ALLOCATOR [perf] -> prints a line
   local alloc=$1 doperf=${2:-0} a b res
   start "$alloc"
   (( WARMUP > 0 )) && load "$WARMUP" >/dev/null
-  sleep 1
+  sleep 1                       # the warm-up's last calls end (BYE, ACK)
   a=$(cpu_ns "$SUT")
   load "$DURATION" >"$WORK/load.txt" &
   local LP=$!
   if (( doperf )); then
-    sleep 1
+    sleep "$PERF_AT"
     timeout $(( PERF_S + 10 )) perf record -q -e cpu-clock -F 999 --call-graph dwarf,16384 -p "$SUT" \
       -o "$WORK/perf.data" -- sleep "$PERF_S" >/dev/null 2>&1
   fi
@@ -97,18 +103,32 @@ run_one() {  # run_one ALLOCATOR [perf] -> prints a line
     "$(awk -v a="$a" -v b="$b" -v n="$(( RATE * DURATION ))" 'BEGIN{printf "%.1f", (b-a)/1000/n}')" "$res"
 }
 
-run_one glibc "$PERF"
+(( PERF )) || [[ -z ${ALLOC:-} ]] && run_one glibc "$PERF" | tee "$WORK/line.txt"
 if (( PERF )); then
   mkdir -p "$(dirname "$OUTP")"
   R="perf report -i $WORK/perf.data --stdio --no-children --percent-limit 0.3"
-  { echo "# $KIND $INTERP at $RATE/s, perf cpu-clock ${PERF_S}s, self % by DSO"
+  hdr="$KIND $INTERP at $RATE/s for ${DURATION}s after ${WARMUP}s warm-up, perf cpu-clock ${PERF_S}s from s $PERF_AT; $(tail -1 "$WORK/line.txt")"
+  { echo "# $hdr; self % by DSO"
     $R --sort dso -g none 2>/dev/null | grep -v '^#' | grep . | head -15; } >"$OUTP.dso.txt"
-  { echo "# $KIND $INTERP at $RATE/s, perf cpu-clock ${PERF_S}s, top 25 symbols (self %)"
+  { echo "# $hdr; top 25 symbols (self %)"
     $R --sort sym,dso -g none 2>/dev/null | grep -v '^#' | grep . | head -25; } >"$OUTP.sym.txt"
-  { echo "# $KIND $INTERP at $RATE/s: callers of the allocator (caller-based call graph, % of all samples)"
-    perf report -i "$WORK/perf.data" --stdio --no-children --sort sym \
-      --symbols malloc,free,calloc,realloc,_int_malloc,_int_free,malloc_consolidate,cfree,__libc_free,__libc_malloc,__libc_calloc,__libc_realloc \
-      -g caller,0.5,callee,function,percent --percent-limit 0.5 2>/dev/null | grep -v '^#' | grep . | head -150; } >"$OUTP.malloc.txt"
+  { echo "# $hdr; who calls the allocator (bench/perf-alloc.py, % of all samples)"
+    perf script -i "$WORK/perf.data" -F ip,sym,dso 2>/dev/null | python3 "$HERE/perf-alloc.py"; } >"$OUTP.malloc.txt"
   echo "wrote $OUTP.{dso,sym,malloc}.txt"
 fi
-for A in ${ALLOC:-}; do run_one "$A" 0; done
+# allocators: interleaved rounds (glibc and each of ALLOC, fresh process each), medians
+if [[ -n ${ALLOC:-} ]]; then
+  declare -A V
+  for (( r = 1; r <= ROUNDS; r++ )); do
+    for A in glibc $ALLOC; do
+      line=$(run_one "$A" 0); echo "  round $r: $line"
+      us=$(awk '{print $4}' <<<"$line"); fl=$(sed -n 's/.*ok\/failed [0-9]* \([0-9]*\)).*/\1/p' <<<"$line")
+      [[ ${fl:-1} == 0 ]] || us="$us!"
+      V[$A]+=" $us"
+    done
+  done
+  for A in glibc $ALLOC; do
+    printf '%-6s %-7s %-9s median %8s us/call  [%s ] ('"'"'!'"'"' = calls failed)\n' "$KIND" "$INTERP" "$A" \
+      "$(tr ' ' '\n' <<<"${V[$A]}" | tr -d '!' | grep . | sort -g | awk '{v[NR]=$1} END{print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}')" "${V[$A]}"
+  done
+fi
