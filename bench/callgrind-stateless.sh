@@ -13,6 +13,7 @@
 # Then, natively (no valgrind), N3 requests of each mode at NATIVE_RATE/s: user+sys CPU
 # per request (schedstat), to give the instructions a time scale on this machine (no
 # hardware counters here, so no IPC from perf).
+# With CG_FUNCS=1 (default), also the instructions per request by function (bench/cg-diff.py).
 # Env: N1 (200) N2 (1200) CG_RATE (100/s under valgrind) N3 (10000) NATIVE_RATE (2000),
 #      KEEP=1 keeps the callgrind files. Loopback only, every process bounded and stopped
 #      by PID.
@@ -96,5 +97,10 @@ for I in $INTERPS; do
   echo "$I: Lua handler over C-only answer: $d instructions/request (user space, callgrind);" \
        "native CPU difference $(awk -v a="${US[options]}" -v b="${US[cancel]}" 'BEGIN{printf "%.2f", a-b}') us/request;" \
        "at the Lua path's native user time per instruction: $(awk -v d="$d" -v u="${UU[options]}" -v i="${IRQ[options]}" 'BEGIN{ if (i > 0) printf "%.2f", d*u/i }') us"
+  if [[ ${CG_FUNCS:-1} == 1 ]]; then
+    echo "$I: where the instructions of one request go (self cost per function; options, then cancel, then options minus cancel):"
+    python3 "$HERE/cg-diff.py" "$N1" "$WORK/cg-$I-options-$N1.out" "$N2" "$WORK/cg-$I-options-$N2.out" \
+      "$N1" "$WORK/cg-$I-cancel-$N1.out" "$N2" "$WORK/cg-$I-cancel-$N2.out" | sed 's/^/  /'
+  fi
   unset IRQ US UU
 done
