@@ -39,3 +39,11 @@ if len(args) >= 8:
     show("-- second path, per function (self)", second, 10)
     diff = {k: first.get(k, 0) - second.get(k, 0) for k in set(first) | set(second)}
     show("-- first minus second, per function", diff)
+    by_obj = {}
+    for k, v in diff.items():
+        obj = re.search(r"\[([^\]]*)\]\s*$", k)
+        obj = obj.group(1).rsplit("/", 1)[-1] if obj else "?"
+        if "malloc.c:" in k or k.startswith("arena.c:"):
+            obj = "libc malloc/free"
+        by_obj[obj] = by_obj.get(obj, 0) + v
+    show("-- first minus second, per object (libc's malloc.c counted apart)", by_obj, 10)

@@ -31,7 +31,7 @@ ROUNDS=${ROUNDS:-3}; require_uint "$ROUNDS"
 RATE=${RATE:-1000} DURATION=${DURATION:-12} WARMUP=${WARMUP:-3} PERF_S=${PERF_S:-6} PERF=${PERF:-1}
 for v in "$RATE" "$DURATION" "$WARMUP" "$PERF_S"; do require_uint "$v"; done
 PERF_AT=${PERF_AT:-1}; require_uint "$PERF_AT"
-(( PERF_AT + PERF_S + 1 < DURATION )) || die "PERF_AT + PERF_S must be < DURATION - 1"
+(( PERF == 0 || PERF_AT + PERF_S + 1 < DURATION )) || die "PERF_AT + PERF_S must be < DURATION - 1"
 case $INTERP in lua5.4) FL=5.4 ;; luajit) FL=luajit ;; *) die "INTERP: lua5.4 or luajit" ;; esac
 HOST=127.0.0.1
 require_loopback "$HOST"
