@@ -87,6 +87,10 @@ REF_RATE=${REF_RATE:-1000}
 WARMUP=${WARMUP:-2}
 BENCH_SUSTAIN=${BENCH_SUSTAIN:-0}
 KAM_DIR=${KAM_DIR:-$HERE/../../shared/bench/kamailio}
+# the Kamailio rows need kamailio + app_lua: installed on demand (idempotent, Debian packages)
+if [[ -z ${BENCH_KAMAILIO:-} && " $BENCH_KINDS " =~ \ (proxy|pbx|register)\  && -x $KAM_DIR/run-kamailio.sh ]]; then
+  sh "$ROOT/scripts/install-deps.sh" kamailio kamailio-lua-modules >&2 || echo "bench: could not install kamailio; no Kamailio rows" >&2
+fi
 if [[ -z ${BENCH_KAMAILIO:-} ]]; then
   BENCH_KAMAILIO=0; command -v kamailio >/dev/null && [[ -x $KAM_DIR/run-kamailio.sh ]] && BENCH_KAMAILIO=1
 fi
@@ -349,8 +353,16 @@ ab_rounds() {
     done
   done
 }
-# median LIST ("12.5 13! 11"): the median of the numbers ('!' ignored)
-median() { tr ' ' '\n' <<<"$1" | tr -d '!' | grep . | sort -g |
+# median LIST ("12.5 13! 11"): the median of the runs without '!' (a run with failed calls
+# or retransmissions counts its retransmissions in its us/call), of all when every run has
+# one (then suffixed '!')
+median() {
+  local ok; ok=$(tr ' ' '\n' <<<"$1" | grep . | grep -v '!')
+  if [[ -z $ok ]]; then
+    [[ -n $(tr -d ' ' <<<"$1") ]] && echo "$(median_of "$(tr -d '!' <<<"$1")")!"
+  else median_of "$ok"; fi
+}
+median_of() { tr ' ' '\n' <<<"$1" | grep . | sort -g |
   awk '{ v[NR] = $1 } END { if (NR == 0) print ""; else if (NR % 2) print v[(NR+1)/2];
                             else printf "%.1f\n", (v[NR/2] + v[NR/2+1]) / 2 }'; }
 
@@ -541,12 +553,12 @@ done
 # the interleaved A/B runs at REF_RATE: medians, and luasip / Kamailio
 for kind in $BENCH_KINDS; do
   [[ -n ${AB_US[$kind|kamailio]:-}${AB_US[$kind|${BENCH_LUA%% *}]:-} ]] || continue
-  echo "   $kind, interleaved A/B at $REF_RATE/s (${AB_DURATION}s runs, fresh processes): median us/call [runs]; x Kamailio"
+  echo "   $kind, interleaved A/B at $REF_RATE/s (${AB_DURATION}s runs, fresh processes): median us/call of the clean runs [all runs; '!' = failed calls or retransmissions]; x Kamailio"
   kmed=$(median "${AB_US[$kind|kamailio]:-}")
   for w in $BENCH_LUA kamailio; do
     [[ -n ${AB_US[$kind|$w]:-} ]] || continue
     m=$(median "${AB_US[$kind|$w]}")
-    printf '   %-8s %-13s %8s  [%s ]  x%s\n' "$kind" "$w" "$m" "${AB_US[$kind|$w]}" "$(ratio "$m" "$kmed")"
+    printf '   %-8s %-13s %8s  [%s ]  x%s\n' "$kind" "$w" "$m" "${AB_US[$kind|$w]}" "$(ratio "${m%!}" "${kmed%!}")"
   done
 done
 } | tee -a "$LOG"
