@@ -7,11 +7,14 @@
 #   luasip/<lua>    sipp UAC -> lua examples/uas.lua, for each interpreter in BENCH_LUA
 # KIND calls   = INVITE, 100, 180, 200, ACK, BYE, 200 (scenarios/uac.xml)
 # KIND options = OPTIONS, 200 (scenarios/options-uac.xml)
-# Opt-in kinds (BENCH_KINDS="calls options b2bua proxy register notify"); see README.md
+# Opt-in kinds (BENCH_KINDS="calls options b2bua proxy pbx register notify"); see README.md
 # (notify: bench/notify.sh, NOTIFY fan-out rate and memory per active subscription):
 # KIND b2bua    = calls through examples/b2bua.lua to a downstream sipp UAS
-# KIND proxy    = authenticated calls through examples/pbx.lua (scenarios/proxy-uac.xml)
-#                 to a sipp UAS registered as bob; + a Kamailio proxy-lua row
+# KIND proxy    = calls through bench/proxy.lua (the logic of Kamailio's proxy.lua: plain
+#                 record-routing stateful proxy, sipp uac -rsa proxy -> sipp uas), beside a
+#                 Kamailio proxy-lua row, + an interleaved A/B at REF_RATE (BENCH_AB_ROUNDS)
+# KIND pbx      = authenticated calls through examples/pbx.lua (scenarios/proxy-uac.xml)
+#                 to a sipp UAS registered as bob; + a Kamailio proxy-lua row (no auth)
 # KIND register = REGISTER with digest auth (scenarios/reg-auth.xml) against
 #                 bench/registrar.lua; + a Kamailio registrar-auth-lua row
 # (Kamailio rows when kamailio is installed, BENCH_KAMAILIO=0 to skip; KAM_ARGS)
@@ -44,6 +47,11 @@
 #   shared machine to be below QUIET_PCT=20 % busy), IDLE_MAX_WAIT (30: after a passing
 #   step, wait at most that long for the responder to be idle, polled), BENCH_BUDGET
 #   (570 s: no new step or row after that; the default run takes ~8 minutes)
+#   BENCH_AB_ROUNDS=3          KIND proxy and register: rounds of the interleaved A/B at REF_RATE
+#                              (each interpreter of BENCH_LUA, then Kamailio, fresh processes,
+#                              WARMUP s then AB_DURATION=5 s measured; medians in the table);
+#                              0 = none. With Kamailio, proxy and register have no sipp baseline
+#                              row unless BENCH_BASELINE=1, and Kamailio's ladder comes first
 #   BENCH_SUSTAIN=N            also, per row, N s (>= 45) at REF_RATE on a fresh responder, CPU
 #                              over the last SUSTAIN_WINDOW (10) s: steady-state us per call,
 #                              with sofia's 32 s transaction expiry included (off by default:
@@ -79,10 +87,17 @@ REF_RATE=${REF_RATE:-1000}
 WARMUP=${WARMUP:-2}
 BENCH_SUSTAIN=${BENCH_SUSTAIN:-0}
 KAM_DIR=${KAM_DIR:-$HERE/../../shared/bench/kamailio}
+# the Kamailio rows need kamailio + app_lua: installed on demand (idempotent, Debian packages)
+if [[ -z ${BENCH_KAMAILIO:-} && " $BENCH_KINDS " =~ \ (proxy|pbx|register)\  && -x $KAM_DIR/run-kamailio.sh ]]; then
+  sh "$ROOT/scripts/install-deps.sh" kamailio kamailio-lua-modules >&2 || echo "bench: could not install kamailio; no Kamailio rows" >&2
+fi
 if [[ -z ${BENCH_KAMAILIO:-} ]]; then
   BENCH_KAMAILIO=0; command -v kamailio >/dev/null && [[ -x $KAM_DIR/run-kamailio.sh ]] && BENCH_KAMAILIO=1
 fi
 SUSTAIN_WINDOW=${SUSTAIN_WINDOW:-10}
+BENCH_AB_ROUNDS=${BENCH_AB_ROUNDS:-3}
+AB_DURATION=${AB_DURATION:-5}
+AB_QUIET_WAIT=${AB_QUIET_WAIT:-3}   # A/B runs: wait at most that long for a quiet machine
 IDLE_MAX_WAIT=${IDLE_MAX_WAIT:-30}
 export RECV_TIMEOUT_MS=${RECV_TIMEOUT_MS:-5000}
 export REFINE STEP_PAUSE START_RATE MAX_RATE
@@ -90,7 +105,7 @@ export REFINE STEP_PAUSE START_RATE MAX_RATE
 HOST=127.0.0.1
 require_loopback "$HOST"
 require_uint "$BENCH_DURATION"; require_uint "$REF_RATE"; require_uint "$IDLE_MAX_WAIT"; require_uint "$WARMUP"
-require_uint "$BENCH_SUSTAIN"; require_uint "$SUSTAIN_WINDOW"
+require_uint "$BENCH_SUSTAIN"; require_uint "$SUSTAIN_WINDOW"; require_uint "$BENCH_AB_ROUNDS"; require_uint "$AB_DURATION"
 (( BENCH_SUSTAIN == 0 || BENCH_SUSTAIN >= SUSTAIN_WINDOW + 5 )) || die "BENCH_SUSTAIN must be >= SUSTAIN_WINDOW + 5 (use >= 45 to reach steady state)"
 
 command -v sipp >/dev/null || die "sipp not found (apt-get install sip-tester)"
@@ -141,8 +156,8 @@ start_responder() {
   local kind=$1 who=$2 port=$3 logf=$4 scen flavour dport=""
   DOWN_PID=""; STEP_PORT=$port; STEP_SCEN=""; STEP_ARGS=""
   STEP_INF=""; [[ $kind == register ]] && STEP_INF=$WORK/users.csv
-  # b2bua / proxy (luasip, kamailio): a downstream sipp UAS the calls end at
-  if [[ $who != sipp && ( $kind == b2bua || $kind == proxy ) ]]; then
+  # b2bua / proxy / pbx (luasip, kamailio): a downstream sipp UAS the calls end at
+  if [[ $who != sipp && ( $kind == b2bua || $kind == proxy || $kind == pbx ) ]]; then
     dport=$(free_udp_port)
     ( cd "$WORK" && exec timeout --kill-after=5 "$RESP_MAX" \
         sipp -sf "$SCEN_DIR/uas.xml" -i "$HOST" -mi "$HOST" -bind_local -p "$dport" -t u1 \
@@ -155,7 +170,7 @@ start_responder() {
     case $kind in
       options) scen=$SCEN_DIR/options-uas.xml ;;
       register) scen=$SCEN_DIR/reg-uas-auth.xml ;;
-      proxy) scen=$SCEN_DIR/uas.xml; STEP_SCEN=uac.xml ;;   # baseline: direct, no auth
+      proxy|pbx) scen=$SCEN_DIR/uas.xml; STEP_SCEN=uac.xml ;;   # baseline: direct, no auth
       *) scen=$SCEN_DIR/uas.xml ;;
     esac
     ( cd "$WORK" && exec timeout --kill-after=5 "$RESP_MAX" \
@@ -171,12 +186,14 @@ start_responder() {
     RESP_PID=$!
     local i; for i in $(seq 300); do [[ -f $WORK/kam-ready ]] && break; sleep 0.1; done
     [[ -f $WORK/kam-ready ]] || { stop_responder; return 1; }
-    if [[ $kind == proxy ]]; then STEP_PORT=$dport; STEP_SCEN=uac.xml; STEP_ARGS="-rsa $HOST:$port"; fi
+    if [[ $kind == proxy || $kind == pbx ]]; then STEP_PORT=$dport; STEP_SCEN=uac.xml; STEP_ARGS="-rsa $HOST:$port"; fi
   else
     local interp=${who%%:*} dest=$logf args=("$HOST:$port") script=examples/uas.lua
     case $kind in
       b2bua) script=examples/b2bua.lua; args+=("$HOST:$dport") ;;
-      proxy) script=examples/pbx.lua; STEP_ARGS="-auth_uri bob@$HOST" ;;
+      pbx) script=examples/pbx.lua; STEP_ARGS="-auth_uri bob@$HOST" ;;
+      # the Request-URI names the downstream UAS (sipp's remote host), the proxy is -rsa
+      proxy) script=bench/proxy.lua; STEP_PORT=$dport; STEP_SCEN=uac.xml; STEP_ARGS="-rsa $HOST:$port" ;;
       register) script=bench/registrar.lua ;;
       *) [[ $who == *:quiet ]] && script=bench/uas-quiet.lua ;;
     esac
@@ -196,7 +213,7 @@ start_responder() {
   fi
   RCVBUF=$(ss -H -uanm "sport = :$port" 2>/dev/null | grep -o 'rb[0-9]*' | head -1 | tr -d rb)
   # proxy through pbx.lua: bind bob (digest auth) to the downstream UAS first
-  if [[ $kind == proxy && $who != sipp && $who != kamailio ]]; then
+  if [[ $kind == pbx && $who != sipp && $who != kamailio ]]; then
     sed "s/CONTACT_PORT/$dport/g" "$SCEN_DIR/reg-bob.xml" >"$WORK/reg-bob.xml"
     ( cd "$WORK" && timeout 15 sipp "$HOST:$port" -sf "$WORK/reg-bob.xml" -i "$HOST" -mi "$HOST" \
         -bind_local -p "$(free_udp_port)" -t u1 -m 1 -nostdin -recv_timeout 5000 \
@@ -242,6 +259,13 @@ pre_step() {
     [[ ${LADDER_PROGRESS:-0} == 1 ]] && echo "   [$(date +%T)] fresh responder after the failed step: pid $SUT on $HOST:$PORT" >&2
     return 0
   fi
+  wait_responder_idle
+  return 0
+}
+
+# wait_responder_idle: poll (at most IDLE_MAX_WAIT s) until the responder is idle: below
+# 5 % of a core over 0.5 s
+wait_responder_idle() {
   local t0=$SECONDS a b
   a=$(sut_cpu)
   while (( SECONDS - t0 < IDLE_MAX_WAIT )); do
@@ -251,7 +275,6 @@ pre_step() {
     a=$b
   done
   log "responder $SUT still busy after ${IDLE_MAX_WAIT}s; measuring anyway"
-  return 0
 }
 
 # sustain_run: a fresh responder, REF_RATE for BENCH_SUSTAIN s (one sipp run); its CPU
@@ -294,6 +317,55 @@ ladder_step() {
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
+# ab_rounds (KIND proxy, register): BENCH_AB_ROUNDS rounds, each running every luasip
+# interpreter of BENCH_LUA and Kamailio one after the other, each a fresh process: a
+# WARMUP s warm-up at REF_RATE (not measured), wait until idle, AB_DURATION s at REF_RATE
+# measured. Interleaving spreads the drift of this shared machine over all of them; the
+# table gives the medians (AB_US[KIND|WHO] = the runs' us/call, '!' marks a failing run).
+declare -A AB_US
+ab_rounds() {
+  local r w res us whos="$BENCH_LUA"
+  [[ $BENCH_KAMAILIO == 1 ]] && whos="$whos kamailio"
+  out ""
+  out "== $KIND: interleaved A/B at $REF_RATE/s, $BENCH_AB_ROUNDS round(s) of: $whos" \
+      "(fresh process each, ${WARMUP}s warm-up, ${AB_DURATION}s measured)"
+  for (( r = 1; r <= BENCH_AB_ROUNDS; r++ )); do
+    for w in $whos; do
+      if (( SECONDS - BENCH_T0 > BENCH_BUDGET )); then out "   time budget spent: A/B stopped"; return; fi
+      WHO=$w; PORT=$(free_udp_port)
+      if ! start_responder "$KIND" "$w" "$PORT" "$WORK/ab-$KIND-$w.log"; then
+        out "   round $r $w: the responder did not start"; continue
+      fi
+      if (( WARMUP > 0 )); then
+        KEEP=0 QUIET_MAX_WAIT=0 step_env "$HERE/step.sh" "$KIND" "$STEP_PORT" "$REF_RATE" "$WARMUP" >/dev/null 2>&1
+        wait_responder_idle
+      fi
+      res=$(KEEP=0 QUIET_MAX_WAIT=$AB_QUIET_WAIT step_env "$HERE/step.sh" "$KIND" "$STEP_PORT" "$REF_RATE" "$AB_DURATION" 2>&1 |
+              grep '^RESULT ' | tail -1)
+      responder_died && out "   round $r $w: $DIED"
+      stop_responder
+      res=${res#RESULT }
+      us=$(kv sut_us_per_call "$res"); us=${us:-0}
+      step_passes "RESULT $res" || us="$us!"
+      AB_US[$KIND|$w]+=" $us"
+      out "   [$(date +%T)] round $r $(printf '%-9s' "$w") $(printf '%7s' "$us") us/call  $(kv success "$res") ok $(kv failed "$res") failed," \
+          "retrans $(kv retrans_pct "$res")%, resp CPU $(kv sut_cpu_pct "$res")%, other $(kv other_pct "$res")%"
+    done
+  done
+}
+# median LIST ("12.5 13! 11"): the median of the runs without '!' (a run with failed calls
+# or retransmissions counts its retransmissions in its us/call), of all when every run has
+# one (then suffixed '!')
+median() {
+  local ok; ok=$(tr ' ' '\n' <<<"$1" | grep . | grep -v '!')
+  if [[ -z $ok ]]; then
+    [[ -n $(tr -d ' ' <<<"$1") ]] && echo "$(median_of "$(tr -d '!' <<<"$1")")!"
+  else median_of "$ok"; fi
+}
+median_of() { tr ' ' '\n' <<<"$1" | grep . | sort -g |
+  awk '{ v[NR] = $1 } END { if (NR == 0) print ""; else if (NR % 2) print v[(NR+1)/2];
+                            else printf "%.1f\n", (v[NR/2] + v[NR/2+1]) / 2 }'; }
+
 out "luasip bench: ${BENCH_REV:-$(cd "$ROOT" && git describe --always --dirty 2>/dev/null)} (core.so built $(date -r "$ROOT/build/5.4/luasip/core.so" '+%F %T' 2>/dev/null))  run $(date '+%F %T')"
 out "  $(nproc) CPUs, loadavg $(loadavg), sipp $(sipp -v 2>&1 | grep -o 'v[0-9.]*' | head -1); step ${BENCH_DURATION}s, ladder $(ladder_rates | tr ' ' ',')${RATES:+ (RATES)} + $REFINE bisections; luasip: $BENCH_LUA"
 BENCH_T0=$SECONDS
@@ -302,12 +374,20 @@ STOP_CHECK=pre_step
 
 ROWS=()
 for KIND in $BENCH_KINDS; do
-  case $KIND in calls|options|b2bua|proxy|register) ;;
+  case $KIND in calls|options|b2bua|proxy|pbx|register) ;;
     notify) continue ;;                       # bench/notify.sh, after the table
     overload) continue ;;                     # bench/overload.sh, after the table
-    *) die "BENCH_KINDS: calls options b2bua proxy register notify" ;; esac
+    *) die "BENCH_KINDS: calls options b2bua proxy pbx register notify overload" ;; esac
   WHOS="sipp $BENCH_LUA"
-  [[ ( $KIND == proxy || $KIND == register ) && $BENCH_KAMAILIO == 1 ]] && WHOS="$WHOS kamailio"
+  [[ $KIND == pbx && $BENCH_KAMAILIO == 1 ]] && WHOS="$WHOS kamailio"
+  # proxy, register beside Kamailio: Kamailio's ladder first (the reference must not be
+  # the row the time budget cuts), no sipp baseline ladder (it climbs to ~10,000/s, ~2
+  # min; BENCH_BASELINE=1 adds it): the figures that count are luasip's against Kamailio's
+  if [[ ( $KIND == proxy || $KIND == register ) && $BENCH_KAMAILIO == 1 ]]; then
+    WHOS="kamailio $BENCH_LUA"; [[ ${BENCH_BASELINE:-0} == 1 ]] && WHOS="sipp $WHOS"
+  fi
+  # interleaved A/B at REF_RATE first (before the ladders use up the time budget)
+  [[ $BENCH_AB_ROUNDS -gt 0 && ( $KIND == proxy || $KIND == register ) ]] && ab_rounds
   for WHO in $WHOS; do
     ROW="$KIND-$WHO"
     if (( SECONDS - BENCH_T0 > BENCH_BUDGET )); then
@@ -321,10 +401,11 @@ for KIND in $BENCH_KINDS; do
     label="baseline (sipp uas)"; [[ $WHO == sipp ]] || label="luasip $WHO (examples/uas.lua)"
     case $KIND-$WHO in
       register-sipp) label="baseline (sipp reg-uas-auth.xml: 401, 200)" ;;
-      b2bua-sipp|proxy-sipp) label="baseline (sipp uac -> sipp uas direct)" ;;
+      b2bua-sipp|proxy-sipp|pbx-sipp) label="baseline (sipp uac -> sipp uas direct)" ;;
       b2bua-*) label="luasip $WHO (examples/b2bua.lua -> sipp uas)" ;;
-      proxy-kamailio) label="kamailio proxy-lua (sipp uac -rsa kamailio -> sipp uas; no auth)" ;;
-      proxy-*) label="luasip $WHO (examples/pbx.lua: 407 + record-routing proxy -> sipp uas)" ;;
+      proxy-kamailio|pbx-kamailio) label="kamailio proxy-lua (sipp uac -rsa kamailio -> sipp uas; no auth)" ;;
+      proxy-*) label="luasip $WHO (bench/proxy.lua: record-routing proxy, sipp uac -rsa it -> sipp uas)" ;;
+      pbx-*) label="luasip $WHO (examples/pbx.lua: 407 + record-routing proxy -> sipp uas)" ;;
       register-kamailio) label="kamailio registrar-auth-lua" ;;
       register-*) label="luasip $WHO (bench/registrar.lua: sip.registrar + digest)" ;;
     esac
@@ -434,7 +515,7 @@ printf '%-8s %-21s %7s %8s %7s %9s %6s %9s %6s%s %6s  %s\n' \
 for r in "${ROWS[@]}"; do
   IFS='|' read -r kind who alive mx ref fl sust <<<"$r"
   name="sipp uas (baseline)"; [[ $who == sipp ]] || name="luasip $who"
-  [[ $who == kamailio && $kind == proxy ]] && name="kamailio proxy-lua"
+  [[ $who == kamailio && ( $kind == proxy || $kind == pbx ) ]] && name="kamailio proxy-lua"
   [[ $who == kamailio && $kind == register ]] && name="kamailio reg-auth-lua"
   if [[ $alive == startfail ]]; then printf '%-8s %-21s  did not start\n' "$kind" "$name"; continue; fi
   if [[ $alive == skipped ]]; then printf '%-8s %-21s  skipped (time budget)\n' "$kind" "$name"; continue; fi
@@ -470,6 +551,17 @@ for r in "${ROWS[@]}"; do
   done
 done
 [[ -n $KLINES ]] && { echo "   luasip / Kamailio (all Kamailio processes' CPU; max: higher is better, us/call: lower is better):"; echo "${KLINES#?}"; }
+# the interleaved A/B runs at REF_RATE: medians, and luasip / Kamailio
+for kind in $BENCH_KINDS; do
+  [[ -n ${AB_US[$kind|kamailio]:-}${AB_US[$kind|${BENCH_LUA%% *}]:-} ]] || continue
+  echo "   $kind, interleaved A/B at $REF_RATE/s (${AB_DURATION}s runs, fresh processes): median us/call of the clean runs [all runs; '!' = failed calls or retransmissions]; x Kamailio"
+  kmed=$(median "${AB_US[$kind|kamailio]:-}")
+  for w in $BENCH_LUA kamailio; do
+    [[ -n ${AB_US[$kind|$w]:-} ]] || continue
+    m=$(median "${AB_US[$kind|$w]}")
+    printf '   %-8s %-13s %8s  [%s ]  x%s\n' "$kind" "$w" "$m" "${AB_US[$kind|$w]}" "$(ratio "${m%!}" "${kmed%!}")"
+  done
+done
 } | tee -a "$LOG"
 # NOTIFY fan-out and memory per subscription (issue 5): not a sipp ladder, its own script
 if [[ " $BENCH_KINDS " == *" notify "* ]]; then

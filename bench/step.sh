@@ -17,16 +17,16 @@
 set -u
 . "$(dirname "$0")/lib.sh"
 
-(( $# == 4 )) || die "usage: step.sh calls|options|b2bua|proxy|register RESPONDER_PORT RATE DURATION"
+(( $# == 4 )) || die "usage: step.sh calls|options|b2bua|proxy|pbx|register RESPONDER_PORT RATE DURATION"
 KIND=$1 R_PORT=$2 RATE=$3 DURATION=$4
 require_port "$R_PORT"; require_uint "$RATE"; require_uint "$DURATION"
 (( RATE > 0 && DURATION > 0 && DURATION <= 600 )) || die "RATE>0, 0<DURATION<=600"
 case $KIND in
-  calls|b2bua) SCEN=uac.xml ;;
+  calls|b2bua|proxy) SCEN=uac.xml ;;
   options) SCEN=options-uac.xml ;;
-  proxy) SCEN=proxy-uac.xml ;;
+  pbx) SCEN=proxy-uac.xml ;;
   register) SCEN=reg-auth.xml ;;
-  *) die "KIND must be calls, options, b2bua, proxy or register" ;;
+  *) die "KIND must be calls, options, b2bua, proxy, pbx or register" ;;
 esac
 # run.sh overrides: STEP_SCEN (scenario file in scenarios/), STEP_ARGS (extra sipp
 # arguments, e.g. "-rsa 127.0.0.1:PORT" to go through a proxy), STEP_INF (injection
