@@ -32,14 +32,22 @@ LIBFLAG    ?= -shared
 INST_LIBDIR ?=
 INST_LUADIR ?=
 
-.PHONY: all deps build test run bench check-memory lint install clean warnings
+.PHONY: all deps build prompts test run bench check-memory lint install clean warnings
 
 all: build
 
 deps:
 	@CI_QUIET=1 sh scripts/install-deps.sh
 
-build: $(foreach f,$(TEST_FLAVOURS),build/$(f)/luasip/core.so)
+build: $(foreach f,$(TEST_FLAVOURS),build/$(f)/luasip/core.so) prompts
+
+# IVR prompts (examples/ivr.lua, examples/pbx.lua voicemail, say_digits), 8 kHz mono WAV
+# made by flite from the texts in the script; no audio is committed.  The script writes
+# the stamp only when it made them (without flite it warns and makes none).
+prompts: build/prompts/.stamp
+
+build/prompts/.stamp: scripts/make-prompts.sh
+	@sh scripts/make-prompts.sh build/prompts
 
 build/%/luasip/core.so: $(SRCS) $(HDRS)
 	@mkdir -p $(dir $@)
@@ -51,11 +59,11 @@ warnings:
 	  $(MAKE) -s --no-print-directory build/$$f/luasip/core.so CFLAGS="-O2 -Werror" || exit 1; \
 	done
 
-test: deps warnings lint
+test: deps warnings lint prompts
 	@sh scripts/run-specs.sh $(TEST_FLAVOURS)
 
 run: deps build
-	LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/5.4/?.so;;" \
+	IVR_PROMPTS=build/prompts LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/5.4/?.so;;" \
 	  lua5.4 examples/pbx.lua $(ARGS)
 
 bench: deps build
