@@ -78,23 +78,36 @@ describe("examples/uac.lua against examples/uas.lua", function()
     assert.matches("1 request%(s%) without a final response", out)
   end)
 
-  it("carries out a REFER in a call to examples/uas.lua, reporting by NOTIFY", function()
+  it("carries out a REFER in a call to examples/uas.lua and keeps that call until the transferor hangs up", function()
     track()
-    local _, hostport = start_uas()
+    local uas, hostport = start_uas()
     local caller, target = H.agent(), H.agent()
-    local target_got
+    local target_got, target_call
     target:on("INVITE", function(req)
       target_got = req:header("Referred-By") or true
-      local d = req:answer()
-      if d then d:wait_end(5) end
+      target_call = req:answer()
     end)
-    local status, line = H.run(function()
-      local d = assert(caller:invite{ uri = "sip:bob@" .. hostport })
-      return d:refer(target:uri("carol"), { timeout = 10 })
+    local d, status, line = H.run(function()
+      local call = assert(caller:invite{ uri = "sip:bob@" .. hostport })
+      return call, call:refer(target:uri("carol"), { timeout = 10 })
     end, 15)
     assert.equal(200, status)
     assert.matches("^SIP/2.0 200", line)
     assert.truthy(target_got)
+    assert.truthy(target_call)
+    -- RFC 5589 section 6: the transferee does not hang up the original call itself
+    H.settle(0.5)
+    assert.equal("confirmed", d:state(), uas.log())
+    H.run_until(function() return uas.log():find("transferred call established") end, 5,
+      "transfer logged")
+    -- the transferor hangs up (after the NOTIFY with the 2xx); the new call stays up
+    H.run(function() assert.is_true(d:bye()) end)
+    H.run_until(function() return uas.log():find("call ended: remote bye") end, 5,
+      "the original call ended by the transferor's BYE")
+    assert.equal("confirmed", target_call:state())
+    H.run(function() assert.is_true(target_call:bye()) end)
+    H.run_until(function() return uas.log():find("transferred call ended: remote bye") end, 5,
+      "the transferred call ended by the target's BYE")
     H.close_agents()
   end)
 end)
