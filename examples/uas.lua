@@ -98,8 +98,8 @@ app:on("INVITE", function(req)
   -- stays up until the transferor hangs it up (RFC 5589 section 6)
   call:on("REFER", sip.refer.handler(function(sub)
     log("REFER in call to", sub.target)
-    local d, err = sub:invite(app)
-    if not d then return log("transfer to", sub.target, "failed:", tostring(err)) end
+    local d, why = sub:invite(app)
+    if not d then return log("transfer to", sub.target, "failed:", tostring(why)) end
     log("transferred call established with", sub.target)
     log("transferred call ended:", d:wait_end())
   end))
