@@ -28,6 +28,7 @@ local function record(call, dir, greeting)
   if reason == "hangup" then return reason end
   count = count + 1
   local path = ("%s/%s-%d.wav"):format(dir, os.date("!%Y%m%dT%H%M%S"), count)
+  log(call.call_id, "recording", path)
   local why, ms = call:record(path, { max = 60, silence = 2, terminators = "#", beep = true })
   log(call.call_id, "recorded", path, tostring(ms) .. " ms", why)
   return why, path
@@ -43,7 +44,8 @@ end
 -- one action per menu key; each returns "menu" (back to the menu) or why the call ended
 local actions = {
   ["1"] = function(call)                     -- echo test until #
-    call:play(P("echo-test"))
+    if call:play(P("echo-test")) == "hangup" then return "hangup" end
+    log(call.call_id, "echo test")
     local reason = call:echo{ terminators = "#" }
     return reason == "hangup" and reason or "menu"
   end,
