@@ -38,7 +38,7 @@ vm:on("INVITE", function(req)
   local _, err = sip.sleep(ring)
   if err == "cancelled" then return end
   local call = req:answer{ media = true }
-  if call then log("voicemail for", req.ruri.user, ivr.voicemail(call, req.ruri.user)) end
+  if call then log("voicemail for", req.ruri.user, tostring(ivr.voicemail(call, req.ruri.user))) end
 end)
 
 local ours = { [host] = true, ["localhost"] = true, ["127.0.0.1"] = true }
@@ -83,7 +83,7 @@ local function route(req, opts)
   if #targets == 0 and not invite then return req:reply(480, "Temporarily Unavailable") end
   if #targets == 0 then                                 -- offline: straight to voicemail
     local call = req:answer{ media = true }
-    return call and log("voicemail for", callee, ivr.voicemail(call, callee))
+    return call and log("voicemail for", callee, tostring(ivr.voicemail(call, callee)))
   end
   log(req.method, user, "->", callee, "(" .. #targets .. " contact(s))")
   if invite then targets[#targets + 1] = "sip:" .. callee .. vm_uri end
