@@ -415,6 +415,7 @@ describe("luasip media verbs (fake engine)", function()
     c:on("INVITE", function(req)
       local d = assert(req:answer{ media = true })
       uas.c = d
+      uas.digits = { d:collect{ max = 1, timeout = 5 } }
     end)
     b:on("INVITE", function(req)
       legs = { sip.b2bua(req, c:uri("carol"), { media = "relay" }) }
@@ -427,6 +428,10 @@ describe("luasip media verbs (fake engine)", function()
     assert.equal(la:media_stats().local_port, d:media_stats().remote_port)
     assert.equal(lb:media_stats().local_port, uas.c:media_stats().remote_port)
     assert.equal(4, F.open_count())
+    -- an INFO digit from A is sent on to C as RFC 4733 (RFC 4733 events pass in C)
+    H.run(function() d:send_dtmf("1", { mode = "info" }) end)
+    H.run_until(function() return uas.digits end, 5, "C collected")
+    assert.same({ "1", "max" }, uas.digits)
     H.run(function() d:hangup() end)
     H.run_until(function() return F.open_count() == 0 end, 5, "all streams closed")
   end)

@@ -193,7 +193,12 @@ function M.invite_media(agent, opts, fname)
   local prov = opts.on_provisional
   o.on_provisional = function(res, tx)
     if res.body and res.status > 100 and (res.content_type or ""):lower() == "application/sdp" then
-      media.apply(m, o.body, res.body)        -- early media
+      -- early media: the stream plays and records on the early dialog (the same object the
+      -- 2xx confirms)
+      if media.apply(m, o.body, res.body) then
+        local ed = tx:dialog()
+        if ed and not media.of(ed) and not m.dialog then media.attach(m, ed) end
+      end
     end
     if prov then return prov(res, tx) end
   end
@@ -213,7 +218,10 @@ function M.invite_media(agent, opts, fname)
     d:bye()
     return nil, aerr, acode, res
   end
-  media.attach(m, d)
+  if m.dialog ~= d then
+    if m.dialog then state(m.dialog).media = nil end   -- an early dialog of another fork
+    media.attach(m, d)
+  end
   return d, res
 end
 

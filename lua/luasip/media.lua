@@ -406,8 +406,9 @@ local function media_of(self, fname, level)
   return m
 end
 
+-- begin(m, fname) -> w: a verb waits on m (the verb has checked it runs in a coroutine)
 local function begin(m, fname)
-  local w = { fname = fname, co_check = dispatcher.current(fname) }
+  local w = { fname = fname }
   m.waiters[w] = true
   return w
 end
@@ -515,6 +516,7 @@ end
 local function play(self, paths, opts)
   local fname = "luasip.dialog:play"
   local m = media_of(self, fname)
+  dispatcher.current(fname)
   paths = check_paths(paths, fname, 2)
   if opts ~= nil and type(opts) ~= "table" then error(fname .. ": options must be a table", 2) end
   opts = opts or {}
@@ -580,6 +582,7 @@ end
 local function collect(self, opts)
   local fname = "luasip.dialog:collect"
   local m = media_of(self, fname)
+  dispatcher.current(fname)
   if opts ~= nil and type(opts) ~= "table" then error(fname .. ": options must be a table", 2) end
   opts = opts or {}
   class.check_options(opts, COLLECT_OPTIONS, fname)
@@ -635,6 +638,7 @@ local RECORD_OPTIONS = { max = true, silence = true, terminators = true, beep = 
 local function record(self, path, opts)
   local fname = "luasip.dialog:record"
   local m = media_of(self, fname)
+  dispatcher.current(fname)
   if type(path) ~= "string" then error(fname .. ": file name expected", 2) end
   if opts ~= nil and type(opts) ~= "table" then error(fname .. ": options must be a table", 2) end
   opts = opts or {}
@@ -692,6 +696,7 @@ local TONE_OPTIONS = { ms = true, barge_in = true }
 local function tone(self, spec, opts)
   local fname = "luasip.dialog:tone"
   local m = media_of(self, fname)
+  dispatcher.current(fname)
   if type(spec) == "string" then
     local t = TONES[spec]
     if not t then error(fname .. ": unknown tone '" .. spec .. "' (beep, ring, busy, dial)", 2) end
@@ -724,6 +729,7 @@ end
 local function silence(self, seconds, opts)
   local fname = "luasip.dialog:silence"
   local m = media_of(self, fname)
+  dispatcher.current(fname)
   if type(seconds) ~= "number" or seconds < 0 then
     error(fname .. ": seconds must be a number >= 0", 2)
   end
@@ -747,6 +753,7 @@ end
 local function echo(self, opts)
   local fname = "luasip.dialog:echo"
   local m = media_of(self, fname)
+  dispatcher.current(fname)
   if opts ~= nil and type(opts) ~= "table" then error(fname .. ": options must be a table", 2) end
   opts = opts or {}
   class.check_options(opts, { terminators = true, timeout = true }, fname)
@@ -856,6 +863,7 @@ local function say_digits(self, s, opts)
     error(fname .. ": a string of digits 0-9, * and # expected", 2)
   end
   local m, o, dir = say_prep(self, fname, opts)
+  dispatcher.current(fname)
   local w = begin(m, fname)
   local r1, r2, r3 = play_list(m, w, M.digit_files(dir, s), o)
   finish(m, w)
@@ -870,6 +878,7 @@ local function say_number(self, n, opts)
     error(fname .. ": an integer 0-999999999 expected", 2)
   end
   local m, o, dir = say_prep(self, fname, opts)
+  dispatcher.current(fname)
   local w = begin(m, fname)
   local r1, r2, r3 = play_list(m, w, M.number_files(dir, n), o)
   finish(m, w)
@@ -886,6 +895,7 @@ local SEND_MODES = { auto = true, rfc4733 = true, info = true, inband = true }
 local function send_dtmf(self, digits, opts)
   local fname = "luasip.dialog:send_dtmf"
   local m = media_of(self, fname)
+  dispatcher.current(fname)
   if type(digits) ~= "string" or not digits:match("^[0-9%*#A-Da-d]+$") then
     error(fname .. ": digits 0-9, *, #, A-D expected", 2)
   end
@@ -929,6 +939,7 @@ end
 local function wait_digit(self, timeout)
   local fname = "luasip.dialog:wait_digit"
   local m = media_of(self, fname)
+  dispatcher.current(fname)
   if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
     error(fname .. ": timeout must be a number >= 0", 2)
   end
