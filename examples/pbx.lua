@@ -29,16 +29,22 @@ end
 local ivr = assert(loadfile(here .. "/ivr_menu.lua"))(here, log)
 local ring = tonumber(os.getenv("PBX_VOICEMAIL_AFTER") or "") or 20
 
--- the voicemail of a registered user answers on an agent of its own: the proxy forks the
--- call to it beside the user's phones; it answers after `ring` seconds unless a phone
--- answered first (the proxy then cancels it)
+-- A registered user's voicemail answers on an agent of its own: the proxy forks each call
+-- to it beside the user's phones; it answers after `ring` seconds unless a phone answered
+-- (the proxy then cancels it), or gives the phones' answer when all of them said no.
+local ringing = {}     -- Call-ID -> { phones =, failed =, status =, reason = } while ringing
 local vm = assert(sip.agent{ listen = { "sip:" .. host .. ":0" }, user_agent = "luasip-pbx" })
 local vm_uri = "@" .. host .. ":" .. vm:transports()[1].port
 vm:on("INVITE", function(req)
-  local _, err = sip.sleep(ring)
-  if err == "cancelled" then return end
+  local c, t0 = ringing[req.call_id], sip.now()
+  while sip.now() - t0 < ring do                   -- looks at the phones 5 times a second
+    if c and c.failed >= c.phones then return req:reply(c.status, c.reason) end
+    local _, err = sip.sleep(0.2)
+    if err == "cancelled" then return end
+  end
   local call = req:answer{ media = true }
-  if call then log("voicemail for", req.ruri.user, tostring(ivr.voicemail(call, req.ruri.user))) end
+  if not call then return end
+  log("voicemail for", req.ruri.user, tostring(ivr.voicemail(call, req.ruri.user)))
 end)
 
 local ours = { [host] = true, ["localhost"] = true, ["127.0.0.1"] = true }
@@ -86,8 +92,18 @@ local function route(req, opts)
     return call and log("voicemail for", callee, tostring(ivr.voicemail(call, callee)))
   end
   log(req.method, user, "->", callee, "(" .. #targets .. " contact(s))")
-  if invite then targets[#targets + 1] = "sip:" .. callee .. vm_uri end
+  if invite then
+    local c = { phones = #targets, failed = 0 }
+    ringing[req.call_id] = c
+    opts.on_response = function(res)                 -- the best failure of the phones
+      if res.status < 300 then return end
+      c.failed = c.failed + 1
+      if not c.status or res.status < c.status then c.status, c.reason = res.status, res.reason end
+    end
+    targets[#targets + 1] = "sip:" .. callee .. vm_uri
+  end
   local res, err = req:proxy(targets, opts)
+  ringing[req.call_id] = nil
   log(req.method, user, "->", callee, res and res.status or err)
 end
 
