@@ -190,7 +190,7 @@ describe("examples/pbx.lua with baresip phones", function()
     assert.equal("Connection reset by peer", bob.wait_event("CALL_CLOSED").param)
   end)
 
-  it_baresip("sends a caller to an absent user's voicemail; answers 404 and 403 (unknown user, other domain)", function()
+  it_baresip("sends a caller to an absent user's voicemail; 404 and 403 (unknown user, other domain)", function()
     start_pbx()
     local alice = registered(phone("alice", "alice"))
     local function call(uri)
