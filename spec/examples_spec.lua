@@ -111,3 +111,35 @@ describe("examples/uac.lua against examples/uas.lua", function()
     H.close_agents()
   end)
 end)
+
+describe("examples/ivr.lua", function()
+  local has_engine = require("luasip.core").rtp_open ~= nil
+  local f = io.open("build/prompts/menu.wav")
+  local has_prompts = f ~= nil
+  if f then f:close() end
+  local it_ivr = (has_engine and has_prompts) and it or function(name)
+    pending(name .. " -- needs the media engine and `make prompts`")
+  end
+
+  it_ivr("answers with media, welcomes, and hangs up after 9", function()
+    track()
+    local hostport = "127.0.0.1:" .. H.free_port()
+    local ivr = H.background({ "env", "LUA_PATH=lua/?.lua;lua/?/init.lua;;",
+      "LUA_CPATH=build/" .. FLAVOUR .. "/?.so;;", "IVR_PROMPTS=build/prompts",
+      H.interpreter(), "examples/ivr.lua", hostport }, 60)
+    procs[#procs + 1] = ivr
+    H.run_until(function() return ivr.log():find("listening on") or ivr.done() end, 10,
+      "examples/ivr.lua listening")
+    assert(not ivr.done(), "examples/ivr.lua exited:\n" .. ivr.log())
+    local caller = H.agent()
+    local d = H.run(function()
+      return assert(caller:invite{ uri = "sip:ivr@" .. hostport, media = true })
+    end)
+    H.run_until(function() return ivr.log():find("menu: welcome") end, 5, "the welcome")
+    assert.equal("done", H.run(function() return d:send_dtmf("9") end))
+    assert.equal("remote bye", H.run(function() return d:wait_end(20) end, 25), ivr.log())
+    H.run_until(function() return ivr.log():find("call ended: bye") end, 5, "the log")
+    assert.matches(d.call_id:gsub("%p", "%%%0") .. " menu: digit 9\n", ivr.log())
+    H.close_agents()
+  end)
+end)
