@@ -32,13 +32,15 @@ local ring = tonumber(os.getenv("PBX_VOICEMAIL_AFTER") or "") or 20
 -- A registered user's voicemail answers on an agent of its own: the proxy forks each call
 -- to it beside the user's phones; it answers after `ring` seconds unless a phone answered
 -- (the proxy then cancels it), or gives the phones' answer when all of them said no.
-local ringing = {}     -- Call-ID -> { phones =, failed =, status =, reason = } while ringing
+local ringing = {}   -- Call-ID -> { user =, phones =, failed =, status =, reason = } (forking)
 local vm = assert(sip.agent{ listen = { "sip:" .. host .. ":0" }, user_agent = "luasip-pbx" })
 local vm_uri = "@" .. host .. ":" .. vm:transports()[1].port
 vm:on("INVITE", function(req)
   local c, t0 = ringing[req.call_id], sip.now()
+  -- only calls the PBX is forking to that user (no way round authentication)
+  if not c or c.user ~= req.ruri.user then return req:reply(403, "Not Routed Here") end
   while sip.now() - t0 < ring do                   -- looks at the phones 5 times a second
-    if c and c.failed >= c.phones then return req:reply(c.status, c.reason) end
+    if c.failed >= c.phones then return req:reply(c.status, c.reason) end
     local _, err = sip.sleep(0.2)
     if err == "cancelled" then return end
   end
@@ -93,7 +95,7 @@ local function route(req, opts)
   end
   log(req.method, user, "->", callee, "(" .. #targets .. " contact(s))")
   if invite then
-    local c = { phones = #targets, failed = 0 }
+    local c = { user = callee, phones = #targets, failed = 0 }
     ringing[req.call_id] = c
     opts.on_response = function(res)                 -- the best failure of the phones
       if res.status < 300 then return end
@@ -128,5 +130,5 @@ app:on("OPTIONS", function(req)
   req:reply(200, { headers = { Allow = app:allow(), Accept = "application/sdp, text/plain" } })
 end)
 
-log("luasip pbx listening on", app:contact(), "realm", host)
+log("luasip pbx listening on", app:contact(), "realm", host, "voicemail on", vm:contact())
 sip.run()

@@ -578,6 +578,19 @@ describe("examples/pbx.lua voicemail and IVR", function()
     assert.is_true(exists(path))
   end)
 
+  it("has its voicemail refuse calls that did not come through the PBX", function()
+    local pbx = start_pbx()
+    local vm = pbx.proc.log():match("voicemail on (sip:%S+)")
+    assert.truthy(vm, pbx.proc.log())
+    local mallory = H.agent()
+    for _, user in ipairs{ "bob", ".." } do
+      local _, _, code = H.run(function()
+        return mallory:invite{ uri = vm:gsub("^sip:", "sip:" .. user .. "@"), body = "v=0\r\n" }
+      end)
+      assert.equal(403, code)
+    end
+  end)
+
   it_peer("answers sip:ivr@ with the IVR menu", function()
     local pbx = start_pbx()
     local anyone = H.agent()
