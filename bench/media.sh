@@ -8,7 +8,9 @@
 # timestamps), and the engine's own figures (max tick lateness and work, late/skipped
 # ticks).  Target: >= 500 streams at <= 50 % of a core, 0 loss, p99 20 +- 2 ms, max <= 25 ms.
 # Env: MEDIA_N="100 250 500 1000", MEDIA_WARMUP=3, MEDIA_SECONDS=10, BENCH_MEDIA_LUA=lua5.4
-# (or luajit), KEEP=1 keeps the work directory.  127.0.0.1 only; every process bounded by
+# (or luajit), MEDIA_CHRT=1 runs the IVR under chrt -f 10 (real-time priority: shows how
+# much of the interval spread is waiting for a CPU on this shared machine; needs root),
+# KEEP=1 keeps the work directory.  127.0.0.1 only; every process bounded by
 # timeout and stopped by PID.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -25,6 +27,8 @@ export LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/$F/?.so;;"
 command -v sox >/dev/null || die "sox missing (apt-get install sox)"
 [[ -f build/$F/luasip/core.so ]] || die "build/$F/luasip/core.so missing: make build"
 ulimit -n 8192 2>/dev/null || true
+CHRT=""
+[[ ${MEDIA_CHRT:-0} == 1 ]] && CHRT="chrt -f 10"
 
 WORK=$(mktemp -d /tmp/luasip-media.XXXXXX)
 IVR="" GEN=""
@@ -45,7 +49,7 @@ ROWS=()
 for N in $NS; do
   require_uint "$N"
   rm -f "$WORK/ports"
-  timeout $((WARM + SECS + 60)) "$LUA" bench/media/ivr.lua "$N" "$WORK/ports" "$WORK/prompt.wav" "$WARM" \
+  timeout $((WARM + SECS + 60)) ${CHRT:+$CHRT} "$LUA" bench/media/ivr.lua "$N" "$WORK/ports" "$WORK/prompt.wav" "$WARM" \
     >"$WORK/ivr-$N.out" 2>&1 &
   IVR=$!
   for _ in $(seq 300); do [[ -f $WORK/ports ]] && break; sleep 0.1; done
@@ -60,7 +64,10 @@ for N in $NS; do
   stop_pid "$IVR"; wait "$IVR" 2>/dev/null; IVR=""
   G=$(grep '^RESULT' "$WORK/gen-$N.out" | head -1)
   V=$(grep '^RESULT' "$WORK/ivr-$N.out" | head -1)
-  [[ -n $G && -n $V ]] || { cat "$WORK/gen-$N.out" "$WORK/ivr-$N.out"; die "no RESULT for $N streams"; }
+  if [[ -z $G || -z $V ]]; then
+    echo "media N=$N: no RESULT (rtpgen: $(tail -c 300 "$WORK/gen-$N.out"); ivr: $(tail -c 300 "$WORK/ivr-$N.out"))" >&2
+    continue
+  fi
   row=$(awk -v n="$N" -v c="$((c1 - c0))" -v w0="$w0" -v w1="$w1" \
         -v busy="$(( (u1 - u0) + (i1 - i0) ))" -v tot="$(( t1 - t0 ))" 'BEGIN {
     wall = w1 - w0; cpu = c / 1e9
@@ -70,7 +77,7 @@ for N in $NS; do
   echo "media N=$N: $row | ${G#RESULT } | ${V#RESULT }" >&2
 done
 
-echo "== media: N IVR streams ($LUA, prompt + in-band DTMF detection) <- rtpgen, ${SECS}s measured after ${WARM}s"
+echo "== media: N IVR streams ($LUA${CHRT:+ under $CHRT}, prompt + in-band DTMF detection) <- rtpgen, ${SECS}s measured after ${WARM}s"
 echo "   $(nproc) vCPUs shared with other work (machine busy % of 200 during each row); CPU of the IVR process only"
 printf '%6s %6s %8s %6s %6s %8s %8s %8s %9s %9s %8s %8s %9s %s\n' N "cpu%" "us/st-s" lost ivrlost \
   "p50 ms" "p99 ms" "max ms" "drift %" "ref dr.%" "lateMax" "workMax" "late/skip" "busy%"

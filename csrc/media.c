@@ -371,7 +371,7 @@ static void dtmf_job_done(lsip_rtp_t *s, int report)
   if (!j)
     return;
   s->jobs = j->next;
-  if (report)
+  if (report && j->id)              /* id 0: a digit relayed from the bridged stream */
     ev_push(s, EV_DTMF_DONE)->id = j->id;
   if (s->dtx) {
     dtmf_tx_free(s->dtx);

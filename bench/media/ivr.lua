@@ -7,6 +7,8 @@ local sip = require "luasip"
 local core = require "luasip.core"
 local dispatcher = require "luasip.dispatcher"
 
+io.stdout:setvbuf("line")
+
 local n, portfile, prompt, warm = tonumber(arg[1]), arg[2], arg[3], tonumber(arg[4] or 2)
 local streams, digits = {}, 0
 
