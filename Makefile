@@ -8,9 +8,14 @@ SOFIA_LIBS   := $(shell $(PKG) --libs sofia-sip-ua 2>/dev/null)
 # digest.c: SHA-256 digests when OpenSSL's libcrypto is there (sofia-sip links it too)
 CRYPTO_LIBS  := $(shell $(PKG) --libs libcrypto 2>/dev/null)
 CRYPTO_CFLAGS := $(if $(CRYPTO_LIBS),$(shell $(PKG) --cflags libcrypto) -DLUASIP_HAVE_LIBCRYPTO)
+# media (csrc/media*.c): spandsp (G.711, DTMF), libsndfile (WAV), speexdsp (resampling)
+MEDIA_PKGS   := spandsp sndfile speexdsp
+MEDIA_CFLAGS := $(shell $(PKG) --cflags $(MEDIA_PKGS) 2>/dev/null)
+MEDIA_LIBS   := $(shell $(PKG) --libs $(MEDIA_PKGS) 2>/dev/null) -lm
 WARN      = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -Wpointer-arith
 CFLAGS    ?= -O2 -g
-ALL_CFLAGS = -std=gnu99 -fPIC -fvisibility=hidden $(WARN) $(CFLAGS) $(SOFIA_CFLAGS) $(CRYPTO_CFLAGS)
+ALL_CFLAGS = -std=gnu99 -fPIC -fvisibility=hidden $(WARN) $(CFLAGS) $(SOFIA_CFLAGS) $(CRYPTO_CFLAGS) \
+            $(MEDIA_CFLAGS)
 LDFLAGS   ?=
 SRCS      = $(wildcard csrc/*.c)
 HDRS      = $(wildcard csrc/*.h)
@@ -43,7 +48,8 @@ build: $(foreach f,$(TEST_FLAVOURS),build/$(f)/luasip/core.so)
 
 build/%/luasip/core.so: $(SRCS) $(HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -I$(INC_$*) $(SRCS) -shared -o $@ $(LDFLAGS) $(SOFIA_LIBS) $(CRYPTO_LIBS)
+	$(CC) $(ALL_CFLAGS) -I$(INC_$*) $(SRCS) -shared -o $@ $(LDFLAGS) $(SOFIA_LIBS) $(CRYPTO_LIBS) \
+	  $(MEDIA_LIBS)
 
 # every flavour, warnings as errors (CI runs this through make test)
 warnings:
@@ -75,9 +81,10 @@ install:
 	@test -n "$(INST_LIBDIR)" -a -n "$(INST_LUADIR)" || \
 	  { echo "make install: set INST_LIBDIR and INST_LUADIR (luarocks make does)"; exit 1; }
 	@test -n "$(SOFIA_CFLAGS)" || { echo "make install: pkg-config sofia-sip-ua failed"; exit 1; }
+	@$(PKG) --exists $(MEDIA_PKGS) || { echo "make install: pkg-config $(MEDIA_PKGS) failed"; exit 1; }
 	mkdir -p "$(INST_LIBDIR)/luasip" "$(INST_LUADIR)"
 	$(CC) $(ALL_CFLAGS) $(if $(LUA_INCDIR),-I$(LUA_INCDIR)) $(SRCS) $(LIBFLAG) \
-	  -o "$(INST_LIBDIR)/luasip/core.so" $(LDFLAGS) $(SOFIA_LIBS)
+	  -o "$(INST_LIBDIR)/luasip/core.so" $(LDFLAGS) $(SOFIA_LIBS) $(MEDIA_LIBS)
 	cp -R lua/. "$(INST_LUADIR)/"
 
 clean:
