@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT
  * luasip.rtp: one RTP stream (G.711, RFC 4733 telephone-event) of one call leg, and the
  * one 20 ms media clock all streams share: a timerfd (CLOCK_MONOTONIC, absolute start,
- * periodic) registered once on the su_root while a stream is open.  Each tick drains
- * every stream's socket (recvmmsg), runs the receive side (latching, RFC 4733, spandsp
- * in-band DTMF, recorder), then the send side (prompt, tone, silence, echo, bridge,
- * DTMF), and last enters Lua once per stream that queued events:
+ * periodic) registered once on the su_root while a stream is open.  Each tick runs every
+ * stream's send side (prompt, tone, silence, echo, bridge, DTMF), then drains every
+ * socket (recvmmsg) and runs the receive side (latching, RFC 4733, spandsp in-band DTMF,
+ * recorder), and last enters Lua once per stream that queued events:
  * luasip_bridge("media", rtp).  The struct belongs to its userdata, anchored while open;
  * prompts (media_audio.c) are shared and reference counted.
  */
@@ -371,7 +371,7 @@ static void dtmf_job_done(lsip_rtp_t *s, int report)
   if (!j)
     return;
   s->jobs = j->next;
-  if (report)
+  if (report && j->id)              /* id 0: a digit relayed from the bridged stream */
     ev_push(s, EV_DTMF_DONE)->id = j->id;
   if (s->dtx) {
     dtmf_tx_free(s->dtx);
@@ -921,10 +921,12 @@ static int media_tick(su_root_magic_t *m, su_wait_t *w, su_wakeup_arg_t *arg)
     eng.max_late_us = late / 1000;
   if (k > 50)
     k = 50;                         /* a stall of over a second: do not replay it */
-  for (i = 0; i < eng.n; i++)
-    rtp_recv_tick(eng.s[i], (unsigned)k);
+  /* every stream sends first, so that its packet leaves at the same offset in each
+   * tick whatever the receive work (echo and bridge send the frame of the last tick) */
   for (i = 0; i < eng.n; i++)
     rtp_send_tick(eng.s[i], (unsigned)k);
+  for (i = 0; i < eng.n; i++)
+    rtp_recv_tick(eng.s[i], (unsigned)k);
   /* the streams to tell, listed first: Lua may close or open streams meanwhile */
   if (eng.notify_cap < eng.n) {
     lsip_rtp_t **p = realloc(eng.notify, eng.cap * sizeof *p);

@@ -183,6 +183,25 @@ describe("luasip media on calls (RTP engine)", function()
     end)
   end
 
+  it_sox("ends a recording on silence, and says a number from the prompt set", function()
+    os.execute("mkdir -p " .. tmp .. "/p/digits")
+    for _, n in ipairs{ "40", "2" } do
+      sox("-n -r 8000 -c 1 -b 16 " .. tmp .. "/p/digits/" .. n .. ".wav synth 0.2 sine 500 vol 0.3")
+    end
+    local d = call(function(d)
+      local t0 = sip.now()
+      local r, ms = d:record(tmp .. "/quiet.wav", { beep = false, silence = 0.5, max = 5 })
+      return r, ms, sip.now() - t0
+    end)
+    local said = { H.run(function() return d:say_number(42, { prompts = tmp .. "/p" }) end) }
+    wait_uas()
+    assert.equal("done", said[1])
+    assert.is_true(said[2] >= 350 and said[2] <= 500, "said " .. tostring(said[2]))
+    assert.equal("silence", uas.result[1])
+    assert.is_true(uas.result[3] < 2)
+    hangup(d)
+  end)
+
   it_media("answers 488 when no codec is common", function()
     local d, _, code = call(nil, { media = { codecs = { "PCMA" } } },
       { media = { codecs = { "PCMU" } } })

@@ -427,6 +427,80 @@ describe("luasip.rtp", function()
     assert.equal("", digits(b))
   end)
 
+  it("receives PCMA and a payload type mapped in recv", function()
+    local a, b = pair()
+    a:set_codecs{ send_pt = 96, send_codec = "PCMA" }
+    b:set_codecs{ recv = { [96] = "PCMA" } }
+    a:tone{ freqs = { 900 } }
+    H.settle(0.1)
+    local rec = path("pcma.wav")
+    b:record(rec, { max_ms = 500 })
+    until_(function() return find(b, "record_done") end, 3, "record_done")
+    assert.equal(0, b:stats().bad_packets)
+    if has_sox then assert.near(900, rough_frequency(rec), 45) end
+  end)
+
+  it("tells rtp_timeout once when nothing arrives for timeout_ms", function()
+    local a = open()
+    a:set_codecs{ timeout_ms = 200 }
+    until_(function() return find(a, "rtp_timeout") end, 3, "rtp_timeout")
+    H.settle(0.3)
+    collect(a)
+    local n = 0
+    for _, e in ipairs(got[a]) do if e[1] == "rtp_timeout" then n = n + 1 end end
+    assert.equal(1, n)
+  end)
+
+  it("counts an SSRC change and accepts header extensions and CSRCs", function()
+    if not has_python then return pending("python3 missing") end
+    local b = open()
+    local pl = ("ff"):rep(160)
+    send_raw(b:local_port(), {
+      rtp_hex(0, 1, 160, 7, pl), rtp_hex(0, 2, 320, 7, pl),
+      "90" .. rtp_hex(0, 3, 480, 7, ""):sub(3) .. "bede0001" .. "01020304" .. pl,  -- extension
+      "81" .. rtp_hex(0, 4, 640, 7, ""):sub(3) .. "00000063" .. pl,                -- one CSRC
+      rtp_hex(0, 900, 160, 8, pl),                                                -- new SSRC
+    })
+    until_(function() return b:stats().packets_received >= 5 end, 3, "five packets")
+    local st = b:stats()
+    assert.equal(0, st.bad_packets)
+    assert.equal(1, st.ssrc_changes)
+    assert.equal(0, st.lost)
+  end)
+
+  it("goes on when the media handler raises, and when it closes streams", function()
+    local a, b = pair()
+    local logs, restore = H.capture_logs()
+    local mine = dispatcher.events.media
+    dispatcher.events.media = function() error("boom in handler") end
+    a:set_codecs{ timeout_ms = 20 }   -- events on a while b is still silent
+    b:set_codecs{ direction = "recvonly" }
+    local ok, err = pcall(H.settle, 0.3)
+    dispatcher.events.media = mine
+    restore()
+    assert(ok, err)
+    local seen = false
+    for _, l in ipairs(logs) do if l.msg:match("boom in handler") then seen = true end end
+    assert.is_true(seen)
+    -- a handler that closes every stream, the one it was called for first
+    local calls = 0
+    dispatcher.events.media = function(r)
+      calls = calls + 1
+      r:close()
+      a:close()
+      b:close()
+    end
+    local c, d = pair()
+    c:silence(20)
+    d:silence(20)
+    local ok2, err2 = pcall(H.run_until, function() return c:closed() and d:closed() end, 3)
+    dispatcher.events.media = mine
+    assert(ok2, err2)
+    assert.is_true(calls >= 1)
+    assert.equal(0, core.media_stats().streams)
+    H.settle(0.1)                     -- the clock stopped with the last stream; no tick left
+  end)
+
   it("frees an abandoned closed stream", function()
     local function live()
       collectgarbage()
