@@ -4,7 +4,7 @@
 # texts below are the source.  Usage: make-prompts.sh [OUTDIR]   (default build/prompts)
 # Names: the menu prompts of examples/ivr.lua and examples/pbx.lua, and the digit set of
 # the say_digits/say_number verbs (digits/0..19, 20..90 by tens, hundred, thousand,
-# star, pound).  Exits 0 without writing anything when flite is missing (make deps).
+# million, star, pound).  Exits 0 without writing anything when flite is missing (make deps).
 set -eu
 out="${1:-build/prompts}"
 
@@ -51,6 +51,7 @@ for t in 20:twenty 30:thirty 40:forty 50:fifty 60:sixty 70:seventy 80:eighty 90:
 done
 say digits/hundred hundred
 say digits/thousand thousand
+say digits/million million
 say digits/star star
 say digits/pound pound
 touch "$out/.stamp"

@@ -391,7 +391,9 @@ describe("examples/ivr.lua with real peers", function()
     for _, n in ipairs(NAMES) do names[#names + 1] = n end
     for i = 0, 19 do names[#names + 1] = "digits/" .. i end
     for i = 20, 90, 10 do names[#names + 1] = "digits/" .. i end
-    for _, n in ipairs{ "hundred", "thousand", "star", "pound" } do names[#names + 1] = "digits/" .. n end
+    for _, n in ipairs{ "hundred", "thousand", "million", "star", "pound" } do
+      names[#names + 1] = "digits/" .. n
+    end
     for _, n in ipairs(names) do
       local path = PROMPTS .. "/" .. n .. ".wav"
       assert.is_true(exists(path), path)
