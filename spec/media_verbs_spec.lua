@@ -356,6 +356,23 @@ describe("luasip media verbs (fake engine)", function()
     assert.equal(0, F.open_count())
   end)
 
+  it("sends the 183 reliably when asked and the caller supports 100rel", function()
+    b:on("INVITE", function(req)
+      assert(req:progress{ media = true, reliable = true })
+      uas.dialog = assert(req:answer())
+      uas_done = true
+    end)
+    local prov = {}
+    local d = H.run(function()
+      return assert(a:invite{ uri = b:uri("x"), media = true, headers = { Supported = "100rel" },
+        on_provisional = function(r) prov[#prov + 1] = r:header("RSeq") ~= nil end })
+    end)
+    wait_uas()
+    assert.same({ true }, prov)
+    assert.equal("sendrecv", d:media_stats().direction)
+    H.run(function() d:hangup() end)
+  end)
+
   it("says numbers and digits from the prompt set", function()
     assert.same({ "/p/digits/40.wav", "/p/digits/2.wav" }, media.number_files("/p", 42))
     assert.same({ "/p/digits/1.wav", "/p/digits/hundred.wav", "/p/digits/5.wav" },
