@@ -373,6 +373,28 @@ describe("luasip media verbs (fake engine)", function()
     H.run(function() d:hangup() end)
   end)
 
+  it("offers the same stream again when the INVITE is challenged", function()
+    local offers = {}
+    b:on("INVITE", function(req)
+      offers[#offers + 1] = req.body
+      local user = sip.auth.check(req, { realm = "media", password = function() return "pw" end })
+      if not user then return end
+      uas.dialog = assert(req:answer{ media = true })
+      uas_done = true
+    end)
+    local d = H.run(function()
+      return assert(a:invite{ uri = b:uri("x"), media = true,
+        auth = { username = "u", password = "pw" } })
+    end)
+    wait_uas()
+    assert.equal(2, #offers)
+    assert.equal(offers[1], offers[2])
+    assert.equal(2, F.open_count())
+    assert.equal(uas.dialog:media_stats().local_port, d:media_stats().remote_port)
+    H.run(function() d:hangup() end)
+    assert.equal(0, F.open_count())
+  end)
+
   it("says numbers and digits from the prompt set", function()
     assert.same({ "/p/digits/40.wav", "/p/digits/2.wav" }, media.number_files("/p", 42))
     assert.same({ "/p/digits/1.wav", "/p/digits/hundred.wav", "/p/digits/5.wav" },
