@@ -448,6 +448,32 @@ describe("luasip media verbs (fake engine)", function()
     H.run(function() d:hangup() end)
   end)
 
+  it("relays early media through a B2BUA: A gets our 183 with SDP, bridged to B's", function()
+    local c = H.agent()
+    local legs
+    c:on("INVITE", function(req)
+      local early = assert(req:progress{ media = true })
+      uas.early = { early:play(SHORT) }
+      uas.c = assert(req:answer())
+    end)
+    b:on("INVITE", function(req)
+      legs = { sip.b2bua(req, c:uri("carol"), { media = "relay" }) }
+    end)
+    local prov = {}
+    local d = H.run(function()
+      return assert(a:invite{ uri = b:uri("carol"), media = true,
+        on_provisional = function(r) prov[#prov + 1] = r.status .. (r.body and " sdp" or "") end })
+    end)
+    H.run_until(function() return legs end)
+    assert.same({ "183 sdp" }, prov)
+    assert.equal("done", uas.early[1])
+    assert.is_true(legs[1]:media_stats().bridged)
+    assert.equal(legs[1]:media_stats().local_port, d:media_stats().remote_port)
+    assert.equal(4, F.open_count())
+    H.run(function() d:hangup() end)
+    H.run_until(function() return F.open_count() == 0 end, 5, "all streams closed")
+  end)
+
   it("anchors media in a B2BUA: both legs have a stream, bridged", function()
     local c = H.agent()
     local legs
