@@ -1282,7 +1282,7 @@ static int pt_arg(lua_State *L, int t, const char *key, int *out)
     lua_Integer v;
     if (lua_type(L, -1) != LUA_TNUMBER)
       luaL_error(L, "luasip.rtp:set_codecs: %s must be a payload type", key);
-    v = lua_tointeger(L, -1);
+    v = (lua_Integer)lua_tonumber(L, -1);
     if (v < 0 || v > 127)
       luaL_error(L, "luasip.rtp:set_codecs: %s must be 0-127", key);
     *out = (int)v;
@@ -1324,7 +1324,7 @@ static int rtp_set_codecs(lua_State *L)
     memset(map, 0, sizeof map);
     lua_pushnil(L);
     while (lua_next(L, -2)) {
-      lua_Integer p = lua_type(L, -2) == LUA_TNUMBER ? lua_tointeger(L, -2) : -1;
+      lua_Integer p = lua_type(L, -2) == LUA_TNUMBER ? (lua_Integer)lua_tonumber(L, -2) : -1;
       int c = lua_type(L, -1) == LUA_TSTRING ? codec_of(lua_tostring(L, -1)) : C_NONE;
       if (p < 0 || p > 127 || c == C_NONE)
         return luaL_error(L, "luasip.rtp:set_codecs: recv maps payload types 0-127 to "
