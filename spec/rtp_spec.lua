@@ -161,6 +161,19 @@ describe("luasip.rtp", function()
     assert.equal("peer has no telephone-event", err)
   end)
 
+  it("takes the whole configuration on each set_codecs (left-out keys: defaults)", function()
+    local r = open()
+    r:set_codecs{ te_send_pt = 101 }
+    assert.is_number(r:send_dtmf("1"))
+    assert.has_error(function() r:set_codecs{ direction = "sideways" } end,
+      "luasip.rtp:set_codecs: direction must be sendrecv, sendonly, recvonly or inactive")
+    assert.is_number(r:send_dtmf("2"))      -- a raise changed nothing
+    r:set_codecs{ direction = "sendonly" }  -- a re-INVITE answer without telephone-event
+    local ok, err = r:send_dtmf("3")
+    assert.is_nil(ok)
+    assert.equal("peer has no telephone-event", err)
+  end)
+
   it("works on ::1", function()
     local a, b = pair("::1")
     a:tone{ freqs = { 440 }, ms = 200 }
