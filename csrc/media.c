@@ -1282,7 +1282,7 @@ static int pt_arg(lua_State *L, int t, const char *key, int *out)
     lua_Integer v;
     if (lua_type(L, -1) != LUA_TNUMBER)
       luaL_error(L, "luasip.rtp:set_codecs: %s must be a payload type", key);
-    v = lua_tointeger(L, -1);
+    v = (lua_Integer)lua_tonumber(L, -1);
     if (v < 0 || v > 127)
       luaL_error(L, "luasip.rtp:set_codecs: %s must be 0-127", key);
     *out = (int)v;
@@ -1292,17 +1292,21 @@ static int pt_arg(lua_State *L, int t, const char *key, int *out)
 }
 
 /* rtp:set_codecs{ send_pt =, send_codec = "PCMU"|"PCMA", recv = { [pt] = name },
- *   te_send_pt = pt|false, te_recv_pt = pt|false, direction =, inband =, timeout_ms = }
- *   -> true.  Keys left out keep their value (defaults: PT 0 PCMU, recv 0/8, no
+ *   te_send_pt = pt|nil, te_recv_pt = pt|nil, direction =, inband =, timeout_ms = }
+ *   -> true.  Each call sets the whole configuration (a re-INVITE's answer): keys left
+ *   out take their defaults (PT 0 PCMU, recv { [0] = "PCMU", [8] = "PCMA" }, no
  *   telephone-event, sendrecv, inband false, no timeout). */
 static int rtp_set_codecs(lua_State *L)
 {
   static const char *const keys[] = { "send_pt", "send_codec", "recv", "te_send_pt",
     "te_recv_pt", "direction", "inband", "timeout_ms", NULL };
   lsip_rtp_t *s = rtp_check(L);
-  int pt = s->send_pt, codec = s->send_codec, have_pt, te;
+  int pt = 0, codec = C_PCMU, have_pt, te_send = -1, te_recv = -1, snd = 1, rcv = 1, inband;
+  unsigned char map[128];
+  long timeout;
   luaL_checktype(L, 2, LUA_TTABLE);
   check_keys(L, 2, "set_codecs", keys);
+  /* everything is read and checked first: a raise changes nothing */
   have_pt = pt_arg(L, 2, "send_pt", &pt);
   if (have_pt && pt < 0)
     return luaL_error(L, "luasip.rtp:set_codecs: send_pt must be 0-127");
@@ -1317,14 +1321,13 @@ static int rtp_set_codecs(lua_State *L)
       return luaL_error(L, "luasip.rtp:set_codecs: send_codec needed for PT %d", pt);
   }
   lua_pop(L, 1);
+  memset(map, 0, sizeof map);
   lua_getfield(L, 2, "recv");
   if (!lua_isnil(L, -1)) {
-    unsigned char map[128];
     luaL_checktype(L, -1, LUA_TTABLE);
-    memset(map, 0, sizeof map);
     lua_pushnil(L);
     while (lua_next(L, -2)) {
-      lua_Integer p = lua_type(L, -2) == LUA_TNUMBER ? lua_tointeger(L, -2) : -1;
+      lua_Integer p = lua_type(L, -2) == LUA_TNUMBER ? (lua_Integer)lua_tonumber(L, -2) : -1;
       int c = lua_type(L, -1) == LUA_TSTRING ? codec_of(lua_tostring(L, -1)) : C_NONE;
       if (p < 0 || p > 127 || c == C_NONE)
         return luaL_error(L, "luasip.rtp:set_codecs: recv maps payload types 0-127 to "
@@ -1332,49 +1335,47 @@ static int rtp_set_codecs(lua_State *L)
       map[p] = (unsigned char)c;
       lua_pop(L, 1);
     }
-    memcpy(s->recv_codec, map, sizeof map);
+  } else {
+    map[0] = C_PCMU;
+    map[8] = C_PCMA;
   }
   lua_pop(L, 1);
-  te = s->te_send_pt;
-  pt_arg(L, 2, "te_send_pt", &te);
-  s->te_send_pt = te;
-  te = s->te_recv_pt;
-  pt_arg(L, 2, "te_recv_pt", &te);
-  s->te_recv_pt = te;
-  s->send_pt = pt;
-  s->send_codec = codec;
+  pt_arg(L, 2, "te_send_pt", &te_send);
+  pt_arg(L, 2, "te_recv_pt", &te_recv);
   lua_getfield(L, 2, "direction");
   if (!lua_isnil(L, -1)) {
-    const char *d = lua_tostring(L, -1);
-    if (!d)
-      return luaL_error(L, "luasip.rtp:set_codecs: direction must be a string");
-    if (!strcmp(d, "sendrecv"))
-      s->can_send = s->can_recv = 1;
-    else if (!strcmp(d, "sendonly"))
-      s->can_send = 1, s->can_recv = 0;
+    const char *d = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+    if (!strcmp(d, "sendonly"))
+      rcv = 0;
     else if (!strcmp(d, "recvonly"))
-      s->can_send = 0, s->can_recv = 1;
+      snd = 0;
     else if (!strcmp(d, "inactive"))
-      s->can_send = s->can_recv = 0;
-    else
+      snd = rcv = 0;
+    else if (strcmp(d, "sendrecv"))
       return luaL_error(L, "luasip.rtp:set_codecs: direction must be sendrecv, sendonly, "
                         "recvonly or inactive");
   }
   lua_pop(L, 1);
   lua_getfield(L, 2, "inband");
-  if (!lua_isnil(L, -1)) {
-    s->inband = lua_toboolean(L, -1);
-    if (s->inband && !s->drx) {
-      s->drx = dtmf_rx_init(NULL, NULL, NULL);
-      if (!s->drx)
-        return luaL_error(L, "luasip.rtp:set_codecs: out of memory");
-      /* start and end of each tone: one digit per press, with its length */
-      dtmf_rx_set_realtime_callback(s->drx, inband_report, s);
-    }
-  }
+  inband = lua_toboolean(L, -1);
   lua_pop(L, 1);
-  s->timeout_ticks = (long)opt_num(L, 2, "timeout_ms", (lua_Number)s->timeout_ticks * 20,
-                                   0, 86400000, "set_codecs") / 20;
+  timeout = (long)opt_num(L, 2, "timeout_ms", 0, 0, 86400000, "set_codecs") / 20;
+  if (inband && !s->drx) {
+    s->drx = dtmf_rx_init(NULL, NULL, NULL);
+    if (!s->drx)
+      return luaL_error(L, "luasip.rtp:set_codecs: out of memory");
+    /* start and end of each tone: one digit per press, with its length */
+    dtmf_rx_set_realtime_callback(s->drx, inband_report, s);
+  }
+  s->send_pt = pt;
+  s->send_codec = codec;
+  memcpy(s->recv_codec, map, sizeof map);
+  s->te_send_pt = te_send;
+  s->te_recv_pt = te_recv;
+  s->can_send = snd;
+  s->can_recv = rcv;
+  s->inband = inband;
+  s->timeout_ticks = timeout;
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -279,6 +279,34 @@ describe("luasip media on calls (RTP engine)", function()
     hangup(d)
   end)
 
+  it_sox("relays early media through a B2BUA", function()
+    local c = H.agent()
+    local path = tmp .. "/early_b2b.wav"
+    c:on("INVITE", function(req)
+      local early = assert(req:progress{ media = true })
+      early:tone({ freqs = { 1000 }, ms = 1500 })
+      uas.c = assert(req:answer())
+    end)
+    b:on("INVITE", function(req) sip.b2bua(req, c:uri("carol"), { media = "relay" }) end)
+    local rec
+    local d = H.run(function()
+      return assert(a:invite{ uri = b:uri("carol"), media = true,
+        on_provisional = function(r, tx)
+          if r.status == 183 and not rec then
+            rec = true
+            sip.spawn(function()
+              rec = { tx:dialog():record(path, { beep = false, max = 0.8, silence = false }) }
+            end)
+          end
+        end })
+    end)
+    H.run_until(function() return type(rec) == "table" end, 5, "the early recording")
+    assert.equal("max", rec[1])
+    local f = stat(path)
+    assert.is_true(f > 900 and f < 1100, "early media via the B2BUA " .. tostring(f))
+    hangup(d)
+  end)
+
   it_sox("echoes what the caller sends until the terminator", function()
     local path = tmp .. "/echo.wav"
     local d = call(function(d) return d:echo{ terminators = "#" } end)

@@ -356,6 +356,45 @@ describe("luasip media verbs (fake engine)", function()
     assert.equal(0, F.open_count())
   end)
 
+  it("sends the 183 reliably when asked and the caller supports 100rel", function()
+    b:on("INVITE", function(req)
+      assert(req:progress{ media = true, reliable = true })
+      uas.dialog = assert(req:answer())
+      uas_done = true
+    end)
+    local prov = {}
+    local d = H.run(function()
+      return assert(a:invite{ uri = b:uri("x"), media = true, headers = { Supported = "100rel" },
+        on_provisional = function(r) prov[#prov + 1] = r:header("RSeq") ~= nil end })
+    end)
+    wait_uas()
+    assert.same({ true }, prov)
+    assert.equal("sendrecv", d:media_stats().direction)
+    H.run(function() d:hangup() end)
+  end)
+
+  it("offers the same stream again when the INVITE is challenged", function()
+    local offers = {}
+    b:on("INVITE", function(req)
+      offers[#offers + 1] = req.body
+      local user = sip.auth.check(req, { realm = "media", password = function() return "pw" end })
+      if not user then return end
+      uas.dialog = assert(req:answer{ media = true })
+      uas_done = true
+    end)
+    local d = H.run(function()
+      return assert(a:invite{ uri = b:uri("x"), media = true,
+        auth = { username = "u", password = "pw" } })
+    end)
+    wait_uas()
+    assert.equal(2, #offers)
+    assert.equal(offers[1], offers[2])
+    assert.equal(2, F.open_count())
+    assert.equal(uas.dialog:media_stats().local_port, d:media_stats().remote_port)
+    H.run(function() d:hangup() end)
+    assert.equal(0, F.open_count())
+  end)
+
   it("says numbers and digits from the prompt set", function()
     assert.same({ "/p/digits/40.wav", "/p/digits/2.wav" }, media.number_files("/p", 42))
     assert.same({ "/p/digits/1.wav", "/p/digits/hundred.wav", "/p/digits/5.wav" },
@@ -407,6 +446,32 @@ describe("luasip media verbs (fake engine)", function()
     assert.is_false(ok)
     assert.matches("luasip.agent media: unknown option 'port'", err)
     H.run(function() d:hangup() end)
+  end)
+
+  it("relays early media through a B2BUA: A gets our 183 with SDP, bridged to B's", function()
+    local c = H.agent()
+    local legs
+    c:on("INVITE", function(req)
+      local early = assert(req:progress{ media = true })
+      uas.early = { early:play(SHORT) }
+      uas.c = assert(req:answer())
+    end)
+    b:on("INVITE", function(req)
+      legs = { sip.b2bua(req, c:uri("carol"), { media = "relay" }) }
+    end)
+    local prov = {}
+    local d = H.run(function()
+      return assert(a:invite{ uri = b:uri("carol"), media = true,
+        on_provisional = function(r) prov[#prov + 1] = r.status .. (r.body and " sdp" or "") end })
+    end)
+    H.run_until(function() return legs end)
+    assert.same({ "183 sdp" }, prov)
+    assert.equal("done", uas.early[1])
+    assert.is_true(legs[1]:media_stats().bridged)
+    assert.equal(legs[1]:media_stats().local_port, d:media_stats().remote_port)
+    assert.equal(4, F.open_count())
+    H.run(function() d:hangup() end)
+    H.run_until(function() return F.open_count() == 0 end, 5, "all streams closed")
   end)
 
   it("anchors media in a B2BUA: both legs have a stream, bridged", function()

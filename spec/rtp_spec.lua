@@ -161,6 +161,19 @@ describe("luasip.rtp", function()
     assert.equal("peer has no telephone-event", err)
   end)
 
+  it("takes the whole configuration on each set_codecs (left-out keys: defaults)", function()
+    local r = open()
+    r:set_codecs{ te_send_pt = 101 }
+    assert.is_number(r:send_dtmf("1"))
+    assert.has_error(function() r:set_codecs{ direction = "sideways" } end,
+      "luasip.rtp:set_codecs: direction must be sendrecv, sendonly, recvonly or inactive")
+    assert.is_number(r:send_dtmf("2"))      -- a raise changed nothing
+    r:set_codecs{ direction = "sendonly" }  -- a re-INVITE answer without telephone-event
+    local ok, err = r:send_dtmf("3")
+    assert.is_nil(ok)
+    assert.equal("peer has no telephone-event", err)
+  end)
+
   it("works on ::1", function()
     local a, b = pair("::1")
     a:tone{ freqs = { 440 }, ms = 200 }
@@ -499,6 +512,46 @@ describe("luasip.rtp", function()
     assert.is_true(calls >= 1)
     assert.equal(0, core.media_stats().streams)
     H.settle(0.1)                     -- the clock stopped with the last stream; no tick left
+  end)
+
+  it("keeps events queued for rtp:events() when no handler owns the media event", function()
+    local mine = dispatcher.events.media
+    dispatcher.events.media = nil
+    local a = open()
+    local id = a:silence(40)
+    local ok, err = pcall(H.settle, 0.2)
+    dispatcher.events.media = mine
+    assert(ok, err)
+    local evs = a:events()
+    assert.equal(1, #evs)
+    assert.same({ "output_done", id = id, reason = "done", ms = 40 }, evs[1])
+    assert.same({}, a:events())
+  end)
+
+  it("decodes a prompt again when the file changes, and stops and appends recordings", function()
+    if not has_sox then return pending("sox missing") end
+    local file = path("changing.wav")
+    sox("-n -r 8000 -c 1 -b 16 " .. H.shquote(file) .. " synth 0.4 sine 500 vol 0.5")
+    local a, b = pair()
+    local id = a:play(file)
+    until_(function() return find(a, "output_done", id) end, 3, "first play")
+    assert.near(400, find(a, "output_done", id).ms, 20)
+    sox("-n -r 8000 -c 1 -b 16 " .. H.shquote(file) .. " synth 0.2 sine 500 vol 0.5")
+    id = a:play(file)
+    until_(function() return find(a, "output_done", id) end, 3, "second play")
+    assert.near(200, find(a, "output_done", id).ms, 20)
+    -- stop_record, then append to the same file
+    local rec = path("append.wav")
+    id = b:record(rec)
+    H.settle(0.2)
+    assert.is_true(b:stop_record())
+    collect(b)
+    local first = find(b, "record_done", id)
+    assert.equal("stopped", first.reason)
+    local id2 = b:record(rec, { append = true, max_ms = 200 })
+    until_(function() return find(b, "record_done", id2) end, 3, "appended")
+    local secs = tonumber(soxi(rec, "-D"))
+    assert.near((first.ms + 200) / 1000, secs, 0.001)
   end)
 
   it("frees an abandoned closed stream", function()

@@ -159,8 +159,21 @@ local function relay_provisional(call, res, tx)
     end
   end
   local o = shape(call.opts, res, "b")
-  -- media = "relay": leg B's SDP is not for A (A gets ours with the 2xx)
-  if call.opts.media then o.body, o.content_type = nil, nil end
+  if call.opts.media then
+    -- media = "relay": leg B's SDP is not for A; B's early media reaches A through our
+    -- streams, bridged (A's 18x carries our answer, and the 2xx the same one)
+    o.body, o.content_type = nil, nil
+    local bm = bd and bd:has_media() and bd
+    if bm and not call.early_media and not call.pumping and req.body then
+      call.early_media = true
+      local ad = req:progress{ media = true, status = res.status, reason = res.reason,
+        headers = o.headers }
+      if ad then
+        ad:bridge(bm)
+        return
+      end
+    end
+  end
   local reliable = call.a_100rel and (res:header("RSeq") ~= nil or has_tag(res, "100rel"))
   local q = call.queue
   if not call.pumping and not reliable then return reply(req, o) end

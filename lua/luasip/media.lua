@@ -765,11 +765,11 @@ local function echo(self, opts)
     finish(m, w)
     return "hangup", 0
   end
-  local id = m.rtp:echo()
+  local id, start = m.rtp:echo(), m.seq
   local r1, r2, r3 = run_output(m, w, id, barge_set(terms),
     timeout and now() + timeout or nil)
   if r1 == "digit" then
-    take(m, nil, r3)
+    take(m, start, r3)
     r1 = "terminator"
   elseif r1 == "done" and timeout then
     r1 = "timeout"
