@@ -570,6 +570,21 @@ describe("examples/pbx.lua voicemail and IVR", function()
     assert.is_true(s.freq > 900 and s.freq < 1100, s.text)
   end)
 
+  it("gives the caller the phones' answer when every phone said no, without waiting for voicemail", function()
+    local pbx = start_pbx()
+    local alice, bob = phone(pbx, "alice"), phone(pbx, "bob")
+    bob:on("INVITE", function(req) req:reply(486, "Busy Here") end)
+    H.run(function() assert(alice.data.register()); assert(bob.data.register()) end)
+    local t0 = sip.now()
+    local _, err, code = H.run(function()
+      return alice:invite{ uri = "sip:bob@127.0.0.1", proxy = pbx.uri, auth = alice.data.auth,
+        from = "<" .. alice.data.aor .. ">", body = "v=0\r\n", content_type = "application/sdp" }
+    end)
+    assert.equal(486, code, err)
+    assert.is_true(sip.now() - t0 < 1, "486 after " .. (sip.now() - t0) .. " s")
+    assert.is_nil(pbx.proc.log():find("recording "))
+  end)
+
   it_peer("sends a call to a user who is offline straight to voicemail", function()
     local pbx = start_pbx()
     local alice = phone(pbx, "alice")
