@@ -8,9 +8,14 @@ SOFIA_LIBS   := $(shell $(PKG) --libs sofia-sip-ua 2>/dev/null)
 # digest.c: SHA-256 digests when OpenSSL's libcrypto is there (sofia-sip links it too)
 CRYPTO_LIBS  := $(shell $(PKG) --libs libcrypto 2>/dev/null)
 CRYPTO_CFLAGS := $(if $(CRYPTO_LIBS),$(shell $(PKG) --cflags libcrypto) -DLUASIP_HAVE_LIBCRYPTO)
+# media (csrc/media*.c): spandsp (G.711, DTMF), libsndfile (WAV), speexdsp (resampling)
+MEDIA_PKGS   := spandsp sndfile speexdsp
+MEDIA_CFLAGS := $(shell $(PKG) --cflags $(MEDIA_PKGS) 2>/dev/null)
+MEDIA_LIBS   := $(shell $(PKG) --libs $(MEDIA_PKGS) 2>/dev/null) -lm
 WARN      = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -Wpointer-arith
 CFLAGS    ?= -O2 -g
-ALL_CFLAGS = -std=gnu99 -fPIC -fvisibility=hidden $(WARN) $(CFLAGS) $(SOFIA_CFLAGS) $(CRYPTO_CFLAGS)
+ALL_CFLAGS = -std=gnu99 -fPIC -fvisibility=hidden $(WARN) $(CFLAGS) $(SOFIA_CFLAGS) $(CRYPTO_CFLAGS) \
+            $(MEDIA_CFLAGS)
 LDFLAGS   ?=
 SRCS      = $(wildcard csrc/*.c)
 HDRS      = $(wildcard csrc/*.h)
@@ -32,18 +37,27 @@ LIBFLAG    ?= -shared
 INST_LIBDIR ?=
 INST_LUADIR ?=
 
-.PHONY: all deps build test run bench check-memory lint install clean warnings
+.PHONY: all deps build prompts test run bench check-memory lint install clean warnings
 
 all: build
 
 deps:
 	@CI_QUIET=1 sh scripts/install-deps.sh
 
-build: $(foreach f,$(TEST_FLAVOURS),build/$(f)/luasip/core.so)
+build: $(foreach f,$(TEST_FLAVOURS),build/$(f)/luasip/core.so) prompts
+
+# IVR prompts (examples/ivr.lua, examples/pbx.lua voicemail, say_digits), 8 kHz mono WAV
+# made by flite from the texts in the script; no audio is committed.  The script writes
+# the stamp only when it made them (without flite it warns and makes none).
+prompts: build/prompts/.stamp
+
+build/prompts/.stamp: scripts/make-prompts.sh
+	@sh scripts/make-prompts.sh build/prompts
 
 build/%/luasip/core.so: $(SRCS) $(HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -I$(INC_$*) $(SRCS) -shared -o $@ $(LDFLAGS) $(SOFIA_LIBS) $(CRYPTO_LIBS)
+	$(CC) $(ALL_CFLAGS) -I$(INC_$*) $(SRCS) -shared -o $@ $(LDFLAGS) $(SOFIA_LIBS) $(CRYPTO_LIBS) \
+	  $(MEDIA_LIBS)
 
 # every flavour, warnings as errors (CI runs this through make test)
 warnings:
@@ -51,11 +65,11 @@ warnings:
 	  $(MAKE) -s --no-print-directory build/$$f/luasip/core.so CFLAGS="-O2 -Werror" || exit 1; \
 	done
 
-test: deps warnings lint
+test: deps warnings lint prompts
 	@sh scripts/run-specs.sh $(TEST_FLAVOURS)
 
 run: deps build
-	LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/5.4/?.so;;" \
+	IVR_PROMPTS=build/prompts LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/5.4/?.so;;" \
 	  lua5.4 examples/pbx.lua $(ARGS)
 
 bench: deps build
@@ -75,9 +89,10 @@ install:
 	@test -n "$(INST_LIBDIR)" -a -n "$(INST_LUADIR)" || \
 	  { echo "make install: set INST_LIBDIR and INST_LUADIR (luarocks make does)"; exit 1; }
 	@test -n "$(SOFIA_CFLAGS)" || { echo "make install: pkg-config sofia-sip-ua failed"; exit 1; }
+	@$(PKG) --exists $(MEDIA_PKGS) || { echo "make install: pkg-config $(MEDIA_PKGS) failed"; exit 1; }
 	mkdir -p "$(INST_LIBDIR)/luasip" "$(INST_LUADIR)"
 	$(CC) $(ALL_CFLAGS) $(if $(LUA_INCDIR),-I$(LUA_INCDIR)) $(SRCS) $(LIBFLAG) \
-	  -o "$(INST_LIBDIR)/luasip/core.so" $(LDFLAGS) $(SOFIA_LIBS)
+	  -o "$(INST_LIBDIR)/luasip/core.so" $(LDFLAGS) $(SOFIA_LIBS) $(MEDIA_LIBS)
 	cp -R lua/. "$(INST_LUADIR)/"
 
 clean:

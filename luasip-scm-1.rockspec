@@ -27,6 +27,20 @@ external_dependencies = {
     header = "sofia-sip-1.12/sofia-sip/nta.h",
     library = "sofia-sip-ua",
   },
+  -- media (luasip.rtp): libspandsp-dev, libsndfile1-dev, libspeexdsp-dev (the Makefile
+  -- takes their flags from pkg-config spandsp sndfile speexdsp)
+  SPANDSP = {
+    header = "spandsp/dtmf.h",
+    library = "spandsp",
+  },
+  SNDFILE = {
+    header = "sndfile.h",
+    library = "sndfile",
+  },
+  SPEEXDSP = {
+    header = "speex/speex_resampler.h",
+    library = "speexdsp",
+  },
 }
 
 build = {

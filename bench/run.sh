@@ -7,8 +7,9 @@
 #   luasip/<lua>    sipp UAC -> lua examples/uas.lua, for each interpreter in BENCH_LUA
 # KIND calls   = INVITE, 100, 180, 200, ACK, BYE, 200 (scenarios/uac.xml)
 # KIND options = OPTIONS, 200 (scenarios/options-uac.xml)
-# Opt-in kinds (BENCH_KINDS="calls options b2bua proxy pbx register notify"); see README.md
-# (notify: bench/notify.sh, NOTIFY fan-out rate and memory per active subscription):
+# Opt-in kinds (BENCH_KINDS="calls options b2bua proxy pbx register notify media"); see
+# README.md (notify: bench/notify.sh, NOTIFY fan-out rate and memory per active
+# subscription; media: bench/media.sh, N concurrent IVR streams, CPU, loss, pacing):
 # KIND b2bua    = calls through examples/b2bua.lua to a downstream sipp UAS
 # KIND proxy    = calls through bench/proxy.lua (the logic of Kamailio's proxy.lua: plain
 #                 record-routing stateful proxy, sipp uac -rsa proxy -> sipp uas), beside a
@@ -377,7 +378,8 @@ for KIND in $BENCH_KINDS; do
   case $KIND in calls|options|b2bua|proxy|pbx|register) ;;
     notify) continue ;;                       # bench/notify.sh, after the table
     overload) continue ;;                     # bench/overload.sh, after the table
-    *) die "BENCH_KINDS: calls options b2bua proxy pbx register notify overload" ;; esac
+    media) continue ;;                        # bench/media.sh, after the table
+    *) die "BENCH_KINDS: calls options b2bua proxy pbx register notify overload media" ;; esac
   WHOS="sipp $BENCH_LUA"
   [[ $KIND == pbx && $BENCH_KAMAILIO == 1 ]] && WHOS="$WHOS kamailio"
   # proxy, register beside Kamailio: Kamailio's ladder first (the reference must not be
@@ -566,6 +568,10 @@ done
 # NOTIFY fan-out and memory per subscription (issue 5): not a sipp ladder, its own script
 if [[ " $BENCH_KINDS " == *" notify "* ]]; then
   sh "$HERE/notify.sh" "${BENCH_NOTIFY_N:-2000}" | tee -a "$LOG"
+fi
+# media (issue 9): N concurrent IVR streams against rtpgen, its own script
+if [[ " $BENCH_KINDS " == *" media "* ]]; then
+  bash "$HERE/media.sh" | tee -a "$LOG"
 fi
 # overload (issue 8 point 5): offered vs completed at 1x, 1.5x, 2x the max, its own script
 if [[ " $BENCH_KINDS " == *" overload "* ]]; then

@@ -821,6 +821,8 @@ static const luaL_Reg core_funcs[] = {
   {"md5", core_md5},
   {"random_hex", core_random_hex},
   {"stream_connect", luasip_stream_connect},
+  {"rtp_open", luasip_rtp_open},
+  {"media_stats", luasip_media_stats},
   {NULL, NULL}
 };
 
@@ -863,6 +865,7 @@ static int state__gc(lua_State *L)
     return 0;
   luasip_S->closing = 1;
   luasip_drain();
+  luasip_media_close();             /* the prompt cache: no stream is left */
   log_spill();                      /* Lua is going away: what is left goes to stderr */
   log_handler_set = 0;
   state_free();
@@ -985,6 +988,7 @@ int luaopen_luasip_core(lua_State *L)
     luasip_dialog_open(L);
     luasip_proxy_open(L);
     luasip_stream_open(L);
+    luasip_media_open(L);
     /* only now: a memory error above leaves the state unowned, and the next require
      * (in any lua_State) starts afresh */
     state_owner = sentinel;

@@ -6,6 +6,8 @@
 #ifndef LUASIP_H
 #define LUASIP_H
 
+#include <stdint.h>
+
 #include <sofia-sip/su.h>
 #include <sofia-sip/su_wait.h>
 #include <sofia-sip/nta.h>
@@ -175,6 +177,23 @@ int luasip_proxy_stray(lsip_agent_t *a, msg_t *msg, sip_t *sip);
 /* stream.c: byte streams to local services (Redis) on the loop */
 void luasip_stream_open(lua_State *L);
 int luasip_stream_connect(lua_State *L);
+
+/* media.c: RTP streams on the one 20 ms media clock (luasip.rtp) */
+#define LUASIP_RTP "luasip.rtp"
+void luasip_media_open(lua_State *L);
+int luasip_rtp_open(lua_State *L);
+int luasip_media_stats(lua_State *L);
+void luasip_media_close(void);      /* lua_close: after the last stream is destroyed */
+
+/* media_audio.c: the prompt cache (8 kHz mono, shared) and the WAV recorder */
+typedef struct lsip_prompt lsip_prompt_t;
+lsip_prompt_t *luasip_prompt_get(const char *path, char *err, size_t errlen);
+void luasip_prompt_release(lsip_prompt_t *p);
+const int16_t *luasip_prompt_pcm(lsip_prompt_t *p, size_t *n);
+void luasip_prompts_free(void);
+void *luasip_wav_open(const char *path, int append, char *err, size_t errlen);
+int luasip_wav_write(void *h, const int16_t *pcm, size_t n, char *err, size_t errlen);
+void luasip_wav_close(void *h);
 
 /* proxy.c: stateful proxy (RFC 3261 16) */
 #define LUASIP_PROXY "luasip.proxy"

@@ -116,6 +116,10 @@ sip.pidf = require "luasip.pidf"
 -- 4488)
 sip.refer = require "luasip.refer"
 
+-- media on calls: req:answer{ media = }, agent:invite{ media = }, the IVR verbs on dialogs;
+-- sip.media.prompts = dir (the prompt set of say_digits / say_number), sip.media.TONES
+sip.media = require "luasip.media"
+
 -- class.extend / class.hook: how modules extend the classes (README: "Extending luasip")
 sip.class = require "luasip.class"
 

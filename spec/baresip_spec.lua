@@ -33,8 +33,12 @@ describe("examples/pbx.lua with baresip phones", function()
     ns = B.netns(90)
     running[#running + 1] = ns.stop
     port = H.free_port()
+    local recordings = os.tmpname()          -- voicemail, removed with the processes
+    os.remove(recordings)
+    running[#running + 1] = function() os.execute("rm -rf " .. H.shquote(recordings)) end
     pbx = H.background(ns.wrap{ "env", "LUA_PATH=lua/?.lua;lua/?/init.lua;;",
       "LUA_CPATH=build/" .. (os.getenv("LUASIP_FLAVOUR") or "5.4") .. "/?.so;;",
+      "IVR_RECORDINGS=" .. recordings,
       H.interpreter(), "examples/pbx.lua", "127.0.0.1:" .. port }, 60)
     running[#running + 1] = pbx.kill
     H.run_until(function() return pbx.log():find("listening on") or pbx.done() end, 10,
@@ -186,14 +190,21 @@ describe("examples/pbx.lua with baresip phones", function()
     assert.equal("Connection reset by peer", bob.wait_event("CALL_CLOSED").param)
   end)
 
-  it_baresip("answers a baresip caller 480, 404 and 403 (absent user, unknown user, other domain)", function()
+  it_baresip("sends a caller to an absent user's voicemail; 404 and 403 (unknown user, other domain)", function()
     start_pbx()
     local alice = registered(phone("alice", "alice"))
     local function call(uri)
       alice.command("dial", uri)
       return alice.wait_event("CALL_CLOSED").param
     end
-    assert.equal("480 Temporarily Unavailable", call(aor("carol")))
+    alice.command("dial", aor("carol"))
+    assert.equal(aor("carol"), alice.wait_event("CALL_ESTABLISHED").peeruri)
+    H.run_until(function() return pbx.log():find("recording %S+/carol/") end, 15,
+      "the voicemail recording")
+    alice.command("hangup")
+    alice.wait_event("CALL_CLOSED")
+    H.run_until(function() return pbx.log():find("voicemail for carol hangup") end, 5,
+      "the voicemail's end")
     assert.equal("404 No Such User", call(aor("nobody")))
     assert.equal("403 Relaying Denied", call("sip:bob@elsewhere.example"))
   end)

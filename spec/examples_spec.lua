@@ -78,23 +78,68 @@ describe("examples/uac.lua against examples/uas.lua", function()
     assert.matches("1 request%(s%) without a final response", out)
   end)
 
-  it("carries out a REFER in a call to examples/uas.lua, reporting by NOTIFY", function()
+  it("carries out a REFER in a call to examples/uas.lua and keeps that call until the transferor hangs up", function()
     track()
-    local _, hostport = start_uas()
+    local uas, hostport = start_uas()
     local caller, target = H.agent(), H.agent()
-    local target_got
+    local target_got, target_call
     target:on("INVITE", function(req)
       target_got = req:header("Referred-By") or true
-      local d = req:answer()
-      if d then d:wait_end(5) end
+      target_call = req:answer()
     end)
-    local status, line = H.run(function()
-      local d = assert(caller:invite{ uri = "sip:bob@" .. hostport })
-      return d:refer(target:uri("carol"), { timeout = 10 })
+    local d, status, line = H.run(function()
+      local call = assert(caller:invite{ uri = "sip:bob@" .. hostport })
+      return call, call:refer(target:uri("carol"), { timeout = 10 })
     end, 15)
     assert.equal(200, status)
     assert.matches("^SIP/2.0 200", line)
     assert.truthy(target_got)
+    assert.truthy(target_call)
+    -- RFC 5589 section 6: the transferee does not hang up the original call itself
+    H.settle(0.5)
+    assert.equal("confirmed", d:state(), uas.log())
+    H.run_until(function() return uas.log():find("transferred call established") end, 5,
+      "transfer logged")
+    -- the transferor hangs up (after the NOTIFY with the 2xx); the new call stays up
+    H.run(function() assert.is_true(d:bye()) end)
+    H.run_until(function() return uas.log():find("call ended: remote bye") end, 5,
+      "the original call ended by the transferor's BYE")
+    assert.equal("confirmed", target_call:state())
+    H.run(function() assert.is_true(target_call:bye()) end)
+    H.run_until(function() return uas.log():find("transferred call ended: remote bye") end, 5,
+      "the transferred call ended by the target's BYE")
+    H.close_agents()
+  end)
+end)
+
+describe("examples/ivr.lua", function()
+  local has_engine = require("luasip.core").rtp_open ~= nil
+  local f = io.open("build/prompts/menu.wav")
+  local has_prompts = f ~= nil
+  if f then f:close() end
+  local it_ivr = (has_engine and has_prompts) and it or function(name)
+    pending(name .. " -- needs the media engine and `make prompts`")
+  end
+
+  it_ivr("answers with media, welcomes, and hangs up after 9", function()
+    track()
+    local hostport = "127.0.0.1:" .. H.free_port()
+    local ivr = H.background({ "env", "LUA_PATH=lua/?.lua;lua/?/init.lua;;",
+      "LUA_CPATH=build/" .. FLAVOUR .. "/?.so;;", "IVR_PROMPTS=build/prompts",
+      H.interpreter(), "examples/ivr.lua", hostport }, 60)
+    procs[#procs + 1] = ivr
+    H.run_until(function() return ivr.log():find("listening on") or ivr.done() end, 10,
+      "examples/ivr.lua listening")
+    assert(not ivr.done(), "examples/ivr.lua exited:\n" .. ivr.log())
+    local caller = H.agent()
+    local d = H.run(function()
+      return assert(caller:invite{ uri = "sip:ivr@" .. hostport, media = true })
+    end)
+    H.run_until(function() return ivr.log():find("menu: welcome") end, 5, "the welcome")
+    assert.equal("done", H.run(function() return d:send_dtmf("9") end))
+    assert.equal("remote bye", H.run(function() return d:wait_end(20) end, 25), ivr.log())
+    H.run_until(function() return ivr.log():find("call ended: bye") end, 5, "the log")
+    assert.matches(d.call_id:gsub("%p", "%%%0") .. " menu: digit 9\n", ivr.log())
     H.close_agents()
   end)
 end)

@@ -3,18 +3,24 @@ local sip = H.sip
 
 -- examples/pbx.lua as a separate process, with luasip agents as phones.
 describe("examples/pbx.lua", function()
-  local pbx, port, domain
+  local pbx, port, domain, recordings
   setup(function()
     port = H.free_port()
     domain = "127.0.0.1"
+    recordings = os.tmpname()                -- voicemail (none is left in these tests)
+    os.remove(recordings)
     pbx = H.background({ "env", "LUA_PATH=lua/?.lua;lua/?/init.lua;;",
       "LUA_CPATH=build/" .. (os.getenv("LUASIP_FLAVOUR") or "5.4") .. "/?.so;;",
+      "IVR_RECORDINGS=" .. recordings,
       H.interpreter(), "examples/pbx.lua", "127.0.0.1:" .. port }, 120)
     H.run_until(function() return pbx.log():find("listening on") or pbx.done() end, 10,
       "pbx listening")
     assert.is_nil(pbx.done(), pbx.log())
   end)
-  teardown(function() if pbx then pbx.kill() end end)
+  teardown(function()
+    if pbx then pbx.kill() end
+    if recordings then os.execute("rm -rf " .. H.shquote(recordings)) end
+  end)
   after_each(function() H.close_agents() end)
 
   local function pbx_uri() return "sip:127.0.0.1:" .. port end

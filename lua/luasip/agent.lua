@@ -14,6 +14,7 @@ require "luasip.dialog"
 require "luasip.proxy"
 local auth = require "luasip.auth"
 local call = require "luasip.call"
+local media = require "luasip.media"
 
 local state = class.state
 local methods, _, C = class.get("luasip.agent")
@@ -21,7 +22,8 @@ local methods, _, C = class.get("luasip.agent")
 local M = {}
 
 local OPTIONS = { listen = true, user_agent = true, t1 = true, in_dialog = true,
-  supported = true, handler_timeout = true, invite_timeout = true, overload = true }
+  supported = true, handler_timeout = true, invite_timeout = true, overload = true,
+  media = true }
 
 local function check_listen(listen)
   if type(listen) == "string" then listen = { listen } end
@@ -62,7 +64,8 @@ end
 
 -- agent{ listen = uri | {uri...}, user_agent =, t1 =, in_dialog = "481" | "handler",
 --   supported = {tag...}, handler_timeout = { invite =, other = } | false,
---   invite_timeout = seconds, overload = {...} } -> agent | nil, err, code
+--   invite_timeout = seconds, overload = {...}, media = { address =, ports = { min, max },
+--   prompts = dir } } -> agent | nil, err, code
 function M.new(opts)
   if type(opts) ~= "table" then error("luasip.agent: options table expected", 2) end
   class.check_options(opts, OPTIONS, "luasip.agent")
@@ -81,6 +84,7 @@ function M.new(opts)
     error("luasip.agent: supported must be a list of option tags", 2)
   end
   local limits = check_timeouts(opts.handler_timeout)
+  local media_config = media.config(opts.media, "luasip.agent", 2)
   if opts.invite_timeout ~= nil and (type(opts.invite_timeout) ~= "number"
     or opts.invite_timeout <= 0) then
     error("luasip.agent: invite_timeout must be seconds > 0", 2)
@@ -105,6 +109,7 @@ function M.new(opts)
       other = (limits or d).other or d.other }
   end
   st.invite_timeout = opts.invite_timeout or 180
+  st.media = media_config
   return a
 end
 
@@ -195,6 +200,9 @@ function methods.invite(self, opts)
   check(self, fname)
   if type(opts) ~= "table" then error(fname .. ": options table expected", 2) end
   dispatcher.current(fname)
+  if opts.media ~= nil then
+    return call.invite_media(self, opts, fname)  -- a tail call: the caller is one level up
+  end
   if opts.auth ~= nil then
     return auth.send_with_auth(self, opts, call.invite, "INVITE", fname)
   end

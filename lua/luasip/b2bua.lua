@@ -3,7 +3,8 @@
 -- Leg A is the incoming INVITE (answered with req:answer), leg B an agent:invite of our
 -- own.  Until B's final response the call is driven here (18x relayed, CANCEL passed on,
 -- failures passed back); afterwards dialog handlers on both legs relay BYE and the
--- in-dialog requests, each in its own coroutine.
+-- in-dialog requests, each in its own coroutine.  opts.media = "relay" anchors the media:
+-- each leg has its own RTP stream (luasip.media), bridged in C.
 local dispatcher = require "luasip.dispatcher"
 local dialog = require "luasip.dialog"
 local client_tx = require "luasip.client_tx"
@@ -41,7 +42,8 @@ local function normalize(targets)
 end
 
 local OPTION_TYPES = { from = "string", to = "string", headers = "table", auth = "table",
-  on_request = "function", on_answer = "function", relay = "table", agent = "userdata" }
+  on_request = "function", on_answer = "function", relay = "table", agent = "userdata",
+  media = "string" }
 
 -- methods the dialogs and the core handle themselves
 local NOT_RELAYED = { BYE = true, ACK = true, CANCEL = true, PRACK = true }
@@ -54,6 +56,9 @@ local function check_options(opts)
   end
   if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout <= 0) then
     fail("luasip.b2bua", "timeout must be a positive number")
+  end
+  if opts.media ~= nil and opts.media ~= "relay" then
+    fail("luasip.b2bua", 'media must be "relay"')
   end
   for i, m in ipairs(opts.relay or {}) do
     if type(m) ~= "string" or NOT_RELAYED[m:upper()] then
@@ -154,6 +159,21 @@ local function relay_provisional(call, res, tx)
     end
   end
   local o = shape(call.opts, res, "b")
+  if call.opts.media then
+    -- media = "relay": leg B's SDP is not for A; B's early media reaches A through our
+    -- streams, bridged (A's 18x carries our answer, and the 2xx the same one)
+    o.body, o.content_type = nil, nil
+    local bm = bd and bd:has_media() and bd
+    if bm and not call.early_media and not call.pumping and req.body then
+      call.early_media = true
+      local ad = req:progress{ media = true, status = res.status, reason = res.reason,
+        headers = o.headers }
+      if ad then
+        ad:bridge(bm)
+        return
+      end
+    end
+  end
   local reliable = call.a_100rel and (res:header("RSeq") ~= nil or has_tag(res, "100rel"))
   local q = call.queue
   if not call.pumping and not reliable then return reply(req, o) end
@@ -264,7 +284,11 @@ local function leg_options(req, t, opts)
     if req.from.display then from = quote(req.from.display) .. " " .. from end
   end
   local o = { uri = t.uri, from = from, to = opts.to, headers = headers }
-  o.body, o.content_type = body_of(req)
+  if opts.media then
+    o.media = true                     -- our own stream and offer to B
+  else
+    o.body, o.content_type = body_of(req)
+  end
   return o
 end
 
@@ -290,7 +314,9 @@ function M.b2bua(req, targets, opts)
   dispatcher.current("luasip.b2bua")
   local agent = opts.agent or req.agent
   local relay = {}
-  for i, m in ipairs(opts.relay or { "INVITE", "UPDATE", "INFO" }) do relay[i] = m:upper() end
+  -- with media = "relay" each leg answers re-INVITEs and UPDATEs from its own stream
+  local default_relay = opts.media and { "INFO" } or { "INVITE", "UPDATE", "INFO" }
+  for i, m in ipairs(opts.relay or default_relay) do relay[i] = m:upper() end
   if req:cancelled() then return nil, "cancelled", "cancelled" end
   if req:answered() then return nil, "request already answered", "answered" end
   if req.max_forwards == 0 then
@@ -361,8 +387,13 @@ function M.b2bua(req, targets, opts)
     return nil, "cancelled", "cancelled"
   end
   local o = shape(opts, bres, "b")
-  local a, aerr, acode = req:answer{ status = o.status, headers = o.headers, body = o.body,
-    content_type = o.content_type }
+  local a, aerr, acode
+  if opts.media then
+    a, aerr, acode = req:answer{ status = o.status, headers = o.headers, media = true }
+  else
+    a, aerr, acode = req:answer{ status = o.status, headers = o.headers, body = o.body,
+      content_type = o.content_type }
+  end
   if not a then
     b:bye()
     return nil, aerr, acode
@@ -373,6 +404,10 @@ function M.b2bua(req, targets, opts)
   end
   install(call, a, "a")
   call.bridged = true
+  if opts.media then
+    local ok, err = a:bridge(b)
+    if not ok then dispatcher.log("warn", "b2bua: media not bridged: " .. tostring(err)) end
+  end
   return a, b
 end
 

@@ -7,6 +7,8 @@ local st_timer = require "luasip.session_timer"
 
 local state = class.state
 
+local function dispatcher_log(level, msg) require("luasip.dispatcher").log(level, msg) end
+
 local M = {}
 
 local function copy(t)
@@ -34,7 +36,7 @@ local function mirror_sdp(local_sdp, offer)
 end
 
 local ANSWER_OPTIONS = { status = true, body = true, content_type = true, headers = true,
-  session_expires = true, min_se = true, timeout = true, reason = true }
+  session_expires = true, min_se = true, timeout = true, reason = true, media = true }
 
 -- req:answer([opts]) -> dialog | nil, err, code: 200 (with opts.body etc.), then the ACK
 -- opts.session_expires = seconds (and opts.min_se = 90) turns RFC 4028 session timers on
@@ -46,6 +48,11 @@ function M.answer(req, opts)
   end
   opts = copy(opts)
   class.check_options(opts, ANSWER_OPTIONS, fname)
+  local media = require "luasip.media"
+  if opts.media ~= nil then
+    if opts.body ~= nil then error(fname .. ": body and media are exclusive", 2) end
+    media.call_options(opts.media, fname, 2)
+  end
   -- RFC 4028 on the UAS side: 422 below our Min-SE, else the interval and refresher
   local st_interval, st_refresher
   local want = opts.session_expires
@@ -72,6 +79,27 @@ function M.answer(req, opts)
   if not d then return nil, err, code end
   local dst = state(d)
   dst.st_min_se = opts.min_se
+  -- media: the stream of req:progress, or a new one; our SDP answers the INVITE's offer
+  -- (or is the offer, for an INVITE without SDP: the ACK answers)
+  local m, offered = media.of(d), false
+  if not m and opts.media ~= nil then
+    local merr, mcode
+    m, merr, mcode = media.open(req.agent, opts.media, fname, 2)
+    if not m then
+      req:reply(500, "Media Unavailable")
+      return nil, merr, mcode
+    end
+    local body, kind, acode = media.answer(m, req.body)
+    if not body then
+      media.close(m)
+      req:reply(acode or 488)
+      return nil, kind, acode
+    end
+    offered = kind == "offer"
+    media.attach(m, d)
+  end
+  if m then opts.body, opts.content_type = m.local_sdp or media.offer(m), "application/sdp" end
+  if m and not m.local_sdp then m.local_sdp, offered = opts.body, true end
   if opts.body and not opts.content_type then opts.content_type = "application/sdp" end
   local status = opts.status or 200
   local ro = { body = opts.body, content_type = opts.content_type, headers = opts.headers }
@@ -92,6 +120,13 @@ function M.answer(req, opts)
     return nil, aerr, acode
   end
   if ack.body then dst.remote_sdp = ack.body end
+  if m and offered then
+    local applied, merr, mcode = media.apply(m, m.local_sdp, ack.body)
+    if not applied then
+      d:bye()
+      return nil, merr, mcode
+    end
+  end
   if st_interval then st_timer.start(d, st_interval, st_refresher == "uas") end
   return d
 end
@@ -142,12 +177,71 @@ function M.invite(agent, opts, level)
   return d, res
 end
 
+-- invite_media(agent, opts, fname) -> dialog, response | nil, err, code [, response]:
+-- agent:invite{ media = } -- a stream, our offer, early media from a 18x with SDP, the
+-- stream set from the 2xx's answer (no common codec: BYE and 488)
+function M.invite_media(agent, opts, fname)
+  local media = require "luasip.media"
+  if opts.body ~= nil then error(fname .. ": body and media are exclusive", 3) end
+  media.call_options(opts.media, fname, 2)
+  local m, merr, mcode = media.open(agent, opts.media, fname, 2)
+  if not m then return nil, merr, mcode end
+  local o = copy(opts)
+  o.media = nil
+  o.body, o.content_type = media.offer(m), "application/sdp"
+  m.local_sdp = o.body
+  local prov = opts.on_provisional
+  o.on_provisional = function(res, tx)
+    if res.body and res.status > 100 and (res.content_type or ""):lower() == "application/sdp" then
+      -- early media: the stream plays and records on the early dialog (the same object the
+      -- 2xx confirms)
+      if media.apply(m, o.body, res.body) then
+        local ed = tx:dialog()
+        if ed and not media.of(ed) and not m.dialog then media.attach(m, ed) end
+      end
+    end
+    if prov then return prov(res, tx) end
+  end
+  local d, res, code, fres
+  if o.auth ~= nil then
+    d, res, code, fres = require("luasip.auth").send_with_auth(agent, o, M.invite, "INVITE", fname)
+  else
+    d, res, code, fres = M.invite(agent, o, 3)
+  end
+  if not d then
+    media.close(m)
+    return nil, res, code, fres
+  end
+  local ok, aerr, acode = media.apply(m, o.body, res.body or m.remote_sdp)
+  if not ok then
+    media.close(m)
+    d:bye()
+    return nil, aerr, acode, res
+  end
+  if m.dialog ~= d then
+    if m.dialog then state(m.dialog).media = nil end   -- an early dialog of another fork
+    media.attach(m, d)
+  end
+  return d, res
+end
+
 -- refresh(d, req): a re-INVITE or UPDATE nobody listens for: answer with the current
 -- session (its version only goes up) and re-arm the session timer
 function M.refresh(d, req)
   local dst = state(d)
   local method = req.method
   local headers = st_timer.on_refresh(d, req)
+  local media = require "luasip.media"
+  if req.body and media.of(d) then
+    -- a media call answers from its stream (hold, codec or address changes)
+    local ans, err, code = media.refresh(d, req.body)
+    if not ans then
+      dispatcher_log("info", "re-INVITE refused: " .. tostring(err))
+      return req:reply(code or 488)
+    end
+    dst.local_sdp, dst.remote_sdp = ans, req.body
+    return req:reply(200, { headers = headers, body = ans, content_type = "application/sdp" })
+  end
   if req.body and not dst.local_sdp then return req:reply(488) end
   dst.remote_sdp = req.body or dst.remote_sdp
   local o = { headers = headers }
@@ -163,6 +257,7 @@ function M.settled(d, local_sdp, remote_sdp)
   local dst = state(d)
   dst.local_sdp = local_sdp or dst.local_sdp
   dst.remote_sdp = remote_sdp or dst.remote_sdp
+  if dst.media then require("luasip.media").settled(d, dst.local_sdp, dst.remote_sdp) end
 end
 
 return M

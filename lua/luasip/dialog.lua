@@ -6,7 +6,9 @@
 -- Owns the events "dialog_request" and "dialog_closed".  Per-dialog state (class.state):
 -- handlers, pending (slots woken when the dialog ends), ended (the reason), end_slots,
 -- on_end, queue/waiters (wait_request), local_sdp, remote_sdp and the session timer's.
--- Hooks (class.hook("luasip.dialog", point, fn)): "ended" fn(d, reason).
+-- Hooks (class.hook("luasip.dialog", point, fn)): "ended" fn(d, reason); "info" fn(d, req)
+-- for each INFO the peer sends, before the dialog's handlers (a hook that answers it takes it:
+-- luasip.media takes DTMF).
 local class = require "luasip.class"
 local dispatcher = require "luasip.dispatcher"
 local sipmethods = require "luasip.sipmethods"
@@ -220,6 +222,10 @@ dispatcher.on_event("dialog_request", function(d, req)
   local st = state(M.init(d))
   state(req).in_dialog = d
   local method = req.method
+  if method == "INFO" then
+    class.run("luasip.dialog", "info", d, req)
+    if req:answered() then return end
+  end
   local h = st.handlers[method]
   if method == "BYE" then
     req:reply(200)

@@ -157,7 +157,9 @@ local function flag(json, key)
   return json:match('"' .. key .. '"%s*:%s*true') ~= nil
 end
 
--- start{ name = "alice", max_seconds = 60, trace = false, ns = B.netns(...) } -> phone:
+-- start{ name = "alice", max_seconds = 60, trace = false, ns = B.netns(...),
+--   source = "x.wav" (what the phone sends: an 8 kHz WAV; default a 400 Hz tone, 30 s),
+--   record = true (module sndfile: each call's audio in phone.recordings()) } -> phone:
 -- baresip started with no account (add one with phone.command("uanew", B.account(...)) to
 -- see its REGISTER_OK event) and ctrl.py connecting to its ctrl_tcp port, both inside ns
 -- if given; register phone.stop for `finally`, then call phone.ready().  trace = true logs
@@ -174,7 +176,17 @@ function B.start(o)
   os.remove(dir)
   assert(os.execute("mkdir -p " .. H.shquote(dir)))
   local ctrl_port = H.free_port()
-  B.tone(dir .. "/tone.wav", 30)
+  local source = o.source
+  if not source then
+    source = dir .. "/tone.wav"
+    B.tone(source, 30)
+  end
+  local record = {}
+  if o.record then
+    assert(os.execute("mkdir -p " .. H.shquote(dir .. "/snd")))
+    if not io.open(B.module_path() .. "/sndfile.so") then error("baresip module sndfile.so not found") end
+    record = { "module sndfile.so", "snd_path " .. dir .. "/snd" }
+  end
   -- sip_listen port 0: baresip 1.0.0 always adds TLS on port+1 as well, so only the
   -- OS can hand out its ports without collisions; the PBX learns the UDP port from Contact
   write(dir .. "/config", table.concat({
@@ -182,7 +194,7 @@ function B.start(o)
     "sip_listen 127.0.0.1:0",
     "net_interface 127.0.0.1",
     "call_local_timeout 30",
-    "audio_source aufile," .. dir .. "/tone.wav",
+    "audio_source aufile," .. source,
     "audio_player aubridge,sink",
     "audio_alert aubridge,sink",
     "module_path " .. assert(B.module_path()),
@@ -193,6 +205,7 @@ function B.start(o)
     "module_app menu.so",
     "module_app ctrl_tcp.so",
     "ctrl_tcp_listen 127.0.0.1:" .. ctrl_port,
+    table.concat(record, "\n"),
     "" }, "\n"))
   write(dir .. "/accounts", "# accounts are added with uanew over ctrl_tcp\n")
   local phone = { name = name, dir = dir, ctrl_port = ctrl_port }
@@ -300,6 +313,19 @@ function B.start(o)
       t[#t + 1] = { src = src, dst = dst, start = start, text = log:sub(e + 1, nxt - 1) }
       pos = nxt
     end
+    return t
+  end
+
+  -- recordings([kind = "dec"]) -> paths of the WAVs sndfile wrote (start with record =
+  -- true): "dec" what the phone heard, "enc" what it sent; sorted by name (time)
+  function phone.recordings(kind)
+    local t = {}
+    local p = io.popen("ls " .. H.shquote(dir .. "/snd") .. " 2>/dev/null")
+    for f in p:lines() do
+      if f:match("%-" .. (kind or "dec") .. "%.wav$") then t[#t + 1] = dir .. "/snd/" .. f end
+    end
+    p:close()
+    table.sort(t)
     return t
   end
 
