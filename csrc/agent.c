@@ -304,6 +304,38 @@ static void overload_config(lua_State *L, int idx, lsip_overload_t *o, const cha
   snprintf(o->retry_str, sizeof o->retry_str, "%u", o->retry_after);
 }
 
+/* What sofia's parser lets through and RFC 3261 rejects (checked before any Lua runs):
+ * control or 8-bit bytes in the Request-URI (25.1: a URI is printable ASCII; a raw ESC
+ * would also reach log lines), and a Content-Length larger than the body that arrived
+ * (18.3: over UDP an error; over TCP a message cut short by the end of the stream).
+ * Returns the reason phrase of a 400, or NULL. */
+const char *luasip_request_malformed(sip_t const *sip)
+{
+  url_t const *u = sip->sip_request ? sip->sip_request->rq_url : NULL;
+  char const *parts[8];
+  size_t i;
+  if (u) {
+    parts[0] = u->url_user;
+    parts[1] = u->url_password;
+    parts[2] = u->url_host;
+    parts[3] = u->url_port;
+    parts[4] = u->url_path;
+    parts[5] = u->url_params;
+    parts[6] = u->url_headers;
+    parts[7] = u->url_fragment;
+    for (i = 0; i < 8; i++) {
+      unsigned char const *p = (unsigned char const *)parts[i];
+      for (; p && *p; p++)
+        if (*p <= 0x20 || *p >= 0x7f)
+          return "Bad Request-URI";
+    }
+  }
+  if (sip->sip_content_length &&
+      sip->sip_content_length->l_length > (sip->sip_payload ? sip->sip_payload->pl_len : 0))
+    return "Content-Length Larger Than Body";
+  return NULL;
+}
+
 static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg, sip_t *sip)
 {
   lsip_agent_t *a = (lsip_agent_t *)magic;
@@ -316,6 +348,14 @@ static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg,
   }
   if (sip && sip->sip_request) {
     sip_method_t m = sip->sip_request->rq_method;
+    const char *bad = luasip_request_malformed(sip);
+    if (bad) {
+      if (m == sip_method_ack)    /* never answered: dropped */
+        msg_destroy(msg);
+      else
+        nta_msg_treply(nta, msg, 400, bad, TAG_END());
+      return 0;
+    }
     if (m == sip_method_ack) {
       if (overload_is_our_ack(a, sip)) {
         a->overload->acks_dropped++;

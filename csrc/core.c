@@ -56,17 +56,39 @@ static void log_stderr(const char *text)
   fputc('\n', stderr);
 }
 
+/* Copies text into out (size outsz) with control bytes other than LF and TAB written as
+ * \xNN: log lines carry values from the network, and a raw ESC or CR would reach the
+ * operator's terminal. */
+static void log_escape(char *out, size_t outsz, const char *text)
+{
+  static const char hex[] = "0123456789abcdef";
+  size_t o = 0;
+  for (; *text && o + 5 < outsz; text++) {
+    unsigned char c = (unsigned char)*text;
+    if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7f) {
+      out[o++] = '\\';
+      out[o++] = 'x';
+      out[o++] = hex[c >> 4];
+      out[o++] = hex[c & 15];
+    } else {
+      out[o++] = (char)c;
+    }
+  }
+  out[o] = '\0';
+}
+
 void luasip_log(int level, const char *fmt, ...)
 {
   va_list ap;
-  char buf[1024];
+  char raw[1024], buf[1024];
   log_line_t *line;
   size_t n;
   if (level > log_level)
     return;
   va_start(ap, fmt);
-  vsnprintf(buf, sizeof buf, fmt, ap);
+  vsnprintf(raw, sizeof raw, fmt, ap);
   va_end(ap);
+  log_escape(buf, sizeof buf, raw);
   if (!log_handler_set || !luasip_S || luasip_S->closing) {
     log_stderr(buf);
     return;

@@ -102,6 +102,12 @@ static int leg_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *i
   (void)leg;
   if (!d->agent || d->state == DIALOG_TERMINATED)
     return 481;
+  if (luasip_request_malformed(sip)) {
+    if (sip->sip_request->rq_method != sip_method_ack)
+      return 400;
+    nta_incoming_destroy(irq);
+    return 0;
+  }
   if (sip->sip_request->rq_method == sip_method_ack) {
     msg_t *msg = nta_incoming_getrequest(irq);
     if (msg)

@@ -59,6 +59,9 @@ typedef struct lsip_state {
 
 extern lsip_state_t *luasip_S;
 
+/* agent.c: RFC 3261 checks sofia's parser leaves to us (400 reason phrase or NULL) */
+const char *luasip_request_malformed(sip_t const *sip);
+
 /* core.c: objects */
 void luasip_initobj(lsip_obj_t *obj, const char *tname, lsip_destroy_f *destroy);
 void luasip_wrapobj(lua_State *L, lsip_obj_t *obj);

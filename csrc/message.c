@@ -32,6 +32,39 @@ static issize_t enc_field(char *b, isize_t size, void const *h)
   return msg_header_field_e(b, size, (msg_header_t const *)h, 0);
 }
 
+/* Pushes s[0..n) with each folded line break (RFC 3261 7.3.1: CRLF followed by white
+ * space, and any other CR or LF sofia left in a value) and the white space around it as
+ * one SP, so a value read from a request can go into a reply unchanged. */
+static void push_unfolded(lua_State *L, const char *s, size_t n)
+{
+  luaL_Buffer B;
+  size_t i = 0;
+  if (!memchr(s, '\r', n) && !memchr(s, '\n', n)) {
+    lua_pushlstring(L, s, n);
+    return;
+  }
+  luaL_buffinit(L, &B);
+  while (i < n) {
+    size_t j = i;
+    int brk = 0;
+    while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\r' || s[j] == '\n')) {
+      brk |= s[j] == '\r' || s[j] == '\n';
+      j++;
+    }
+    if (j > i) {
+      if (brk)
+        luaL_addchar(&B, ' ');
+      else
+        luaL_addlstring(&B, s + i, j - i);
+      i = j;
+    } else {
+      luaL_addchar(&B, s[i]);
+      i++;
+    }
+  }
+  luaL_pushresult(&B);
+}
+
 static void push_encoded(lua_State *L, encode_f *enc, void const *what)
 {
   char buf[512];
@@ -39,19 +72,22 @@ static void push_encoded(lua_State *L, encode_f *enc, void const *what)
   if (n < 0) {
     lua_pushnil(L);
   } else if ((size_t)n < sizeof buf) {
-    lua_pushlstring(L, buf, (size_t)n);
+    push_unfolded(L, buf, (size_t)n);
   } else {
-    luaL_Buffer B;
     char *p = malloc((size_t)n + 1);
     if (!p) {
       lua_pushnil(L);
       return;
     }
     enc(p, n + 1, what);
-    luaL_buffinit(L, &B);
-    luaL_addlstring(&B, p, (size_t)n);
+    /* a memory error in push_unfolded would leak p: copy to a Lua string first */
+    lua_pushlstring(L, p, (size_t)n);
     free(p);
-    luaL_pushresult(&B);
+    if (memchr(lua_tostring(L, -1), '\r', (size_t)n) || memchr(lua_tostring(L, -1), '\n', (size_t)n)) {
+      const char *t = lua_tostring(L, -1);
+      push_unfolded(L, t, (size_t)n);
+      lua_remove(L, -2);
+    }
   }
 }
 
@@ -557,10 +593,11 @@ void luasip_remove_header(msg_t *msg, sip_t *sip, const char *name)
   }
 }
 
-static void check_header_text(lua_State *L, const char *fname, const char *s)
+static void check_header_text(lua_State *L, const char *fname, const char *name,
+                              const char *s)
 {
   if (strpbrk(s, "\r\n"))
-    luaL_error(L, "%s: header text must not contain CR or LF", fname);
+    luaL_error(L, "%s: header '%s': the value must not contain CR or LF", fname, name);
 }
 
 /* A header name is a token (RFC 3261 25.1): letters, digits and -.!%*_+`'~ */
@@ -592,7 +629,6 @@ int luasip_add_headers(lua_State *L, int idx, msg_t *msg, sip_t *sip, const char
       const char *colon = strchr(line, ':');
       char name[128];
       size_t n;
-      check_header_text(L, fname, line);
       if (!colon || (n = (size_t)(colon - line)) == 0 || n >= sizeof name)
         return luaL_error(L, "%s: bad header line '%s'", fname, line);
       memcpy(name, line, n);
@@ -600,6 +636,7 @@ int luasip_add_headers(lua_State *L, int idx, msg_t *msg, sip_t *sip, const char
         n--;
       name[n] = '\0';
       check_header_name(L, fname, name, n);
+      check_header_text(L, fname, name, line);
       colon++;
       while (*colon == ' ' || *colon == '\t')
         colon++;
@@ -617,7 +654,7 @@ int luasip_add_headers(lua_State *L, int idx, msg_t *msg, sip_t *sip, const char
           v = lua_tostring(L, -1);
           if (!v)
             return luaL_error(L, "%s: header '%s' values must be strings", fname, name);
-          check_header_text(L, fname, v);
+          check_header_text(L, fname, name, v);
           if (add_one_header(msg, sip, name, v) < 0)
             return luaL_error(L, "%s: cannot parse header '%s: %s'", fname, name, v);
           lua_pop(L, 1);
@@ -626,7 +663,7 @@ int luasip_add_headers(lua_State *L, int idx, msg_t *msg, sip_t *sip, const char
         const char *v = lua_tostring(L, -1);
         if (!v)
           return luaL_error(L, "%s: header '%s' must be a string", fname, name);
-        check_header_text(L, fname, v);
+        check_header_text(L, fname, name, v);
         if (add_one_header(msg, sip, name, v) < 0)
           return luaL_error(L, "%s: cannot parse header '%s: %s'", fname, name, v);
       }

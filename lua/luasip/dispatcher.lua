@@ -20,8 +20,15 @@ local logger = function(level, msg)
 end
 local log_level = 2
 
+-- control bytes other than LF and TAB as \xNN: log lines carry values from the network
+local function escape_byte(c)
+  if c == "\n" or c == "\t" then return c end
+  return string.format("\\x%02x", c:byte())
+end
+
 function M.log(level, msg)
   if (LEVELS[level] or 3) <= log_level then
+    msg = tostring(msg):gsub("[%c\127]", escape_byte)
     local ok, err = pcall(logger, level, msg)
     if not ok then io.stderr:write("luasip: logger failed: ", tostring(err), "\n") end
   end

@@ -1,0 +1,85 @@
+local H = require "spec.helper"
+local sip = require "luasip"
+
+-- What sofia's parser lets through and RFC 3261 rejects, sent as raw datagrams by
+-- spec/peers/rawsip.py (issue: fixes for what a fuzzing run found in examples/uas.lua).
+describe("luasip.agent malformed requests", function()
+  local defer = H.defer_with(function(f) finally(f) end)
+  local uas, handled
+  before_each(function()
+    uas = H.agent()
+    handled = 0
+    uas:on("OPTIONS", function(req) handled = handled + 1; req:reply(200) end)
+    uas:on("REGISTER", function(req)
+      handled = handled + 1
+      req:reply(200, nil, { headers = { Contact = req:header("Contact") } })
+    end)
+  end)
+  after_each(function() H.close_agents() end)
+
+  local n = 0
+  -- the status line of the answer to a request built from the parts given, or "NONE"
+  local function send(method, uri, extra, content_length, body)
+    n = n + 1
+    local id = ("%d-%d@malformed"):format(os.time(), n)
+    local msg = table.concat{
+      method, " ", uri, " SIP/2.0\r\n",
+      "Via: SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bK", id:gsub("[^%w]", ""), "\r\n",
+      "From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\n",
+      "Call-ID: ", id, "\r\nCSeq: 1 ", method, "\r\nMax-Forwards: 70\r\n",
+      extra or "", "Content-Length: ", content_length or "0", "\r\n\r\n", body or "" }
+    local file = os.tmpname()
+    local f = assert(io.open(file, "wb"))
+    f:write(msg)
+    f:close()
+    local p = H.background({ "python3", "spec/peers/rawsip.py",
+      tostring(uas:transports()[1].port), file }, 10)
+    defer(function() p.kill(); os.remove(file) end)
+    H.run_until(function() return p.done() end, 10, "rawsip.py")
+    return (p.log():gsub("%s+$", ""))
+  end
+
+  it("answers 400 to a Request-URI with an ESC byte, without running the handler", function()
+    assert.equal("SIP/2.0 400 Bad Request-URI", send("OPTIONS", "sip:\27[31mred@127.0.0.1"))
+    assert.equal(0, handled)
+  end)
+
+  it("answers 400 to a Request-URI with an 8-bit byte", function()
+    assert.equal("SIP/2.0 400 Bad Request-URI", send("OPTIONS", "sip:r\233d@127.0.0.1"))
+    assert.equal(0, handled)
+  end)
+
+  it("answers 400 when Content-Length is larger than the body of a datagram", function()
+    assert.equal("SIP/2.0 400 Content-Length Larger Than Body",
+      send("OPTIONS", "sip:x@127.0.0.1", nil, "10"))
+    assert.equal(0, handled)
+    -- the same request with its body is served
+    assert.equal("SIP/2.0 200 OK", send("OPTIONS", "sip:x@127.0.0.1",
+      "Content-Type: text/plain\r\n", "10", "0123456789"))
+    assert.equal(1, handled)
+  end)
+
+  it("unfolds a folded header value read by req:header, so a reply can echo it", function()
+    assert.equal("SIP/2.0 200 OK", send("REGISTER", "sip:127.0.0.1",
+      'Contact: "A\r\n B" <sip:a@127.0.0.1:5999>\r\n ;expires=60\r\n'))
+    assert.equal(1, handled)
+  end)
+
+  it("raises naming the header when a reply value holds CR or LF", function()
+    local err
+    uas:on("OPTIONS", function(req)
+      local ok, e = pcall(req.reply, req, 200, nil, { headers = { ["X-Bad"] = "a\r\nInjected: 1" } })
+      err = not ok and e
+      req:reply(200)
+    end)
+    assert.equal("SIP/2.0 200 OK", send("OPTIONS", "sip:x@127.0.0.1"))
+    assert.matches("header 'X-Bad': the value must not contain CR or LF", err, 1, true)
+  end)
+
+  it("writes control bytes in log lines as \\xNN", function()
+    local logs, restore = H.capture_logs()
+    sip.log("warn", "red \27[31m\r\nline\ttab")
+    restore()
+    assert.equal("red \\x1b[31m\\x0d\nline\ttab", logs[#logs].msg)
+  end)
+end)

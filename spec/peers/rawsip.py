@@ -1,0 +1,27 @@
+#!/usr/bin/env python3
+"""Sends the bytes of a file as one UDP datagram (or over TCP) to 127.0.0.1:PORT and
+prints the status line of the first reply, or NONE when none came within the timeout.
+Usage: rawsip.py PORT FILE [udp|tcp] [timeout_s]"""
+import socket
+import sys
+
+port, path = int(sys.argv[1]), sys.argv[2]
+proto = sys.argv[3] if len(sys.argv) > 3 else "udp"
+timeout = float(sys.argv[4]) if len(sys.argv) > 4 else 3.0
+data = open(path, "rb").read()
+if proto == "tcp":
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    get = lambda: s.recv(65535)
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(timeout)
+    s.sendto(data, ("127.0.0.1", port))
+    get = lambda: s.recvfrom(65535)[0]
+try:
+    reply = get()
+    print(reply.split(b"\r\n")[0].decode("latin-1") if reply else "NONE")
+except socket.timeout:
+    print("NONE")
