@@ -171,8 +171,8 @@ static int needs_contact(sip_t const *sip, int status)
 }
 
 /* The response, with the script's headers and body and our Server, Contact and Allow.
- * Returns a reference for nta (the luasip.response left on the stack owns the other),
- * or NULL.  Bad headers raise. */
+ * Returns a reference for nta (with options, the luasip.response left on the stack owns
+ * the other), or NULL.  Bad headers raise. */
 static msg_t *reply_build(lua_State *L, lsip_req_t *r, reply_args_t const *a)
 {
   msg_t *resp = nta_msg_create(luasip_agent_nta(r->agent), 0);
@@ -182,8 +182,11 @@ static msg_t *reply_build(lua_State *L, lsip_req_t *r, reply_args_t const *a)
       msg_destroy(resp);
     return NULL;
   }
-  luasip_response_new(L, resp);
   if (a->opts) {
+    /* only the script's headers and body can raise: the userdata owns resp meanwhile
+     * (without options nothing below raises, and the one reference goes to nta) */
+    luasip_response_new(L, resp);
+    resp = msg_ref_create(resp);
     lua_getfield(L, a->opts, "headers");
     luasip_add_headers(L, lua_gettop(L), resp, rs, REPLY);
     lua_pop(L, 1);
@@ -197,7 +200,7 @@ static msg_t *reply_build(lua_State *L, lsip_req_t *r, reply_args_t const *a)
                TAG_END());
   if ((a->status == 405 || a->status == 501) && !rs->sip_allow)
     sip_add_tl(resp, rs, SIPTAG_ALLOW_STR(luasip_methods_allow), TAG_END());
-  return msg_ref_create(resp);
+  return resp;
 }
 
 /* A 2xx to an initial INVITE: the callee's dialog, made here when the script did not make
@@ -291,6 +294,38 @@ static int req_cancelled(lua_State *L)
   return 1;
 }
 
+/* req:_needs_answer() -> boolean: the dispatcher's test after a handler ended -- not
+ * answered (req:answered() false), not an ACK, not cancelled, its agent open -- in one
+ * call instead of four through __index on every request */
+static int req_needs_answer(lua_State *L)
+{
+  lsip_req_t *r = req_check(L, 1);
+  int answered = r->state == LSIP_RQ_FORWARDED ||
+                 (r->state != LSIP_RQ_ACK && r->status >= 200);
+  lua_pushboolean(L, !answered && r->state != LSIP_RQ_ACK &&
+                  r->state != LSIP_RQ_CANCELLED && r->agent && r->agent->obj.alive &&
+                  !r->agent->closed);
+  return 1;
+}
+
+/* req:_uas_checks() -> flags for the UAS checks of RFC 3261 8.2.2 the dispatcher makes
+ * on every request, from what sofia parsed: 1 the Request-URI scheme is neither sip nor
+ * sips (416), 2 a To tag (12.2.2), 4 a Require header (420 check) */
+static int req_uas_checks(lua_State *L)
+{
+  sip_t const *sip = req_check(L, 1)->m.sip;
+  url_t const *u = sip->sip_request->rq_url;
+  int flags = 0;
+  if (u->url_type != url_sip && u->url_type != url_sips)
+    flags |= 1;
+  if (sip->sip_to && sip->sip_to->a_tag)
+    flags |= 2;
+  if (sip->sip_require)
+    flags |= 4;
+  lua_pushinteger(L, flags);
+  return 1;
+}
+
 static int req_fields(lua_State *L)
 {
   lsip_req_t *r = (lsip_req_t *)luasip_testobj(L, 1, LUASIP_REQUEST);
@@ -323,6 +358,8 @@ static const luaL_Reg req_methods[] = {
   {"header", luasip_msg_method_header},
   {"headers", luasip_msg_method_headers},
   {"raw", luasip_msg_method_raw},
+  {"_needs_answer", req_needs_answer},
+  {"_uas_checks", req_uas_checks},
   {NULL, NULL}
 };
 
