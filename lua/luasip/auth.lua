@@ -339,8 +339,8 @@ function M.authorizer(opts)
     error("luasip.auth.authorizer: allow must be a function", 2)
   end
   allow = allow or function(user, aor)
-    local u = location.parse_uri(aor)
-    return u ~= nil and u.user == user
+    local u = location.uri_user(aor)
+    return u ~= nil and u == user
   end
   return function(req, aor)
     local user = verify(req, cfg)
