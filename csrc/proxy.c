@@ -728,6 +728,58 @@ int luasip_proxy_stray(lsip_agent_t *a, msg_t *msg, sip_t *sip)
   return 1;
 }
 
+/* req:loose_route() -> boolean: whether the top Route names this agent, i.e. the request
+ * follows a Record-Route we put in (RFC 3261 16.4).  Read from sofia's parse: a sip: or
+ * sips: URI whose host (brackets off, any case) and port (as written; 5060, or 5061 for
+ * sips:, when absent) are those of one of the agent's transports. */
+static int req_loose_route(lua_State *L)
+{
+  lsip_obj_t *r = luasip_checkobj(L, 1, LUASIP_REQUEST);
+  lsip_agent_t *a = luasip_request_agent(r);
+  nta_agent_t *nta = a ? luasip_agent_nta(a) : NULL;
+  sip_route_t const *rt = luasip_request_sip(r)->sip_route;
+  url_t const *u = rt ? rt->r_url : NULL;
+  const char *port, *p;
+  char host[128];
+  size_t hl;
+  tport_t *tp;
+  lua_pushboolean(L, 0);
+  if (!nta || !u || !u->url_scheme || !u->url_host ||
+      (strcmp(u->url_scheme, "sip") && strcmp(u->url_scheme, "sips")))
+    return 1;
+  port = u->url_port && u->url_port[0] ? u->url_port
+         : !strcmp(u->url_scheme, "sips") ? "5061" : "5060";
+  for (p = port; *p; p++)
+    if (*p < '0' || *p > '9')
+      return 1;
+  hl = strlen(u->url_host);
+  if (hl >= sizeof host)
+    return 1;
+  if (u->url_host[0] == '[' && hl >= 2 && u->url_host[hl - 1] == ']') {
+    memcpy(host, u->url_host + 1, hl - 2);
+    host[hl - 2] = '\0';
+  } else {
+    memcpy(host, u->url_host, hl + 1);
+  }
+  for (tp = tport_primaries(nta_agent_tports(nta)); tp; tp = tport_next(tp)) {
+    tp_name_t const *tpn = tport_name(tp);
+    const char *h = tpn->tpn_host;
+    size_t n = h ? strlen(h) : 0;
+    char tport_port[16];
+    if (!h)
+      continue;
+    snprintf(tport_port, sizeof tport_port, "%d", tpn->tpn_port ? atoi(tpn->tpn_port) : 5060);
+    if (strcmp(tport_port, port))
+      continue;
+    if (h[0] == '[' && n >= 2 && h[n - 1] == ']' ? strlen(host) == n - 2 &&
+        su_casenmatch(h + 1, host, n - 2) : su_casematch(h, host)) {
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+  }
+  return 1;
+}
+
 static const luaL_Reg proxy_methods[] = {
   {"cancel", proxy_cancel_m},
   {NULL, NULL}
@@ -736,6 +788,7 @@ static const luaL_Reg proxy_methods[] = {
 static const luaL_Reg request_proxy_methods[] = {
   {"_proxy", req_proxy},
   {"forward", req_forward},
+  {"loose_route", req_loose_route},
   {NULL, NULL}
 };
 
