@@ -2,8 +2,9 @@
  * luasip.request as Lua sees it: fields, req:reply (argument checks, building the
  * response on nta_msg_create), req:answered(), req:cancelled().  What happens to the
  * request on the wire and when is server_tx.c's (request.h: the state machine).
- * Ownership: a response being built belongs to a luasip.response userdata until it is
- * complete, so an error raised by a bad header leaks nothing; nta gets its own reference.
+ * Ownership: a response being built is ours alone until nta takes it; the script's
+ * headers and body, which may raise, are added under a protected call, so an error
+ * raised by a bad header frees it and leaks nothing.
  */
 #include <string.h>
 
@@ -170,9 +171,20 @@ static int needs_contact(sip_t const *sip, int status)
          m == sip_method_update || m == sip_method_notify;
 }
 
+/* reply_options(resp, opts): the script's headers and body on resp (may raise) */
+static int reply_options(lua_State *L)
+{
+  msg_t *resp = (msg_t *)lua_touserdata(L, 1);
+  sip_t *rs = sip_object(resp);
+  lua_getfield(L, 2, "headers");
+  luasip_add_headers(L, 3, resp, rs, REPLY);
+  lua_pop(L, 1);
+  luasip_set_body(L, 2, resp, rs, REPLY);
+  return 0;
+}
+
 /* The response, with the script's headers and body and our Server, Contact and Allow.
- * Returns a reference for nta (with options, the luasip.response left on the stack owns
- * the other), or NULL.  Bad headers raise. */
+ * Returns the reference for nta, or NULL.  Bad headers raise (resp freed first). */
 static msg_t *reply_build(lua_State *L, lsip_req_t *r, reply_args_t const *a)
 {
   msg_t *resp = nta_msg_create(luasip_agent_nta(r->agent), 0);
@@ -183,14 +195,16 @@ static msg_t *reply_build(lua_State *L, lsip_req_t *r, reply_args_t const *a)
     return NULL;
   }
   if (a->opts) {
-    /* only the script's headers and body can raise: the userdata owns resp meanwhile
-     * (without options nothing below raises, and the one reference goes to nta) */
-    luasip_response_new(L, resp);
-    resp = msg_ref_create(resp);
-    lua_getfield(L, a->opts, "headers");
-    luasip_add_headers(L, lua_gettop(L), resp, rs, REPLY);
-    lua_pop(L, 1);
-    luasip_set_body(L, a->opts, resp, rs, REPLY);
+    /* only the script's headers and body can raise: they are added under a protected
+     * call, and resp, ours alone until nta takes it, is freed before the error goes on
+     * (a luasip.response userdata owning it meanwhile cost a userdata per answer) */
+    lua_pushcfunction(L, reply_options);
+    lua_pushlightuserdata(L, resp);
+    lua_pushvalue(L, a->opts);
+    if (lua_pcall(L, 2, 0, 0) != 0) {
+      msg_destroy(resp);
+      lua_error(L);
+    }
   }
   if (!rs->sip_server && !rs->sip_user_agent)
     sip_add_tl(resp, rs, SIPTAG_SERVER_STR(r->agent->user_agent), TAG_END());
