@@ -516,8 +516,9 @@ static int start_next(lsip_proxy_t *p)
 
 /* ---------------------------------------------------------------- Lua API */
 
-/* req:_proxy({ {uri=, route=}... }, { record_route=, sequential=, timeout=, observe= })
- *   -> proxy | nil, err, code */
+/* req:_proxy(uri | { {uri=, route=}... }, record_route, sequential, timeout, observe,
+ *            add, remove, follow_redirects) -> proxy | nil, err, code
+ * (positional: no options table to build per proxied request) */
 static int req_proxy(lua_State *L)
 {
   static const char *const fname = "luasip.request:proxy";
@@ -531,9 +532,10 @@ static int req_proxy(lua_State *L)
   int i, n, record_route;
   char key[17];
 
-  luaL_checktype(L, 2, LUA_TTABLE);
-  luaL_checktype(L, 3, LUA_TTABLE);
-  n = (int)luasip_rawlen(L, 2);
+  lua_settop(L, 9);
+  if (lua_type(L, 2) != LUA_TSTRING)
+    luaL_checktype(L, 2, LUA_TTABLE);
+  n = lua_type(L, 2) == LUA_TSTRING ? 1 : (int)luasip_rawlen(L, 2);
   if (n < 1 || n > MAX_BRANCHES)
     return luaL_error(L, "%s: 1-%d targets expected", fname, MAX_BRANCHES);
   if (!nta)
@@ -555,7 +557,14 @@ static int req_proxy(lua_State *L)
   p->req = r;
   p->is_invite = sip->sip_request->rq_method == sip_method_invite;
   memcpy(p->key, key, sizeof key);
-  for (i = 1; i <= n; i++) {
+  if (lua_type(L, 2) == LUA_TSTRING) {   /* one target, no route of its own */
+    p->targets[0] = strdup(luasip_uri_arg(L, 2, fname));
+    p->routes[0] = NULL;
+    p->ntargets = 1;
+    if (!p->targets[0])
+      return luaL_error(L, "%s: out of memory", fname);
+  }
+  for (i = 1; lua_type(L, 2) == LUA_TTABLE && i <= n; i++) {
     const char *uri, *route;
     lua_rawgeti(L, 2, i);
     if (!lua_istable(L, -1))
@@ -571,17 +580,11 @@ static int req_proxy(lua_State *L)
     if (!p->targets[i - 1])
       return luaL_error(L, "%s: out of memory", fname);
   }
-  lua_getfield(L, 3, "record_route");
-  record_route = lua_toboolean(L, -1);
-  lua_getfield(L, 3, "sequential");
-  p->sequential = lua_toboolean(L, -1);
-  lua_getfield(L, 3, "timeout");
-  p->timer_c_ms = lua_isnumber(L, -1) ? (unsigned)(lua_tonumber(L, -1) * 1000) : 180000;
-  lua_getfield(L, 3, "observe");
-  p->observe = lua_toboolean(L, -1);
-  lua_getfield(L, 3, "follow_redirects");
-  p->follow = lua_toboolean(L, -1);
-  lua_pop(L, 5);
+  record_route = lua_toboolean(L, 3);
+  p->sequential = lua_toboolean(L, 4);
+  p->timer_c_ms = lua_isnumber(L, 5) ? (unsigned)(lua_tonumber(L, 5) * 1000) : 180000;
+  p->observe = lua_toboolean(L, 6);
+  p->follow = lua_toboolean(L, 9);
 
   /* the request as forwarded (RFC 3261 16.6): our Route off the top, Max-Forwards - 1,
    * Record-Route of ours; each branch then sets its target */
@@ -602,20 +605,16 @@ static int req_proxy(lua_State *L)
     sip_add_tl(p->base, bs, SIPTAG_MAX_FORWARDS_STR("70"), TAG_END());
   }
   /* opts.remove = {names}, opts.add = {headers}: the script's edits (16.6 is ours) */
-  lua_getfield(L, 3, "remove");
-  if (lua_istable(L, -1)) {
-    int k, nr = (int)luasip_rawlen(L, -1);
+  if (lua_istable(L, 8)) {
+    int k, nr = (int)luasip_rawlen(L, 8);
     for (k = 1; k <= nr; k++) {
-      lua_rawgeti(L, -1, k);
+      lua_rawgeti(L, 8, k);
       if (lua_isstring(L, -1))
         luasip_remove_header(p->base, bs, lua_tostring(L, -1));
       lua_pop(L, 1);
     }
   }
-  lua_pop(L, 1);
-  lua_getfield(L, 3, "add");
-  luasip_add_headers(L, lua_gettop(L), p->base, bs, fname);
-  lua_pop(L, 1);
+  luasip_add_headers(L, 7, p->base, bs, fname);
   if (record_route) {
     sip_contact_t *m = luasip_agent_contact_for(a, home, NULL, sip->sip_request->rq_url);
     if (m) {

@@ -257,8 +257,10 @@ end
 function M.fill(slot, ...)
   if slot.done then return false end
   slot.done = true
-  slot.n = select("#", ...)
-  slot.values = { ... }
+  local n = select("#", ...)
+  slot.n = n
+  -- up to three values (every waiting call of the library) in fields, not a table
+  if n <= 3 then slot.v1, slot.v2, slot.v3 = ... else slot.values = { ... } end
   if slot.timer then slot.timer:cancel() end
   if slot.parked and ctx[slot.co] and co_status(slot.co) == "suspended" then
     slot.parked = false
@@ -285,7 +287,11 @@ function M.wait(slot, timeout)
     parked[slot] = nil
     if c then c.slot = nil end
   end
-  return unpack(slot.values, 1, slot.n)
+  local n = slot.n
+  if n > 3 then return unpack(slot.values, 1, n) end
+  if n == 1 then return slot.v1 end
+  if n == 2 then return slot.v1, slot.v2 end
+  if n == 3 then return slot.v1, slot.v2, slot.v3 end
 end
 
 -- sleep(seconds)
