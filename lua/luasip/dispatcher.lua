@@ -184,6 +184,8 @@ M.timer_in = timer_in
 -- (handler_timeout = { invite =, other = }, false for none).
 M.HANDLER_TIMEOUT = { invite = 180, other = 32 }
 
+local WEAK_VALUES = { __mode = "v" }
+
 local function arm_deadline(co, c, req)
   local limits = req.agent and state(req.agent).handler_timeout or M.HANDLER_TIMEOUT
   if not limits then return end
@@ -192,7 +194,7 @@ local function arm_deadline(co, c, req)
   -- weak: an abandoned handler and its request stay collectable (the core then
   -- answers 500 when the request is collected)
   -- (no c.co: on 5.1/LuaJIT a value pointing back at its weak key is never collected)
-  local ref = setmetatable({ c = c, req = req, co = co }, { __mode = "v" })
+  local ref = setmetatable({ c = c, req = req, co = co }, WEAK_VALUES)
   c.deadline = timer_in(s, function()
     local cc, r, hco = ref.c, ref.req, ref.co
     if not cc or not r or not hco or ctx[hco] ~= cc or cc.req ~= r then return end
