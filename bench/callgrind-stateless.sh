@@ -15,7 +15,8 @@
 # hardware counters here, so no IPC from perf).
 # With CG_FUNCS=1 (default), also the instructions per request by function (bench/cg-diff.py).
 # Env: N1 (200) N2 (1200) CG_RATE (100/s under valgrind) N3 (10000) NATIVE_RATE (2000),
-#      KEEP=1 keeps the callgrind files. Loopback only, every process bounded and stopped
+#      KEEP=1 keeps the callgrind files; CG_MODES="options" (default "options cancel")
+#      measures only those modes, NATIVE=0 skips the native runs (quick iterations). Loopback only, every process bounded and stopped
 #      by PID.
 if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -u
@@ -67,7 +68,7 @@ ir_total() { grep -m1 '^totals:' "$1" | awk '{print $2}'; }
 printf '%-7s %-8s %12s %12s %14s %12s %12s %10s\n' interp mode "Ir(N1=$N1)" "Ir(N2=$N2)" "Ir/request" "native us/r" "user us/r" "ns/Ir"
 for I in $INTERPS; do
   declare -A IRQ=() US=() UU=()
-  for MODE in options cancel; do
+  for MODE in ${CG_MODES:-options cancel}; do
     irs=()
     for N in "$N1" "$N2"; do
       PORT=$(free_udp_port)
@@ -79,6 +80,10 @@ for I in $INTERPS; do
       irs+=("$(ir_total "$OUT")")
     done
     IRQ[$MODE]=$(awk -v a="${irs[0]}" -v b="${irs[1]}" -v n1="$N1" -v n2="$N2" 'BEGIN{printf "%.0f", (b-a)/(n2-n1)}')
+    if [[ ${NATIVE:-1} == 0 ]]; then
+      printf '%-7s %-8s %12s %12s %14s\n' "$I" "$MODE" "${irs[0]}" "${irs[1]}" "${IRQ[$MODE]}"
+      continue
+    fi
     # native: CPU per request at NATIVE_RATE
     PORT=$(free_udp_port)
     start_agent "$I" "$PORT"
@@ -93,6 +98,13 @@ for I in $INTERPS; do
     printf '%-7s %-8s %12s %12s %14s %12s %12s %10s\n' "$I" "$MODE" "${irs[0]}" "${irs[1]}" "${IRQ[$MODE]}" "${US[$MODE]}" \
       "${UU[$MODE]}" "$(awk -v u="${UU[$MODE]}" -v i="${IRQ[$MODE]}" 'BEGIN{ if (i > 0) printf "%.3f", u*1e3/i }')"
   done
+  if [[ -z ${IRQ[cancel]:-} || -z ${US[options]:-} ]]; then
+    if [[ ${CG_FUNCS:-1} == 1 ]]; then
+      python3 "$HERE/cg-diff.py" "$N1" "$WORK/cg-$I-options-$N1.out" "$N2" "$WORK/cg-$I-options-$N2.out" | sed 's/^/  /'
+    fi
+    unset IRQ US UU
+    continue
+  fi
   d=$(( IRQ[options] - IRQ[cancel] ))
   echo "$I: Lua handler over C-only answer: $d instructions/request (user space, callgrind);" \
        "native CPU difference $(awk -v a="${US[options]}" -v b="${US[cancel]}" 'BEGIN{printf "%.2f", a-b}') us/request;" \

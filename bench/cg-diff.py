@@ -14,7 +14,7 @@ def annotate(path):
     costs = {}
     for line in out.splitlines():
         m = re.match(r"\s*([\d,]+)\s+(?:\([\s\d.]+%\)\s+)?(\S.*)$", line)
-        if not m or ":" not in m.group(2):
+        if not m or ":" not in m.group(2) or m.group(2).startswith("=>"):
             continue
         name = m.group(2).strip()
         name = re.sub(r"^\S*/", "", name)          # drop directories of file:function

@@ -454,7 +454,15 @@ static int start_branch(lsip_proxy_t *p, int t)
   b = &p->br[p->nbr];
   memset(b, 0, sizeof *b);
   b->p = p;
-  m = msg_dup(p->base);
+  /* the only branch there can ever be (one target, no redirects followed) takes base
+   * itself: one copy of the request per call fewer.  (Not msg_copy: headers added to a
+   * shallow copy did not reach the wire, spec "adds and removes headers".) */
+  if (p->ntargets == 1 && !p->follow && p->nbr == 0) {
+    m = p->base;
+    p->base = NULL;
+  } else {
+    m = msg_dup(p->base);
+  }
   if (!m)
     return -1;
   sip = sip_object(m);
@@ -508,8 +516,9 @@ static int start_next(lsip_proxy_t *p)
 
 /* ---------------------------------------------------------------- Lua API */
 
-/* req:_proxy({ {uri=, route=}... }, { record_route=, sequential=, timeout=, observe= })
- *   -> proxy | nil, err, code */
+/* req:_proxy(uri | { {uri=, route=}... }, record_route, sequential, timeout, observe,
+ *            add, remove, follow_redirects) -> proxy | nil, err, code
+ * (positional: no options table to build per proxied request) */
 static int req_proxy(lua_State *L)
 {
   static const char *const fname = "luasip.request:proxy";
@@ -523,9 +532,10 @@ static int req_proxy(lua_State *L)
   int i, n, record_route;
   char key[17];
 
-  luaL_checktype(L, 2, LUA_TTABLE);
-  luaL_checktype(L, 3, LUA_TTABLE);
-  n = (int)luasip_rawlen(L, 2);
+  lua_settop(L, 9);
+  if (lua_type(L, 2) != LUA_TSTRING)
+    luaL_checktype(L, 2, LUA_TTABLE);
+  n = lua_type(L, 2) == LUA_TSTRING ? 1 : (int)luasip_rawlen(L, 2);
   if (n < 1 || n > MAX_BRANCHES)
     return luaL_error(L, "%s: 1-%d targets expected", fname, MAX_BRANCHES);
   if (!nta)
@@ -547,7 +557,14 @@ static int req_proxy(lua_State *L)
   p->req = r;
   p->is_invite = sip->sip_request->rq_method == sip_method_invite;
   memcpy(p->key, key, sizeof key);
-  for (i = 1; i <= n; i++) {
+  if (lua_type(L, 2) == LUA_TSTRING) {   /* one target, no route of its own */
+    p->targets[0] = strdup(luasip_uri_arg(L, 2, fname));
+    p->routes[0] = NULL;
+    p->ntargets = 1;
+    if (!p->targets[0])
+      return luaL_error(L, "%s: out of memory", fname);
+  }
+  for (i = 1; lua_type(L, 2) == LUA_TTABLE && i <= n; i++) {
     const char *uri, *route;
     lua_rawgeti(L, 2, i);
     if (!lua_istable(L, -1))
@@ -563,17 +580,11 @@ static int req_proxy(lua_State *L)
     if (!p->targets[i - 1])
       return luaL_error(L, "%s: out of memory", fname);
   }
-  lua_getfield(L, 3, "record_route");
-  record_route = lua_toboolean(L, -1);
-  lua_getfield(L, 3, "sequential");
-  p->sequential = lua_toboolean(L, -1);
-  lua_getfield(L, 3, "timeout");
-  p->timer_c_ms = lua_isnumber(L, -1) ? (unsigned)(lua_tonumber(L, -1) * 1000) : 180000;
-  lua_getfield(L, 3, "observe");
-  p->observe = lua_toboolean(L, -1);
-  lua_getfield(L, 3, "follow_redirects");
-  p->follow = lua_toboolean(L, -1);
-  lua_pop(L, 5);
+  record_route = lua_toboolean(L, 3);
+  p->sequential = lua_toboolean(L, 4);
+  p->timer_c_ms = lua_isnumber(L, 5) ? (unsigned)(lua_tonumber(L, 5) * 1000) : 180000;
+  p->observe = lua_toboolean(L, 6);
+  p->follow = lua_toboolean(L, 9);
 
   /* the request as forwarded (RFC 3261 16.6): our Route off the top, Max-Forwards - 1,
    * Record-Route of ours; each branch then sets its target */
@@ -594,20 +605,16 @@ static int req_proxy(lua_State *L)
     sip_add_tl(p->base, bs, SIPTAG_MAX_FORWARDS_STR("70"), TAG_END());
   }
   /* opts.remove = {names}, opts.add = {headers}: the script's edits (16.6 is ours) */
-  lua_getfield(L, 3, "remove");
-  if (lua_istable(L, -1)) {
-    int k, nr = (int)luasip_rawlen(L, -1);
+  if (lua_istable(L, 8)) {
+    int k, nr = (int)luasip_rawlen(L, 8);
     for (k = 1; k <= nr; k++) {
-      lua_rawgeti(L, -1, k);
+      lua_rawgeti(L, 8, k);
       if (lua_isstring(L, -1))
         luasip_remove_header(p->base, bs, lua_tostring(L, -1));
       lua_pop(L, 1);
     }
   }
-  lua_pop(L, 1);
-  lua_getfield(L, 3, "add");
-  luasip_add_headers(L, lua_gettop(L), p->base, bs, fname);
-  lua_pop(L, 1);
+  luasip_add_headers(L, 7, p->base, bs, fname);
   if (record_route) {
     sip_contact_t *m = luasip_agent_contact_for(a, home, NULL, sip->sip_request->rq_url);
     if (m) {
@@ -720,6 +727,58 @@ int luasip_proxy_stray(lsip_agent_t *a, msg_t *msg, sip_t *sip)
   return 1;
 }
 
+/* req:loose_route() -> boolean: whether the top Route names this agent, i.e. the request
+ * follows a Record-Route we put in (RFC 3261 16.4).  Read from sofia's parse: a sip: or
+ * sips: URI whose host (brackets off, any case) and port (as written; 5060, or 5061 for
+ * sips:, when absent) are those of one of the agent's transports. */
+static int req_loose_route(lua_State *L)
+{
+  lsip_obj_t *r = luasip_checkobj(L, 1, LUASIP_REQUEST);
+  lsip_agent_t *a = luasip_request_agent(r);
+  nta_agent_t *nta = a ? luasip_agent_nta(a) : NULL;
+  sip_route_t const *rt = luasip_request_sip(r)->sip_route;
+  url_t const *u = rt ? rt->r_url : NULL;
+  const char *port, *p;
+  char host[128];
+  size_t hl;
+  tport_t *tp;
+  lua_pushboolean(L, 0);
+  if (!nta || !u || !u->url_scheme || !u->url_host ||
+      (strcmp(u->url_scheme, "sip") && strcmp(u->url_scheme, "sips")))
+    return 1;
+  port = u->url_port && u->url_port[0] ? u->url_port
+         : !strcmp(u->url_scheme, "sips") ? "5061" : "5060";
+  for (p = port; *p; p++)
+    if (*p < '0' || *p > '9')
+      return 1;
+  hl = strlen(u->url_host);
+  if (hl >= sizeof host)
+    return 1;
+  if (u->url_host[0] == '[' && hl >= 2 && u->url_host[hl - 1] == ']') {
+    memcpy(host, u->url_host + 1, hl - 2);
+    host[hl - 2] = '\0';
+  } else {
+    memcpy(host, u->url_host, hl + 1);
+  }
+  for (tp = tport_primaries(nta_agent_tports(nta)); tp; tp = tport_next(tp)) {
+    tp_name_t const *tpn = tport_name(tp);
+    const char *h = tpn->tpn_host;
+    size_t n = h ? strlen(h) : 0;
+    char tport_port[16];
+    if (!h)
+      continue;
+    snprintf(tport_port, sizeof tport_port, "%d", tpn->tpn_port ? atoi(tpn->tpn_port) : 5060);
+    if (strcmp(tport_port, port))
+      continue;
+    if (h[0] == '[' && n >= 2 && h[n - 1] == ']' ? strlen(host) == n - 2 &&
+        su_casenmatch(h + 1, host, n - 2) : su_casematch(h, host)) {
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+  }
+  return 1;
+}
+
 static const luaL_Reg proxy_methods[] = {
   {"cancel", proxy_cancel_m},
   {NULL, NULL}
@@ -728,6 +787,7 @@ static const luaL_Reg proxy_methods[] = {
 static const luaL_Reg request_proxy_methods[] = {
   {"_proxy", req_proxy},
   {"forward", req_forward},
+  {"loose_route", req_loose_route},
   {NULL, NULL}
 };
 

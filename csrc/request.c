@@ -2,8 +2,9 @@
  * luasip.request as Lua sees it: fields, req:reply (argument checks, building the
  * response on nta_msg_create), req:answered(), req:cancelled().  What happens to the
  * request on the wire and when is server_tx.c's (request.h: the state machine).
- * Ownership: a response being built belongs to a luasip.response userdata until it is
- * complete, so an error raised by a bad header leaks nothing; nta gets its own reference.
+ * Ownership: a response being built is ours alone until nta takes it; the script's
+ * headers and body, which may raise, are added under a protected call, so an error
+ * raised by a bad header frees it and leaks nothing.
  */
 #include <string.h>
 
@@ -170,9 +171,20 @@ static int needs_contact(sip_t const *sip, int status)
          m == sip_method_update || m == sip_method_notify;
 }
 
+/* reply_options(resp, opts): the script's headers and body on resp (may raise) */
+static int reply_options(lua_State *L)
+{
+  msg_t *resp = (msg_t *)lua_touserdata(L, 1);
+  sip_t *rs = sip_object(resp);
+  lua_getfield(L, 2, "headers");
+  luasip_add_headers(L, 3, resp, rs, REPLY);
+  lua_pop(L, 1);
+  luasip_set_body(L, 2, resp, rs, REPLY);
+  return 0;
+}
+
 /* The response, with the script's headers and body and our Server, Contact and Allow.
- * Returns a reference for nta (the luasip.response left on the stack owns the other),
- * or NULL.  Bad headers raise. */
+ * Returns the reference for nta, or NULL.  Bad headers raise (resp freed first). */
 static msg_t *reply_build(lua_State *L, lsip_req_t *r, reply_args_t const *a)
 {
   msg_t *resp = nta_msg_create(luasip_agent_nta(r->agent), 0);
@@ -182,12 +194,17 @@ static msg_t *reply_build(lua_State *L, lsip_req_t *r, reply_args_t const *a)
       msg_destroy(resp);
     return NULL;
   }
-  luasip_response_new(L, resp);
   if (a->opts) {
-    lua_getfield(L, a->opts, "headers");
-    luasip_add_headers(L, lua_gettop(L), resp, rs, REPLY);
-    lua_pop(L, 1);
-    luasip_set_body(L, a->opts, resp, rs, REPLY);
+    /* only the script's headers and body can raise: they are added under a protected
+     * call, and resp, ours alone until nta takes it, is freed before the error goes on
+     * (a luasip.response userdata owning it meanwhile cost a userdata per answer) */
+    lua_pushcfunction(L, reply_options);
+    lua_pushlightuserdata(L, resp);
+    lua_pushvalue(L, a->opts);
+    if (lua_pcall(L, 2, 0, 0) != 0) {
+      msg_destroy(resp);
+      lua_error(L);
+    }
   }
   if (!rs->sip_server && !rs->sip_user_agent)
     sip_add_tl(resp, rs, SIPTAG_SERVER_STR(r->agent->user_agent), TAG_END());
@@ -197,7 +214,7 @@ static msg_t *reply_build(lua_State *L, lsip_req_t *r, reply_args_t const *a)
                TAG_END());
   if ((a->status == 405 || a->status == 501) && !rs->sip_allow)
     sip_add_tl(resp, rs, SIPTAG_ALLOW_STR(luasip_methods_allow), TAG_END());
-  return msg_ref_create(resp);
+  return resp;
 }
 
 /* A 2xx to an initial INVITE: the callee's dialog, made here when the script did not make
@@ -291,6 +308,38 @@ static int req_cancelled(lua_State *L)
   return 1;
 }
 
+/* req:_needs_answer() -> boolean: the dispatcher's test after a handler ended -- not
+ * answered (req:answered() false), not an ACK, not cancelled, its agent open -- in one
+ * call instead of four through __index on every request */
+static int req_needs_answer(lua_State *L)
+{
+  lsip_req_t *r = req_check(L, 1);
+  int answered = r->state == LSIP_RQ_FORWARDED ||
+                 (r->state != LSIP_RQ_ACK && r->status >= 200);
+  lua_pushboolean(L, !answered && r->state != LSIP_RQ_ACK &&
+                  r->state != LSIP_RQ_CANCELLED && r->agent && r->agent->obj.alive &&
+                  !r->agent->closed);
+  return 1;
+}
+
+/* req:_uas_checks() -> flags for the UAS checks of RFC 3261 8.2.2 the dispatcher makes
+ * on every request, from what sofia parsed: 1 the Request-URI scheme is neither sip nor
+ * sips (416), 2 a To tag (12.2.2), 4 a Require header (420 check) */
+static int req_uas_checks(lua_State *L)
+{
+  sip_t const *sip = req_check(L, 1)->m.sip;
+  url_t const *u = sip->sip_request->rq_url;
+  int flags = 0;
+  if (u->url_type != url_sip && u->url_type != url_sips)
+    flags |= 1;
+  if (sip->sip_to && sip->sip_to->a_tag)
+    flags |= 2;
+  if (sip->sip_require)
+    flags |= 4;
+  lua_pushinteger(L, flags);
+  return 1;
+}
+
 static int req_fields(lua_State *L)
 {
   lsip_req_t *r = (lsip_req_t *)luasip_testobj(L, 1, LUASIP_REQUEST);
@@ -323,6 +372,8 @@ static const luaL_Reg req_methods[] = {
   {"header", luasip_msg_method_header},
   {"headers", luasip_msg_method_headers},
   {"raw", luasip_msg_method_raw},
+  {"_needs_answer", req_needs_answer},
+  {"_uas_checks", req_uas_checks},
   {NULL, NULL}
 };
 

@@ -535,7 +535,8 @@ void luasip_request_incoming(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_
     nta_incoming_treply(r->irq, SIP_100_TRYING, TAG_END());
     r->status = 100;
   }
-  luasip_request_dispatched(&r->m.obj, luasip_bridge("request", &r->m.obj, NULL));
+  /* the agent goes along: the dispatcher needs its handlers for every request */
+  luasip_request_dispatched(&r->m.obj, luasip_bridge("request", &r->m.obj, &a->obj));
 }
 
 /* After the first run of the request's handler: the bridge call returned rc.  Everything
@@ -601,7 +602,7 @@ int luasip_request_ack(lsip_agent_t *a, msg_t *msg, sip_t *sip)
     luasip_bridge("ack", inv->m.obj.alive ? &inv->m.obj : NULL, &ack->m.obj);
     luasip_req_collect(inv);        /* an INVITE whose userdata is gone ends here */
   } else {
-    luasip_bridge("request", &ack->m.obj, NULL);
+    luasip_bridge("request", &ack->m.obj, &a->obj);
   }
   if (!ack->m.obj.born)
     req_free(ack);

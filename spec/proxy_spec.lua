@@ -194,4 +194,25 @@ describe("luasip proxy (req:proxy)", function()
     assert.equal("Direct", res.reason)
     assert.same({ true }, forwarded)
   end)
+  it("loose_route: the top Route's host and port, as written, against the agent's", function()
+    local uas = H.agent()
+    local seen = {}
+    uas:on("MESSAGE", function(req) seen[#seen + 1] = req:loose_route(); req:reply(200) end)
+    local port = uas:contact():match(":(%d+)$")
+    local routes = {
+      "<sip:someone@127.0.0.1:" .. port .. ";lr>",   -- a user part is ignored
+      "<sips:127.0.0.1:" .. port .. ";lr>",          -- sips with its port written
+      "<sip:127.0.0.1;lr>",                          -- no port: 5060, not ours
+      "<sip:127.0.0.1:0" .. port .. ";lr>",          -- the port as written
+      "<sip:127.0.0.1:" .. port .. ";lr>, <sip:127.0.0.2;lr>",  -- the top one counts
+      "<sip:127.0.0.2;lr>, <sip:127.0.0.1:" .. port .. ";lr>",
+    }
+    H.run(function()
+      for _, r in ipairs(routes) do
+        uac:request{ method = "MESSAGE", uri = uas:uri(), proxy = uas:uri(), body = "x",
+          content_type = "text/plain", headers = { Route = r } }
+      end
+    end)
+    assert.same({ true, true, false, false, true, false }, seen)
+  end)
 end)

@@ -27,6 +27,18 @@ describe("luasip.request:reply arguments", function()
     return err
   end
 
+  it("raises for a bad header name or a body that is not a string, and can answer after", function()
+    local here = "spec/request_reply_spec.lua:%d+: "
+    local e1, e2, e3 = in_handler(function(req)
+      return errors_of(req, 200, { headers = { ["Bad Name"] = "x" } }),
+        errors_of(req, 200, "OK", { headers = { ["X-A"] = "1", ["X B"] = "2" } }),
+        errors_of(req, 200, { body = 42 })
+    end)
+    assert.matches("^" .. here .. "luasip%.request:reply: bad header name 'Bad Name'", e1)
+    assert.matches("^" .. here .. "luasip%.request:reply: bad header name 'X B'", e2)
+    assert.matches("^" .. here .. "luasip%.request:reply: ", e3)
+  end)
+
   it("raises for a reason with CR, LF or another control character", function()
     local here = "spec/request_reply_spec.lua:%d+: "
     local e1, e2, e3, e4 = in_handler(function(req)

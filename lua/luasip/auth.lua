@@ -205,9 +205,9 @@ local function make_nonce(cfg)
 end
 
 -- nonce_time(cfg, nonce) -> issue time in seconds, or nil when we did not make it
+local NONCE_PATTERN = "^(" .. ("%d"):rep(13) .. ")(" .. ("%x"):rep(8) .. ")(%x+)$"
 local function nonce_time(cfg, nonce)
-  local ts, rnd, mac = nonce:match("^(" .. ("%d"):rep(13) .. ")(" .. ("%x"):rep(8)
-    .. ")(%x+)$")
+  local ts, rnd, mac = nonce:match(NONCE_PATTERN)
   if not ts then return nil end
   if mac:lower() ~= md5(cfg.secret .. ":" .. ts .. ":" .. rnd .. ":" .. cfg.realm) then
     return nil
@@ -339,8 +339,8 @@ function M.authorizer(opts)
     error("luasip.auth.authorizer: allow must be a function", 2)
   end
   allow = allow or function(user, aor)
-    local u = location.parse_uri(aor)
-    return u ~= nil and u.user == user
+    local u = location.uri_user(aor)
+    return u ~= nil and u == user
   end
   return function(req, aor)
     local user = verify(req, cfg)

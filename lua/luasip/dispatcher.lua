@@ -54,10 +54,17 @@ core.set_log_handler(M.log)
 -- ------------------------------------------------------------------ coroutines
 
 local state = core.state
+-- the request's C checks, called directly (not through __index) on every request
+local _, _, REQ = core.class("luasip.request")
+local needs_answer_c, uas_checks = REQ._needs_answer, REQ._uas_checks
 
 -- ctx[co] = { req = request answered by this coroutine (or nil), slot = waited slot }
--- The request -> coroutine link is weak both ways (reqco): a strong link from the request
--- would make a cycle through ctx that 5.1/LuaJIT weak-key tables never collect.
+-- A pooled request coroutine keeps its ctx table for its next request (no table per
+-- request); ctx.req is nil while it waits in the pool.
+-- The request -> coroutine link is weak both ways (reqco), and made only for a handler
+-- still running after its first step (the one that can be woken, or needs a deadline):
+-- a strong link from the request would make a cycle through ctx that 5.1/LuaJIT
+-- weak-key tables never collect.
 local ctx = setmetatable({}, { __mode = "k" })
 local reqco = setmetatable({}, { __mode = "kv" })
 
@@ -95,19 +102,24 @@ local function answer_default(req, status, reason)
   end
 end
 
-local function needs_answer(req)
-  if req:answered() or req.method == "ACK" or req:cancelled() then return false end
-  local agent = req.agent
-  return agent ~= nil and not agent:closed()
-end
+-- not answered, not an ACK, not cancelled, and its agent open (in C: one call)
+local needs_answer = needs_answer_c
 
--- Called when a coroutine has ended (ok) or raised (not ok).
-local function finished(co, ok, err)
+-- Called when a coroutine has ended (ok) or raised (not ok); a pooled coroutine (keep)
+-- keeps its ctx table, emptied.
+local function finished(co, ok, err, keep)
   local c = ctx[co]
   local req = c and c.req
-  ctx[co] = nil
+  if keep then
+    c.req, c.slot = nil, nil
+  else
+    ctx[co] = nil
+  end
   if req then reqco[req] = nil end
-  if c and c.deadline then c.deadline:cancel() end
+  if c and c.deadline then
+    c.deadline:cancel()
+    c.deadline = nil
+  end
   if not ok then
     M.log("error", "handler failed: " .. err_text(err) .. "\n" .. traceback(co))
     if c and c.spawned and M.spawn_error then M.spawn_error(err, co) end
@@ -141,10 +153,12 @@ local function step(co, ...)
   if not ok then
     finished(co, false, r)
   elseif r == DONE then
-    finished(co, true)
     if pooled < POOL_MAX then
+      finished(co, true, nil, true)
       pooled = pooled + 1
       pool[pooled] = co
+    else
+      finished(co, true)
     end
   elseif co_status(co) == "dead" then
     finished(co, true)
@@ -177,6 +191,8 @@ M.timer_in = timer_in
 -- (handler_timeout = { invite =, other = }, false for none).
 M.HANDLER_TIMEOUT = { invite = 180, other = 32 }
 
+local WEAK_VALUES = { __mode = "v" }
+
 local function arm_deadline(co, c, req)
   local limits = req.agent and state(req.agent).handler_timeout or M.HANDLER_TIMEOUT
   if not limits then return end
@@ -185,10 +201,10 @@ local function arm_deadline(co, c, req)
   -- weak: an abandoned handler and its request stay collectable (the core then
   -- answers 500 when the request is collected)
   -- (no c.co: on 5.1/LuaJIT a value pointing back at its weak key is never collected)
-  local ref = setmetatable({ c = c, req = req, co = co }, { __mode = "v" })
+  local ref = setmetatable({ c = c, req = req, co = co }, WEAK_VALUES)
   c.deadline = timer_in(s, function()
     local cc, r, hco = ref.c, ref.req, ref.co
-    if not cc or not r or not hco or ctx[hco] ~= cc then return end
+    if not cc or not r or not hco or ctx[hco] ~= cc or cc.req ~= r then return end
     cc.deadline = nil
     if not needs_answer(r) then return end
     M.log("warn", r.method .. " handler still unanswered after " .. s .. " s: 500")
@@ -200,20 +216,23 @@ end
 
 -- spawn_for(req, fn, a [, b]): runs fn(a, b) for request req on a pooled coroutine
 local function spawn_for(req, fn, a, b)
-  local co
+  local co, c
   if pooled > 0 then
     co = pool[pooled]
     pool[pooled] = nil
     pooled = pooled - 1
+    c = ctx[co]
   else
     co = co_create(worker)
+    c = {}
+    ctx[co] = c
   end
-  local c = { req = req }
-  ctx[co] = c
-  reqco[req] = co
+  c.req = req
   step(co, fn, a, b)
-  if ctx[co] == c and req.method ~= "ACK" and not req:answered() then
-    arm_deadline(co, c, req)
+  -- still running (it waits): it can be woken through its request, and has a deadline
+  if ctx[co] == c and c.req == req then
+    reqco[req] = co
+    if req.method ~= "ACK" and not req:answered() then arm_deadline(co, c, req) end
   end
   return co
 end
@@ -247,8 +266,10 @@ end
 function M.fill(slot, ...)
   if slot.done then return false end
   slot.done = true
-  slot.n = select("#", ...)
-  slot.values = { ... }
+  local n = select("#", ...)
+  slot.n = n
+  -- up to three values (every waiting call of the library) in fields, not a table
+  if n <= 3 then slot.v1, slot.v2, slot.v3 = ... else slot.values = { ... } end
   if slot.timer then slot.timer:cancel() end
   if slot.parked and ctx[slot.co] and co_status(slot.co) == "suspended" then
     slot.parked = false
@@ -275,7 +296,11 @@ function M.wait(slot, timeout)
     parked[slot] = nil
     if c then c.slot = nil end
   end
-  return unpack(slot.values, 1, slot.n)
+  local n = slot.n
+  if n > 3 then return unpack(slot.values, 1, n) end
+  if n == 1 then return slot.v1 end
+  if n == 2 then return slot.v1, slot.v2 end
+  if n == 3 then return slot.v1, slot.v2, slot.v3 end
 end
 
 -- sleep(seconds)
@@ -330,8 +355,9 @@ local function tags_of(values)
   return set
 end
 
-local function on_request(req)
-  local agent = req.agent
+-- on_request(req [, agent]): the core passes the request's agent along
+local function on_request(req, agent)
+  agent = agent or req.agent
   if not agent then return end
   local ast = state(agent)
   local method = req.method
@@ -341,17 +367,17 @@ local function on_request(req)
     if h then spawn_for(req, h, req) end
     return
   end
-  -- UAS checks of RFC 3261 8.2.2: scheme, then extensions
-  local uri = req.uri
-  local c4 = uri:sub(1, 4):lower()
-  if c4 ~= "sip:" and (c4 ~= "sips" or uri:sub(5, 5) ~= ":") then
+  -- UAS checks of RFC 3261 8.2.2: scheme, then extensions (flags: 1 scheme not sip or
+  -- sips, 2 a To tag, 4 a Require header)
+  local checks = uas_checks(req)
+  if checks % 2 == 1 then
     return req:reply(416, "Unsupported URI Scheme", { stateless = true })
   end
   -- RFC 3261 12.2.2: a request with a To tag that matches no dialog of ours
-  if req.to_tag and ast.in_dialog == "481" then
+  if checks % 4 >= 2 and ast.in_dialog == "481" then
     return req:reply(481, "Call/Transaction Does Not Exist", { stateless = true })
   end
-  if method ~= "CANCEL" and req:header("Require") then
+  if method ~= "CANCEL" and checks >= 4 then
     local unsupported, supported = {}, ast.supported
     for _, tag in ipairs(tags_of(req:headers("Require"))) do
       if not supported[tag] then unsupported[#unsupported + 1] = tag end

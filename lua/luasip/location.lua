@@ -71,11 +71,49 @@ function M.parse_uri(s)
   return u
 end
 
+-- URIs seen again and again (a user's To, From and AOR on each REGISTER, the AOR of each
+-- lookup) are parsed once: parsed(s) -> the parse of s, shared (read it, never change
+-- it) | nil; aor_cache[s] = aor(s).  Both are bounded: emptied when CACHE_MAX is reached.
+local CACHE_MAX = 4096
+local parse_cache, parse_n = {}, 0
+local aor_cache, aor_n = {}, 0
+
+local function parsed(s)
+  if type(s) ~= "string" then return (M.parse_uri(s)) end
+  local u = parse_cache[s]
+  if u == nil then
+    u = M.parse_uri(s) or false
+    if parse_n >= CACHE_MAX then parse_cache, parse_n = {}, 0 end
+    parse_cache[s] = u
+    parse_n = parse_n + 1
+  end
+  return u or nil
+end
+
+-- uri_user(uri) -> the user part of a URI (unescaped) or nil
+function M.uri_user(uri)
+  local u = type(uri) == "string" and parsed(uri)
+  return u and u.user or nil
+end
+
 -- aor(uri | parts) -> canonical AOR "scheme:user@host[:port]" | nil, err
 -- RFC 3261 10.3 step 5: parameters removed, escapes undone (re-escaped where needed),
 -- scheme and host in lower case.  parts is a table as req.ruri.
 function M.aor(uri)
   local u, err
+  if type(uri) == "string" then
+    local canon = aor_cache[uri]
+    if canon then return canon end
+    u = parsed(uri)
+    if u and (u.scheme == "sip" or u.scheme == "sips") and u.host and u.host ~= "" then
+      canon = u.scheme .. ":" .. (u.user and u.user ~= "" and escape_user(u.user) .. "@" or "")
+        .. u.host .. (u.port and ":" .. u.port or "")
+      if aor_n >= CACHE_MAX then aor_cache, aor_n = {}, 0 end
+      aor_cache[uri] = canon
+      aor_n = aor_n + 1
+      return canon
+    end
+  end
   if type(uri) == "table" then
     u = { scheme = uri.scheme and uri.scheme:lower(), user = uri.user,
       host = uri.host and uri.host:lower(), port = uri.port }
@@ -96,7 +134,7 @@ local ONLY_ONE_NEVER_MATCHES = { user = true, ttl = true, method = true, maddr =
 
 -- uri_equal(a, b) -> boolean: URI equality of RFC 3261 19.1.4
 function M.uri_equal(a, b)
-  local x, y = M.parse_uri(a), M.parse_uri(b)
+  local x, y = parsed(a), parsed(b)
   if not x or not y then return a == b end
   if x.scheme ~= y.scheme then return false end
   if x.opaque or y.opaque then return x.opaque == y.opaque end

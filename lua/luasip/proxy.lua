@@ -15,7 +15,7 @@ local M = {}
 -- targets: a URI, a list of URIs, or a list of { uri =, path = {...} | route = "..." }
 -- (what location:lookup returns)
 local function normalize(targets)
-  if type(targets) == "string" then return { { uri = targets } } end
+  if type(targets) == "string" then return targets end     -- the core takes one URI as is
   if type(targets) ~= "table" or #targets == 0 then
     error("luasip.request:proxy: targets must be a URI or a non-empty list", 3)
   end
@@ -74,13 +74,12 @@ function M.proxy(self, targets, opts)
   end
   if opts.stateless then
     -- RFC 3261 16.11: no transaction, one target, nothing waits
-    return self:forward(list[1].uri)
+    return self:forward(type(list) == "string" and list or list[1].uri)
   end
   dispatcher.current("luasip.request:proxy")
-  local p, err, code = class.call("luasip.request:proxy", 2, REQ._proxy, self, list, {
-    record_route = opts.record_route, sequential = opts.forking == "sequential",
-    timeout = opts.timeout, observe = opts.on_response ~= nil, add = add, remove = remove,
-    follow_redirects = opts.follow_redirects })
+  local p, err, code = class.call("luasip.request:proxy", 2, REQ._proxy, self, list,
+    opts.record_route, opts.forking == "sequential", opts.timeout, opts.on_response ~= nil,
+    add, remove, opts.follow_redirects)
   if not p then
     if code == "loop" then
       self:reply(482, "Loop Detected")

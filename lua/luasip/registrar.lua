@@ -42,8 +42,14 @@ local function supports(req, tag)
   return false
 end
 
+-- (formatted once per second: every 200 of a second carries the same Date)
+local date_second, date_text
 local function http_date()
-  return os.date("!%a, %d %b %Y %H:%M:%S GMT")
+  local t = os.time()
+  if t ~= date_second then
+    date_second, date_text = t, os.date("!%a, %d %b %Y %H:%M:%S GMT", t)
+  end
+  return date_text
 end
 
 local function fmt_q(q)

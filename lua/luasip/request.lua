@@ -142,37 +142,11 @@ function M.early_sdp(req)
   return st.early_local_sdp, st.early_remote_sdp
 end
 
--- the addresses of an agent, "host:port" -> true (cached in the agent's state)
-local function own_addresses(agent)
-  local ast = state(agent)
-  local set = ast.own_addresses
-  if not set then
-    set = {}
-    for _, t in ipairs(agent:transports()) do
-      local host = tostring(t.host):gsub("^%[(.*)%]$", "%1"):lower()
-      set[host .. ":" .. tostring(t.port)] = true
-    end
-    ast.own_addresses = set
-  end
-  return set
-end
-
 -- req:loose_route() -> true | false: whether the top Route header names this agent (the
 -- request follows a Record-Route we put in: RFC 3261 16.4).  A proxy relays in-dialog
--- requests only when this is true; anything else would make it an open relay.
-function methods.loose_route(self)
-  local top = self:headers("Route")[1]
-  if not top then return false end
-  local hostport = top:match("^%s*<?sips?:([^;>]+)")
-  if not hostport then return false end
-  hostport = hostport:gsub("^[^@]*@", "")
-  local host, port = hostport:match("^%[([^%]]+)%]:?(%d*)$")
-  if not host then host, port = hostport:match("^([^:]+):?(%d*)$") end
-  if not host then return false end
-  if port == "" then port = top:match("^%s*<?sips:") and "5061" or "5060" end
-  local agent = self.agent
-  return agent ~= nil and own_addresses(agent)[host:lower() .. ":" .. port] == true
-end
+-- requests only when this is true; anything else would make it an open relay.  In C
+-- (csrc/proxy.c), from sofia's parse of the Route header.
+methods.loose_route = C.loose_route
 
 methods.answer = function(...) return require("luasip.call").answer(...) end
 methods.proxy = require("luasip.proxy").proxy
