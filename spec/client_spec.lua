@@ -16,7 +16,7 @@ describe("luasip.agent:request (UAC)", function()
         "luasip.agent:request: cannot send ACK this way")
       assert.has_error(function()
         uac:request{ method = "OPTIONS", uri = uas:contact(), headers = { "X: a\r\nY: b" } }
-      end, "luasip.agent:request: header text must not contain CR or LF")
+      end, "luasip.agent:request: header 'X': the value must not contain CR or LF")
       assert.has_error(function()
         uac:request{ method = "OPTIONS", uri = uas:contact(), timeout = 0 }
       end, "luasip.agent:request: timeout must be a positive number")
