@@ -472,6 +472,13 @@ static int listen_failed(lua_State *L, const char *uri)
   return luasip_fail(L, lua_pushfstring(L, "cannot listen on %s", uri), "listen");
 }
 
+/* The largest message taken in, by default: sofia's parser costs O(lines^2) per message
+ * (msg_extract appends each header to its list by walking it), so the size bounds the
+ * worst case (measured: 8 KB of two-byte header lines, 36 ms). A larger datagram is
+ * dropped after its first 4 KB are parsed; a larger message on a stream gets 413 and the
+ * connection stops reading (nta, tport). */
+#define LUASIP_MAX_MESSAGE_SIZE 8192
+
 /* core.agent{ listen = {uri...}, user_agent = s, t1 = s,
  *   overload = { delay = 0.15, interval = 0.3, delay_other = 2 * delay, retry_after = 5,
  *                enabled = true }
@@ -482,6 +489,7 @@ int luasip_agent_new(lua_State *L)
   int i, n;
   const char *first;
   lsip_overload_t ovl;
+  usize_t maxsize;
   luaL_checktype(L, 1, LUA_TTABLE);
   memset(&ovl, 0, sizeof ovl);
   lua_getfield(L, 1, "overload");
@@ -517,6 +525,12 @@ int luasip_agent_new(lua_State *L)
   if (a->t1 < 1 || a->t1 > 60000)
     return luaL_error(L, "luasip.agent: t1 must be 0.001-60 seconds");
   a->t2 = a->t1 * 8 > 4000 ? a->t1 * 8 : 4000;
+  lua_getfield(L, 1, "max_message_size");
+  if (!lua_isnil(L, -1) && (!lua_isnumber(L, -1) || lua_tonumber(L, -1) < 1024 ||
+                            lua_tonumber(L, -1) > 16 * 1024 * 1024))
+    return luaL_error(L, "luasip.agent: max_message_size must be 1024-16777216 bytes");
+  maxsize = lua_isnil(L, -1) ? LUASIP_MAX_MESSAGE_SIZE : (usize_t)lua_tonumber(L, -1);
+  lua_pop(L, 1);
   lua_rawgeti(L, -2, 1);
   first = lua_tostring(L, -1);
   a->nta = nta_agent_create(luasip_S->root, (url_string_t const *)first, agent_message,
@@ -530,6 +544,7 @@ int luasip_agent_new(lua_State *L)
                             NTATAG_MERGE_482(1),
                             NTATAG_TAG_3261(1),
                             NTATAG_CANCEL_2543(0),
+                            NTATAG_MAXSIZE(maxsize),
                             /* bursts of calls overflow the kernel's default ~200 KB */
                             TPTAG_UDP_RMEM(4 * 1024 * 1024),
                             TPTAG_UDP_WMEM(1024 * 1024),

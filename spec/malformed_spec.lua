@@ -17,9 +17,24 @@ describe("luasip.agent malformed requests", function()
   end)
   after_each(function() H.close_agents() end)
 
+  -- the status line of the first answer to the bytes msg (over proto, default UDP),
+  -- or "NONE" when none came within timeout seconds (default 3)
+  local function send_raw(msg, proto, timeout, agent)
+    local file = os.tmpname()
+    local f = assert(io.open(file, "wb"))
+    f:write(msg)
+    f:close()
+    local p = H.background({ "python3", "spec/peers/rawsip.py",
+      tostring((agent or uas):transports()[1].port), file, proto or "udp",
+      tostring(timeout or 3) }, 10)
+    defer(function() p.kill(); os.remove(file) end)
+    H.run_until(function() return p.done() end, 10, "rawsip.py")
+    return (p.log():gsub("%s+$", ""))
+  end
+
   local n = 0
-  -- the status line of the answer to a request built from the parts given, or "NONE"
-  local function send(method, uri, extra, content_length, body)
+  -- a request built from the parts given
+  local function build(method, uri, extra, content_length, body)
     n = n + 1
     local id = ("%d-%d@malformed"):format(os.time(), n)
     local msg = table.concat{
@@ -28,16 +43,10 @@ describe("luasip.agent malformed requests", function()
       "From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\n",
       "Call-ID: ", id, "\r\nCSeq: 1 ", method, "\r\nMax-Forwards: 70\r\n",
       extra or "", "Content-Length: ", content_length or "0", "\r\n\r\n", body or "" }
-    local file = os.tmpname()
-    local f = assert(io.open(file, "wb"))
-    f:write(msg)
-    f:close()
-    local p = H.background({ "python3", "spec/peers/rawsip.py",
-      tostring(uas:transports()[1].port), file }, 10)
-    defer(function() p.kill(); os.remove(file) end)
-    H.run_until(function() return p.done() end, 10, "rawsip.py")
-    return (p.log():gsub("%s+$", ""))
+    return msg
   end
+  -- the status line of the answer to a request built from the parts given, or "NONE"
+  local function send(...) return send_raw(build(...)) end
 
   it("answers 400 to a Request-URI with an ESC byte, without running the handler", function()
     assert.equal("SIP/2.0 400 Bad Request-URI", send("OPTIONS", "sip:\27[31mred@127.0.0.1"))
@@ -81,5 +90,45 @@ describe("luasip.agent malformed requests", function()
     sip.log("warn", "red \27[31m\r\nline\ttab")
     restore()
     assert.equal("red \\x1b[31m\\x0d\nline\ttab", logs[#logs].msg)
+  end)
+
+  -- sofia's parser takes time in the square of the header lines (issue 15 item 3): the
+  -- size limit bounds it
+  it("drops a datagram larger than max_message_size, and serves the next at once", function()
+    local big = build("OPTIONS", "sip:x@127.0.0.1", ("0\r"):rep(6000))
+    assert.is_true(#big > 8192)
+    assert.equal("NONE", send_raw(big, "udp", 1))
+    assert.equal(0, handled)
+    assert.equal("SIP/2.0 200 OK", send("OPTIONS", "sip:x@127.0.0.1"))
+    assert.equal(1, handled)
+  end)
+
+  it("answers 413 to a TCP message larger than max_message_size", function()
+    local body = ("x"):rep(9000)
+    assert.equal("SIP/2.0 413 Request Entity Too Large", send_raw(build("OPTIONS",
+      "sip:x@127.0.0.1;transport=tcp", "Content-Type: text/plain\r\n", tostring(#body), body)
+      :gsub("SIP/2.0/UDP", "SIP/2.0/TCP"), "tcp"))
+    assert.equal(0, handled)
+  end)
+
+  it("takes messages up to max_message_size, raised by the option", function()
+    local extra = ("X-A: 0\r\n"):rep(2000)
+    local big = build("OPTIONS", "sip:x@127.0.0.1", extra)
+    assert.is_true(#big > 8192 and #big < 32768)
+    local roomy = H.agent{ max_message_size = 32768 }
+    roomy:on("OPTIONS", function(req) handled = handled + 1; req:reply(200) end)
+    assert.equal("SIP/2.0 200 OK", send_raw(big, "udp", 3, roomy))
+    assert.equal(1, handled)
+    -- within the default limit, many header lines are still served
+    assert.equal("SIP/2.0 200 OK", send("OPTIONS", "sip:x@127.0.0.1", ("X-A: 0\r\n"):rep(500)))
+    assert.equal(2, handled)
+  end)
+
+  it("rejects a max_message_size that is not a size, naming the function", function()
+    for _, v in ipairs{ 100, 2^30, 1500.5, "8k" } do
+      local ok, err = pcall(sip.agent, { listen = "sip:127.0.0.1:0", max_message_size = v })
+      assert.is_false(ok)
+      assert.matches("luasip.agent: max_message_size must be", err, 1, true)
+    end
   end)
 end)

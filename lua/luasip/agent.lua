@@ -23,7 +23,7 @@ local M = {}
 
 local OPTIONS = { listen = true, user_agent = true, t1 = true, in_dialog = true,
   supported = true, handler_timeout = true, invite_timeout = true, overload = true,
-  media = true }
+  media = true, max_message_size = true }
 
 local function check_listen(listen)
   if type(listen) == "string" then listen = { listen } end
@@ -64,8 +64,8 @@ end
 
 -- agent{ listen = uri | {uri...}, user_agent =, t1 =, in_dialog = "481" | "handler",
 --   supported = {tag...}, handler_timeout = { invite =, other = } | false,
---   invite_timeout = seconds, overload = {...}, media = { address =, ports = { min, max },
---   prompts = dir } } -> agent | nil, err, code
+--   invite_timeout = seconds, max_message_size = bytes, overload = {...},
+--   media = { address =, ports = { min, max }, prompts = dir } } -> agent | nil, err, code
 function M.new(opts)
   if type(opts) ~= "table" then error("luasip.agent: options table expected", 2) end
   class.check_options(opts, OPTIONS, "luasip.agent")
@@ -89,8 +89,13 @@ function M.new(opts)
     or opts.invite_timeout <= 0) then
     error("luasip.agent: invite_timeout must be seconds > 0", 2)
   end
+  local mms = opts.max_message_size
+  if mms ~= nil and (type(mms) ~= "number" or mms % 1 ~= 0 or mms < 1024
+    or mms > 16777216) then
+    error("luasip.agent: max_message_size must be an integer of bytes in [1024, 16777216]", 2)
+  end
   local a, err, code = core.agent{ listen = listen, user_agent = opts.user_agent,
-    t1 = opts.t1, overload = opts.overload }
+    t1 = opts.t1, overload = opts.overload, max_message_size = mms }
   if not a then return nil, err, code end
   local st = state(a)
   st.handlers = {}
