@@ -27,6 +27,7 @@
 #include <sofia-sip/su_tag.h>
 #include <sofia-sip/su_string.h>
 #include <sofia-sip/url.h>
+#include <sofia-sip/sresolv.h>
 
 #include "luasip.h"
 
@@ -384,8 +385,18 @@ static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg,
   return 0;
 }
 
+static void dnsconf_tick(su_root_magic_t *magic, su_timer_t *t, su_timer_arg_t *arg)
+{
+  (void)magic; (void)t; (void)arg;
+  luasip_dnsconf_refresh();
+}
+
 static void agent_free_nta(lsip_agent_t *a)
 {
+  if (a->dnsconf_timer) {
+    su_timer_destroy(a->dnsconf_timer);
+    a->dnsconf_timer = NULL;
+  }
   if (a->nta) {
     luasip_proxies_detach(a);
     luasip_requests_detach(a);
@@ -490,6 +501,7 @@ int luasip_agent_new(lua_State *L)
   const char *first;
   lsip_overload_t ovl;
   usize_t maxsize;
+  const char *resolv_conf;
   luaL_checktype(L, 1, LUA_TTABLE);
   memset(&ovl, 0, sizeof ovl);
   lua_getfield(L, 1, "overload");
@@ -531,6 +543,7 @@ int luasip_agent_new(lua_State *L)
     return luaL_error(L, "luasip.agent: max_message_size must be 1024-16777216 bytes");
   maxsize = lua_isnil(L, -1) ? LUASIP_MAX_MESSAGE_SIZE : (usize_t)lua_tonumber(L, -1);
   lua_pop(L, 1);
+  resolv_conf = luasip_dnsconf_path();
   lua_rawgeti(L, -2, 1);
   first = lua_tostring(L, -1);
   a->nta = nta_agent_create(luasip_S->root, (url_string_t const *)first, agent_message,
@@ -545,6 +558,7 @@ int luasip_agent_new(lua_State *L)
                             NTATAG_TAG_3261(1),
                             NTATAG_CANCEL_2543(0),
                             NTATAG_MAXSIZE(maxsize),
+                            TAG_IF(resolv_conf, SRESTAG_RESOLV_CONF(resolv_conf)),
                             /* bursts of calls overflow the kernel's default ~200 KB */
                             TPTAG_UDP_RMEM(4 * 1024 * 1024),
                             TPTAG_UDP_WMEM(1024 * 1024),
@@ -567,6 +581,11 @@ int luasip_agent_new(lua_State *L)
       return listen_failed(L, u);
     }
     lua_pop(L, 1);
+  }
+  if (resolv_conf) {
+    a->dnsconf_timer = su_timer_create(su_root_task(luasip_S->root), 0);
+    if (a->dnsconf_timer)
+      su_timer_set_interval(a->dnsconf_timer, dnsconf_tick, NULL, LUASIP_DNSCONF_MS);
   }
   luasip_anchor(L, &a->obj, -1);
   return 1;

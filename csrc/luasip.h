@@ -59,6 +59,12 @@ typedef struct lsip_state {
 
 extern lsip_state_t *luasip_S;
 
+/* dnsconf.c: the resolv.conf path handed to sofia's resolver (NULL: the system's), and
+ * its re-check (only reachable name servers: sres spins on an unreachable one) */
+const char *luasip_dnsconf_path(void);
+void luasip_dnsconf_refresh(void);
+#define LUASIP_DNSCONF_MS 2000
+
 /* agent.c: RFC 3261 checks sofia's parser leaves to us (400 reason phrase or NULL) */
 const char *luasip_request_malformed(sip_t const *sip);
 
@@ -229,6 +235,7 @@ struct lsip_agent {
   const char *user_agent;   /* User-Agent / Server value */
   unsigned t1, t2;          /* RFC 3261 timers in ms (defaults 500 / 4000) */
   struct lsip_overload *overload;  /* agent.c: load shedding at the entry point */
+  su_timer_t *dnsconf_timer;  /* re-checks the name servers sres may use (dnsconf.c) */
   int closed;
 };
 

@@ -347,6 +347,10 @@ static void reply_plain(lsip_req_t *r, int status, const char *phrase)
 static int bye_done(nta_outgoing_magic_t *magic, nta_outgoing_t *orq, sip_t const *sip)
 {
   nta_leg_t *leg = (nta_leg_t *)magic;
+  if (sip && sip->sip_status->st_status >= 300)
+    luasip_log(3, "BYE after the unACKed 2xx (%s) failed: %d %s",
+               sip->sip_call_id ? sip->sip_call_id->i_id : "?",
+               sip->sip_status->st_status, sip->sip_status->st_phrase);
   if (!sip || sip->sip_status->st_status >= 200) {
     nta_outgoing_destroy(orq);
     nta_leg_destroy(leg);
