@@ -281,6 +281,9 @@ static int req_reply(lua_State *L)
     luasip_dialog_drop(made);
   else if (rv >= 0 && r->dialog && a.status >= 200 && a.status < 300)
     luasip_dialog_confirmed(r->dialog);
+  if (rv == LUASIP_SEND_FAILED)
+    return luasip_fail(L, "the response could not be sent (too large for UDP, or the "
+                       "connection failed); the caller was answered 500", "send");
   if (rv < 0)
     return luasip_fail(L, "cannot send response", "send");
   lua_pushboolean(L, 1);

@@ -63,6 +63,9 @@ void luasip_req_enter(lsip_req_t *r, lsip_req_state_t to);
 void luasip_req_collect(lsip_req_t *r);
 int luasip_req_unanswered(lsip_req_t const *r);
 nta_incoming_t *luasip_req_make_irq(lsip_req_t *r);
+/* luasip_req_send: -1 when nothing was sent, LUASIP_SEND_FAILED when the transport
+ * refused a final (nta then answers 500 and the request is answered with that) */
+#define LUASIP_SEND_FAILED (-2)
 int luasip_req_send(lsip_req_t *r, msg_t *resp, int status, const char *reason);
 int luasip_req_send_reliable(lsip_req_t *r, msg_t *resp, int status, const char *reason);
 

@@ -258,6 +258,7 @@ static lsip_req_state_t after_final(lsip_req_t const *r, int status)
 /* ---------------------------------------------------------------- sending */
 
 static int irq_callback(nta_incoming_magic_t *magic, nta_incoming_t *irq, sip_t const *sip);
+static void drop_dialog(lsip_req_t *r);
 
 /* FIRST_RUN -> PROCEEDING: a server transaction from the pending reference. */
 nta_incoming_t *luasip_req_make_irq(lsip_req_t *r)
@@ -297,6 +298,18 @@ int luasip_req_send(lsip_req_t *r, msg_t *resp, int status, const char *reason)
     return -1;
   }
   rv = nta_incoming_mreply(r->irq, resp);
+  if (status >= 200 && rv == 0 && nta_incoming_status(r->irq) < 200) {
+    /* the final did not go out (sendmsg failed: e.g. EMSGSIZE, a response too large for
+     * UDP, for which RFC 3261 18.2.2 has no other transport); nta answers 500 itself on
+     * its next timer and ends the transaction: so do we, with no ACK to wait for */
+    luasip_log(2, "%d to %s %s could not be sent (too large for UDP, or the connection "
+               "failed); the caller gets 500", status, r->m.sip->sip_request->rq_method_name,
+               r->m.sip->sip_call_id ? r->m.sip->sip_call_id->i_id : "?");
+    r->status = 500;
+    drop_dialog(r);                 /* made for this 2xx, or early: it ends with the 500 */
+    luasip_req_enter(r, LSIP_RQ_ANSWERED);
+    return LUASIP_SEND_FAILED;
+  }
   if (status > r->status)
     r->status = status;
   if (status >= 200)

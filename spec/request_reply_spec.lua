@@ -82,3 +82,63 @@ describe("luasip.request:reply arguments", function()
     assert.matches("^spec/request_reply_spec.lua:" .. line .. ": luasip%.request:reply:", err)
   end)
 end)
+
+-- Issue 15 item 2: a final response the transport refuses (sendmsg EMSGSIZE: larger than
+-- a UDP datagram) ends the transaction consistently: the caller gets nta's 500, the
+-- handler learns it from req:reply, and no ACK is awaited, no dialog kept, no BYE sent.
+describe("luasip.request:reply with a final too large for UDP", function()
+  local sip = require "luasip"
+  local uas, uac
+  before_each(function()
+    uas = H.agent{ listen = "sip:127.0.0.1:0;transport=udp", t1 = 0.02 }
+    uac = H.agent{ listen = "sip:127.0.0.1:0;transport=udp", t1 = 0.02, in_dialog = "handler" }
+  end)
+  after_each(function() H.close_agents() end)
+
+  local big = { body = ("a"):rep(70000), content_type = "text/plain" }
+
+  it("returns nil, err, 'send' for a MESSAGE and the caller gets 500", function()
+    local got, answered
+    uas:on("MESSAGE", function(req)
+      got = { req:reply(200, nil, big) }
+      answered = req:answered()
+    end)
+    local res, err, code = H.run(function()
+      return uac:request{ method = "MESSAGE", uri = uas:uri("x"), body = "hi",
+        content_type = "text/plain" }
+    end)
+    assert.is_nil(res)
+    assert.equal(500, code, err)
+    assert.is_nil(got[1])
+    assert.matches("could not be sent", got[2], 1, true)
+    assert.equal("send", got[3])
+    assert.equal(500, answered)
+  end)
+
+  it("ends an INVITE with the 500: no dialog, no ACK awaited, no BYE", function()
+    local got, req_seen, byes = nil, nil, 0
+    local function dialogs()
+      collectgarbage("collect")
+      collectgarbage("collect")
+      return sip.stats()["luasip.dialog"] or 0
+    end
+    local before = dialogs()
+    uas:on("INVITE", function(req)
+      req_seen = req
+      got = { req:reply(200, nil, big) }
+    end)
+    uac:on("BYE", function(req) byes = byes + 1; req:reply(200) end)
+    local res, err, code = H.run(function() return uac:invite{ uri = uas:uri("x") } end)
+    assert.is_nil(res)
+    assert.equal(500, code, err)
+    assert.equal("send", got[3])
+    assert.equal(500, req_seen:answered())
+    -- past 64*T1 (1.28 s), when a 2xx never ACKed would get its BYE
+    local t0 = sip.now()
+    H.run_until(function() return sip.now() - t0 > 1.6 end, 5, "64*T1")
+    assert.equal(0, byes)
+    req_seen = nil -- luacheck: ignore 311
+    -- freed (objects collected are destroyed at the next loop step)
+    H.run_until(function() return dialogs() == before end, 5, "the dialog freed")
+  end)
+end)
