@@ -131,4 +131,30 @@ describe("luasip.agent malformed requests", function()
       assert.matches("luasip.agent: max_message_size must be", err, 1, true)
     end
   end)
+
+  -- issue 15 item 6: an SDP offer whose m= line is broken over two lines is refused
+  -- (400 from sip.sdp.answer, 488 from req:answer's media), never answered with CR/LF
+  -- inside a line or a 500
+  for _, case in ipairs{
+    { "folded", "m=audio 4000 RTP/AVP\r\n 0 8\r\n" },
+    { "split", "m=audio 4000\r\nRTP/AVP 0 8\r\n" },
+    { "LF inside", "m=audio 4000 RTP/AVP 0\n8\r\n" },
+  } do
+    it("refuses an SDP offer with a line break inside m= (" .. case[1] .. ")", function()
+      local body = "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n" ..
+        "t=0 0\r\n" .. case[2]
+      local how = {}
+      uas:on("INVITE", function(req)
+        local answer, err, code = sip.sdp.answer(req.body, { address = "127.0.0.1",
+          media = { audio = { port = 40000, codecs = { "PCMU/8000" } } } })
+        how.answer, how.err = answer, err
+        req:reply(code or 500)
+      end)
+      assert.equal("SIP/2.0 400 Bad Request", send("INVITE", "sip:x@127.0.0.1",
+        "Contact: <sip:a@127.0.0.1:9>\r\nContent-Type: application/sdp\r\n",
+        tostring(#body), body))
+      assert.is_nil(how.answer)
+      assert.is_string(how.err)
+    end)
+  end
 end)

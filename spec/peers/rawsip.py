@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Sends the bytes of a file as one UDP datagram (or over TCP) to 127.0.0.1:PORT and
-prints the status line of the first reply, or NONE when none came within the timeout.
+prints the status line of the first final reply (the last provisional one when no final
+came), or NONE when nothing came within the timeout.
 Usage: rawsip.py PORT FILE [udp|tcp] [timeout_s]"""
 import socket
 import sys
@@ -20,8 +21,15 @@ else:
     s.settimeout(timeout)
     s.sendto(data, ("127.0.0.1", port))
     get = lambda: s.recvfrom(65535)[0]
+line = "NONE"
 try:
-    reply = get()
-    print(reply.split(b"\r\n")[0].decode("latin-1") if reply else "NONE")
+    while True:
+        reply = get()
+        if not reply:
+            break
+        line = reply.split(b"\r\n")[0].decode("latin-1")
+        if not line.startswith("SIP/2.0 1"):
+            break
 except socket.timeout:
-    print("NONE")
+    pass
+print(line)
