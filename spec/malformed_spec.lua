@@ -68,6 +68,15 @@ describe("luasip.agent malformed requests", function()
     assert.equal(1, handled)
   end)
 
+  it("answers 400 to a TCP message cut short by the end of the stream", function()
+    local cut = build("OPTIONS", "sip:x@127.0.0.1;transport=tcp",
+      "Content-Type: text/plain\r\n", "10", "abc"):gsub("SIP/2.0/UDP", "SIP/2.0/TCP")
+    assert.equal("SIP/2.0 400 Bad Request", send_raw(cut, "tcp"))
+    -- the headers cut short: nothing to answer, and nothing runs
+    assert.equal("NONE", send_raw(cut:sub(1, 60), "tcp", 1))
+    assert.equal(0, handled)
+  end)
+
   it("unfolds a folded header value read by req:header, so a reply can echo it", function()
     assert.equal("SIP/2.0 200 OK", send("REGISTER", "sip:127.0.0.1",
       'Contact: "A\r\n B" <sip:a@127.0.0.1:5999>\r\n ;expires=60\r\n'))
