@@ -37,7 +37,7 @@ LIBFLAG    ?= -shared
 INST_LIBDIR ?=
 INST_LUADIR ?=
 
-.PHONY: all deps build prompts test run bench check-memory lint install clean warnings
+.PHONY: all deps build prompts test run bench check-memory check-asan lint install clean warnings
 
 all: build
 
@@ -77,6 +77,17 @@ bench: deps build
 
 check-memory: deps build
 	@sh scripts/check-memory.sh
+
+# the suite with core.so under AddressSanitizer + UndefinedBehaviorSanitizer
+ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+	-fno-sanitize-recover=undefined
+build/asan/luasip/core.so: $(SRCS) $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(subst $(CFLAGS),,$(ALL_CFLAGS)) $(ASAN_FLAGS) -I$(INC_5.4) $(SRCS) -shared -o $@ \
+	  $(LDFLAGS) $(SOFIA_LIBS) $(CRYPTO_LIBS) $(MEDIA_LIBS)
+
+check-asan: deps build build/asan/luasip/core.so
+	@sh scripts/check-asan.sh
 
 lint:
 	@command -v luacheck >/dev/null || { echo "lint: apt-get install lua-check"; exit 1; }

@@ -6,6 +6,21 @@ local sip = require "luasip"
 
 local H = { sip = sip }
 
+-- Under scripts/check-asan.sh the sanitizer runtime is preloaded into the interpreter;
+-- child processes (sipp, python, pkill, example scripts) must not inherit it (procps'
+-- pkill deadlocks under it), so every command the specs run drops LD_PRELOAD.
+if os.getenv("LUASIP_SANITIZER") then
+  local execute, popen = os.execute, io.popen
+  local function plain(cmd)
+    return "env -u LD_PRELOAD sh -c '" .. tostring(cmd):gsub("'", "'\\''") .. "'"
+  end
+  os.execute = function(cmd, ...)       -- luacheck: ignore 122
+    if cmd == nil then return execute() end
+    return execute(plain(cmd), ...)
+  end
+  io.popen = function(cmd, ...) return popen(plain(cmd), ...) end  -- luacheck: ignore 122
+end
+
 local open_agents = {}
 
 -- agent([opts]) -> an agent on 127.0.0.1 (UDP+TCP, OS-chosen port), closed after the test

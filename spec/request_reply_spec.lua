@@ -139,6 +139,6 @@ describe("luasip.request:reply with a final too large for UDP", function()
     assert.equal(0, byes)
     req_seen = nil -- luacheck: ignore 311
     -- freed (objects collected are destroyed at the next loop step)
-    H.run_until(function() return dialogs() == before end, 5, "the dialog freed")
+    H.run_until(function() return dialogs() <= before end, 5, "the dialog freed")
   end)
 end)
