@@ -597,6 +597,7 @@ static int core_step(lua_State *L)
   lua_Integer ms = luaL_optinteger(L, 1, 0);
   su_duration_t next;
   check_not_in_callback(L, "luasip.step");
+  luasip_watchdog_arm();
   luasip_drain();
   next = su_root_step(luasip_S->root, ms < 0 ? 0 : (su_duration_t)ms);
   luasip_drain();
@@ -688,6 +689,7 @@ static int core_run(lua_State *L)
   luasip_S->running = 1;
   luasip_S->stopping = 0;
   run_signals_on(&rs);
+  luasip_watchdog_arm();
   while (!luasip_S->stopping && !run_signal) {
     struct timespec t0, t1;
     su_duration_t next;
@@ -845,6 +847,9 @@ static const luaL_Reg core_funcs[] = {
   {"stream_connect", luasip_stream_connect},
   {"rtp_open", luasip_rtp_open},
   {"media_stats", luasip_media_stats},
+  {"cpu_limit", luasip_cpu_limit},
+  {"resume_begin", luasip_resume_begin},
+  {"resume_end", luasip_resume_end},
   {NULL, NULL}
 };
 
@@ -886,6 +891,7 @@ static int state__gc(lua_State *L)
   if (!luasip_S || lua_touserdata(L, 1) != state_owner)
     return 0;
   luasip_S->closing = 1;
+  luasip_watchdog_disarm();
   luasip_drain();
   luasip_media_close();             /* the prompt cache: no stream is left */
   log_spill();                      /* Lua is going away: what is left goes to stderr */

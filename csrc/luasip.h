@@ -65,6 +65,13 @@ const char *luasip_dnsconf_path(void);
 void luasip_dnsconf_refresh(void);
 #define LUASIP_DNSCONF_MS 2000
 
+/* watchdog.c: runaway Lua interrupted after a CPU-time limit (sip.cpu_limit) */
+void luasip_watchdog_arm(void);
+void luasip_watchdog_disarm(void);
+int luasip_cpu_limit(lua_State *L);
+int luasip_resume_begin(lua_State *L);
+int luasip_resume_end(lua_State *L);
+
 /* agent.c: RFC 3261 checks sofia's parser leaves to us (400 reason phrase or NULL) */
 const char *luasip_request_malformed(sip_t const *sip);
 

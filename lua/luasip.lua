@@ -22,6 +22,7 @@ local sip = {
   log = dispatcher.log,
   set_logger = dispatcher.set_logger,
   stats = core.stats,
+  cpu_limit = core.cpu_limit,
   md5 = core.md5,
   random_hex = core.random_hex,
   methods = sipmethods.list,

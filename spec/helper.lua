@@ -23,6 +23,10 @@ end
 
 local open_agents = {}
 
+-- under valgrind every handler runs ~50 times slower: no runaway-script limit
+-- (spec/watchdog_spec.lua sets its own)
+if os.getenv("LUASIP_VALGRIND") then sip.cpu_limit(false) end
+
 -- agent([opts]) -> an agent on 127.0.0.1 (UDP+TCP, OS-chosen port), closed after the test
 function H.agent(opts)
   opts = opts or {}

@@ -148,8 +148,12 @@ local function worker(fn, a, b)
   end
 end
 
+local resume_begin, resume_end = core.resume_begin, core.resume_end
+
 local function step(co, ...)
+  resume_begin(co)              -- the runaway-script watchdog interrupts co (sip.cpu_limit)
   local ok, r = co_resume(co, ...)
+  resume_end()
   if not ok then
     finished(co, false, r)
   elseif r == DONE then
