@@ -20,6 +20,7 @@ Standard library only."""
 import argparse
 import collections
 import ctypes
+import fcntl
 import os
 import random
 import re
@@ -338,6 +339,10 @@ class Server:
                                      stderr=subprocess.STDOUT, start_new_session=True,
                                      preexec_fn=set_pdeathsig)
         os.set_blocking(self.proc.stdout.fileno(), False)
+        try:     # room for a burst of log lines: the example must never wait on us
+            fcntl.fcntl(self.proc.stdout.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+        except OSError:
+            pass
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             self.drain(0.05)
@@ -371,6 +376,24 @@ class Server:
                 self.log_file.write(chunk)
                 self.log_written += len(chunk)
             self.tail = (self.tail + chunk)[-self.LOG_KEEP:]
+
+    def fd(self):
+        return self.proc.stdout.fileno() if self.proc is not None else None
+
+    def wait(self, sock, timeout):
+        """waits until sock is readable (True) or timeout (False), reading the log all the
+        while: a full pipe would block the example and look like a stall of its own"""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            fds = [sock] + ([self.fd()] if self.fd() is not None else [])
+            ready, _, _ = select.select(fds, [], [], max(0.0, left))
+            if self.fd() in ready:
+                self.drain()
+            if sock in ready:
+                return True
+            if left <= 0:
+                return False
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -412,6 +435,8 @@ class Fuzz:
             raise RuntimeError("no seeds in " + args.seeds)
         self.mut = Mutator(self.rng, self.seeds, min(UDP_MAX, args.max_size))
         os.makedirs(args.out, exist_ok=True)
+        if args.dump:
+            os.makedirs(args.dump, exist_ok=True)
         for name in os.listdir(args.out):
             if name.endswith(".sip") or name in ("findings.txt", "uas.log"):
                 os.remove(os.path.join(args.out, name))
@@ -463,7 +488,7 @@ class Fuzz:
         if not st:
             return                                         # a request to us: ignored
         status = int(st.group(1))
-        self.statuses["%dxx" % (status // 100)] += 1
+        self.statuses[str(status) if status >= 500 else "%dxx" % (status // 100)] += 1
         if not m:
             return
         rec = self.records.get(int(m.group(1)))
@@ -580,10 +605,16 @@ class Fuzz:
                             self.rng)
         data = self.mut.mutate(data)[:self.args.max_size if tcp else min(UDP_MAX,
                                                                          self.args.max_size)]
+        ack = self.rng.random() < self.args.ack_ratio
+        if seq < self.args.skip:
+            return                              # generated (same inputs after it), not sent
+        if self.args.dump:
+            with open(os.path.join(self.args.dump, "%05d.sip" % seq), "wb") as f:
+                f.write(data)
         reject = check(data, tcp)
         rec = {"seq": seq, "tag": tag, "t": time.monotonic(), "first": None, "data": data,
                "seed": seed_name, "reject": reject, "flagged": False, "tcp": tcp,
-               "ack": self.rng.random() < self.args.ack_ratio}
+               "ack": ack}
         self.records[seq] = rec
         self.recent.append(rec)
         self.sent["tcp" if tcp else "udp"] += 1
@@ -616,7 +647,9 @@ class Fuzz:
             s.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
-                s.settimeout(max(0.001, deadline - time.monotonic()))
+                if not self.server.wait(s, deadline - time.monotonic()):
+                    break
+                s.settimeout(1)
                 try:
                     chunk = s.recv(65536)
                 except socket.timeout:
@@ -651,8 +684,7 @@ class Fuzz:
         lat = None
         deadline = t + self.args.canary_timeout
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([s], [], [], deadline - time.monotonic())
-            if ready:
+            if self.server.wait(s, deadline - time.monotonic()):
                 data = s.recv(70000)
                 if re.search(rb"z9hG4bKcanary%d(?!\d)" % k, data) and STATUS.match(data):
                     lat = time.monotonic() - t
@@ -691,55 +723,56 @@ class Fuzz:
             self.server.start()
 
     def replay(self, files):
-        """sends each file once (as it is, over UDP unless --tcp) to a fresh example and
-        prints what came back and how long it took"""
+        """sends each file once (as it is, over UDP unless --tcp) to a fresh example, then at
+        once a canary OPTIONS: prints the answers and how long the loop was held (the
+        canary's latency: work after the answer, or for an input dropped unanswered, counts)"""
         self.server.start()
         status = 0
         try:
             for seq, path in enumerate(files):
                 with open(path, "rb") as f:
                     data = f.read()
-                rec = {"seq": seq, "tag": None, "t": time.monotonic(), "first": None,
-                       "data": data, "seed": path, "reject": check(data, self.args.tcp),
-                       "flagged": False, "ack": True}
+                reject = check(data, self.args.tcp)
                 got = []
-                self.udp.setblocking(True)
                 if self.args.tcp:
                     s = socket.create_connection(("127.0.0.1", self.server.port), timeout=2)
                     s.sendall(data)
                     s.shutdown(socket.SHUT_WR)
+                else:
+                    self.udp.sendto(data[:UDP_MAX], ("127.0.0.1", self.server.port))
+                canary = self.canary(seq + 1, quiet=True)
+                self.canaries.append(canary)
+                time.sleep(0.2)                         # answers after the canary's
+                if self.args.tcp:
+                    s.settimeout(0.5)
                     try:
-                        buf = s.recv(65536)
-                        got.append((time.monotonic(), buf))
-                    except socket.timeout:
+                        got.append((None, s.recv(65536)))
+                    except OSError:
                         pass
                     s.close()
                 else:
-                    self.udp.sendto(data[:UDP_MAX], ("127.0.0.1", self.server.port))
-                    self.udp.settimeout(self.args.canary_timeout)
-                    try:
-                        while True:
-                            got.append((time.monotonic(), self.udp.recv(70000)))
-                            self.udp.settimeout(0.2)
-                    except (socket.timeout, OSError):
-                        pass
-                answers = ["%s after %.1f ms" % (STATUS.search(d[:64]).group(1).decode()
-                                                if STATUS.search(d[:64]) else "?",
-                                                (t - rec["t"]) * 1000) for t, d in got]
+                    while True:
+                        try:
+                            got.append((None, self.udp.recv(70000)))
+                        except (BlockingIOError, OSError):
+                            break
+                answers = [STATUS.search(d[:64]).group(1).decode() if STATUS.search(d[:64])
+                           else "?" for _, d in got]
                 print("%s: %s; checker: %s" % (path, ", ".join(answers) or "no answer",
-                                               rec["reject"] or "legal"))
-                ok = self.canary(seq + 1)
+                                               reject or "legal"))
                 self.server.drain()
                 if self.server.ctl_hits:
                     print("  log holds raw control bytes: %r" % self.server.ctl_hits[0][-120:])
                     self.server.ctl_hits = []
                     status = 1
-                if not ok or not self.server.alive():
+                if canary is None or canary * 1000 > self.args.stall_ms or \
+                        not self.server.alive():
                     status = 1
                 elif status == 0:
                     print("  log: no raw control bytes so far")
-                print("  canary after it: %s" % ("%.1f ms" % (self.canaries[-1] * 1000)
-                                                 if self.canaries[-1] is not None else "none"))
+                print("  canary sent right after it: %s" % (
+                    "%.1f ms" % (self.canaries[-1] * 1000) if self.canaries[-1] is not None
+                    else "unanswered"))
         finally:
             self.server.stop()
         return status
@@ -816,6 +849,9 @@ def parse_args(argv):
     p.add_argument("--max-files", type=int, default=200, help="files written per kind")
     p.add_argument("--max-size", type=int, default=200000,
                    help="cut inputs to this many bytes (UDP: at most %d)" % UDP_MAX)
+    p.add_argument("--skip", type=int, default=0,
+                   help="generate the first SKIP inputs but send none of them")
+    p.add_argument("--dump", metavar="DIR", help="write every input sent to DIR/<n>.sip")
     p.add_argument("--netns", action="store_true", help="run inside unshare -n")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--replay", nargs="+", metavar="FILE",
