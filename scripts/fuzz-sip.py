@@ -377,6 +377,15 @@ class Server:
                 self.log_written += len(chunk)
             self.tail = (self.tail + chunk)[-self.LOG_KEEP:]
 
+    def cpu(self):
+        """CPU seconds the example has used (user + system), or None"""
+        try:
+            with open("/proc/%d/stat" % self.proc.pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError, AttributeError):
+            return None
+
     def fd(self):
         return self.proc.stdout.fileno() if self.proc is not None else None
 
@@ -457,6 +466,7 @@ class Fuzz:
         self.stall_until = 0.0
         self.restarts = 0
         self.unconfirmed = []
+        self.server_errors = {}        # seq -> 5xx other than 501/505 (the first few)
         self.canary_count = 0
         self.acks = 0
 
@@ -494,6 +504,9 @@ class Fuzz:
         rec = self.records.get(int(m.group(1)))
         if rec is None or rec["tag"] != m.group(2):
             return
+        if status >= 500 and status not in (501, 505) and len(self.server_errors) < 5 \
+                and rec["seq"] not in self.server_errors:
+            self.server_errors[rec["seq"]] = status
         if rec["first"] is None:
             rec["first"] = now
             lat = now - rec["t"]
@@ -510,14 +523,15 @@ class Fuzz:
             self.send_ack(data)
 
     def flag_stall(self, rec, lat):
-        """a slow answer: the input, or one sent just before it and left unanswered, held
-        the loop.  Confirmed by sending them again (fresh branch and Call-ID) followed by a
+        """a slow answer: the input, or one sent just before it, held the loop.  Confirmed by sending them again (fresh branch and Call-ID) followed by a
         canary: a stall the replay does not show is counted, not flagged (machine noise)"""
         reason = "first answer after %.0f ms" % (lat * 1000)
+        # an input answered in time can still hold the loop after its answer (freeing a
+        # message of thousands of headers): the two before it are candidates too
         cands = [p for p in reversed(self.records_before(rec["seq"], 2))
-                 if p["data"] is not None and p["first"] is None] + [rec]
+                 if p["data"] is not None] + [rec]
         cands = [c for c in cands if c["data"] is not None]
-        t = time.monotonic()
+        t, cpu0 = time.monotonic(), self.server.cpu()
         for k, c in enumerate(cands):
             old = b"fz%dx%s" % (c["seq"], c["tag"])
             new = b"fz%dx%08x" % (10 ** 7 + c["seq"] * 10 + k, self.aux.getrandbits(32))
@@ -532,16 +546,18 @@ class Fuzz:
             except OSError:
                 pass
         again = self.canary(rec["seq"], quiet=True)
-        total = time.monotonic() - t
+        total, cpu1 = time.monotonic() - t, self.server.cpu()
         if again is not None and total * 1000 <= self.args.stall_ms:
             self.unconfirmed.append("#%d %s; replayed with the %d input(s) before it: %.0f ms"
                                     % (rec["seq"], reason, len(cands) - 1, total * 1000))
             return
         reason += "; replayed: %s" % ("canary after %.0f ms" % (total * 1000)
                                       if again is not None else "canary unanswered")
+        if cpu0 is not None and cpu1 is not None:
+            reason += ", the example used %.0f ms of CPU meanwhile" % ((cpu1 - cpu0) * 1000)
         for c in cands:
             self.flag("stall", reason if c is rec else
-                      "unanswered input sent before #%d (%s)" % (rec["seq"], reason),
+                      "input sent before #%d (%s)" % (rec["seq"], reason),
                       c["data"], c["seq"], c["seed"])
 
     def records_before(self, seq, n):
@@ -746,7 +762,7 @@ class Fuzz:
                 if self.args.tcp:
                     s.settimeout(0.5)
                     try:
-                        got.append((None, s.recv(65536)))
+                        got.append((None, s.recv(65536) or b"(closed)"))
                     except OSError:
                         pass
                     s.close()
@@ -823,6 +839,9 @@ class Fuzz:
             "  flagged    %s" % (", ".join("%s %d" % kv for kv in sorted(self.flagged.items()))
                                  or "nothing"),
         ]
+        if self.server_errors:
+            out.append("  5xx        first inputs answered 5xx (not flagged): %s" % ", ".join(
+                "#%d %d" % kv for kv in sorted(self.server_errors.items())))
         if self.unconfirmed:
             out.append("  stalls seen once, not on replay (not flagged): %d, e.g. %s"
                        % (len(self.unconfirmed), self.unconfirmed[0]))
