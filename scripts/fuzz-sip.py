@@ -756,6 +756,9 @@ class Fuzz:
                     s.shutdown(socket.SHUT_WR)
                 else:
                     self.udp.sendto(data[:UDP_MAX], ("127.0.0.1", self.server.port))
+                until = time.monotonic() + self.args.replay_delay
+                while time.monotonic() < until:          # reading the log meanwhile
+                    self.server.drain(min(0.1, max(0.0, until - time.monotonic())))
                 canary = self.canary(seq + 1, quiet=True)
                 self.canaries.append(canary)
                 time.sleep(0.2)                         # answers after the canary's
@@ -876,6 +879,8 @@ def parse_args(argv):
     p.add_argument("--replay", nargs="+", metavar="FILE",
                    help="send these files as they are (no mutation) and print the answers")
     p.add_argument("--tcp", action="store_true", help="--replay over TCP")
+    p.add_argument("--replay-delay", type=float, default=0, metavar="S",
+                   help="--replay: wait S seconds between an input and its canary")
     args = p.parse_args(argv)
     if not args.flavour:
         args.flavour = "luajit" if "luajit" in args.lua else re.sub(r"^.*lua", "", args.lua)
