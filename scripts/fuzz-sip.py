@@ -310,10 +310,10 @@ def retarget(data, transport, port, token, call_id, rng):
 # The example under test
 
 
-def set_pdeathsig():
-    """the example dies with us even when we are killed (SIGKILL included)"""
+def set_pdeathsig(sig=signal.SIGKILL):
+    """the child dies with us even when we are killed (SIGKILL included)"""
     try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
+        ctypes.CDLL(None).prctl(1, sig)                # PR_SET_PDEATHSIG
     except Exception:
         pass
 
@@ -893,7 +893,8 @@ def main(argv):
         env = dict(os.environ, FUZZ_SIP_NETNS="1")
         cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
                sys.executable, os.path.abspath(__file__)] + argv
-        return subprocess.call(cmd, env=env)
+        # the fuzzer inside the namespace stops its example when we end, however we end
+        return subprocess.call(cmd, env=env, preexec_fn=lambda: set_pdeathsig(signal.SIGTERM))
 
     def on_signal(signum, _frame):
         raise SystemExit(128 + signum)
