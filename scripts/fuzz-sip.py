@@ -63,15 +63,18 @@ def split_message(data):
         head, body = data[:end], data[end + 4:]
     if re.search(rb"\r(?!\n)|(?<!\r)\n", head):
         return None
-    lines = head.split(b"\r\n")
+    # unfold first (continuation lines joined with one SP), as sofia does: a fold before
+    # the colon ("From\r\n : ...") then reads as the header it looks like
+    lines = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and len(lines) > 1:
+            lines[-1] = lines[-1] + b" " + line.strip(b" \t")
+        elif line[:1] in (b" ", b"\t"):
+            return None
+        else:
+            lines.append(line)
     start, headers = lines[0], []
     for line in lines[1:]:
-        if line[:1] in (b" ", b"\t"):
-            if not headers:
-                return None
-            name, value = headers[-1]
-            headers[-1] = (name, (value + b" " + line.strip(b" \t")).strip(b" \t"))
-            continue
         m = re.match(rb"^([^:\s]+)[ \t]*:(.*)$", line, re.S)
         if not m:
             headers.append((None, line))           # a malformed line: counts as nothing
@@ -879,6 +882,8 @@ def parse_args(argv):
     p.add_argument("--replay", nargs="+", metavar="FILE",
                    help="send these files as they are (no mutation) and print the answers")
     p.add_argument("--tcp", action="store_true", help="--replay over TCP")
+    p.add_argument("--check", nargs="+", metavar="FILE",
+                   help="print the checker's verdict on each file (nothing is started)")
     p.add_argument("--replay-delay", type=float, default=0, metavar="S",
                    help="--replay: wait S seconds between an input and its canary")
     args = p.parse_args(argv)
@@ -895,6 +900,12 @@ def main(argv):
                sys.executable, os.path.abspath(__file__)] + argv
         # the fuzzer inside the namespace stops its example when we end, however we end
         return subprocess.call(cmd, env=env, preexec_fn=lambda: set_pdeathsig(signal.SIGTERM))
+
+    if args.check:
+        for path in args.check:
+            with open(path, "rb") as f:
+                print("%s\t%s" % (path, check(f.read(), args.tcp) or "legal"))
+        return 0
 
     def on_signal(signum, _frame):
         raise SystemExit(128 + signum)

@@ -17,6 +17,42 @@ local SEED = "1"
 -- (and the argument) once the core bounds what a datagram may cost.
 local MAX_SIZE = "8000"
 
+-- the seeds the oracle must find rejectable (RFC 3261 requires a 4xx); every other seed,
+-- the RFC 4475 messages the RFC calls valid or lets a liberal element accept included,
+-- must pass the checker: it may never flag a legal message
+local REJECT = {
+  ["i15-4-cl-larger-than-body.sip"] = "Content%-Length 10 larger than the body",
+  ["i15-4-cl-no-empty-line.sip"] = "Content%-Length 5 larger than the body",
+  ["i15-5-8bit-in-request-uri.sip"] = "byte 0xe9 in the Request%-URI",
+  ["i15-5-esc-in-request-uri.sip"] = "byte 0x1b in the Request%-URI",
+  ["rfc4475-clerr.sip"] = "Content%-Length 9999 larger",
+  ["rfc4475-insuf.sip"] = "no to header",
+  ["rfc4475-mcl01.sip"] = "Content%-Length values differ",
+  ["rfc4475-mismatch01.sip"] = "CSeq method",
+  ["rfc4475-mismatch02.sip"] = "CSeq method",
+  ["rfc4475-multi01.sip"] = "2 to headers",
+  ["rfc4475-ncl.sip"] = "Content%-Length b'%-999' is not a number",
+  ["rfc4475-scalar02.sip"] = "CSeq number %d+ above",
+}
+
+describe("scripts/fuzz-sip.py checker", function()
+  it("flags the seeds RFC 3261 rejects and only those", function()
+    local p = assert(io.popen("python3 scripts/fuzz-sip.py --check fuzz/seeds/sip/*.sip"))
+    local out = p:read("*a")
+    p:close()
+    local seen = 0
+    for name, verdict in out:gmatch("fuzz/seeds/sip/([^\t\n]+)\t([^\n]*)") do
+      seen = seen + 1
+      if REJECT[name] then
+        assert.matches(REJECT[name], verdict, nil, name)
+      else
+        assert.equal("legal", verdict, name)
+      end
+    end
+    assert.is_true(seen >= 70, out)
+  end)
+end)
+
 describe("scripts/fuzz-sip.py smoke", function()
   it("1,000 inputs to examples/uas.lua: nothing flagged", function()
     local out = os.tmpname()
