@@ -89,6 +89,16 @@ build/asan/luasip/core.so: $(SRCS) $(HDRS)
 check-asan: deps build build/asan/luasip/core.so
 	@sh scripts/check-asan.sh
 
+# the SIP fuzzer against examples/uas.lua (scripts/fuzz-sip.py; findings in build/fuzz-findings)
+FUZZ_N       ?= 20000
+FUZZ_SEED    ?= 1
+FUZZ_FLAVOUR ?= 5.4
+FUZZ_ARGS    ?=
+.PHONY: fuzz-sip
+fuzz-sip: build/$(FUZZ_FLAVOUR)/luasip/core.so
+	python3 scripts/fuzz-sip.py --lua $(LUA_$(FUZZ_FLAVOUR)) --flavour $(FUZZ_FLAVOUR) \
+	  -n $(FUZZ_N) --seed $(FUZZ_SEED) $(FUZZ_ARGS)
+
 lint:
 	@command -v luacheck >/dev/null || { echo "lint: apt-get install lua-check"; exit 1; }
 	@luacheck --no-color -q lua spec examples

@@ -20,9 +20,13 @@ local ACCEPT = "application/sdp, text/plain, message/cpim, application/json, mul
 local host = hostport:match("^%[?([^%]]+)%]?:%d+$") or "127.0.0.1"
 
 local quiet = os.getenv("UAS_QUIET") == "1"     -- benchmarks: no per-request log
+-- values from the network (URIs, bodies) go into the log: control bytes other than LF and
+-- TAB are written as \xNN, as the core's log does, so none reaches a terminal raw
+local function escape(c) return ("\\x%02x"):format(c:byte()) end
 local function log(...)
   if quiet then return end
-  io.stdout:write(os.date("%H:%M:%S "), table.concat({ ... }, " "), "\n")
+  local line = table.concat({ ... }, " "):gsub("[%z\1-\8\11-\31\127]", escape)
+  io.stdout:write(os.date("%H:%M:%S "), line, "\n")
   io.stdout:flush()
 end
 
