@@ -314,6 +314,7 @@ const char *luasip_request_malformed(sip_t const *sip)
 {
   url_t const *u = sip->sip_request ? sip->sip_request->rq_url : NULL;
   char const *parts[8];
+  msg_header_t const *h;
   size_t i;
   if (u) {
     parts[0] = u->url_user;
@@ -334,6 +335,14 @@ const char *luasip_request_malformed(sip_t const *sip)
   if (sip->sip_content_length &&
       sip->sip_content_length->l_length > (sip->sip_payload ? sip->sip_payload->pl_len : 0))
     return "Content-Length Larger Than Body";
+  /* sofia files a Max-Forwards it cannot parse (or a second one) under sip_error and
+   * goes on as if there were none: a proxy would then add 70 and forward it */
+  for (h = (msg_header_t const *)sip->sip_error; h; h = h->sh_next) {
+    char const *name = h->sh_class == sip_error_class ? ((msg_error_t const *)h)->er_name
+                       : h->sh_class->hc_name;
+    if (name && su_casematch(name, "Max-Forwards"))
+      return "Bad Max-Forwards";
+  }
   return NULL;
 }
 

@@ -77,6 +77,15 @@ describe("luasip.agent malformed requests", function()
     assert.equal(0, handled)
   end)
 
+  it("answers 400 to a Max-Forwards that is not a number (found by scripts/fuzz-sip.py)", function()
+    for _, v in ipairs{ "abc", "7\2240", "" } do
+      local msg = build("OPTIONS", "sip:x@127.0.0.1"):gsub("Max%-Forwards: 70",
+        "Max-Forwards: " .. v)
+      assert.equal("SIP/2.0 400 Bad Max-Forwards", send_raw(msg), v)
+    end
+    assert.equal(0, handled)
+  end)
+
   it("unfolds a folded header value read by req:header, so a reply can echo it", function()
     assert.equal("SIP/2.0 200 OK", send("REGISTER", "sip:127.0.0.1",
       'Contact: "A\r\n B" <sip:a@127.0.0.1:5999>\r\n ;expires=60\r\n'))
