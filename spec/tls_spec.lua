@@ -1,6 +1,6 @@
 -- TLS transports (sofia's tport TLS): certificates made by the openssl CLI at test time
--- in a private directory: a CA, a server certificate for 127.0.0.1 and localhost, one
--- for another host name and an expired one, all signed by the CA.
+-- in a private directory (spec/peers/make-certs.sh): a CA, a server certificate for
+-- 127.0.0.1 and localhost, one for another host name and an expired one.
 local H = require "spec.helper"
 local sip = H.sip
 
@@ -9,26 +9,6 @@ local function have(cmd)
   local ok = quiet("command -v " .. cmd)
   return ok == true or ok == 0
 end
-
--- makes the certificates into dir; `-days -1` gives a certificate whose notAfter is a day
--- before its notBefore (OpenSSL 3.0): expired whenever it is checked
-local CERTS = [[
-set -e
-cd "$1"
-k="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-openssl req -x509 $k -keyout ca.key -out ca.pem -days 30 -subj "/CN=luasip test CA" \
-  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-mk() {
-  openssl req $k -keyout $1.key -out $1.csr -subj "/CN=$2"
-  printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n' \
-    "$3" > $1.ext
-  openssl x509 -req -in $1.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $1.pem \
-    -days $4 -extfile $1.ext
-}
-mk server 127.0.0.1 DNS:localhost,DNS:127.0.0.1,IP:127.0.0.1 30
-mk wrong wrong.example DNS:wrong.example 30
-mk expired 127.0.0.1 DNS:localhost,DNS:127.0.0.1,IP:127.0.0.1 -1
-]]
 
 local function tls_port(a)
   for _, t in ipairs(a:transports()) do
@@ -44,10 +24,7 @@ describe("luasip.agent over TLS", function()
     dir = os.tmpname()
     os.remove(dir)
     assert(quiet("mkdir -m 700 " .. H.shquote(dir)))
-    local f = assert(io.open(dir .. "/certs.sh", "w"))
-    f:write(CERTS)
-    f:close()
-    local ok = quiet("sh " .. H.shquote(dir .. "/certs.sh") .. " " .. H.shquote(dir))
+    local ok = quiet("sh spec/peers/make-certs.sh " .. H.shquote(dir))
     assert(ok == true or ok == 0, "openssl could not make the test certificates")
     D = function(name) return dir .. "/" .. name end
   end)
