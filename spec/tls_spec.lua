@@ -164,6 +164,24 @@ describe("luasip.agent over TLS", function()
       end
     end)
 
+  t("refuses TLS 1.0 and 1.1 handshakes (openssl s_client)", function()
+    local uas = agent()
+    for _, v in ipairs{ "-tls1", "-tls1_1", "-tls1_2" } do
+      local p = H.background({ "sh", "-c", "echo | openssl s_client -connect 127.0.0.1:"
+        .. tls_port(uas) .. " " .. v .. " -cipher DEFAULT:@SECLEVEL=0 2>&1" }, 10)
+      local ok = pcall(H.run_until, function() return p.done() end, 10, "s_client")
+      local log = p.log()
+      p.kill()
+      assert(ok, log)
+      if v == "-tls1_2" then
+        assert.matches("Protocol%s*: TLSv1.2", log)
+        assert.not_matches("Cipher is %(NONE%)", log)
+      else
+        assert.matches("Cipher is (NONE)", log, 1, true)
+      end
+    end
+  end)
+
   t("checks the tls option", function()
     local function agent_err(opts)
       local ok, err = pcall(sip.agent, opts)
