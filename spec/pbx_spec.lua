@@ -195,4 +195,49 @@ describe("examples/pbx.lua over TLS", function()
       assert.matches("^<sips:alice@127.0.0.1:%d+>;expires=60$", res:header("Contact"))
       assert(register({ username = "alice", password = "alice-secret" }, 0))
     end)
+
+  ;((have_openssl == true or have_openssl == 0) and it or pending)(
+    "connects a call between two TLS phones through it", function()
+      local function tls_phone(user)
+        local a = H.agent{ listen = { "sip:127.0.0.1:0", "sips:127.0.0.1:0" },
+          tls = { cert = dir .. "/server.pem", key = dir .. "/server.key",
+            ca = dir .. "/ca.pem" } }
+        for _, t in ipairs(a:transports()) do
+          if t.transport == "tls" then a.data.port = t.port end
+        end
+        a.data.auth = { username = user, password = user .. "-secret" }
+        a.data.aor = "sip:" .. user .. "@127.0.0.1"     -- the user's AOR, reached on sips:
+        return a
+      end
+      local function register(p, expires)
+        return H.run(function()
+          return assert(p:request{ method = "REGISTER", uri = "sips:127.0.0.1:" .. tls_port,
+            auth = p.data.auth, headers = { To = "<" .. p.data.aor .. ">",
+              From = "<" .. p.data.aor .. ">", Expires = tostring(expires),
+              Contact = "<sips:" .. p.data.auth.username .. "@127.0.0.1:" .. p.data.port .. ">" } })
+        end)
+      end
+      local alice, bob = tls_phone("alice"), tls_phone("bob")
+      local bob_call
+      bob:on("INVITE", function(req)
+        bob_call = { via = req:header("Via") }
+        local d = assert(req:answer())
+        bob_call.ended = d:wait_end(10)
+      end)
+      register(alice, 60)
+      register(bob, 60)
+      local d, res = H.run(function()
+        return alice:invite{ uri = "sip:bob@127.0.0.1", proxy = "sips:127.0.0.1:" .. tls_port,
+          auth = alice.data.auth, from = "<" .. alice.data.aor .. ">" }
+      end)
+      assert(d, res)
+      assert.equal(200, res.status)
+      assert(bob_call, pbx.log())
+      assert.matches("^SIP/2.0/TLS", bob_call.via)
+      H.run(function() assert.is_true(d:bye()) end)
+      H.run_until(function() return bob_call.ended end)
+      assert.equal("remote bye", bob_call.ended)
+      register(alice, 0)
+      register(bob, 0)
+    end)
 end)
