@@ -71,6 +71,8 @@ describe("luasip.agent over TLS", function()
     local a = H.agent{ listen = { "sip:127.0.0.1:0;transport=tls" },
       tls = { cert = D("server.pem"), key = D("server.key") } }
     local ts = a:transports()
+    assert.equal("sips:127.0.0.1:" .. ts[1].port, a:contact())
+    assert.equal("sips:bob@127.0.0.1:" .. ts[1].port, a:uri("bob"))
     assert.equal(1, #ts)
     assert.equal("tls", ts[1].transport)
     assert.is_true(ts[1].port > 0)

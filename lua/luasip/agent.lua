@@ -211,7 +211,7 @@ end
 -- agent:uri([user]) -> "sip:user@host:port" for this agent
 function methods.uri(self, user)
   local c = assert(self:contact())
-  if user then c = c:gsub("^sip:", "sip:" .. user .. "@") end
+  if user then c = c:gsub("^(sips?:)", function(scheme) return scheme .. user .. "@" end) end
   return c
 end
 
