@@ -27,6 +27,12 @@ external_dependencies = {
     header = "sofia-sip-1.12/sofia-sip/nta.h",
     library = "sofia-sip-ua",
   },
+  -- digest SHA-256 / SHA-512-256 (csrc/digest.c): OpenSSL's libcrypto, libssl-dev (the
+  -- Makefile takes its flags from pkg-config libcrypto; sofia-sip links it too)
+  CRYPTO = {
+    header = "openssl/evp.h",
+    library = "crypto",
+  },
   -- media (luasip.rtp): libspandsp-dev, libsndfile1-dev, libspeexdsp-dev (the Makefile
   -- takes their flags from pkg-config spandsp sndfile speexdsp)
   SPANDSP = {

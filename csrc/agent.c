@@ -451,8 +451,10 @@ static int listen_errno(const char *uri)
     host = h;
   }
   port = url->url_port ? url->url_port : "5060";
-  if (url->url_params && url_param(url->url_params, "transport", tp, sizeof tp)) {
-    if (su_casematch(tp, "tcp"))
+  if (url->url_type == url_sips) {
+    types[0] = SOCK_STREAM, types[1] = 0;
+  } else if (url->url_params && url_param(url->url_params, "transport", tp, sizeof tp)) {
+    if (su_casematch(tp, "tcp") || su_casematch(tp, "tls"))
       types[0] = SOCK_STREAM, types[1] = 0;
     else
       types[1] = 0;
@@ -492,6 +494,21 @@ static int listen_failed(lua_State *L, const char *uri)
   return luasip_fail(L, lua_pushfstring(L, "cannot listen on %s", uri), "listen");
 }
 
+/* A sips: URI or one with transport=tls.  Its transport reports a connection closed
+ * with requests queued on it (TPTAG_SDWN_ERROR) -- a TLS handshake refused or a
+ * certificate that did not verify -- so they fail at once (nta answers 503) instead of
+ * waiting for their timeout. */
+static int uri_is_tls(const char *u)
+{
+  const char *p;
+  if (su_casenmatch(u, "sips:", 5))
+    return 1;
+  for (p = u; (p = strchr(p, ';')) != NULL; p++)
+    if (su_casenmatch(p, ";transport=tls", 14) && (p[14] == '\0' || p[14] == ';'))
+      return 1;
+  return 0;
+}
+
 /* The largest message taken in, by default: sofia's parser costs O(lines^2) per message
  * (msg_extract appends each header to its list by walking it), so the size bounds the
  * worst case (measured: 8 KB of two-byte header lines, 36 ms). A larger datagram is
@@ -500,6 +517,7 @@ static int listen_failed(lua_State *L, const char *uri)
 #define LUASIP_MAX_MESSAGE_SIZE 8192
 
 /* core.agent{ listen = {uri...}, user_agent = s, t1 = s,
+ *   tls = { cert = path, key = path, ca = path, verify = true } (checked by agent.lua),
  *   overload = { delay = 0.15, interval = 0.3, delay_other = 2 * delay, retry_after = 5,
  *                enabled = true }
  *   | false } -> agent | nil, err, code */
@@ -511,6 +529,8 @@ int luasip_agent_new(lua_State *L)
   lsip_overload_t ovl;
   usize_t maxsize;
   const char *resolv_conf;
+  char tls_dir[LUASIP_TLS_DIR_MAX];
+  unsigned tls_policy = 0;
   luaL_checktype(L, 1, LUA_TTABLE);
   memset(&ovl, 0, sizeof ovl);
   lua_getfield(L, 1, "overload");
@@ -553,6 +573,13 @@ int luasip_agent_new(lua_State *L)
   maxsize = lua_isnil(L, -1) ? LUASIP_MAX_MESSAGE_SIZE : (usize_t)lua_tonumber(L, -1);
   lua_pop(L, 1);
   resolv_conf = luasip_dnsconf_path();
+  tls_dir[0] = '\0';
+  lua_getfield(L, 1, "tls");
+  if (lua_istable(L, -1) && (i = luasip_tls_dir(L, -1, tls_dir, &tls_policy)) != 0) {
+    a->closed = 1;
+    return i;
+  }
+  lua_pop(L, 1);
   lua_rawgeti(L, -2, 1);
   first = lua_tostring(L, -1);
   a->nta = nta_agent_create(luasip_S->root, (url_string_t const *)first, agent_message,
@@ -571,9 +598,14 @@ int luasip_agent_new(lua_State *L)
                             /* bursts of calls overflow the kernel's default ~200 KB */
                             TPTAG_UDP_RMEM(4 * 1024 * 1024),
                             TPTAG_UDP_WMEM(1024 * 1024),
+                            TAG_IF(tls_dir[0], TPTAG_CERTIFICATE(tls_dir)),
+                            TAG_IF(tls_dir[0], TPTAG_TLS_VERIFY_POLICY(tls_policy)),
+                            TAG_IF(tls_dir[0], TPTAG_TLS_VERIFY_DATE(1)),
+                            TAG_IF(uri_is_tls(first), TPTAG_SDWN_ERROR(1)),
                             TAG_END());
   if (!a->nta) {
     a->closed = 1;
+    luasip_tls_dir_remove(tls_dir);
     return listen_failed(L, first);
   }
   lua_pop(L, 1);
@@ -581,16 +613,23 @@ int luasip_agent_new(lua_State *L)
     const char *u;
     lua_rawgeti(L, -2, i);
     u = lua_tostring(L, -1);
-      if (nta_agent_add_tport(a->nta, (url_string_t const *)u,
+    if (nta_agent_add_tport(a->nta, (url_string_t const *)u,
                             TPTAG_UDP_RMEM(4 * 1024 * 1024), TPTAG_UDP_WMEM(1024 * 1024),
+                            TAG_IF(tls_dir[0], TPTAG_CERTIFICATE(tls_dir)),
+                            TAG_IF(tls_dir[0], TPTAG_TLS_VERIFY_POLICY(tls_policy)),
+                            TAG_IF(tls_dir[0], TPTAG_TLS_VERIFY_DATE(1)),
+                            TAG_IF(uri_is_tls(u), TPTAG_SDWN_ERROR(1)),
                             TAG_END()) < 0) {
       nta_agent_destroy(a->nta);
       a->nta = NULL;
       a->closed = 1;
+      luasip_tls_dir_remove(tls_dir);
       return listen_failed(L, u);
     }
     lua_pop(L, 1);
   }
+  /* sofia loaded the certificates when it bound the TLS transports */
+  luasip_tls_dir_remove(tls_dir);
   if (resolv_conf) {
     a->dnsconf_timer = su_timer_create(su_root_task(luasip_S->root), 0);
     if (a->dnsconf_timer)
@@ -612,7 +651,9 @@ static tport_t *primary_for(lsip_agent_t *a, tport_t *hint, url_t const *dest)
   if (!dest || !dest->url_host)
     return tport_primaries(nta_agent_tports(a->nta));
   v6 = dest->url_host[0] == '[' || strchr(dest->url_host, ':') != NULL;
-  if (dest->url_params)
+  if (dest->url_type == url_sips)
+    strcpy(proto, "tls");           /* RFC 3261 26.2: sips: is TLS */
+  else if (dest->url_params)
     url_param(dest->url_params, "transport", proto, sizeof proto);
   for (tp = tport_primaries(nta_agent_tports(a->nta)); tp; tp = tport_next(tp)) {
     if (su_casematch(tport_name(tp)->tpn_proto, proto) &&
@@ -636,6 +677,8 @@ sip_contact_t *luasip_agent_contact_for(lsip_agent_t *a, su_home_t *home, tport_
   host = tpn->tpn_host;
   if (strchr(host, ':') && host[0] != '[')
     lb = "[", rb = "]";
+  if (su_casematch(tpn->tpn_proto, "tls"))   /* RFC 5630: TLS hop, sips: Contact */
+    return sip_contact_format(home, "<sips:%s%s%s:%s>", lb, host, rb, tpn->tpn_port);
   return sip_contact_format(home, "<sip:%s%s%s:%s%s%s>", lb, host, rb, tpn->tpn_port,
                             su_casematch(tpn->tpn_proto, "udp") ? "" : ";transport=",
                             su_casematch(tpn->tpn_proto, "udp") ? "" : tpn->tpn_proto);

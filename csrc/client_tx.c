@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sofia-sip/nta_tport.h>
 #include <sofia-sip/sip_status.h>
 #include <sofia-sip/sip_protos.h>
 #include <sofia-sip/sip_util.h>
@@ -293,6 +294,29 @@ static void track_dialog(lsip_client_t *c, sip_t const *sip, int status)
     luasip_dialog_confirm(c->dialog, sip);
 }
 
+/* nta answers a request with a 503 of its own when the transport fails under it; on TLS
+ * that is a handshake refused or a server certificate that did not verify (agent.c sets
+ * TPTAG_SDWN_ERROR on TLS transports so it comes at once).  The reason phrase, the only
+ * part Lua sees, says so. */
+#define LUASIP_NTA_INTERNAL_MSG (1 << 15)   /* nta_internal.h: a response nta made */
+
+static void name_tls_failure(nta_outgoing_t *orq, msg_t *msg)
+{
+  sip_t *sip = sip_object(msg);
+  tport_t *tp;
+  if (!sip || !sip->sip_status || sip->sip_status->st_status != 503 ||
+      !(sip->sip_flags & LUASIP_NTA_INTERNAL_MSG))
+    return;
+  tp = nta_outgoing_transport(orq);
+  if (tp && tport_has_tls(tp)) {
+    sip_status_t *st = sip_status_create(msg_home(msg), 503, "TLS Connection Failed", NULL);
+    if (st)
+      msg_header_replace(msg, (msg_pub_t *)sip, (msg_header_t *)sip->sip_status,
+                         (msg_header_t *)st);
+  }
+  tport_unref(tp);
+}
+
 static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
                            sip_t const *sip)
 {
@@ -331,6 +355,7 @@ static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
     c->status = status;
   msg = nta_outgoing_getresponse(orq);
   if (msg) {
+    name_tls_failure(orq, msg);
     resp = luasip_response_alloc(msg);
     if (!resp)
       msg_destroy(msg);

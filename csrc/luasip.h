@@ -149,6 +149,12 @@ lsip_agent_t *luasip_agent_check(lua_State *L, int idx);
 sip_contact_t *luasip_agent_contact_for(lsip_agent_t *a, su_home_t *home, tport_t *hint,
                                         url_t const *dest);
 
+/* tls.c: the certificate directory sofia's tport TLS reads, built from the agent's tls
+ * option and removed once the transports are bound */
+#define LUASIP_TLS_DIR_MAX 256
+int luasip_tls_dir(lua_State *L, int idx, char *dir, unsigned *policy);
+void luasip_tls_dir_remove(const char *dir);
+
 /* server_tx.c: incoming requests */
 void luasip_request_open(lua_State *L);
 void luasip_request_incoming(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_t *sip);

@@ -9,6 +9,9 @@
   $PBX_VOICEMAIL_AFTER seconds (20), is answered with a beep and recorded into
   $IVR_RECORDINGS/<user>/ (default recordings/); sip:ivr@<pbx> (anyone) reaches the menu
   of examples/ivr.lua.  Prompts: `make prompts` (build/prompts, or $IVR_PROMPTS).
+  TLS: with $LUASIP_TLS_CERT and $LUASIP_TLS_KEY (PEM files) it also listens on
+  sips:<host>:5061 ($LUASIP_TLS_PORT; $LUASIP_TLS_CA: the CAs its TLS peers are checked
+  against, default the system's), with the same users and rules.
 Usage: lua examples/pbx.lua [host:port]     (default 127.0.0.1:5060)
 ]]
 local sip = require "luasip"
@@ -18,7 +21,14 @@ local users = assert(loadfile(here .. "/users.lua"))()
 local hostport = arg and arg[1] or "127.0.0.1:5060"
 local host = hostport:match("^%[?([^%]]+)%]?:%d+$") or hostport
 
-local app = assert(sip.agent{ listen = { "sip:" .. hostport }, user_agent = "luasip-pbx",
+local listen, tls = { "sip:" .. hostport }, nil
+if os.getenv("LUASIP_TLS_CERT") and os.getenv("LUASIP_TLS_KEY") then
+  tls = { cert = os.getenv("LUASIP_TLS_CERT"), key = os.getenv("LUASIP_TLS_KEY"),
+    ca = os.getenv("LUASIP_TLS_CA") }
+  listen[2] = "sips:" .. hostport:match("^(.*):%d+$") .. ":"
+    .. (os.getenv("LUASIP_TLS_PORT") or "5061")
+end
+local app = assert(sip.agent{ listen = listen, tls = tls, user_agent = "luasip-pbx",
   in_dialog = "handler" })
 
 local function log(...)
@@ -130,5 +140,8 @@ app:on("OPTIONS", function(req)
   req:reply(200, { headers = { Allow = app:allow(), Accept = "application/sdp, text/plain" } })
 end)
 
+for _, t in ipairs(app:transports()) do
+  if t.transport == "tls" then log("TLS on port", t.port) end
+end
 log("luasip pbx listening on", app:contact(), "realm", host, "voicemail on", vm:contact())
 sip.run()

@@ -10,6 +10,7 @@ trap 'rm -f "$log"' EXIT
 LUASIP_FLAVOUR=5.4 LUASIP_VALGRIND=1 LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/5.4/?.so;;" \
   valgrind --quiet --leak-check=full --show-leak-kinds=definite,indirect \
     --errors-for-leak-kinds=definite,indirect --error-exitcode=3 --num-callers=40 \
+    --suppressions=scripts/sofia-tls.supp \
     --log-file="$log" \
     lua5.4 /usr/bin/busted -o utfTerminal "$@"
 rc=$?

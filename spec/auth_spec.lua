@@ -431,3 +431,130 @@ describe("luasip.auth.authorizer", function()
     end)
   end)
 end)
+
+describe("luasip.auth digest with SHA-256 and SHA-512-256 (RFC 7616, RFC 8760)", function()
+  local sha = select(3, require("luasip.core").class("luasip.digest")).supports("SHA-256")
+  local t = sha and it or pending
+  -- RFC 7616 3.9.1: the same request answered with SHA-256 and with MD5
+  local NONCE = "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v"
+  local CNONCE = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ"
+  local OPAQUE = "FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"
+  local function rfc_challenge(alg)
+    return 'Digest realm="http-auth@example.org", qop="auth, auth-int", algorithm=' .. alg
+      .. ', nonce="' .. NONCE .. '", opaque="' .. OPAQUE .. '"'
+  end
+
+  t("computes the RFC 7616 3.9.1 example (SHA-256 and MD5)", function()
+    local p = { username = "Mufasa", password = "Circle of Life",
+      realm = "http-auth@example.org", nonce = NONCE, uri = "/dir/index.html",
+      qop = "auth", nc = "00000001", cnonce = CNONCE, method = "GET" }
+    p.algorithm = "SHA-256"
+    -- the RFC's value, also checked by hand: H = sha256 hex,
+    -- H(H("Mufasa:http-auth@example.org:Circle of Life") ":" nonce ":00000001:" cnonce
+    --   ":auth:" H("GET:/dir/index.html"))
+    assert.equal("753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1",
+      sip.auth.response(p))
+    p.algorithm = "MD5"
+    assert.equal("8ca523f5e9506fed4657c9700eebdbec", sip.auth.response(p))
+    -- the client's credentials for the RFC's challenges
+    local auth = { username = "Mufasa", password = "Circle of Life" }
+    local v = assert(sip.auth.credentials(rfc_challenge("SHA-256"), auth, "GET",
+      "/dir/index.html", { cnonce = CNONCE }))
+    local _, c = sip.auth.parse(v)
+    assert.equal("753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1", c.response)
+    assert.equal("SHA-256", c.algorithm)
+    assert.equal(OPAQUE, c.opaque)
+    assert.equal("auth", c.qop)
+    -- an HA1 given per algorithm; an MD5 HA1 (a string) cannot answer SHA-256
+    local ha1 = select(3, require("luasip.core").class("luasip.digest")).ha1("SHA-256", "Mufasa",
+      "http-auth@example.org", "Circle of Life")
+    v = assert(sip.auth.credentials(rfc_challenge("SHA-256"),
+      { username = "Mufasa", ha1 = { ["SHA-256"] = ha1 } }, "GET", "/dir/index.html",
+      { cnonce = CNONCE }))
+    assert.equal("753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1",
+      select(2, sip.auth.parse(v)).response)
+    assert.same({ nil, "unsupported challenge" }, { sip.auth.credentials(
+      rfc_challenge("SHA-256"), { username = "Mufasa", ha1 = "0123" }, "GET", "/x") })
+    assert.same({ nil, "unsupported challenge" }, { sip.auth.credentials(
+      rfc_challenge("SHA-1"), auth, "GET", "/x") })
+  end)
+
+  describe("between two agents", function()
+    local uas, uac, loc, seen
+    local AOR = "sip:alice@example.test"
+    local function serve(algorithms, ha1)
+      local reg
+      reg, loc = sip.registrar{ authorize = sip.auth.authorizer{ realm = REALM,
+        algorithms = algorithms, password = not ha1 and password or nil, ha1 = ha1 } }
+      uas:on("REGISTER", function(req)
+        seen[#seen + 1] = req:header("Authorization") or false
+        reg(req)
+      end)
+    end
+    local function register(auth)
+      return H.run(function()
+        return uac:request{ method = "REGISTER", uri = uas:contact(), auth = auth,
+          headers = { To = "<" .. AOR .. ">", From = "<" .. AOR .. ">",
+            Contact = "<sip:x@127.0.0.1:5999>" } }
+      end)
+    end
+    before_each(function()
+      uas, uac, seen = H.agent(), H.agent(), {}
+    end)
+    after_each(function() H.close_agents() end)
+
+    t("registers with SHA-256, chosen from a 401 offering SHA-256 then MD5", function()
+      serve({ "SHA-256", "MD5" })
+      local _, _, code, res = register()
+      assert.equal(401, code)
+      local offered = {}
+      for i, v in ipairs(res:headers("WWW-Authenticate")) do
+        offered[i] = select(2, sip.auth.parse(v)).algorithm
+      end
+      assert.same({ "SHA-256", "MD5" }, offered)
+      res = assert(register(ALICE))
+      assert.equal(200, res.status)
+      assert.equal(1, #loc:lookup(AOR))
+      assert.equal("SHA-256", select(2, sip.auth.parse(seen[#seen])).algorithm)
+      -- a wrong password is refused with SHA-256 as with MD5
+      local _, _, c = register{ username = "alice", password = "wrong" }
+      assert.equal(401, c)
+    end)
+
+    t("picks the strongest offered whatever the order; SHA-512-256 and ha1 per algorithm",
+      function()
+        local asked = {}
+        serve({ "MD5", "SHA-512-256", "SHA-256" }, function(user, realm, alg)
+          asked[#asked + 1] = alg
+          local d = select(3, require("luasip.core").class("luasip.digest"))
+          return user == "alice" and d.ha1(alg, user, realm, "wonderland") or nil
+        end)
+        local res = assert(register(ALICE))
+        assert.equal(200, res.status)
+        assert.equal("SHA-512-256", select(2, sip.auth.parse(seen[#seen])).algorithm)
+        assert.same({ "SHA-512-256" }, asked)
+      end)
+
+    t("answers MD5 when the client has only an MD5 HA1, and fails on SHA-256 only", function()
+      serve({ "SHA-256", "MD5" })
+      local md5_only = { username = "alice", ha1 = sip.md5("alice:" .. REALM .. ":wonderland") }
+      assert.equal(200, assert(register(md5_only)).status)
+      assert.equal("MD5", select(2, sip.auth.parse(seen[#seen])).algorithm)
+      serve({ "SHA-256" })
+      local _, _, code = register(md5_only)
+      assert.equal(401, code)
+    end)
+
+    it("checks the algorithms option", function()
+      assert.has_error(function()
+        sip.auth.authorizer{ realm = REALM, password = password, algorithms = { "SHA-1" } }
+      end, "luasip.auth.authorizer: algorithms[1]: unsupported algorithm SHA-1")
+      assert.has_error(function()
+        sip.auth.authorizer{ realm = REALM, password = password, algorithms = {} }
+      end, 'luasip.auth.authorizer: algorithms must be a non-empty list ("SHA-256", "MD5", ...)')
+      assert.has_error(function()
+        sip.auth.authorizer{ realm = REALM, password = password, algorithms = { "MD5-sess" } }
+      end, "luasip.auth.authorizer: algorithms[1]: unsupported algorithm MD5-sess")
+    end)
+  end)
+end)

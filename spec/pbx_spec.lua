@@ -145,3 +145,99 @@ describe("examples/pbx.lua", function()
     assert.is_nil(got)
   end)
 end)
+
+-- examples/pbx.lua with LUASIP_TLS_CERT / LUASIP_TLS_KEY: TLS beside UDP and TCP
+local have_openssl = os.execute("command -v openssl >/dev/null 2>&1")
+describe("examples/pbx.lua over TLS", function()
+  local pbx, dir, tls_port
+  setup(function()
+    if not (have_openssl == true or have_openssl == 0) then return end
+    dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -m 700 " .. H.shquote(dir) .. " && sh spec/peers/make-certs.sh "
+      .. H.shquote(dir) .. " >/dev/null 2>&1"))
+    pbx = H.background({ "env", "LUA_PATH=lua/?.lua;lua/?/init.lua;;",
+      "LUA_CPATH=build/" .. (os.getenv("LUASIP_FLAVOUR") or "5.4") .. "/?.so;;",
+      "LUASIP_TLS_CERT=" .. dir .. "/server.pem", "LUASIP_TLS_KEY=" .. dir .. "/server.key",
+      "LUASIP_TLS_CA=" .. dir .. "/ca.pem", "LUASIP_TLS_PORT=0",
+      H.interpreter(), "examples/pbx.lua", "127.0.0.1:" .. H.free_port() }, 60)
+    H.run_until(function() return pbx.log():find("listening on") or pbx.done() end, 10,
+      "pbx listening")
+    assert.is_nil(pbx.done(), pbx.log())
+    tls_port = assert(tonumber(pbx.log():match("TLS on port (%d+)")), pbx.log())
+  end)
+  teardown(function()
+    if pbx then pbx.kill() end
+    if dir then os.execute("rm -rf " .. H.shquote(dir)) end
+  end)
+  after_each(function() H.close_agents() end)
+
+  ;((have_openssl == true or have_openssl == 0) and it or pending)(
+    "registers a TLS phone with digest authentication on sips:", function()
+      local phone = H.agent{ listen = { "sip:127.0.0.1:0", "sips:127.0.0.1:0" },
+        tls = { cert = dir .. "/server.pem", key = dir .. "/server.key", ca = dir .. "/ca.pem" } }
+      local aor, phone_port = "sips:alice@127.0.0.1", nil
+      for _, t in ipairs(phone:transports()) do
+        if t.transport == "tls" then phone_port = t.port end
+      end
+      local function register(auth, expires)
+        return H.run(function()
+          return phone:request{ method = "REGISTER", uri = "sips:127.0.0.1:" .. tls_port,
+            auth = auth, headers = { To = "<" .. aor .. ">", From = "<" .. aor .. ">",
+              Contact = "<sips:alice@127.0.0.1:" .. phone_port .. ">",
+              Expires = tostring(expires) } }
+        end)
+      end
+      local _, _, code = register(nil, 60)
+      assert.equal(401, code)
+      local res = assert(register({ username = "alice", password = "alice-secret" }, 60))
+      assert.equal(200, res.status)
+      assert.matches("^<sips:alice@127.0.0.1:%d+>;expires=60$", res:header("Contact"))
+      assert(register({ username = "alice", password = "alice-secret" }, 0))
+    end)
+
+  ;((have_openssl == true or have_openssl == 0) and it or pending)(
+    "connects a call between two TLS phones through it", function()
+      local function tls_phone(user)
+        local a = H.agent{ listen = { "sip:127.0.0.1:0", "sips:127.0.0.1:0" },
+          tls = { cert = dir .. "/server.pem", key = dir .. "/server.key",
+            ca = dir .. "/ca.pem" } }
+        for _, t in ipairs(a:transports()) do
+          if t.transport == "tls" then a.data.port = t.port end
+        end
+        a.data.auth = { username = user, password = user .. "-secret" }
+        a.data.aor = "sip:" .. user .. "@127.0.0.1"     -- the user's AOR, reached on sips:
+        return a
+      end
+      local function register(p, expires)
+        return H.run(function()
+          return assert(p:request{ method = "REGISTER", uri = "sips:127.0.0.1:" .. tls_port,
+            auth = p.data.auth, headers = { To = "<" .. p.data.aor .. ">",
+              From = "<" .. p.data.aor .. ">", Expires = tostring(expires),
+              Contact = "<sips:" .. p.data.auth.username .. "@127.0.0.1:" .. p.data.port .. ">" } })
+        end)
+      end
+      local alice, bob = tls_phone("alice"), tls_phone("bob")
+      local bob_call
+      bob:on("INVITE", function(req)
+        bob_call = { via = req:header("Via") }
+        local d = assert(req:answer())
+        bob_call.ended = d:wait_end(10)
+      end)
+      register(alice, 60)
+      register(bob, 60)
+      local d, res = H.run(function()
+        return alice:invite{ uri = "sip:bob@127.0.0.1", proxy = "sips:127.0.0.1:" .. tls_port,
+          auth = alice.data.auth, from = "<" .. alice.data.aor .. ">" }
+      end)
+      assert(d, res)
+      assert.equal(200, res.status)
+      assert(bob_call, pbx.log())
+      assert.matches("^SIP/2.0/TLS", bob_call.via)
+      H.run(function() assert.is_true(d:bye()) end)
+      H.run_until(function() return bob_call.ended end)
+      assert.equal("remote bye", bob_call.ended)
+      register(alice, 0)
+      register(bob, 0)
+    end)
+end)

@@ -23,7 +23,56 @@ local M = {}
 
 local OPTIONS = { listen = true, user_agent = true, t1 = true, in_dialog = true,
   supported = true, handler_timeout = true, invite_timeout = true, overload = true,
-  media = true, max_message_size = true }
+  media = true, max_message_size = true, tls = true }
+
+local TLS_OPTIONS = { cert = "string", key = "string", ca = "string", verify = "boolean" }
+
+-- a sips: URI or one with transport=tls
+local function is_tls_uri(u)
+  return u:match("^sips:") ~= nil or u:lower():match(";transport=tls") ~= nil
+end
+
+local function check_tls(tls, listen)
+  local any = false
+  for _, u in ipairs(listen) do any = any or is_tls_uri(u) end
+  if tls == nil then
+    if any then
+      error("luasip.agent: a sips: or transport=tls listen URI needs the tls option"
+        .. " ({ cert =, key =, ca = })", 3)
+    end
+    return nil
+  end
+  if type(tls) ~= "table" then
+    error("luasip.agent: tls must be a table { cert =, key =, ca =, verify = }", 3)
+  end
+  for k, v in pairs(tls) do
+    local want = TLS_OPTIONS[k]
+    if not want then error("luasip.agent: tls." .. tostring(k) .. ": unknown option", 3) end
+    if type(v) ~= want or (want == "string" and v == "") then
+      error("luasip.agent: tls." .. k .. " must be a " .. (want == "string"
+        and "PEM file path" or "boolean"), 3)
+    end
+  end
+  if tls.key and not tls.cert then
+    error("luasip.agent: tls.key needs tls.cert", 3)
+  end
+  if not any then
+    error("luasip.agent: the tls option needs a sips: or transport=tls listen URI", 3)
+  end
+  return { cert = tls.cert, key = tls.key, ca = tls.ca, verify = tls.verify }
+end
+
+-- "sip:h:p;transport=tls" is bound as "sips:h:p": sofia binds TLS only for sips: URIs
+-- (its sip: URIs offer UDP, TCP and SCTP); the port defaults to 5061 either way
+local function bind_uri(u)
+  local base, params = u:match("^sip:([^;]*)(;.*)$")
+  if not base or not (params .. ";"):lower():find(";transport=tls;", 1, true) then return u end
+  local kept = {}
+  for p in params:gmatch(";([^;]*)") do
+    if p:lower() ~= "transport=tls" then kept[#kept + 1] = ";" .. p end
+  end
+  return "sips:" .. base .. table.concat(kept)
+end
 
 local function check_listen(listen)
   if type(listen) == "string" then listen = { listen } end
@@ -43,8 +92,12 @@ local function check_listen(listen)
   -- transport of a protocol (its host_is_ip6_address does not take brackets), while
   -- IPv4 destinations are matched by address family.
   local ordered = {}
-  for _, u in ipairs(listen) do if u:match("^sips?:%[") then ordered[#ordered + 1] = u end end
-  for _, u in ipairs(listen) do if not u:match("^sips?:%[") then ordered[#ordered + 1] = u end end
+  for _, u in ipairs(listen) do
+    if u:match("^sips?:%[") then ordered[#ordered + 1] = bind_uri(u) end
+  end
+  for _, u in ipairs(listen) do
+    if not u:match("^sips?:%[") then ordered[#ordered + 1] = bind_uri(u) end
+  end
   return ordered
 end
 
@@ -65,6 +118,7 @@ end
 -- agent{ listen = uri | {uri...}, user_agent =, t1 =, in_dialog = "481" | "handler",
 --   supported = {tag...}, handler_timeout = { invite =, other = } | false,
 --   invite_timeout = seconds, max_message_size = bytes, overload = {...},
+--   tls = { cert = pem, key = pem, ca = pem, verify = true },
 --   media = { address =, ports = { min, max }, prompts = dir } } -> agent | nil, err, code
 function M.new(opts)
   if type(opts) ~= "table" then error("luasip.agent: options table expected", 2) end
@@ -94,8 +148,9 @@ function M.new(opts)
     or mms > 16777216) then
     error("luasip.agent: max_message_size must be an integer of bytes in [1024, 16777216]", 2)
   end
+  local tls = check_tls(opts.tls, listen)
   local a, err, code = core.agent{ listen = listen, user_agent = opts.user_agent,
-    t1 = opts.t1, overload = opts.overload, max_message_size = mms }
+    t1 = opts.t1, overload = opts.overload, max_message_size = mms, tls = tls }
   if not a then return nil, err, code end
   local st = state(a)
   st.handlers = {}
@@ -156,7 +211,7 @@ end
 -- agent:uri([user]) -> "sip:user@host:port" for this agent
 function methods.uri(self, user)
   local c = assert(self:contact())
-  if user then c = c:gsub("^sip:", "sip:" .. user .. "@") end
+  if user then c = c:gsub("^(sips?:)", function(scheme) return scheme .. user .. "@" end) end
   return c
 end
 

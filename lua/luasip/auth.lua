@@ -1,6 +1,7 @@
--- luasip.auth: digest authentication for SIP (RFC 3261 22, RFC 2617 and RFC 7616 with MD5
--- and qop=auth).  Server side: check(req, opts) answers a 401/407 challenge itself and
--- returns the authenticated user; authorizer{...} is a registrar authorize hook.  Client
+-- luasip.auth: digest authentication for SIP (RFC 3261 22, RFC 2617 and RFC 7616 / RFC
+-- 8760 with MD5, SHA-256 and SHA-512-256, qop=auth).  Server side: check(req, opts)
+-- answers a 401/407 challenge itself and returns the authenticated user; authorizer{...}
+-- is a registrar authorize hook.  Client
 -- side: agent:request{..., auth = {username =, password = | ha1 =}}, agent:invite{...} and
 -- dialog:request(method, {auth = ...}) answer 401/407 challenges (send_with_auth).
 -- Nonces carry their issue time and a keyed md5 of it, so processes sharing a secret
@@ -18,6 +19,19 @@ local digest = select(3, core.class("luasip.digest"))   -- the C functions (csrc
 local M = {}
 
 -- ------------------------------------------------------------------ digest
+
+-- the algorithms by strength (a client answers the strongest challenge it can); each
+-- also has a "-sess" variant (RFC 7616 3.4.2).  SHA ones need libcrypto in the build.
+local STRENGTH = { ["MD5"] = 1, ["SHA-256"] = 2, ["SHA-512-256"] = 3 }
+
+-- canonical name of a supported algorithm (nil: MD5), and its base without "-sess"; nil
+-- when unsupported
+local function algorithm(name)
+  name = (name or "MD5"):upper()
+  local base = name:gsub("%-SESS$", "")
+  if not STRENGTH[base] or not digest.supports(name) then return nil end
+  return (name:gsub("%-SESS$", "-sess")), base
+end
 
 -- parse(value) -> scheme, params | nil: one WWW-Authenticate, Proxy-Authenticate,
 -- Authorization or Proxy-Authorization value; param names lowercased, values unquoted
@@ -59,8 +73,9 @@ local function quote(s)
 end
 
 -- response{ method =, uri =, nonce =, ha1 = | username =, realm =, password =,
---   algorithm = "MD5" | "MD5-sess", qop = "auth" | "auth-int" | nil, nc = "00000001",
---   cnonce =, body = } -> the request-digest (lowercase hex), RFC 2617 3.2.2.1
+--   algorithm = "MD5" | "SHA-256" | "SHA-512-256" (or their "-sess"), qop = "auth" |
+--   "auth-int" | nil, nc = "00000001", cnonce =, body = } -> the request-digest
+--   (lowercase hex), RFC 2617 3.2.2.1, RFC 7616 3.4.1; computed in C (csrc/digest.c)
 function M.response(p)
   if type(p) ~= "table" then error("luasip.auth.response: table expected", 2) end
   for _, k in ipairs{ "method", "uri", "nonce" } do
@@ -68,29 +83,24 @@ function M.response(p)
       error("luasip.auth.response: " .. k .. " must be a string", 2)
     end
   end
+  local alg = algorithm(p.algorithm)
+  if not alg then
+    error("luasip.auth.response: unsupported algorithm " .. tostring(p.algorithm), 2)
+  end
   local ha1 = p.ha1
   if ha1 == nil then
     if type(p.username) ~= "string" or type(p.realm) ~= "string"
       or type(p.password) ~= "string" then
       error("luasip.auth.response: ha1 or username, realm and password expected", 2)
     end
-    ha1 = md5(p.username .. ":" .. p.realm .. ":" .. p.password)
+    ha1 = digest.ha1(alg, p.username, p.realm, p.password)
   end
-  ha1 = ha1:lower()
-  if p.algorithm and p.algorithm:lower() == "md5-sess" then
-    ha1 = md5(ha1 .. ":" .. p.nonce .. ":" .. (p.cnonce or ""))
+  if p.qop ~= nil and p.qop ~= "auth" and p.qop ~= "auth-int" then
+    error('luasip.auth.response: qop must be "auth", "auth-int" or nil', 2)
   end
-  local ha2
-  if p.qop == "auth-int" then
-    ha2 = md5(p.method .. ":" .. p.uri .. ":" .. md5(p.body or ""))
-  else
-    ha2 = md5(p.method .. ":" .. p.uri)
-  end
-  if p.qop then
-    return md5(ha1 .. ":" .. p.nonce .. ":" .. (p.nc or "00000001") .. ":"
-      .. (p.cnonce or "") .. ":" .. p.qop .. ":" .. ha2)
-  end
-  return md5(ha1 .. ":" .. p.nonce .. ":" .. ha2)   -- RFC 2069 compatibility
+  -- qop nil: RFC 2069 compatibility (nc and cnonce unused, but for -sess)
+  return digest.response(alg, ha1, p.nonce, p.nc or "00000001", p.cnonce or "", p.qop,
+    p.method, p.uri, p.body)
 end
 
 -- the qop we answer a challenge with: auth, else auth-int, else none (RFC 2069);
@@ -104,11 +114,20 @@ local function pick_qop(offer)
   return false
 end
 
-local function usable(params)
-  local alg = params.algorithm and params.algorithm:lower()
-  return params.realm and params.nonce
-    and (alg == nil or alg == "md5" or alg == "md5-sess")
-    and pick_qop(params.qop) ~= false
+-- the HA1 auth gives for an algorithm (auth.ha1: a hex string for MD5, or a table
+-- { ["SHA-256"] = hex, MD5 = hex, ... }), or true when auth has the password; nil: none
+local function ha1_for(auth, alg)
+  if auth.password then return true end
+  local h = auth.ha1
+  if type(h) == "string" then return (alg:gsub("%-sess$", "") == "MD5") and h or nil end
+  if type(h) == "table" then return h[alg:gsub("%-sess$", "")] end
+  return nil
+end
+
+local function usable(params, auth)
+  local alg = algorithm(params.algorithm)
+  return params.realm and params.nonce and alg and pick_qop(params.qop) ~= false
+    and (auth == nil or ha1_for(auth, alg) ~= nil)
 end
 
 -- credentials(challenge, auth, method, uri [, opts]) -> Authorization value | nil, err
@@ -126,13 +145,14 @@ function M.credentials(challenge, auth, method, uri, opts)
   if type(params) ~= "table" then
     error("luasip.auth.credentials: challenge expected", 2)
   end
-  if not usable(params) then return nil, "unsupported challenge" end
+  if not usable(params, auth) then return nil, "unsupported challenge" end
   opts = opts or {}
   local qop = pick_qop(params.qop)
   local nc = ("%08x"):format(opts.nc or 1)
   local cnonce = opts.cnonce or core.random_hex(8)
+  local ha1 = ha1_for(auth, algorithm(params.algorithm))
   local response = M.response{ method = method, uri = uri, nonce = params.nonce,
-    ha1 = auth.ha1, username = auth.username, realm = params.realm,
+    ha1 = ha1 ~= true and ha1 or nil, username = auth.username, realm = params.realm,
     password = auth.password, algorithm = params.algorithm, qop = qop, nc = nc,
     cnonce = cnonce, body = opts.body }
   local v = { "Digest username=" .. quote(auth.username), "realm=" .. quote(params.realm),
@@ -184,6 +204,17 @@ local function check_opts(opts, fname)
   if store ~= nil and (type(store) ~= "table" or type(store.update) ~= "function") then
     error(fname .. ": store must be a luasip store", 3)
   end
+  local given, algs, offered = opts.algorithms or { "MD5" }, {}, {}
+  if type(given) ~= "table" or #given == 0 then
+    error(fname .. ": algorithms must be a non-empty list (\"SHA-256\", \"MD5\", ...)", 3)
+  end
+  for i, a in ipairs(given) do
+    local name = type(a) == "string" and algorithm(a)
+    if not name or name:match("%-sess$") then
+      error(fname .. ": algorithms[" .. i .. "]: unsupported algorithm " .. tostring(a), 3)
+    end
+    algs[i], offered[name] = name, true
+  end
   if not default_secret then default_secret = core.random_hex(16) end
   if not store and not default_store then default_store = memory.new() end
   local secret = opts.secret or default_secret
@@ -193,6 +224,7 @@ local function check_opts(opts, fname)
     nonce_ttl = ttl or 300, secret = secret, store = store or default_store,
     clock = opts.clock or wall_clock,
     opaque = md5("opaque:" .. secret .. ":" .. opts.realm),
+    algorithms = algs, offered = offered,
   }
 end
 
@@ -223,13 +255,18 @@ local function names(cfg)
   return 401, "Unauthorized", "WWW-Authenticate", "Authorization"
 end
 
--- Answers req with a fresh challenge; -> nil, status, why
+-- Answers req with a fresh challenge, one per algorithm in the order of the option
+-- (RFC 7616 3.7: the preferred first; RFC 8760 for SIP), all with the same nonce;
+-- -> nil, status, why
 local function challenge(req, cfg, why, stale)
   local status, reason, header = names(cfg)
-  local v = "Digest realm=" .. quote(cfg.realm) .. ', nonce="' .. make_nonce(cfg)
+  local head = "Digest realm=" .. quote(cfg.realm) .. ', nonce="' .. make_nonce(cfg)
     .. '", opaque="' .. cfg.opaque .. '"' .. (stale and ", stale=true" or "")
-    .. ', algorithm=MD5, qop="auth"'
-  req:reply(status, reason, { headers = { [header] = v } })
+  local values = {}
+  for i, alg in ipairs(cfg.algorithms) do
+    values[i] = head .. ", algorithm=" .. alg .. ', qop="auth"'
+  end
+  req:reply(status, reason, { headers = { [header] = values } })
   return nil, status, why
 end
 
@@ -260,9 +297,8 @@ local function verify(req, cfg)
   if not (p.username and p.nonce and p.uri and p.response) then
     return bad_request(req, "Incomplete Authorization", "malformed")
   end
-  if p.algorithm and p.algorithm:lower() ~= "md5" then
-    return challenge(req, cfg, "algorithm")
-  end
+  local alg = algorithm(p.algorithm)
+  if not alg or not cfg.offered[alg] then return challenge(req, cfg, "algorithm") end
   if p.qop ~= "auth" then return challenge(req, cfg, "qop") end
   if not p.cnonce or not p.nc or not p.nc:match("^%x%x%x%x%x%x%x%x$") then
     return bad_request(req, "Incomplete Authorization", "malformed")
@@ -280,16 +316,16 @@ local function verify(req, cfg)
   if p.opaque and p.opaque ~= cfg.opaque then return challenge(req, cfg, "opaque") end
   local ha1
   if cfg.ha1 then
-    ha1 = cfg.ha1(p.username, cfg.realm)
+    ha1 = cfg.ha1(p.username, cfg.realm, alg)
   else
     local password = cfg.password(p.username, cfg.realm)
     if type(password) == "string" then
-      ha1 = digest.ha1("MD5", p.username, cfg.realm, password)
+      ha1 = digest.ha1(alg, p.username, cfg.realm, password)
     end
   end
   if type(ha1) ~= "string" then return challenge(req, cfg, "unknown user") end
   -- computed and compared in C (csrc/digest.c), without building the strings here
-  if not digest.check(p.response, "MD5", ha1, p.nonce, p.nc, p.cnonce, "auth", req.method,
+  if not digest.check(p.response, alg, ha1, p.nonce, p.nc, p.cnonce, "auth", req.method,
     p.uri) then
     return challenge(req, cfg, "bad response")
   end
@@ -413,17 +449,26 @@ local function add_credentials(headers, entries, auth, method, uri, body)
   return headers
 end
 
--- the challenges of a 401/407 that auth can answer -> list, any stale=true
+-- the challenges of a 401/407 that auth can answer, the strongest algorithm for each
+-- realm (RFC 7616 3.7, RFC 8760 2.4) -> list, any stale=true
 local function challenges_of(res, auth)
-  local list, stale = {}, false
+  local list, stale, best = {}, false, {}
   for _, h in ipairs{ "WWW-Authenticate", "Proxy-Authenticate" } do
     local header = h == "WWW-Authenticate" and "Authorization" or "Proxy-Authorization"
     for _, v in ipairs(res:headers(h)) do
       local scheme, p = M.parse(v)
-      if scheme and scheme:lower() == "digest" and usable(p)
+      if scheme and scheme:lower() == "digest" and usable(p, auth)
         and (auth.realm == nil or auth.realm == p.realm) then
         p.header, p.nc = header, 0
-        list[#list + 1] = p
+        local id = header .. "\0" .. p.realm
+        local _, base = algorithm(p.algorithm)
+        local i = best[id]
+        if not i then
+          list[#list + 1] = p
+          best[id] = #list
+        elseif STRENGTH[base] > STRENGTH[select(2, algorithm(list[i].algorithm))] then
+          list[i] = p
+        end
         if p.stale and p.stale:lower() == "true" then stale = true end
       end
     end
@@ -438,7 +483,8 @@ local function check_auth(opts, fname, in_dialog)
   if type(auth.username) ~= "string" then
     error(fname .. ": auth.username must be a string", 3)
   end
-  if type(auth.password) ~= "string" and type(auth.ha1) ~= "string" then
+  if type(auth.password) ~= "string" and type(auth.ha1) ~= "string"
+    and type(auth.ha1) ~= "table" then
     error(fname .. ": auth.password or auth.ha1 must be a string", 3)
   end
   if auth.realm ~= nil and type(auth.realm) ~= "string" then
