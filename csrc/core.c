@@ -606,7 +606,8 @@ static int core_step(lua_State *L)
   return 1;
 }
 
-/* SIGINT and SIGTERM stop run() on the first signal: while run() turns the loop, their
+/* SIGINT and SIGTERM stop run() on the first signal (a second one, while the first is
+ * still pending, has its default action): while run() turns the loop, their
  * handler records the signal and writes a byte to a pipe the su_root watches, so the
  * wait returns at once (no window between checking the flag and waiting). */
 static volatile sig_atomic_t run_signal;
@@ -615,6 +616,13 @@ static int run_pipe[2] = { -1, -1 };
 static void run_on_signal(int sig)
 {
   int e = errno;
+  if (run_signal) {
+    /* a second signal before the loop took the first (Lua stuck in a loop the
+     * watchdog cannot interrupt, e.g. one LuaJIT compiled): the default action */
+    signal(sig, SIG_DFL);
+    raise(sig);
+    return;
+  }
   run_signal = sig;
   if (run_pipe[1] >= 0 && write(run_pipe[1], "", 1) < 0)
     (void)0;                        /* full pipe: a wakeup is pending anyway */

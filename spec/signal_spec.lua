@@ -58,6 +58,42 @@ describe("luasip.run and signals", function()
   it("stops on the first SIGINT and returns true, 'SIGINT'", function() stops_on("INT") end)
   it("stops on the first SIGTERM and returns true, 'SIGTERM'", function() stops_on("TERM") end)
 
+  it("dies of a second SIGTERM while Lua holds the loop", function()
+    local script = os.tmpname()
+    local ready, pidfile = os.tmpname(), os.tmpname()
+    os.remove(ready)
+    defer(function() os.remove(script); os.remove(ready); os.remove(pidfile) end)
+    local f = assert(io.open(script, "w"))
+    -- a timer callback that never returns, with the runaway-script limit off (as it is,
+    -- in effect, for a loop LuaJIT compiled)
+    f:write([[
+local sip = require "luasip"
+sip.cpu_limit(false)
+sip.timer(0.01, function()
+  local g = assert(io.open(arg[1], "w")); g:write("ready\n"); g:close()
+  local x = 0
+  while true do x = x + 1 end
+end)
+sip.run()
+print("run returned")
+]])
+    f:close()
+    local cmd = ("echo $$ > %s; LUA_PATH='lua/?.lua;lua/?/init.lua;;' "
+      .. "LUA_CPATH='build/%s/?.so;;' exec %s %s %s"):format(H.shquote(pidfile), FLAVOUR,
+      H.shquote(H.interpreter()), H.shquote(script), H.shquote(ready))
+    local p = H.background({ "sh", "-c", cmd }, 20)
+    defer(p.kill)
+    H.run_until(function() return read(ready) == "ready\n" or p.done() end, 10, "child busy")
+    assert.is_nil(p.done(), p.log())
+    local pid = assert(tonumber(read(pidfile)), "child pid")
+    assert(os.execute(("kill -TERM %d"):format(pid)))
+    -- the first is only recorded (the loop would stop at its next turn)
+    assert(os.execute(("kill -TERM %d"):format(pid)))
+    H.run_until(function() return p.done() end, 5, "child killed by the second SIGTERM")
+    assert.equal(143, p.done(), p.log())
+    assert.is_nil(p.log():find("run returned", 1, true))
+  end)
+
   it("returns just true after sip.stop()", function()
     sip.spawn(function() sip.sleep(0.01); sip.stop() end)
     local function count(...) return select("#", ...), ... end
