@@ -32,13 +32,15 @@ describe("luasip.run and signals", function()
     return s
   end
 
-  local function stops_on(signal)
+  -- runs source as a child script (arg[1]: a file it writes "ready\n" to); returns
+  -- the background process and its pid once the file says ready
+  local function launch(source)
     local script = os.tmpname()
     local ready, pidfile = os.tmpname(), os.tmpname()
     os.remove(ready)
     defer(function() os.remove(script); os.remove(ready); os.remove(pidfile) end)
     local f = assert(io.open(script, "w"))
-    f:write(SCRIPT)
+    f:write(source)
     f:close()
     local cmd = ("echo $$ > %s; LUA_PATH='lua/?.lua;lua/?/init.lua;;' "
       .. "LUA_CPATH='build/%s/?.so;;' exec %s %s %s"):format(H.shquote(pidfile), FLAVOUR,
@@ -47,7 +49,11 @@ describe("luasip.run and signals", function()
     defer(p.kill)
     H.run_until(function() return read(ready) == "ready\n" or p.done() end, 10, "child ready")
     assert.is_nil(p.done(), p.log())
-    local pid = assert(tonumber(read(pidfile)), "child pid")
+    return p, assert(tonumber(read(pidfile)), "child pid")
+  end
+
+  local function stops_on(signal)
+    local p, pid = launch(SCRIPT)
     assert(os.execute(("kill -%s %d"):format(signal, pid)))
     H.run_until(function() return p.done() end, 5, "child exit after " .. signal)
     assert.equal(0, p.done(), p.log())
@@ -59,14 +65,9 @@ describe("luasip.run and signals", function()
   it("stops on the first SIGTERM and returns true, 'SIGTERM'", function() stops_on("TERM") end)
 
   it("dies of a second SIGTERM while Lua holds the loop", function()
-    local script = os.tmpname()
-    local ready, pidfile = os.tmpname(), os.tmpname()
-    os.remove(ready)
-    defer(function() os.remove(script); os.remove(ready); os.remove(pidfile) end)
-    local f = assert(io.open(script, "w"))
     -- a timer callback that never returns, with the runaway-script limit off (as it is,
     -- in effect, for a loop LuaJIT compiled)
-    f:write([[
+    local p, pid = launch([[
 local sip = require "luasip"
 sip.cpu_limit(false)
 sip.timer(0.01, function()
@@ -77,15 +78,6 @@ end)
 sip.run()
 print("run returned")
 ]])
-    f:close()
-    local cmd = ("echo $$ > %s; LUA_PATH='lua/?.lua;lua/?/init.lua;;' "
-      .. "LUA_CPATH='build/%s/?.so;;' exec %s %s %s"):format(H.shquote(pidfile), FLAVOUR,
-      H.shquote(H.interpreter()), H.shquote(script), H.shquote(ready))
-    local p = H.background({ "sh", "-c", cmd }, 20)
-    defer(p.kill)
-    H.run_until(function() return read(ready) == "ready\n" or p.done() end, 10, "child busy")
-    assert.is_nil(p.done(), p.log())
-    local pid = assert(tonumber(read(pidfile)), "child pid")
     assert(os.execute(("kill -TERM %d"):format(pid)))
     -- the first is only recorded (the loop would stop at its next turn)
     assert(os.execute(("kill -TERM %d"):format(pid)))
