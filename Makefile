@@ -65,17 +65,23 @@ warnings:
 	  $(MAKE) -s --no-print-directory build/$$f/luasip/core.so CFLAGS="-O2 -Werror" || exit 1; \
 	done
 
-test: deps warnings lint prompts
+test: deps
+	@$(MAKE) -s --no-print-directory warnings lint prompts
 	@sh scripts/run-specs.sh $(TEST_FLAVOURS)
 
-run: deps build
+# targets that install deps and then build run the build in a new make: the sofia and
+# media flags above are read when make starts, before deps installed the packages
+run: deps
+	@$(MAKE) -s --no-print-directory build
 	IVR_PROMPTS=build/prompts LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/5.4/?.so;;" \
 	  lua5.4 examples/pbx.lua $(ARGS)
 
-bench: deps build
+bench: deps
+	@$(MAKE) -s --no-print-directory build
 	@sh bench/run.sh
 
-check-memory: deps build
+check-memory: deps
+	@$(MAKE) -s --no-print-directory build
 	@sh scripts/check-memory.sh
 
 # the suite with core.so under AddressSanitizer + UndefinedBehaviorSanitizer
@@ -86,7 +92,8 @@ build/asan/luasip/core.so: $(SRCS) $(HDRS)
 	$(CC) $(subst $(CFLAGS),,$(ALL_CFLAGS)) $(ASAN_FLAGS) -I$(INC_5.4) $(SRCS) -shared -o $@ \
 	  $(LDFLAGS) $(SOFIA_LIBS) $(CRYPTO_LIBS) $(MEDIA_LIBS)
 
-check-asan: deps build build/asan/luasip/core.so
+check-asan: deps
+	@$(MAKE) -s --no-print-directory build build/asan/luasip/core.so
 	@sh scripts/check-asan.sh
 
 # the SIP fuzzer against examples/uas.lua (scripts/fuzz-sip.py; findings in build/fuzz-findings)
