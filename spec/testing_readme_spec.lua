@@ -29,8 +29,8 @@ describe("README: Testing your application", function()
     local pwd = io.popen("pwd"):read("*l")
     local flavour = os.getenv("LUASIP_FLAVOUR") or "5.4"
     local cmd = ("cd %s && LUA_PATH=%s LUA_CPATH=%s timeout -s KILL 120 %s /usr/bin/busted "
-      .. "-o TAP router_spec.lua 2>&1; echo rc=$?"):format(H.shquote(dir), H.shquote(pwd .. "/lua/?.lua;" .. pwd .. "/lua/?/init.lua;;"),
-        H.shquote(pwd .. "/build/" .. flavour .. "/?.so;;"), H.interpreter())
+      .. "-o TAP router_spec.lua 2>&1; echo rc=$?"):format(H.shquote(dir),
+        H.shquote(pwd .. "/lua/?.lua;" .. pwd .. "/lua/?/init.lua;;"), H.shquote(pwd .. "/build/" .. flavour .. "/?.so;;"), H.interpreter())
     local p = io.popen(cmd)
     local out = p:read("*a")
     p:close()
