@@ -28,9 +28,11 @@ describe("README: Testing your application", function()
     -- the paths of an installed luasip: this tree's, absolute
     local pwd = io.popen("pwd"):read("*l")
     local flavour = os.getenv("LUASIP_FLAVOUR") or "5.4"
+    local lpath = pwd .. "/lua/?.lua;" .. pwd .. "/lua/?/init.lua;;"
+    local cpath = pwd .. "/build/" .. flavour .. "/?.so;;"
     local cmd = ("cd %s && LUA_PATH=%s LUA_CPATH=%s timeout -s KILL 120 %s /usr/bin/busted "
-      .. "-o TAP router_spec.lua 2>&1; echo rc=$?"):format(H.shquote(dir),
-        H.shquote(pwd .. "/lua/?.lua;" .. pwd .. "/lua/?/init.lua;;"), H.shquote(pwd .. "/build/" .. flavour .. "/?.so;;"), H.interpreter())
+      .. "-o TAP router_spec.lua 2>&1; echo rc=$?"):format(H.shquote(dir), H.shquote(lpath),
+      H.shquote(cpath), H.interpreter())
     local p = io.popen(cmd)
     local out = p:read("*a")
     p:close()
