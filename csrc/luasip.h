@@ -72,6 +72,10 @@ int luasip_cpu_limit(lua_State *L);
 int luasip_resume_begin(lua_State *L);
 int luasip_resume_end(lua_State *L);
 
+/* signals.c: SIGHUP/SIGUSR1/SIGUSR2 delivered on the loop as events (sip.on_signal) */
+int luasip_catch_signal(lua_State *L);
+void luasip_signals_close(void);
+
 /* agent.c: RFC 3261 checks sofia's parser leaves to us (400 reason phrase or NULL) */
 const char *luasip_request_malformed(sip_t const *sip);
 
