@@ -328,3 +328,86 @@ describe("sip.on_signal", function()
       "luasip.on_signal: handler must be a function or nil")
   end)
 end)
+
+-- child processes: a luasip script started with its pid known, reloaded by SIGHUP
+describe("reload by SIGHUP in a child process", function()
+  local S = require "spec.peers.sipp"
+  local it_sipp = S.available() and it or pending
+  local FLAVOUR = os.getenv("LUASIP_FLAVOUR") or "5.4"
+  local defer = H.defer_with(function(f) finally(f) end)
+  after_each(function() H.close_agents() end)
+
+  local function read(path)
+    local f = io.open(path)
+    if not f then return nil end
+    local s = f:read("*a")
+    f:close()
+    return s
+  end
+
+  -- launch(argv..., ready-pattern) -> process, pid: runs a script under this flavour
+  local function launch(words, ready, max_seconds)
+    local pidfile = os.tmpname()
+    defer(function() os.remove(pidfile) end)
+    local quoted = {}
+    for i, w in ipairs(words) do quoted[i] = H.shquote(w) end
+    local cmd = ("echo $$ > %s; LUA_PATH='lua/?.lua;lua/?/init.lua;;' "
+      .. "LUA_CPATH='build/%s/?.so;;' exec %s %s"):format(H.shquote(pidfile), FLAVOUR,
+      H.shquote(H.interpreter()), table.concat(quoted, " "))
+    local p = H.background({ "sh", "-c", cmd }, max_seconds or 60)
+    defer(p.kill)
+    H.run_until(function() return ready(p) or p.done() end, 10, "child ready")
+    assert.is_nil(p.done(), p.log())
+    return p, assert(tonumber(read(pidfile)), "child pid")
+  end
+
+  local function count(s, pattern)
+    local n = 0
+    for _ in s:gmatch(pattern) do n = n + 1 end
+    return n
+  end
+
+  it_sipp("keeps every call of a sipp run through reloads: zero failed calls, BYEs after "
+    .. "a reload answered by the code that took the call", function()
+      local port, ready = H.free_port(), os.tmpname()
+      os.remove(ready)
+      defer(function() os.remove(ready) end)
+      local uas, pid = launch({ "spec/peers/reload/uas.lua", "127.0.0.1:" .. port, ready },
+        function() return read(ready) == "ready\n" end)
+      -- 300 calls, 60 a second, each held 1 s before sipp's BYE: ~60 calls up at a time
+      local CALLS, RELOADS = 300, 4
+      local sipp = S.run{ sn = "uac", target = "127.0.0.1:" .. port, calls = CALLS,
+        timeout = 60, extra = { "-r", "60", "-d", "1000", "-l", "120" } }
+      defer(function() S.stop(sipp) end)
+      -- a SIGHUP every 50 answered calls, once the previous reload is done
+      for k = 1, RELOADS do
+        H.run_until(function()
+          return count(uas.log(), "call %d+") >= 50 * k or sipp.done() end, 30,
+          "50 more calls answered")
+        assert.is_nil(sipp.done(), sipp.report())
+        assert(os.execute(("kill -HUP %d"):format(pid)))
+        H.run_until(function() return count(uas.log(), "reloaded\n") >= k end, 10,
+          "reload " .. k)
+      end
+      local rc = S.wait(sipp, 60)
+      assert.equal(0, rc, sipp.report() .. "\n--- uas\n" .. uas.log())
+      local log = uas.log()
+      assert.is_nil(log:find("reload failed", 1, true), log)
+      assert.equal(CALLS, count(log, "call %d+"), log)
+      H.run_until(function() return count(uas.log(), "bye %d+ %d+") == CALLS end, 5,
+        "every BYE seen by its dialog's handler")
+      -- BYEs that came after a reload, handled by the generation that answered the call
+      local old = 0
+      for took, now in uas.log():gmatch("bye (%d+) (%d+)") do
+        if tonumber(took) < tonumber(now) then old = old + 1 end
+      end
+      assert.truthy(old > 0, "no BYE crossed a reload")
+      local newest = 0
+      for g in log:gmatch("call (%d+)") do newest = math.max(newest, tonumber(g)) end
+      assert.equal(RELOADS + 1, newest)                 -- new calls took the new code
+      if os.getenv("RELOAD_DEBUG") then
+        print(("%d calls, %d reloads, %d BYEs after a reload on the old code"):format(CALLS,
+          RELOADS, old))
+      end
+    end)
+end)
