@@ -330,36 +330,38 @@ describe("sip.on_signal", function()
 end)
 
 -- child processes: a luasip script started with its pid known, reloaded by SIGHUP
+local FLAVOUR = os.getenv("LUASIP_FLAVOUR") or "5.4"
+local defer = H.defer_with(function(f) finally(f) end)
+
+local function read(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- launch(words, ready(proc) [, max_seconds]) -> proc, pid: runs a Lua script (words:
+-- its path and arguments) under this flavour until ready(proc) is true
+local function launch(words, ready, max_seconds)
+  local pidfile = os.tmpname()
+  defer(function() os.remove(pidfile) end)
+  local quoted = {}
+  for i, w in ipairs(words) do quoted[i] = H.shquote(w) end
+  local cmd = ("echo $$ > %s; LUA_PATH='lua/?.lua;lua/?/init.lua;;' "
+    .. "LUA_CPATH='build/%s/?.so;;' exec %s %s"):format(H.shquote(pidfile), FLAVOUR,
+    H.shquote(H.interpreter()), table.concat(quoted, " "))
+  local p = H.background({ "sh", "-c", cmd }, max_seconds or 60)
+  defer(p.kill)
+  H.run_until(function() return ready(p) or p.done() end, 10, "child ready")
+  assert.is_nil(p.done(), p.log())
+  return p, assert(tonumber(read(pidfile)), "child pid")
+end
+
 describe("reload by SIGHUP in a child process", function()
   local S = require "spec.peers.sipp"
   local it_sipp = S.available() and it or pending
-  local FLAVOUR = os.getenv("LUASIP_FLAVOUR") or "5.4"
-  local defer = H.defer_with(function(f) finally(f) end)
   after_each(function() H.close_agents() end)
-
-  local function read(path)
-    local f = io.open(path)
-    if not f then return nil end
-    local s = f:read("*a")
-    f:close()
-    return s
-  end
-
-  -- launch(argv..., ready-pattern) -> process, pid: runs a script under this flavour
-  local function launch(words, ready, max_seconds)
-    local pidfile = os.tmpname()
-    defer(function() os.remove(pidfile) end)
-    local quoted = {}
-    for i, w in ipairs(words) do quoted[i] = H.shquote(w) end
-    local cmd = ("echo $$ > %s; LUA_PATH='lua/?.lua;lua/?/init.lua;;' "
-      .. "LUA_CPATH='build/%s/?.so;;' exec %s %s"):format(H.shquote(pidfile), FLAVOUR,
-      H.shquote(H.interpreter()), table.concat(quoted, " "))
-    local p = H.background({ "sh", "-c", cmd }, max_seconds or 60)
-    defer(p.kill)
-    H.run_until(function() return ready(p) or p.done() end, 10, "child ready")
-    assert.is_nil(p.done(), p.log())
-    return p, assert(tonumber(read(pidfile)), "child pid")
-  end
 
   local function count(s, pattern)
     local n = 0
@@ -409,5 +411,53 @@ describe("reload by SIGHUP in a child process", function()
         print(("%d calls, %d reloads, %d BYEs after a reload on the old code"):format(CALLS,
           RELOADS, old))
       end
+    end)
+end)
+
+describe("examples/pbx.lua on SIGHUP", function()
+  after_each(function() H.close_agents() end)
+
+  it("reloads examples/pbx_app.lua with a call up; the call ends normally and new calls "
+    .. "go through", function()
+      local port = H.free_port()
+      local pbx, pid = launch({ "examples/pbx.lua", "127.0.0.1:" .. port },
+        function(p) return p.log():find("listening on") end)
+      local proxy, PW = "sip:127.0.0.1:" .. port, { alice = "alice-secret", bob = "bob-secret" }
+      local function phone(user)
+        local a = H.agent()
+        a.data.auth = { username = user, password = PW[user] }
+        local aor = "<sip:" .. user .. "@127.0.0.1>"
+        assert(run(function()
+          return a:request{ method = "REGISTER", uri = proxy, auth = a.data.auth,
+            headers = { To = aor, From = aor, Contact = "<" .. a:uri(user) .. ">" } }
+        end))
+        return a
+      end
+      local alice, bob = phone("alice"), phone("bob")
+      local ended = {}
+      bob:on("INVITE", function(req)
+        local d = assert(req:answer{ body = "v=0\r\n", content_type = "application/sdp" })
+        local why = d:wait_end(20)
+        ended[#ended + 1] = why
+      end)
+      local function call()
+        return assert(run(function()
+          return alice:invite{ uri = "sip:bob@127.0.0.1", proxy = proxy, auth = alice.data.auth,
+            from = "<sip:alice@127.0.0.1>", body = "v=0\r\n" }
+        end))
+      end
+      local d1 = call()
+      assert(os.execute(("kill -HUP %d"):format(pid)))
+      H.run_until(function() return pbx.log():find("reloaded pbx_app") or pbx.done() end, 10,
+        "pbx reloaded")
+      assert.is_nil(pbx.done(), pbx.log())
+      -- the registrations survived the reload (they live in pbx.lua): a new call connects
+      local d2 = call()
+      -- the call set up before the reload ends normally (its BYE through the new code)
+      assert.is_true(run(function() return d1:bye() end))
+      H.run_until(function() return #ended == 1 end, 10, "the first call ended at bob")
+      assert.is_true(run(function() return d2:bye() end))
+      H.run_until(function() return #ended == 2 end, 10, "both calls ended at bob")
+      assert.same({ "remote bye", "remote bye" }, ended)
     end)
 end)
