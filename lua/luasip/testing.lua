@@ -49,11 +49,19 @@ end
 M.turn = turn
 
 -- go(fn, ...) -> box: runs fn in a luasip coroutine; box.done once it returned (box.r
--- its results) or raised (box.err, with the traceback)
+-- its results) or raised (box.err, with the traceback).  Lua 5.1 cannot yield across
+-- pcall: there fn runs unprotected, and a coroutine found dead without a result raised
+-- (the dispatcher logged its error).
+local YIELD_IN_PCALL = _VERSION ~= "Lua 5.1" or type(rawget(_G, "jit")) == "table"
 local function go(fn, ...)
   local box, args = { done = false }, pack(...)
-  sip.spawn(function()
-    local r = pack(xpcall(function() return fn(unpack(args, 1, args.n)) end, debug.traceback))
+  box.co = sip.spawn(function()
+    local r
+    if YIELD_IN_PCALL then
+      r = pack(xpcall(function() return fn(unpack(args, 1, args.n)) end, debug.traceback))
+    else
+      r = pack(true, fn(unpack(args, 1, args.n)))
+    end
     if r[1] then
       box.r = pack(unpack(r, 2, r.n))
     else
@@ -64,11 +72,20 @@ local function go(fn, ...)
   return box
 end
 
+-- finished(box) -> bool, setting box.err when its coroutine died without a result
+local function finished(box)
+  if box.done then return true end
+  if coroutine.status(box.co) == "dead" then
+    box.err, box.done = "raised (the error is in the log)", true
+  end
+  return box.done
+end
+
 -- run(fn, timeout, what, level) -> fn's results, run in a luasip coroutine while the
 -- loop turns; fails when it raised or took longer than timeout
 local function run(fn, timeout, what, level)
   local box = go(fn)
-  if not turn(function() return box.done end, timeout) then
+  if not turn(function() return finished(box) end, timeout) then
     fail(level + 1, ("%s: no result within %g s"):format(what, timeout))
   end
   if box.err then fail(level + 1, what .. " raised: " .. tostring(box.err)) end
@@ -359,7 +376,11 @@ local function expect_response(q, want, timeout, fname)
     error(fname .. ": timeout must be a positive number", 3)
   end
   timeout = timeout or q.phone.t.timeout
-  local ok = turn(function() return next_response(q, want) ~= nil or q.finished end, timeout)
+  local function over()
+    if q.box and finished(q.box) and q.box.err then q.finished, q.err = true, q.box.err end
+    return q.finished
+  end
+  local ok = turn(function() return next_response(q, want) ~= nil or over() end, timeout)
   local r = next_response(q, want)
   local what = ("%s: expected %s to %s"):format(q.phone.name, describe_status(want), q.what)
   if r then
@@ -579,7 +600,7 @@ end
 function Call:request(method, opts)
   local d = need_dialog(self, "request")
   local tx = new_tx(self.phone, method .. " in the call")
-  go(function()
+  tx.box = go(function()
     local res, err, code, rres = d:request(method, opts)
     local final = res or rres
     if final then tx.responses[#tx.responses + 1] = final end
@@ -618,7 +639,7 @@ end
 -- call:stop_output() -> true: ends the tone or file this phone plays
 function Call:stop_output()
   media_of(self, "stop_output"):stop()
-  if self.output then turn(function() return self.output.done end, self.phone.t.timeout) end
+  if self.output then turn(function() return finished(self.output) end, self.phone.t.timeout) end
   return true
 end
 
@@ -665,7 +686,7 @@ function Call:expect_digits(n, timeout)
       got = got .. digit
     end
   end)
-  turn(function() return box.done end, timeout * n + 1)
+  turn(function() return finished(box) end, timeout * n + 1)
   if #got < n then
     fail(2, ("%s: expected %d digit(s), got %q (%s)"):format(self.phone.name, n, got,
       tostring(box.r and box.r[1] or "timeout")))
@@ -828,7 +849,7 @@ function Phone:request(method, uri, opts)
   if o.auth == false then o.auth = nil end
   local tx = new_tx(self, method .. " " .. o.uri)
   o.on_provisional = function(r) tx.responses[#tx.responses + 1] = r end
-  go(function()
+  tx.box = go(function()
     local res, err, code, rres = self.agent:request(o)
     local final = res or rres
     if final then tx.responses[#tx.responses + 1] = final end
@@ -889,7 +910,7 @@ function Phone:invite(uri, opts)
       local early = tx:dialog()
       if early and not call.dialog then attach(call, early) end
     end }
-  go(function()
+  call.box = go(function()
     local d, res, code, rres = self.agent:invite(o)
     if d then attach(call, d) end
     local final = d and res or rres
@@ -1101,7 +1122,7 @@ local function wait_ready(t, proc, opts, timeout)
   return turn(function()
     if proc.done() then return true end
     if opts.ready then return proc.log():find(opts.ready) ~= nil end
-    if box and box.done then
+    if box and finished(box) then
       local final = box.r and (box.r[1] or box.r[4])
       if final and final.source then return true end
       box = nil
