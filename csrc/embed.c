@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "luasip.h"
@@ -28,7 +29,8 @@ static struct {
   int wake_fd;                      /* timerfd registered in the root */
   int wake_reg;                     /* its su_root registration index */
   int poll_fd;                      /* dup of sofia's epoll descriptor, for the host */
-} E = { -1, -1, -1 };
+  int64_t due;                      /* the armed deadline (CLOCK_MONOTONIC ns), 0: none */
+} E = { -1, -1, -1, 0 };
 
 /* sofia callback: the timerfd fired (a timer is due, or a kick): drain it.  Runs in a
  * sofia frame, touches no Lua. */
@@ -41,15 +43,24 @@ static int wake_event(su_root_magic_t *m, su_wait_t *w, su_wakeup_arg_t *arg)
   return 0;
 }
 
-static void wake_set(long sec, long nsec)
+static int64_t mono_ns(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* arms the timerfd at the absolute time due (ns, CLOCK_MONOTONIC; 0 disarms) */
+static void wake_set(int64_t due)
 {
   struct itimerspec its;
   memset(&its, 0, sizeof its);
-  its.it_value.tv_sec = sec;
-  its.it_value.tv_nsec = nsec;
+  its.it_value.tv_sec = (time_t)(due / 1000000000);
+  its.it_value.tv_nsec = (long)(due % 1000000000);
   /* setting a timerfd also clears expirations not yet read: the descriptor is
    * readable again only when this deadline passes */
-  timerfd_settime(E.wake_fd, 0, &its, NULL);
+  timerfd_settime(E.wake_fd, TFD_TIMER_ABSTIME, &its, NULL);
+  E.due = due;
 }
 
 /* ms until sofia's next timer (plain or deferrable), SU_DURATION_MAX for none */
@@ -71,10 +82,19 @@ static su_duration_t next_timer_ms(void)
 static void wake_rearm(void)
 {
   su_duration_t ms = next_timer_ms();
-  if (ms == SU_DURATION_MAX)
-    wake_set(0, 0);                 /* disarmed: nothing to wait for */
-  else
-    wake_set((long)(ms + 1) / 1000, ((long)(ms + 1) % 1000) * 1000000L);
+  int64_t now = mono_ns(), due = 0;
+  if (ms != SU_DURATION_MAX)
+    due = now + ((int64_t)ms + 1) * 1000000;
+  /* most steps leave the first timer where it was: keep the armed deadline (saves a
+   * syscall per step) while it is still ahead, not later than the new one and at most
+   * 1 ms earlier, unless a kick made the descriptor readable */
+  if (luasip_embed_armed) {
+    if (due == 0 && E.due == 0)
+      return;
+    if (due != 0 && E.due > now && E.due <= due && due - E.due < 1000000)
+      return;
+  }
+  wake_set(due);
   luasip_embed_armed = 1;
 }
 
@@ -86,7 +106,7 @@ static void wake_rearm(void)
 void luasip_embed_kick(void)
 {
   luasip_embed_armed = 0;
-  wake_set(0, 1);
+  wake_set(1);                      /* long past: readable at once */
 }
 
 /* After every core.step */
