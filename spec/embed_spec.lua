@@ -72,6 +72,16 @@ describe("luasip embedded in a host loop", function()
     assert.has_error(function() sip.pollfd(1) end, "luasip.pollfd: no arguments expected")
   end)
 
+  it("answers nil, err, \"unsupported\" where sofia's loop is not epoll-based", function()
+    -- SU_PORT=poll makes sofia use poll(2): no epoll instance to hand out
+    local cmd = "SU_PORT=poll timeout 20 " .. H.shquote(H.interpreter()) .. " -e " .. H.shquote(
+      'local sip = require "luasip"; print(sip.pollfd()); print(select("#", sip.pollable()))')
+    local f = assert(io.popen(cmd))
+    local out = f:read("*a")
+    f:close()
+    assert.matches("^nil\tluasip%.pollfd: sofia's loop is not epoll%-based[^\n]*\tunsupported\n3\n$", out)
+  end)
+
   it("reports the seconds until the next sofia timer (never early), nil for none", function()
     H.agent()
     local t = sip.timer(0.3, function() end)
