@@ -30,7 +30,13 @@ static struct {
   int wake_reg;                     /* its su_root registration index */
   int poll_fd;                      /* dup of sofia's epoll descriptor, for the host */
   int64_t due;                      /* the armed deadline (CLOCK_MONOTONIC ns), 0: none */
-} E = { -1, -1, -1, 0 };
+  int64_t due_before_kick;          /* the deadline a kick replaced */
+  unsigned long entries;            /* luasip_S->entries at the end of the last step */
+  int kicked;                       /* a kick since the last step */
+  int idle_kicks;                   /* steps in a row that a kick caused for nothing */
+} E = { -1, -1, -1, 0, 0, 0, 0, 0 };
+
+#define KICK_DELAY_MAX_MS 64
 
 /* sofia callback: the timerfd fired (a timer is due, or a kick): drain it.  Runs in a
  * sofia frame, touches no Lua. */
@@ -105,15 +111,39 @@ static void wake_rearm(void)
  * most: luasip_embed_armed stays 0 until then. */
 void luasip_embed_kick(void)
 {
+  int64_t due = 1;                  /* long past: readable at once */
   luasip_embed_armed = 0;
-  wake_set(1);                      /* long past: readable at once */
+  E.kicked = 1;
+  E.due_before_kick = E.due;
+  /* A host that calls luasip after every step (reads a field, checks a state) would
+   * kick after every step and turn its loop for nothing, forever.  After steps that a
+   * kick caused and that found nothing to do, the next kick waits 1, 2, 4 ... 64 ms
+   * (never past the armed deadline); a step that did work resets it. */
+  if (E.idle_kicks > 0) {
+    int shift = E.idle_kicks - 1;
+    int64_t ms = shift >= 6 ? KICK_DELAY_MAX_MS : (int64_t)1 << shift;
+    due = mono_ns() + ms * 1000000;
+    if (E.due > 1 && E.due < due)
+      due = E.due;
+  }
+  wake_set(due);
 }
 
 /* After every core.step */
 void luasip_embed_stepped(void)
 {
-  if (E.poll_fd >= 0)
-    wake_rearm();
+  int64_t before;
+  if (E.poll_fd < 0)
+    return;
+  before = E.kicked ? E.due_before_kick : 0;
+  wake_rearm();
+  if (!E.kicked || luasip_S->entries != E.entries ||
+      (E.due != 0 && (before == 0 || E.due < before - 1000000)))
+    E.idle_kicks = 0;               /* Lua ran, or the kick brought a nearer timer */
+  else if (E.idle_kicks < 7)
+    E.idle_kicks++;
+  E.kicked = 0;
+  E.entries = luasip_S->entries;
 }
 
 /* 1 when the epoll instance behind fd watches wake_fd */

@@ -320,5 +320,24 @@ describe("luasip embedded in a host loop", function()
       -- one second idle: at most the agent's own periodic timer (2 s) and a spare
       assert.is_true(state.wakeups <= 3, "idle luasip woke " .. state.wakeups .. " times")
     end)
+
+    with_luv("does not spin when the host calls luasip after every step", function()
+      local a = H.agent()
+      H.settle(0.1)
+      local state = { wakeups = 0 }
+      local poll = handle(uv.new_poll(assert(sip.pollfd())))
+      poll:start("r", function()
+        state.wakeups = state.wakeups + 1
+        sip.step(0)
+        assert(a:uri("x"))              -- luasip used from outside the loop: a kick
+      end)
+      local ticks = 0
+      local tick = handle(uv.new_timer())
+      tick:start(20, 20, function() ticks = ticks + 1 end)
+      assert(a:uri("x"))                -- the first kick
+      uv_run(function() return ticks >= 50 end, 5)
+      -- kicks that found nothing to do back off (1, 2, 4 ... 64 ms): ~25 in a second
+      assert.is_true(state.wakeups <= 40, "idle luasip woke " .. state.wakeups .. " times")
+    end)
   end)
 end)
