@@ -865,6 +865,7 @@ static const luaL_Reg core_funcs[] = {
   {"cpu_limit", luasip_cpu_limit},
   {"resume_begin", luasip_resume_begin},
   {"resume_end", luasip_resume_end},
+  {"catch_signal", luasip_catch_signal},
   {NULL, NULL}
 };
 
@@ -907,6 +908,7 @@ static int state__gc(lua_State *L)
     return 0;
   luasip_S->closing = 1;
   luasip_watchdog_disarm();
+  luasip_signals_close();
   luasip_drain();
   luasip_media_close();             /* the prompt cache: no stream is left */
   log_spill();                      /* Lua is going away: what is left goes to stderr */

@@ -85,6 +85,10 @@ int luasip_embed_timeout(lua_State *L);
 #define LUASIP_EMBED_TOUCH() \
   do { if (luasip_embed_armed && luasip_S->depth == 0) luasip_embed_kick(); } while (0)
 
+/* signals.c: SIGHUP/SIGUSR1/SIGUSR2 delivered on the loop as events (sip.on_signal) */
+int luasip_catch_signal(lua_State *L);
+void luasip_signals_close(void);
+
 /* agent.c: RFC 3261 checks sofia's parser leaves to us (400 reason phrase or NULL) */
 const char *luasip_request_malformed(sip_t const *sip);
 
