@@ -35,6 +35,12 @@ function sip.step(ms)
   return core.step(ms and math.floor(ms) or 0)
 end
 
+-- embedding in a host event loop (README "Embedding"): pollfd() -> fd, readable when the
+-- loop has work, then step(0); timeout() -> seconds to the next timer | nil;
+-- pollable() -> an object cqueues.poll accepts (:pollfd, :events, :timeout, :step)
+local embed = require "luasip.embed"
+sip.pollfd, sip.timeout, sip.pollable = embed.pollfd, embed.timeout, embed.pollable
+
 -- on_shutdown(fn) -> fn: fn(reason) runs in a luasip coroutine when run() is stopped by
 -- SIGINT/SIGTERM, before run() returns (e.g. to unregister); run() waits for them
 local shutdown = {}
