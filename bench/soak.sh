@@ -13,8 +13,9 @@
 # descriptors, Lua heap, live C objects by class).
 # Verdict: every sipp UAC run ended with 0 failed calls, and the mean of each curve over
 # the last tenth of the run is within SOAK_TOLERANCE % (5) of its mean over the tenth
-# right after the warm-up (SOAK_WARMUP % of the run, 20) (objects and descriptors also
-# pass within +8 absolute: a few calls more or less in flight).
+# right after the warm-up (SOAK_WARMUP % of the run, 20, and at least 45 s: sofia keeps
+# finished transactions 32 s) (objects and descriptors also pass within +8 absolute: a
+# few calls more or less in flight).  `make soak SOAK_CALLS=20000` takes ~2 minutes.
 #
 # Env: SOAK_CALLS (1000000), SOAK_RATE (250), SOAK_HOLD_MS (1000), SOAK_LUA (lua5.4;
 # luajit), SOAK_SAMPLE (5), SOAK_WARMUP (20), SOAK_TOLERANCE (5), KEEP=1 keeps the work
@@ -151,7 +152,10 @@ for r in rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else []):
 # the load ends before the last samples: judge the loaded part only
 load = [r for r in rows if r[0] <= rows[-1][0] - 2 * (rows[1][0] - rows[0][0])] if len(rows) > 3 else rows
 n = len(load)
-start = int(n * warm)
+# warm-up: a share of the run, and at least 45 s (sofia keeps each finished transaction
+# 32 s, 64*T1, and a call lasts 2 * SOAK_HOLD_MS: the memory in use grows until then)
+span = load[-1][0] if load else 0
+start = next((i for i, r in enumerate(load) if r[0] >= max(warm * span, 45)), n)
 w = max(1, n // 10)
 early, late = load[start:start + w], load[n - w:]
 ok = len(early) > 0 and len(late) > 0
