@@ -863,6 +863,7 @@ static const luaL_Reg core_funcs[] = {
   {"rtp_open", luasip_rtp_open},
   {"media_stats", luasip_media_stats},
   {"cpu_limit", luasip_cpu_limit},
+  {"memory_limit", luasip_memory_limit},
   {"resume_begin", luasip_resume_begin},
   {"resume_end", luasip_resume_end},
   {"catch_signal", luasip_catch_signal},
@@ -915,6 +916,7 @@ static int state__gc(lua_State *L)
   log_handler_set = 0;
   luasip_embed_close();
   state_free();
+  luasip_memcap_close();
   return 0;
 }
 

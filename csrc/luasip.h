@@ -71,6 +71,8 @@ void luasip_watchdog_disarm(void);
 int luasip_cpu_limit(lua_State *L);
 int luasip_resume_begin(lua_State *L);
 int luasip_resume_end(lua_State *L);
+int luasip_memory_limit(lua_State *L);      /* sip.memory_limit (the same file) */
+void luasip_memcap_close(void);
 
 /* embed.c: the loop as one pollable descriptor for host event loops (sip.pollfd).
  * LUASIP_EMBED_TOUCH() goes where Lua reaches luasip's C (object checks, new objects,

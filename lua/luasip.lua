@@ -23,6 +23,7 @@ local sip = {
   set_logger = dispatcher.set_logger,
   stats = core.stats,
   cpu_limit = core.cpu_limit,
+  memory_limit = core.memory_limit,
   md5 = core.md5,
   random_hex = core.random_hex,
   methods = sipmethods.list,
