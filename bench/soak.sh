@@ -50,6 +50,7 @@ cleanup() {
   if [[ ${KEEP:-0} == 1 ]]; then echo "soak: work files in $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
+trap "exit 1" INT TERM HUP
 
 SOAK="$BENCH_DIR/soak"
 media_base() { echo $(( 16384 + 4 * (RANDOM % 4000) )); }

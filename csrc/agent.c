@@ -358,7 +358,10 @@ static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg,
   }
   if (sip && sip->sip_request) {
     sip_method_t m = sip->sip_request->rq_method;
-    const char *bad = luasip_request_malformed(sip);
+    const char *bad;
+    if (a->flood && luasip_flood_check(a, nta, msg, sip))
+      return 0;
+    bad = luasip_request_malformed(sip);
     if (bad) {
       if (m == sip_method_ack)    /* never answered: dropped */
         msg_destroy(msg);
@@ -556,6 +559,9 @@ int luasip_agent_new(lua_State *L)
   if (!a->overload)
     return luaL_error(L, "luasip.agent: out of memory");
   *a->overload = ovl;
+  lua_getfield(L, 1, "flood");
+  luasip_flood_config(L, lua_gettop(L), a, "luasip.agent");
+  lua_pop(L, 1);
   lua_getfield(L, 1, "user_agent");
   a->user_agent = su_strdup(a->home, lua_isstring(L, -1) ? lua_tostring(L, -1)
                             : "luasip/" LUASIP_VERSION);
@@ -780,9 +786,16 @@ static int agent_overload(lua_State *L)
   return 1;
 }
 
+/* agent:flood() -> the per-source policy's counters | nil */
+static int agent_flood(lua_State *L)
+{
+  return luasip_flood_stats(L, luasip_agent_check(L, 1));
+}
+
 static const luaL_Reg agent_methods[] = {
   {"close", agent_close},
   {"overload", agent_overload},
+  {"flood", agent_flood},
   {"closed", agent_closed},
   {"transports", agent_transports},
   {"contact", agent_contact},

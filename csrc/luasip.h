@@ -168,6 +168,11 @@ lsip_agent_t *luasip_agent_check(lua_State *L, int idx);
 sip_contact_t *luasip_agent_contact_for(lsip_agent_t *a, su_home_t *home, tport_t *hint,
                                         url_t const *dest);
 
+/* flood.c: the per-source policy at the entry point (agent option flood) */
+int luasip_flood_check(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_t *sip);
+void luasip_flood_config(lua_State *L, int idx, lsip_agent_t *a, const char *fname);
+int luasip_flood_stats(lua_State *L, lsip_agent_t *a);
+
 /* tls.c: the certificate directory sofia's tport TLS reads, built from the agent's tls
  * option and removed once the transports are bound */
 #define LUASIP_TLS_DIR_MAX 256
@@ -267,6 +272,7 @@ struct lsip_agent {
   const char *user_agent;   /* User-Agent / Server value */
   unsigned t1, t2;          /* RFC 3261 timers in ms (defaults 500 / 4000) */
   struct lsip_overload *overload;  /* agent.c: load shedding at the entry point */
+  struct lsip_flood *flood;        /* flood.c: per-source limits, scanners (NULL: none) */
   su_timer_t *dnsconf_timer;  /* re-checks the name servers sres may use (dnsconf.c) */
   int closed;
 };

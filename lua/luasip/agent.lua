@@ -24,7 +24,10 @@ local M = {}
 
 local OPTIONS = { listen = true, user_agent = true, t1 = true, in_dialog = true,
   supported = true, handler_timeout = true, invite_timeout = true, overload = true,
-  media = true, max_message_size = true, tls = true }
+  media = true, max_message_size = true, tls = true, flood = true }
+
+local FLOOD_OPTIONS = { rate = true, burst = true, block = true, status = true, exempt = true,
+  scanners = true, max_headers = true, limit = true }
 
 local TLS_OPTIONS = { cert = "string", key = "string", ca = "string", verify = "boolean" }
 
@@ -150,8 +153,12 @@ function M.new(opts)
     error("luasip.agent: max_message_size must be an integer of bytes in [1024, 16777216]", 2)
   end
   local tls = check_tls(opts.tls, listen)
+  if type(opts.flood) == "table" then
+    class.check_options(opts.flood, FLOOD_OPTIONS, "luasip.agent: flood", 2)
+  end
   local a, err, code = core.agent{ listen = listen, user_agent = opts.user_agent,
-    t1 = opts.t1, overload = opts.overload, max_message_size = mms, tls = tls }
+    t1 = opts.t1, overload = opts.overload, max_message_size = mms, tls = tls,
+    flood = opts.flood }
   if not a then return nil, err, code end
   local st = state(a)
   st.handlers = {}
