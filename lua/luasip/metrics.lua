@@ -37,7 +37,7 @@ local function help_text(s) return (s:gsub("[\\\n]", LABEL_ESC)) end
 -- '{a="x",b="y"' for the label values of a child (no closing brace), or nil
 local function label_text(fam, values, extra)
   local parts = {}
-  for i, l in ipairs(fam.labels) do parts[i] = l .. '="' .. label_value(values[i]) .. '"' end
+  for i, l in ipairs(fam.label_names) do parts[i] = l .. '="' .. label_value(values[i]) .. '"' end
   if extra then parts[#parts + 1] = extra end
   if #parts == 0 then return "" end
   return "{" .. table.concat(parts, ",") .. "}"
@@ -118,7 +118,7 @@ Family.__index = Family
 
 -- the child of fam for the label table given to fname (created on first use)
 local function child_of(fam, labels, fname)
-  local names = fam.labels
+  local names = fam.label_names
   if #names == 0 then
     if labels ~= nil and (type(labels) ~= "table" or next(labels) ~= nil) then
       error(fname .. ": " .. fam.name .. " has no labels", 3)
@@ -231,7 +231,7 @@ function Family:labels(labels)
   local fam = self
   local c = child_of(self, labels, "luasip.metrics." .. self.kind .. ":labels")
   local values = {}
-  for i, l in ipairs(fam.labels) do values[l] = c.values[i] end
+  for i, l in ipairs(fam.label_names) do values[l] = c.values[i] end
   return {
     inc = function(_, v) return fam:inc(v, values) end,
     dec = function(_, v) return fam:dec(v, values) end,
@@ -294,7 +294,7 @@ local function new_family(kind, opts)
   local old = families[name]
   if old then
     -- the same definition again (a module reloaded) gets the same metric
-    if old.kind == kind and table.concat(old.labels, ",") == table.concat(labels, ",") then
+    if old.kind == kind and table.concat(old.label_names, ",") == table.concat(labels, ",") then
       return old
     end
     error(fname .. ": " .. name .. " is already registered as a " .. old.kind
@@ -308,7 +308,7 @@ local function new_family(kind, opts)
   end
   local fam = setmetatable({
     kind = kind, name = name, help = help or name,
-    labels = { unpack(labels) },
+    label_names = { unpack(labels) },
     label_set = label_set, buckets = buckets, children = {}, keys = {},
   }, Family)
   families[name] = fam
