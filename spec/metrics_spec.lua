@@ -321,6 +321,34 @@ describe("luasip.metrics", function()
   end)
 end)
 
+describe("examples/pbx.lua with LUASIP_METRICS", function()
+  after_each(function() H.close_agents() end)
+
+  it("serves its page at the address given", function()
+    local port, mport = H.free_port(), H.free_port()
+    local pbx = H.background({ "env", "LUA_PATH=lua/?.lua;lua/?/init.lua;;",
+      "LUA_CPATH=build/" .. (os.getenv("LUASIP_FLAVOUR") or "5.4") .. "/?.so;;",
+      "LUASIP_METRICS=127.0.0.1:" .. mport,
+      H.interpreter(), "examples/pbx.lua", "127.0.0.1:" .. port }, 60)
+    defer(pbx.kill)
+    H.run_until(function() return pbx.log():find("listening on") or pbx.done() end, 20,
+      "pbx listening")
+    assert.is_nil(pbx.done(), pbx.log())
+    local uac = H.agent()
+    H.run(function()
+      for _ = 1, 2 do
+        assert.equal(200, assert(uac:request{ method = "OPTIONS", uri = "sip:127.0.0.1:" .. port }).status)
+      end
+    end)
+    local _, st, _, page = get(mport)
+    assert.equal(200, st)
+    local s = samples(page)
+    assert.equal(2, s['luasip_requests_received_total{method="OPTIONS"}'])
+    assert.equal(2, s['luasip_responses_sent_total{method="OPTIONS",code="200"}'])
+    assert.equal(0, s.luasip_registrations)
+  end)
+end)
+
 describe("luasip logs", function()
   after_each(function() H.close_agents() end)
 
