@@ -192,7 +192,7 @@ start_responder() {
     [[ -f $WORK/kam-ready ]] || { stop_responder; return 1; }
     if [[ $kind == proxy || $kind == pbx ]]; then STEP_PORT=$dport; STEP_SCEN=uac.xml; STEP_ARGS="-rsa $HOST:$port"; fi
   else
-    local interp=${who%%:*} dest=$logf args=("$HOST:$port") script=examples/uas.lua
+    local interp=${who%%:*} dest=$logf args=("$HOST:$port") script=examples/uas.lua menv=()
     case $kind in
       b2bua) script=examples/b2bua.lua; args+=("$HOST:$dport") ;;
       pbx) script=examples/pbx.lua; STEP_ARGS="-auth_uri bob@$HOST" ;;
@@ -200,13 +200,13 @@ start_responder() {
       proxy) script=bench/proxy.lua; STEP_PORT=$dport; STEP_SCEN=uac.xml; STEP_ARGS="-rsa $HOST:$port" ;;
       register) script=bench/registrar.lua ;;
       *) [[ $who == *:quiet ]] && script=bench/uas-quiet.lua
-         [[ $who == *:metrics ]] && script=bench/uas-metrics.lua ;;
+         [[ $who == *:metrics ]] && script=bench/uas-metrics.lua menv=(LUASIP_METRICS="$HOST:$METRICS_PORT") ;;
     esac
     case $interp in lua5.4) flavour=5.4 ;; luajit) flavour=luajit ;; lua5.1) flavour=5.1 ;; lua5.3) flavour=5.3 ;; esac
     [[ ${BENCH_UAS_LOG:-file} == null ]] && dest=/dev/null
     ( cd "$ROOT" && exec timeout --kill-after=5 "$RESP_MAX" \
         env LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/$flavour/?.so;;" \
-            LUASIP_METRICS="$HOST:${METRICS_PORT:-0}" \
+            "${menv[@]}" \
         "$interp" "$script" "${args[@]}" >>"$dest" 2>>"$logf.stderr" ) &
   fi
   RESP_PID=$!
@@ -329,80 +329,60 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 # measured. Interleaving spreads the drift of this shared machine over all of them; the
 # table gives the medians (AB_US[KIND|WHO] = the runs' us/call, '!' marks a failing run).
 declare -A AB_US
-ab_rounds() {
-  local r w res us whos="$BENCH_LUA"
+ab_rounds() {   # AB_WHOS: who runs (default BENCH_LUA + kamailio); AB_RUN: the step kind
+  local r w res us whos="$BENCH_LUA" run=${AB_RUN:-$KIND}
   [[ $BENCH_KAMAILIO == 1 ]] && whos="$whos kamailio"
+  whos=${AB_WHOS:-$whos}
   out ""
   out "== $KIND: interleaved A/B at $REF_RATE/s, $BENCH_AB_ROUNDS round(s) of: $whos" \
       "(fresh process each, ${WARMUP}s warm-up, ${AB_DURATION}s measured)"
   for (( r = 1; r <= BENCH_AB_ROUNDS; r++ )); do
     for w in $whos; do
       if (( SECONDS - BENCH_T0 > BENCH_BUDGET )); then out "   time budget spent: A/B stopped"; return; fi
-      WHO=$w; PORT=$(free_udp_port)
-      if ! start_responder "$KIND" "$w" "$PORT" "$WORK/ab-$KIND-$w.log"; then
+      WHO=$w; PORT=$(free_udp_port); METRICS_PORT=""
+      [[ $w == *:metrics ]] && METRICS_PORT=$(free_udp_port)
+      if ! start_responder "$run" "$w" "$PORT" "$WORK/ab-$KIND-$w.log"; then
         out "   round $r $w: the responder did not start"; continue
       fi
+      [[ $w == *:metrics ]] && scraper_start
       if (( WARMUP > 0 )); then
-        KEEP=0 QUIET_MAX_WAIT=0 step_env "$HERE/step.sh" "$KIND" "$STEP_PORT" "$REF_RATE" "$WARMUP" >/dev/null 2>&1
+        KEEP=0 QUIET_MAX_WAIT=0 step_env "$HERE/step.sh" "$run" "$STEP_PORT" "$REF_RATE" "$WARMUP" >/dev/null 2>&1
         wait_responder_idle
       fi
-      res=$(KEEP=0 QUIET_MAX_WAIT=$AB_QUIET_WAIT step_env "$HERE/step.sh" "$KIND" "$STEP_PORT" "$REF_RATE" "$AB_DURATION" 2>&1 |
+      res=$(KEEP=0 QUIET_MAX_WAIT=$AB_QUIET_WAIT step_env "$HERE/step.sh" "$run" "$STEP_PORT" "$REF_RATE" "$AB_DURATION" 2>&1 |
               grep '^RESULT ' | tail -1)
       responder_died && out "   round $r $w: $DIED"
+      [[ $w == *:metrics ]] && scraper_stop
       stop_responder
       res=${res#RESULT }
       us=$(kv sut_us_per_call "$res"); us=${us:-0}
       step_passes "RESULT $res" || us="$us!"
       AB_US[$KIND|$w]+=" $us"
-      out "   [$(date +%T)] round $r $(printf '%-9s' "$w") $(printf '%7s' "$us") us/call  $(kv success "$res") ok $(kv failed "$res") failed," \
-          "retrans $(kv retrans_pct "$res")%, resp CPU $(kv sut_cpu_pct "$res")%, other $(kv other_pct "$res")%"
-    done
-  done
-}
-# metrics_ab (KIND metrics): like ab_rounds, calls on examples/uas.lua with metrics off
-# (<interp>) and on (<interp>:metrics, a scraper fetching the page every second);
-# AB_US[metrics|WHO]. The table gives the medians and the difference in percent.
-METRICS_SCRAPER=""
-metrics_ab() {
-  local r w res us whos="" L
-  for L in $BENCH_LUA; do L=${L%%:*}; whos="$whos $L $L:metrics"; done
-  out ""
-  out "== metrics: interleaved A/B at $REF_RATE/s (calls, examples/uas.lua), $BENCH_AB_ROUNDS round(s) of:$whos" \
-      "(fresh process each, ${WARMUP}s warm-up, ${AB_DURATION}s measured)"
-  for (( r = 1; r <= BENCH_AB_ROUNDS; r++ )); do
-    for w in $whos; do
-      if (( SECONDS - BENCH_T0 > BENCH_BUDGET )); then out "   time budget spent: A/B stopped"; return; fi
-      WHO=$w; PORT=$(free_udp_port); METRICS_PORT=$(free_udp_port)
-      if ! start_responder calls "$w" "$PORT" "$WORK/ab-metrics-$w.log"; then
-        out "   round $r $w: the responder did not start"; continue
-      fi
-      if [[ $w == *:metrics ]]; then
-        ( for (( i = 0; i < WARMUP + AB_DURATION + 30; i++ )); do
-            timeout 5 curl -s -o /dev/null "http://$HOST:$METRICS_PORT/metrics"; sleep 1; done ) &
-        METRICS_SCRAPER=$!
-      fi
-      if (( WARMUP > 0 )); then
-        KEEP=0 QUIET_MAX_WAIT=0 step_env "$HERE/step.sh" calls "$STEP_PORT" "$REF_RATE" "$WARMUP" >/dev/null 2>&1
-        wait_responder_idle
-      fi
-      res=$(KEEP=0 QUIET_MAX_WAIT=$AB_QUIET_WAIT step_env "$HERE/step.sh" calls "$STEP_PORT" "$REF_RATE" "$AB_DURATION" 2>&1 |
-              grep '^RESULT ' | tail -1)
-      responder_died && out "   round $r $w: $DIED"
-      if [[ $w == *:metrics ]]; then
-        curl -s --max-time 5 "http://$HOST:$METRICS_PORT/metrics" | grep '^luasip_requests_received_total' |
-          tr '\n' ' ' | sed 's/^/   page: /' | tee -a "$LOG"; echo | tee -a "$LOG"
-        stop_pid "$METRICS_SCRAPER"; METRICS_SCRAPER=""
-      fi
-      stop_responder
-      res=${res#RESULT }
-      us=$(kv sut_us_per_call "$res"); us=${us:-0}
-      step_passes "RESULT $res" || us="$us!"
-      AB_US[metrics|$w]+=" $us"
       out "   [$(date +%T)] round $r $(printf '%-14s' "$w") $(printf '%7s' "$us") us/call  $(kv success "$res") ok $(kv failed "$res") failed," \
           "retrans $(kv retrans_pct "$res")%, resp CPU $(kv sut_cpu_pct "$res")%, other $(kv other_pct "$res")%"
     done
   done
-  METRICS_PORT=""
+}
+# metrics_ab (KIND metrics): ab_rounds on calls to examples/uas.lua with metrics off
+# (<interp>) and on (<interp>:metrics: bench/uas-metrics.lua, a scraper fetching the
+# page every second); AB_US[metrics|WHO]. The table gives the medians and the difference.
+METRICS_SCRAPER=""
+metrics_ab() {
+  local L whos=""
+  for L in $BENCH_LUA; do L=${L%%:*}; whos="$whos $L $L:metrics"; done
+  AB_WHOS=${whos# } AB_RUN=calls ab_rounds
+}
+# the scraper of a :metrics responder (METRICS_PORT), for the whole run; stopped by
+# scraper_stop, which first prints the page's request counters
+scraper_start() {
+  ( for (( i = 0; i < WARMUP + AB_DURATION + 30; i++ )); do
+      timeout 5 curl -s -o /dev/null "http://$HOST:$METRICS_PORT/metrics"; sleep 1; done ) &
+  METRICS_SCRAPER=$!
+}
+scraper_stop() {
+  out "   page: $(curl -s --max-time 5 "http://$HOST:$METRICS_PORT/metrics" |
+    grep '^luasip_requests_received_total' | tr '\n' ' ')"
+  stop_pid "$METRICS_SCRAPER"; METRICS_SCRAPER=""
 }
 # median LIST ("12.5 13! 11"): the median of the runs without '!' (a run with failed calls
 # or retransmissions counts its retransmissions in its us/call), of all when every run has
@@ -606,7 +586,7 @@ done
 [[ -n $KLINES ]] && { echo "   luasip / Kamailio (all Kamailio processes' CPU; max: higher is better, us/call: lower is better):"; echo "${KLINES#?}"; }
 # the interleaved A/B runs at REF_RATE: medians, and luasip / Kamailio
 for kind in $BENCH_KINDS; do
-  [[ -n ${AB_US[$kind|kamailio]:-}${AB_US[$kind|${BENCH_LUA%% *}]:-} ]] || continue
+  [[ $kind != metrics && -n ${AB_US[$kind|kamailio]:-}${AB_US[$kind|${BENCH_LUA%% *}]:-} ]] || continue
   echo "   $kind, interleaved A/B at $REF_RATE/s (${AB_DURATION}s runs, fresh processes): median us/call of the clean runs [all runs; '!' = failed calls or retransmissions]; x Kamailio"
   kmed=$(median "${AB_US[$kind|kamailio]:-}")
   for w in $BENCH_LUA kamailio; do
