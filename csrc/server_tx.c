@@ -305,9 +305,10 @@ int luasip_req_send(lsip_req_t *r, msg_t *resp, int status, const char *reason)
     /* the final did not go out (sendmsg failed: e.g. EMSGSIZE, a response too large for
      * UDP, for which RFC 3261 18.2.2 has no other transport); nta answers 500 itself on
      * its next timer and ends the transaction: so do we, with no ACK to wait for */
-    luasip_log_call(2, r->m.sip, "%d to %s %s could not be sent (too large for UDP, or the connection "
-               "failed); the caller gets 500", status, r->m.sip->sip_request->rq_method_name,
-               r->m.sip->sip_call_id ? r->m.sip->sip_call_id->i_id : "?");
+    luasip_log_call(2, r->m.sip, "%d to %s %s could not be sent (too large for UDP, or "
+                    "the connection failed); the caller gets 500", status,
+                    r->m.sip->sip_request->rq_method_name,
+                    r->m.sip->sip_call_id ? r->m.sip->sip_call_id->i_id : "?");
     r->status = 500;
     drop_dialog(r);                 /* made for this 2xx, or early: it ends with the 500 */
     luasip_req_enter(r, LSIP_RQ_ANSWERED);

@@ -52,8 +52,8 @@ local function render_family(fam, out)
       local cum = 0
       for i, le in ipairs(fam.buckets) do
         cum = cum + child.counts[i]
-        out[#out + 1] = fam.name .. "_bucket" .. label_text(fam, child.values, 'le="' .. num(le) .. '"')
-          .. " " .. num(cum) .. "\n"
+        out[#out + 1] = fam.name .. "_bucket"
+          .. label_text(fam, child.values, 'le="' .. num(le) .. '"') .. " " .. num(cum) .. "\n"
       end
       out[#out + 1] = fam.name .. "_bucket" .. label_text(fam, child.values, 'le="+Inf"')
         .. " " .. num(child.count) .. "\n"
