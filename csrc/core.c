@@ -375,6 +375,7 @@ void *luasip_newobj(lua_State *L, size_t size, const char *tname, lsip_destroy_f
   if (!obj)
     luaL_error(L, "%s: out of memory", tname);
   luasip_initobj(obj, tname, destroy);
+  LUASIP_EMBED_TOUCH();
   /* on a memory error inside wrap the struct leaks, but nothing dangles */
   luasip_wrapobj(L, obj);
   return obj;
@@ -383,12 +384,14 @@ void *luasip_newobj(lua_State *L, size_t size, const char *tname, lsip_destroy_f
 lsip_obj_t *luasip_testobj(lua_State *L, int idx, const char *tname)
 {
   lsip_obj_t **box = (lsip_obj_t **)luaL_testudata(L, idx, tname);
+  LUASIP_EMBED_TOUCH();
   return box ? *box : NULL;
 }
 
 lsip_obj_t *luasip_checkobj(lua_State *L, int idx, const char *tname)
 {
   lsip_obj_t **box = (lsip_obj_t **)luaL_checkudata(L, idx, tname);
+  LUASIP_EMBED_TOUCH();
   if (!*box)
     luaL_error(L, "attempt to use a closed %s", tname);
   return *box;
@@ -433,6 +436,7 @@ void luasip_defer(lsip_obj_t *obj)
 {
   if (obj->queued)
     return;
+  LUASIP_EMBED_TOUCH();
   obj->queued = 1;
   obj->next = luasip_S->deferred;
   luasip_S->deferred = obj;
@@ -637,6 +641,7 @@ static int core_step(lua_State *L)
   next = su_root_step(luasip_S->root, ms < 0 ? 0 : (su_duration_t)ms);
   luasip_drain();
   luasip_log_flush(L);
+  luasip_embed_stepped();
   lua_pushinteger(L, next == SU_WAIT_FOREVER ? -1 : (lua_Integer)next);
   return 1;
 }
@@ -873,6 +878,8 @@ static const luaL_Reg timer_methods[] = {
 
 static const luaL_Reg core_funcs[] = {
   {"step", core_step},
+  {"pollfd", luasip_embed_pollfd},
+  {"timeout", luasip_embed_timeout},
   {"run", core_run},
   {"stop", core_stop},
   {"now", core_now},
@@ -895,8 +902,10 @@ static const luaL_Reg core_funcs[] = {
   {"metrics_extra", luasip_metrics_extra},
   {"metrics_handler", luasip_metrics_handler},
   {"cpu_limit", luasip_cpu_limit},
+  {"memory_limit", luasip_memory_limit},
   {"resume_begin", luasip_resume_begin},
   {"resume_end", luasip_resume_end},
+  {"catch_signal", luasip_catch_signal},
   {NULL, NULL}
 };
 
@@ -939,11 +948,14 @@ static int state__gc(lua_State *L)
     return 0;
   luasip_S->closing = 1;
   luasip_watchdog_disarm();
+  luasip_signals_close();
   luasip_drain();
   luasip_media_close();             /* the prompt cache: no stream is left */
   log_spill();                      /* Lua is going away: what is left goes to stderr */
   log_handler_set = 0;
+  luasip_embed_close();
   state_free();
+  luasip_memcap_close();
   return 0;
 }
 

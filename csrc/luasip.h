@@ -71,6 +71,25 @@ void luasip_watchdog_disarm(void);
 int luasip_cpu_limit(lua_State *L);
 int luasip_resume_begin(lua_State *L);
 int luasip_resume_end(lua_State *L);
+int luasip_memory_limit(lua_State *L);      /* sip.memory_limit (the same file) */
+void luasip_memcap_close(void);
+
+/* embed.c: the loop as one pollable descriptor for host event loops (sip.pollfd).
+ * LUASIP_EMBED_TOUCH() goes where Lua reaches luasip's C (object checks, new objects,
+ * deferred destroys): used from outside the loop, it makes the descriptor readable so
+ * the host steps and sees new timers.  Costs one load and branch when not embedding. */
+extern int luasip_embed_armed;
+void luasip_embed_kick(void);
+void luasip_embed_stepped(void);
+void luasip_embed_close(void);
+int luasip_embed_pollfd(lua_State *L);
+int luasip_embed_timeout(lua_State *L);
+#define LUASIP_EMBED_TOUCH() \
+  do { if (luasip_embed_armed && luasip_S->depth == 0) luasip_embed_kick(); } while (0)
+
+/* signals.c: SIGHUP/SIGUSR1/SIGUSR2 delivered on the loop as events (sip.on_signal) */
+int luasip_catch_signal(lua_State *L);
+void luasip_signals_close(void);
 
 /* agent.c: RFC 3261 checks sofia's parser leaves to us (400 reason phrase or NULL) */
 const char *luasip_request_malformed(sip_t const *sip);

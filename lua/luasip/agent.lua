@@ -15,6 +15,7 @@ require "luasip.proxy"
 local auth = require "luasip.auth"
 local call = require "luasip.call"
 local media = require "luasip.media"
+local app = require "luasip.app"
 
 local state = class.state
 local methods, _, C = class.get("luasip.agent")
@@ -180,7 +181,8 @@ local function check(self, fname)
   return state(self)
 end
 
--- agent:on(method, fn | nil) -> previous handler
+-- agent:on(method, fn | nil) -> previous handler (while an application's setup runs,
+-- luasip.app stages it: installed with the rest of the setup's handlers, in one step)
 function methods.on(self, method, fn)
   local st = check(self, "luasip.agent:on")
   method = sipmethods.norm(method, "luasip.agent:on")
@@ -190,6 +192,7 @@ function methods.on(self, method, fn)
   if method == "CANCEL" then
     error("luasip.agent:on: CANCEL is handled by the core (use req:on_cancel)", 2)
   end
+  if app.staging() then return app.stage(self, method, fn) end
   local old = st.handlers[method]
   st.handlers[method] = fn
   return old
@@ -273,5 +276,7 @@ end
 methods.subscribe = require("luasip.events").subscribe
 methods.publish = require("luasip.publications").publish
 methods.refer = require("luasip.refer").agent_refer
+-- agent:load(name, ...) -> true | nil, err, code (luasip.app: applications, reload)
+methods.load = app.load
 
 return M
