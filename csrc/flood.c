@@ -232,25 +232,31 @@ int luasip_flood_check(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_t *sip
   ack = sip->sip_request->rq_method == sip_method_ack;
   if (f->max_headers && header_count(sip) > f->max_headers) {
     f->header_bombs++;
-    if (ack)
+    if (ack) {
+      luasip_counters.acks_dropped++;
       msg_destroy(msg);
-    else
+    } else {
+      luasip_count_reply(sip->sip_request->rq_method, 400);
       nta_msg_treply(nta, msg, 400, "Too Many Headers", TAG_END());
+    }
     return 1;
   }
   if (f->scanners && is_scanner(sip)) {
     f->scanner_drops++;
+    luasip_counters.scanners_dropped++;
     msg_destroy(msg);
     return 1;
   }
   if (f->limit && over_limit(a, f, msg)) {
     if (f->status && !ack) {
       f->answered++;
+      luasip_count_reply(sip->sip_request->rq_method, f->status);
       nta_msg_treply(nta, msg, f->status, NULL,
                      SIPTAG_RETRY_AFTER_STR(f->status == 503 ? f->retry_after : NULL),
                      TAG_END());
     } else {
       f->dropped++;
+      luasip_counters.flood_dropped++;
       msg_destroy(msg);
     }
     return 1;

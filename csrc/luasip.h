@@ -115,6 +115,12 @@ void luasip_log(int level, const char *fmt, ...)
   __attribute__((format(printf, 2, 3)))
 #endif
   ;
+/* a line about the call of sip (its Call-ID goes with it) */
+void luasip_log_call(int level, sip_t const *sip, const char *fmt, ...)
+#if defined(__GNUC__)
+  __attribute__((format(printf, 3, 4)))
+#endif
+  ;
 /* core.c: hands queued C log lines to the Lua handler (core.set_log_handler); call only
  * where Lua may be entered (after a loop step, or inside the bridge's protection) */
 void luasip_log_flush(lua_State *L);
@@ -240,6 +246,46 @@ void luasip_prompts_free(void);
 void *luasip_wav_open(const char *path, int append, char *err, size_t errlen);
 int luasip_wav_write(void *h, const int16_t *pcm, size_t n, char *err, size_t errlen);
 void luasip_wav_close(void *h);
+
+/* metrics.c: the process's message counters (the Prometheus page of sip.metrics).  Each
+ * site that receives, answers or sends a SIP message bumps one array slot: the cost per
+ * message is an increment.  Methods index by sip_method_t (0: unknown or extension
+ * methods, reported as "OTHER"); responses by method and status 100-699. */
+#define LUASIP_M_METHODS 16
+typedef struct lsip_counters {
+  unsigned long long req_in[LUASIP_M_METHODS];
+  unsigned long long req_out[LUASIP_M_METHODS];
+  unsigned long long resp_out[LUASIP_M_METHODS][600];
+  unsigned long long rtx_core;        /* 2xx and their ACKs re-sent by the core */
+  unsigned long long stray_responses; /* responses that matched nothing (agent.c) */
+  unsigned long long acks_dropped;    /* ACKs of our shed 503s, malformed ACKs */
+  unsigned long long flood_dropped, scanners_dropped;  /* flood.c: dropped at the door */
+  unsigned long long rtp_packets[2], rtp_octets[2];  /* media.c: [0] sent, [1] received */
+} lsip_counters_t;
+extern lsip_counters_t luasip_counters;
+static inline unsigned luasip_mix(int m)
+{
+  return m > 0 && m < LUASIP_M_METHODS ? (unsigned)m : 0;
+}
+#define LUASIP_COUNT_IN(m) (luasip_counters.req_in[luasip_mix(m)]++)
+#define LUASIP_COUNT_OUT(m) (luasip_counters.req_out[luasip_mix(m)]++)
+static inline void luasip_count_reply(int m, int status)
+{
+  if (status >= 100 && status < 700)
+    luasip_counters.resp_out[luasip_mix(m)][status - 100]++;
+}
+/* the agents whose nta statistics the page shows (a closed one's are folded in) */
+void luasip_metrics_agent(lsip_agent_t *a, int open);
+/* agent.c: the load-shedding counters of an agent, added to *invite and *other */
+void luasip_agent_shed_counts(lsip_agent_t *a, unsigned long long *invite,
+                              unsigned long long *other);
+void luasip_metrics_open(lua_State *L);
+int luasip_metrics_listen(lua_State *L);
+int luasip_metrics_text(lua_State *L);
+int luasip_metrics_extra(lua_State *L);
+int luasip_metrics_handler(lua_State *L);
+/* media.c: streams open, media clock ticks, late ticks, skipped ticks */
+void luasip_media_counts(unsigned long out[4]);
 
 /* proxy.c: stateful proxy (RFC 3261 16) */
 #define LUASIP_PROXY "luasip.proxy"

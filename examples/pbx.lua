@@ -12,6 +12,7 @@
   TLS: with $LUASIP_TLS_CERT and $LUASIP_TLS_KEY (PEM files) it also listens on
   sips:<host>:5061 ($LUASIP_TLS_PORT; $LUASIP_TLS_CA: the CAs its TLS peers are checked
   against, default the system's), with the same users and rules.
+  Metrics: $LUASIP_METRICS=host:port serves the Prometheus page at /metrics there.
   Reload: the handlers are examples/pbx_app.lua; SIGHUP reloads them, calls stay up.
 Usage: lua examples/pbx.lua [host:port]     (default 127.0.0.1:5060)
 ]]
@@ -31,6 +32,9 @@ if os.getenv("LUASIP_TLS_CERT") and os.getenv("LUASIP_TLS_KEY") then
 end
 local app = assert(sip.agent{ listen = listen, tls = tls, user_agent = "luasip-pbx",
   in_dialog = "handler" })
+if os.getenv("LUASIP_METRICS") then
+  assert(sip.metrics{ listen = os.getenv("LUASIP_METRICS") })
+end
 
 local function log(...)
   io.stdout:write(os.date("%H:%M:%S "), table.concat({ ... }, " "), "\n")

@@ -163,6 +163,10 @@ sip.refer = require "luasip.refer"
 -- sip.media.prompts = dir (the prompt set of say_digits / say_number), sip.media.TONES
 sip.media = require "luasip.media"
 
+-- metrics{ listen = "host:port" } -> server: the Prometheus page on the loop;
+-- metrics.counter / gauge / histogram{...}: the application's own (README "Metrics and logs")
+sip.metrics = require "luasip.metrics"
+
 -- class.extend / class.hook: how modules extend the classes (README: "Extending luasip")
 sip.class = require "luasip.class"
 
