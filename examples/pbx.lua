@@ -13,6 +13,8 @@
   sips:<host>:5061 ($LUASIP_TLS_PORT; $LUASIP_TLS_CA: the CAs its TLS peers are checked
   against, default the system's), with the same users and rules.
   Metrics: $LUASIP_METRICS=host:port serves the Prometheus page at /metrics there.
+  Floods: a source sending more than $PBX_FLOOD_RATE requests/s (50) is blocked for 30 s
+  (loopback is exempt: the specs and benchmarks drive it from there); scanners dropped.
   Reload: the handlers are examples/pbx_app.lua; SIGHUP reloads them, calls stay up.
 Usage: lua examples/pbx.lua [host:port]     (default 127.0.0.1:5060)
 ]]
@@ -31,7 +33,8 @@ if os.getenv("LUASIP_TLS_CERT") and os.getenv("LUASIP_TLS_KEY") then
     .. (os.getenv("LUASIP_TLS_PORT") or "5061")
 end
 local app = assert(sip.agent{ listen = listen, tls = tls, user_agent = "luasip-pbx",
-  in_dialog = "handler" })
+  in_dialog = "handler", flood = { rate = tonumber(os.getenv("PBX_FLOOD_RATE") or "") or 50,
+    exempt = { "127.0.0.0/8", "::1" } } })
 if os.getenv("LUASIP_METRICS") then
   assert(sip.metrics{ listen = os.getenv("LUASIP_METRICS") })
 end

@@ -93,6 +93,11 @@ describe("examples/pbx.lua (tested with luasip.testing)", function()
     carol:message("sip:bob@elsewhere.example", "x"):expect(403)
   end)
 
+  it("drops requests from SIP scanners", function()
+    t:options(t:uri(), { headers = { ["User-Agent"] = "friendly-scanner" } }):expect_no_response(1)
+    t:options(t:uri(), { headers = { ["User-Agent"] = "Linphone/5.2" } }):expect(200)
+  end)
+
   it("delivers a MESSAGE to a registered user", function()
     local alice = t:phone("alice", { password = "alice-secret" })
     local carol = t:phone("carol", { password = "carol-secret" })

@@ -406,6 +406,19 @@ function Tx:expect(want, timeout)
   return r      -- (not a tail call: error levels count this frame)
 end
 
+-- tx:expect_no_response([seconds]) -> true: nothing but a 100 Trying comes within
+-- `seconds` (1 by default; e.g. a request the application must drop)
+function Tx:expect_no_response(seconds)
+  seconds = seconds or 1
+  turn(function() return next_response(self, nil) ~= nil end, seconds)
+  local r = next_response(self, nil)
+  if r then
+    fail(2, ("%s: expected no response to %s, got %d %s:\n%s"):format(self.phone.name,
+      self.what, r.status, r.reason or "", raw_of(r)))
+  end
+  return true
+end
+
 -- tx:response() -> the final response once it came (waits, bounded), or nil
 function Tx:response(timeout)
   turn(function() return self.finished end, timeout or self.phone.t.timeout)
