@@ -7,7 +7,8 @@
 #   luasip/<lua>    sipp UAC -> lua examples/uas.lua, for each interpreter in BENCH_LUA
 # KIND calls   = INVITE, 100, 180, 200, ACK, BYE, 200 (scenarios/uac.xml)
 # KIND options = OPTIONS, 200 (scenarios/options-uac.xml)
-# Opt-in kinds (BENCH_KINDS="calls options b2bua proxy pbx register notify media"); see
+# Opt-in kinds (BENCH_KINDS="calls options b2bua proxy pbx register notify media reload");
+# reload: bench/reload.sh, calls held across a SIGHUP reload every 0.5 s, failed calls; see
 # README.md (notify: bench/notify.sh, NOTIFY fan-out rate and memory per active
 # subscription; media: bench/media.sh, N concurrent IVR streams, CPU, loss, pacing):
 # KIND b2bua    = calls through examples/b2bua.lua to a downstream sipp UAS
@@ -410,7 +411,8 @@ for KIND in $BENCH_KINDS; do
     notify) continue ;;                       # bench/notify.sh, after the table
     overload) continue ;;                     # bench/overload.sh, after the table
     media) continue ;;                        # bench/media.sh, after the table
-    *) die "BENCH_KINDS: calls options b2bua proxy pbx register metrics notify overload media" ;; esac
+    reload) continue ;;                       # bench/reload.sh, after the table
+    *) die "BENCH_KINDS: calls options b2bua proxy pbx register metrics notify overload media reload" ;; esac
   WHOS="sipp $BENCH_LUA"
   [[ $KIND == pbx && $BENCH_KAMAILIO == 1 ]] && WHOS="$WHOS kamailio"
   # proxy, register beside Kamailio: Kamailio's ladder first (the reference must not be
@@ -612,6 +614,10 @@ fi
 # media (issue 9): N concurrent IVR streams against rtpgen, its own script
 if [[ " $BENCH_KINDS " == *" media "* ]]; then
   bash "$HERE/media.sh" | tee -a "$LOG"
+fi
+# a reload under load (issue 14): calls held across SIGHUP reloads, failed calls, its own script
+if [[ " $BENCH_KINDS " == *" reload "* ]]; then
+  BENCH_RELOAD_LUA="${BENCH_RELOAD_LUA:-${BENCH_LUA%% *}}" bash "$HERE/reload.sh" | tee -a "$LOG"
 fi
 # overload (issue 8 point 5): offered vs completed at 1x, 1.5x, 2x the max, its own script
 if [[ " $BENCH_KINDS " == *" overload "* ]]; then
