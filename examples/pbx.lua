@@ -50,7 +50,8 @@ local ivr = assert(loadfile(here .. "/ivr_menu.lua"))(here, log)
 -- calls go on; what must outlive a reload (registrations, calls being forked) is here.
 local registrar, location = sip.registrar{
   realm = host,
-  authorize = sip.auth.authorizer{ realm = host, password = function(u) return users[u] end },
+  authorize = sip.auth.authorizer{ realm = host, password = function(u) return users[u] end,
+    failures = true },                -- password guessing refused (5 failures per user)
 }
 local vm = assert(sip.agent{ listen = { "sip:" .. host .. ":0" }, user_agent = "luasip-pbx" })
 package.path = here .. "/?.lua;" .. package.path

@@ -52,7 +52,8 @@ return function(app, pbx)
   -- calls and messages between users of this PBX
   local function route(req, opts)
     if in_dialog(req) then return end
-    local user = sip.auth.check(req, { realm = host, password = password, proxy = true })
+    local user = sip.auth.check(req, { realm = host, password = password, proxy = true,
+      failures = true })
     if not user then return end                      -- 407 (or 400) sent by check
     if req.from.uri:match("^sips?:([^@;]+)@") ~= user then
       return req:reply(403, "From Does Not Match Credentials")

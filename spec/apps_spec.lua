@@ -117,6 +117,15 @@ describe("examples/pbx.lua (tested with luasip.testing)", function()
     call:send_dtmf("9")
     call:expect_bye(15)
   end)
+
+  -- (last: bob stays refused for a minute)
+  it("refuses a password guesser after five failures, and nobody else", function()
+    local guesser = t:phone("bob", { password = "guess" })
+    for _ = 1, 5 do guesser:register():expect(401) end
+    t:phone("bob", { password = "bob-secret" }):register():expect(403)
+    t:phone("alice", { password = "alice-secret" }):register():expect(200)
+    t:expect_output("5 failed digests from 127.0.0.1 for bob")
+  end)
 end)
 
 describe("examples/ivr.lua (tested with luasip.testing)", function()
