@@ -573,11 +573,11 @@ describe("luasip.auth failed digests", function()
           failures = { per_user = 3, block = 0.5 } })
         if user then req:reply(200) end
       end)
-      local function send(user, password)
+      local function send(user, pw)
         return H.run(function()
           local res, _, code = uac:request{ method = "MESSAGE", uri = uas:uri("x"),
             body = "hi", content_type = "text/plain",
-            auth = { username = user, password = password } }
+            auth = { username = user, password = pw } }
           return res and res.status or code
         end)
       end
