@@ -199,4 +199,180 @@ describe("no open relay", function()
         call:bye()
       end)
   end)
+
+  -- what every plain UA example answers to methods it has no handler for, and to
+  -- requests of no dialog (the core: 481; ACK: nothing)
+  local function no_handler(p, status, methods)
+    for _, m in ipairs(methods) do
+      local h = { Route = v1.route }
+      if m == "REFER" then h["Refer-To"] = "<" .. v1.uri .. ">" end
+      if m == "SUBSCRIBE" then h.Event = "presence" end
+      if m == "REGISTER" then h.To, h.Contact = "<sip:bob@127.0.0.1>", "<" .. v1.uri .. ">" end
+      attempt(m .. " (a Route to a victim)", p:request(m, m == "REGISTER" and t:contact()
+        or v2.uri, { headers = h }), status)
+    end
+    attempt("INVITE with a To tag, Route to a victim", p:request("INVITE", v1.uri,
+      { headers = in_dialog(v1.route) }), 481)
+    attempt("BYE with a To tag, forged Route through it", p:request("BYE", v1.uri,
+      { headers = in_dialog({ "<sip:" .. t.address .. ";lr>", v1.route }) }), 481)
+    forged_dialog(t, v1, 481)
+  end
+
+  describe("examples/b2bua.lua", function()
+    it("calls only its downstream, whatever the Request-URI and Route say", function()
+      local down = H.agent{ in_dialog = "handler" }
+      local calls = {}
+      down:on("INVITE", function(req)
+        calls[#calls + 1] = req.uri
+        if req.ruri.user ~= "ok" then return req:reply(486) end
+        req:answer()
+      end)
+      local host = "127.0.0.1:" .. down:transports()[1].port
+      t = testing.start{ script = "examples/b2bua.lua", args = { "{address}", host } }
+      local mallory = t:phone("mallory")
+      attempt("INVITE to a victim", mallory:request("INVITE", v1.uri), 486)
+      attempt("INVITE with a Route to a victim", mallory:request("INVITE", t:uri("x"),
+        { headers = { Route = v1.route } }), 486)
+      attempt("INVITE with a victim smuggled in the user part", mallory:request("INVITE",
+        "sip:victim%40" .. v1.host:gsub(":", "%%3a") .. "@" .. t.address), 486)
+      attempt("INVITE with Max-Forwards 0", mallory:request("INVITE", v1.uri,
+        { headers = { ["Max-Forwards"] = "0" } }), 483)
+      for _, uri in ipairs(calls) do
+        assert.matches("@" .. host:gsub("%p", "%%%0") .. "$", uri)
+      end
+      no_handler(mallory, 405, { "MESSAGE", "REFER", "REGISTER", "SUBSCRIBE", "PUBLISH" })
+      -- in a call it bridged: a REFER asking it to call a victim
+      local call = mallory:invite(t:uri("ok"))
+      call:expect(200)
+      call:ack()
+      attempt("REFER in a bridged call to a victim", call:request("REFER",
+        { headers = { ["Refer-To"] = "<" .. v1.uri .. ">" } }), 405)
+      call:bye()
+      untouched("the bridged call's end")
+    end)
+  end)
+
+  describe("examples/chat.lua", function()
+    it("binds only the sender's own address and delivers only in its domain", function()
+      t = testing.start{ script = "examples/chat.lua" }
+      local mallory = t:phone("mallory")
+      attempt("REGISTER with a victim as Contact", mallory:request("REGISTER", t:contact(),
+        { headers = { To = "<sip:mallory@127.0.0.1>", Contact = "<" .. v1.uri .. ">",
+          Expires = "60" } }), 403)
+      attempt("REGISTER bob with a victim as Contact", mallory:request("REGISTER",
+        t:contact(), { headers = { To = "<sip:bob@127.0.0.1>", Contact = "<" .. v2.uri .. ">",
+          Expires = "60" } }), 403)
+      attempt("MESSAGE to mallory after it", mallory:message("mallory", "hi"), 202)
+      attempt("MESSAGE to bob after it", mallory:message("bob", "hi"), 202)
+      attempt("MESSAGE to another domain", mallory:message("sip:bob@example.org", "hi"), 403)
+      attempt("MESSAGE to a victim's host:port (a local user)", mallory:message(v1.uri, "hi"),
+        202)
+      attempt("MESSAGE with a Route to a victim", mallory:message("carol", "hi",
+        { headers = { Route = v1.route } }), 202)
+      no_handler(mallory, 405, { "INVITE", "REFER", "SUBSCRIBE" })
+    end)
+  end)
+
+  describe("examples/presence.lua", function()
+    it("binds and notifies only the sender's own address", function()
+      t = testing.start{ script = "examples/presence.lua" }
+      local mallory = t:phone("mallory")
+      attempt("REGISTER bob with a victim as Contact", mallory:request("REGISTER",
+        t:contact(), { headers = { To = "<sip:bob@127.0.0.1>", Contact = "<" .. v1.uri .. ">",
+          Expires = "60" } }), 403)
+      attempt("REGISTER mallory with a victim as Contact (presence sends nothing there)",
+        mallory:request("REGISTER", t:contact(), { headers = { To = "<sip:mallory@127.0.0.1>",
+          Contact = "<" .. v1.uri .. ">", Expires = "60" } }), 200)
+      attempt("SUBSCRIBE to bob with a victim as Contact", mallory:request("SUBSCRIBE", "bob",
+        { headers = { Event = "presence", Contact = "<" .. v1.uri .. ">", Expires = "60" } }),
+        403)
+      attempt("SUBSCRIBE to a victim", mallory:request("SUBSCRIBE", v1.uri,
+        { headers = { Event = "presence", Contact = "<" .. v2.uri .. ">", Expires = "60" } }),
+        403)
+      no_handler(mallory, 405, { "INVITE", "MESSAGE", "REFER" })
+    end)
+  end)
+
+  describe("examples/uas.lua", function()
+    it("answers for itself and carries out no transfer to a victim", function()
+      t = testing.start{ script = "examples/uas.lua" }
+      local mallory = t:phone("mallory")
+      attempt("MESSAGE to a victim", mallory:message(v1.uri, "hi",
+        { headers = { Route = v1.route } }), 200)
+      attempt("REGISTER bob with a victim as Contact", mallory:request("REGISTER",
+        t:contact(), { headers = { To = "<sip:bob@127.0.0.1>", Contact = "<" .. v1.uri .. ">" } }),
+        200)
+      attempt("REFER out of a call to a victim", mallory:request("REFER", t:contact(),
+        { headers = { ["Refer-To"] = "<" .. v1.uri .. ">" } }), 202)
+      local call = mallory:invite(v1.uri, { headers = { Route = v1.route } })
+      call:expect(183)
+      call:expect(200)
+      call:ack()
+      attempt("REFER in a call to a victim", call:request("REFER",
+        { headers = { ["Refer-To"] = "<" .. v1.uri .. ">" } }), 405)
+      call:bye()
+      untouched("the call's end")
+      attempt("INVITE with a To tag, Route to a victim", mallory:request("INVITE", v1.uri,
+        { headers = in_dialog(v1.route) }), 481)
+      forged_dialog(t, v1, 481)
+    end)
+  end)
+
+  describe("examples/ivr.lua", function()
+    -- the menu's first prompts, 3 s of silence each, so the call lasts a while
+    local function prompts()
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir -p " .. H.shquote(dir)))
+      defer(function() os.execute("rm -rf " .. H.shquote(dir)) end)
+      local function le(x, bytes)
+        local s = ""
+        for _ = 1, bytes do s, x = s .. string.char(x % 256), math.floor(x / 256) end
+        return s
+      end
+      local size = 3 * 8000 * 2
+      for _, name in ipairs{ "welcome", "menu" } do
+        local f = assert(io.open(dir .. "/" .. name .. ".wav", "wb"))
+        f:write("RIFF", le(36 + size, 4), "WAVEfmt ", le(16, 4), le(1, 2), le(1, 2),
+          le(8000, 4), le(16000, 4), le(2, 2), le(16, 2), "data", le(size, 4),
+          string.rep("\0", size))
+        f:close()
+      end
+      return dir
+    end
+    local has_engine = require("luasip.core").rtp_open ~= nil
+
+    ;(has_engine and it or pending)("answers for itself and carries out no transfer to a victim", function()
+      t = testing.start{ script = "examples/ivr.lua", env = { IVR_PROMPTS = prompts() } }
+      local mallory = t:phone("mallory")
+      local call = mallory:invite(v1.uri, { headers = { Route = v1.route } })
+      call:expect(200)
+      call:ack()
+      attempt("REFER in a call to a victim", call:request("REFER",
+        { headers = { ["Refer-To"] = "<" .. v1.uri .. ">" } }), 405)
+      no_handler(mallory, 405, { "MESSAGE", "REFER", "REGISTER", "SUBSCRIBE" })
+    end)
+  end)
+
+  describe("examples/click_to_call.lua", function()
+    it("takes no orders from the network while it calls", function()
+      local a = H.agent()
+      local d, done                -- A keeps click_to_call's REFER unanswered meanwhile
+      a:on("INVITE", function(req)
+        d = req:answer()
+        if d then
+          d:on("REFER", function(r)
+            while not done do sip.sleep(0.05) end
+            r:reply(603)
+          end)
+        end
+      end)
+      defer(function() done = true end)
+      t = testing.start{ script = "examples/click_to_call.lua",
+        args = { "{address}", a:uri("a"), "sip:b@127.0.0.1:9" }, ready = "calling A" }
+      H.run_until(function() return d ~= nil end, 5, "the call to A")
+      local mallory = t:phone("mallory")
+      no_handler(mallory, 405, { "INVITE", "MESSAGE", "REFER", "REGISTER", "SUBSCRIBE" })
+    end)
+  end)
 end)
