@@ -46,24 +46,13 @@ local function attempt(what, tx, status)
   return res
 end
 
--- raw(port, msg [, timeout]) -> the status line of the answer to msg sent over UDP, or
+-- raw(port, msg [, timeout]): the status line of the answer to msg sent over UDP, or
 -- "NONE" when none came within timeout seconds (ACK: none is due)
-local defer
-local function raw(port, msg, timeout)
-  local file = os.tmpname()
-  local f = assert(io.open(file, "wb"))
-  f:write(msg)
-  f:close()
-  local p = H.background({ "python3", "spec/peers/rawsip.py", tostring(port), file, "udp",
-    tostring(timeout or 3) }, 10)
-  defer(function() p.kill(); os.remove(file) end)
-  H.run_until(function() return p.done() end, 10, "rawsip.py")
-  return (p.log():gsub("%s+$", ""))
-end
+local function raw(port, msg, timeout) return H.send_raw(port, msg, "udp", timeout) end
 
 local n = 0
 -- a raw request: method to uri, To with a tag, the extra header lines given
-local function forged(method, uri, extra, cseq_method)
+local function forged(method, uri, extra)
   n = n + 1
   local id = ("relay%d%d"):format(os.time(), n)
   return table.concat{
@@ -71,7 +60,7 @@ local function forged(method, uri, extra, cseq_method)
     "Via: SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bK", id, "\r\n",
     "From: <sip:mallory@127.0.0.1>;tag=m", id, "\r\n",
     "To: <sip:bob@127.0.0.1>;tag=forged", id, "\r\n",
-    "Call-ID: ", id, "@forged\r\nCSeq: 1 ", cseq_method or method, "\r\n",
+    "Call-ID: ", id, "@forged\r\nCSeq: 1 ", method, "\r\n",
     "Max-Forwards: 70\r\n", extra or "", "Content-Length: 0\r\n\r\n" }
 end
 
@@ -90,7 +79,7 @@ local function forged_dialog(t, v, bye_status)
 end
 
 describe("no open relay", function()
-  defer = H.defer_with(function(f) finally(f) end)
+  local defer = H.defer_with(function(f) finally(f) end)
   local t
   local v1, v2
   before_each(function()
@@ -102,6 +91,12 @@ describe("no open relay", function()
     t = nil
     H.close_agents()
   end)
+
+  -- p's REGISTER of user's AOR with contact as its Contact
+  local function register(p, user, contact)
+    return p:request("REGISTER", t:contact(), { headers = { To = "<sip:" .. user .. "@127.0.0.1>",
+      Contact = "<" .. contact .. ">", Expires = "60" } })
+  end
 
   -- headers of a request that claims to be in a dialog of the example
   local function in_dialog(route, extra)
@@ -132,7 +127,7 @@ describe("no open relay", function()
       attempt("MESSAGE to a victim's host:port", alice:message(v1.uri, "hi"), 404)
       attempt("MESSAGE to a user at a victim's host:port", alice:message(
         "sip:carol@" .. v1.host, "hi"), 480)
-      attempt("OPTIONS to a victim", alice:request("OPTIONS", "sip:bob@example.org"), 403)
+      attempt("OPTIONS to another domain", alice:request("OPTIONS", "sip:bob@example.org"), 403)
       attempt("INVITE Max-Forwards 0 to another domain", alice:request("INVITE",
         "sip:bob@example.org", { headers = { ["Max-Forwards"] = "0" } }), 403)
       attempt("INVITE with a Route to a victim", alice:request("INVITE", "sip:bob@example.org",
@@ -166,9 +161,7 @@ describe("no open relay", function()
     it("refuses REGISTER of another user's AOR, third-party REFER and SUBSCRIBE", function()
       start()
       local alice = t:phone("alice", { password = PW.alice })
-      attempt("REGISTER carol as alice, Contact a victim", alice:request("REGISTER",
-        t:contact(), { headers = { To = "<sip:carol@127.0.0.1>", Contact = "<" .. v1.uri .. ">",
-          Expires = "60" } }), 403)
+      attempt("REGISTER carol as alice, Contact a victim", register(alice, "carol", v1.uri), 403)
       attempt("MESSAGE to carol after it", alice:message("sip:carol@127.0.0.1", "hi"), 480)
       attempt("REFER asking the PBX to call a victim", alice:request("REFER", t:contact(),
         { headers = { ["Refer-To"] = "<" .. v1.uri .. ">" } }), 404)
@@ -256,12 +249,8 @@ describe("no open relay", function()
     it("binds only the sender's own address and delivers only in its domain", function()
       t = testing.start{ script = "examples/chat.lua" }
       local mallory = t:phone("mallory")
-      attempt("REGISTER with a victim as Contact", mallory:request("REGISTER", t:contact(),
-        { headers = { To = "<sip:mallory@127.0.0.1>", Contact = "<" .. v1.uri .. ">",
-          Expires = "60" } }), 403)
-      attempt("REGISTER bob with a victim as Contact", mallory:request("REGISTER",
-        t:contact(), { headers = { To = "<sip:bob@127.0.0.1>", Contact = "<" .. v2.uri .. ">",
-          Expires = "60" } }), 403)
+      attempt("REGISTER with a victim as Contact", register(mallory, "mallory", v1.uri), 403)
+      attempt("REGISTER bob with a victim as Contact", register(mallory, "bob", v2.uri), 403)
       attempt("MESSAGE to mallory after it", mallory:message("mallory", "hi"), 202)
       attempt("MESSAGE to bob after it", mallory:message("bob", "hi"), 202)
       attempt("MESSAGE to another domain", mallory:message("sip:bob@example.org", "hi"), 403)
@@ -277,12 +266,9 @@ describe("no open relay", function()
     it("binds and notifies only the sender's own address", function()
       t = testing.start{ script = "examples/presence.lua" }
       local mallory = t:phone("mallory")
-      attempt("REGISTER bob with a victim as Contact", mallory:request("REGISTER",
-        t:contact(), { headers = { To = "<sip:bob@127.0.0.1>", Contact = "<" .. v1.uri .. ">",
-          Expires = "60" } }), 403)
+      attempt("REGISTER bob with a victim as Contact", register(mallory, "bob", v1.uri), 403)
       attempt("REGISTER mallory with a victim as Contact (presence sends nothing there)",
-        mallory:request("REGISTER", t:contact(), { headers = { To = "<sip:mallory@127.0.0.1>",
-          Contact = "<" .. v1.uri .. ">", Expires = "60" } }), 200)
+        register(mallory, "mallory", v1.uri), 200)
       attempt("SUBSCRIBE to bob with a victim as Contact", mallory:request("SUBSCRIBE", "bob",
         { headers = { Event = "presence", Contact = "<" .. v1.uri .. ">", Expires = "60" } }),
         403)
@@ -299,8 +285,7 @@ describe("no open relay", function()
       local mallory = t:phone("mallory")
       attempt("MESSAGE to a victim", mallory:message(v1.uri, "hi",
         { headers = { Route = v1.route } }), 200)
-      attempt("REGISTER bob with a victim as Contact", mallory:request("REGISTER",
-        t:contact(), { headers = { To = "<sip:bob@127.0.0.1>", Contact = "<" .. v1.uri .. ">" } }),
+      attempt("REGISTER bob with a victim as Contact", register(mallory, "bob", v1.uri),
         200)
       attempt("REFER out of a call to a victim", mallory:request("REFER", t:contact(),
         { headers = { ["Refer-To"] = "<" .. v1.uri .. ">" } }), 202)
