@@ -4,17 +4,22 @@
   have registered, with its body as it is (text/plain, message/cpim, application/json...),
   and is answered 200 once a contact took it.  For a user with no contact online it is
   kept and answered 202 Accepted, then delivered (with its Date) when they next register.
+  No open relay: a REGISTER may bind only the address it came from (examples/own_contact.lua;
+  else 403), and a MESSAGE for another domain is answered 403.
 Usage: lua examples/chat.lua [host:port]     (default 127.0.0.1:5060)
   MIN_EXPIRES=n  the shortest registration (default 60 s)
 ]]
 local sip = require "luasip"
 
+local here = (arg and arg[0] or ""):match("^(.*)[/\\]") or "."
+local own_contact = assert(loadfile(here .. "/own_contact.lua"))()
 local hostport = arg and arg[1] or "127.0.0.1:5060"
 local host = hostport:match("^%[?([^%]]+)%]?:%d+$") or hostport
 
 local app = assert(sip.agent{ listen = { "sip:" .. hostport }, user_agent = "luasip-chat" })
 local registrar, location = sip.registrar{
-  min_expires = tonumber(os.getenv("MIN_EXPIRES") or "") or 60 }
+  min_expires = tonumber(os.getenv("MIN_EXPIRES") or "") or 60,
+  authorize = function(req) return own_contact(req) or nil end }     -- else 403
 local inbox = sip.store.memory{}   -- messages kept for offline users (sip.store.redis to share)
 
 local function log(...)
@@ -42,6 +47,7 @@ end
 app:on("MESSAGE", function(req)
   local user = req.ruri.user
   if not user then return req:reply(404, "No Such User") end
+  if req.ruri.host:gsub("[%[%]]", ""):lower() ~= host:lower() then return req:reply(403, "Relaying Denied") end
   local msg = { from = "<" .. req.from.uri .. ">", body = req.body or "",
     content_type = req.content_type or "text/plain",
     date = req:header("Date") or os.date("!%a, %d %b %Y %H:%M:%S GMT") }

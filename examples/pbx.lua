@@ -56,7 +56,7 @@ local registrar, location = sip.registrar{
 local vm = assert(sip.agent{ listen = { "sip:" .. host .. ":0" }, user_agent = "luasip-pbx" })
 package.path = here .. "/?.lua;" .. package.path
 assert(app:load("pbx_app", { vm = vm, vm_uri = "@" .. host .. ":" .. vm:transports()[1].port,
-  host = host, users = users, registrar = registrar, location = location, ringing = {},
+  host = host, users = users, registrar = registrar, location = location, ringing = {}, dialogs = {},
   ivr = ivr, log = log, ring = tonumber(os.getenv("PBX_VOICEMAIL_AFTER") or "") or 20 }))
 sip.on_signal("HUP", function()
   local ok, err = sip.reload("pbx_app")

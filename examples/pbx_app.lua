@@ -4,13 +4,14 @@
   reload (registrations, the calls being forked, the IVR) lives in pbx.lua and comes in
   the `pbx` table; this file keeps only code.
   pbx = { vm =, vm_uri =, host =, users =, registrar =, location =, ringing =,
-          ivr =, ring =, log = }
+          dialogs =, ivr =, ring =, log = }
 ]]
 local sip = require "luasip"
 
 return function(app, pbx)
   local host, users, location, ivr, log = pbx.host, pbx.users, pbx.location, pbx.ivr, pbx.log
   local ringing = pbx.ringing  -- Call-ID -> { user =, phones =, failed =, status =, reason = }
+  local dialogs = pbx.dialogs  -- Call-ID -> { [remote target URI] = true }: calls we connected
 
   -- A registered user's voicemail answers on an agent of its own: the proxy forks each
   -- call to it beside the user's phones; it answers after `ring` seconds unless a phone
@@ -39,14 +40,32 @@ return function(app, pbx)
   end)
 
   -- in-dialog requests go where their Request-URI says, but only along a route we
-  -- record-routed ourselves (top Route = this PBX): no open relay through To tags
-  local function routed_here(req) return req:loose_route() end
+  -- record-routed ourselves (top Route = this PBX), in a call we connected, to one of
+  -- its two parties (the Contacts of its INVITE and 2xx): no open relay through To tags
+  -- or a forged Route (spec/relay_spec.lua)
+  local function targets_of(d, ...)
+    for _, m in ipairs{ ... } do
+      for _, c in ipairs(m.contact) do d[c.uri] = true end
+    end
+  end
+  local function routed_here(req)
+    local d = dialogs[req.call_id]
+    return d ~= nil and d[req.uri] and req:loose_route()
+  end
 
   local function in_dialog(req)
-    if req.to_tag then
-      if routed_here(req) then req:proxy(req.uri) else req:reply(403, "Not Routed Here") end
+    if not req.to_tag then return end
+    if not routed_here(req) then
+      req:reply(403, "Not Routed Here")
       return true
     end
+    local res = req:proxy(req.uri)
+    local d = dialogs[req.call_id]
+    if d and req.method == "BYE" then dialogs[req.call_id] = nil end
+    if d and res and res.status < 300 and (req.method == "INVITE" or req.method == "UPDATE") then
+      targets_of(d, req, res)                        -- a target refresh (RFC 3261 12.2)
+    end
+    return true
   end
 
   -- calls and messages between users of this PBX
@@ -75,7 +94,13 @@ return function(app, pbx)
       local c = { user = callee, phones = #targets, failed = 0 }
       ringing[req.call_id] = c
       opts.on_response = function(res)               -- the best failure of the phones
-        if res.status < 300 then return end
+        if res.status < 300 then                     -- a call we connect: its parties
+          if res.status > 100 then
+            dialogs[req.call_id] = dialogs[req.call_id] or {}
+            targets_of(dialogs[req.call_id], req, res)
+          end
+          return
+        end
         c.failed = c.failed + 1
         if not c.status or res.status < c.status then c.status, c.reason = res.status, res.reason end
       end
@@ -83,6 +108,7 @@ return function(app, pbx)
     end
     local res, err = req:proxy(targets, opts)
     ringing[req.call_id] = nil
+    if invite and not (res and res.status < 300) then dialogs[req.call_id] = nil end
     log(req.method, user, "->", callee, res and res.status or err)
   end
 

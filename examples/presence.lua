@@ -4,12 +4,16 @@
   Users are sip:user@host.  Watchers SUBSCRIBE to a user (Event: presence) and get a
   NOTIFY at once and on every change: the user is "open" while registered and "closed"
   once the last registration expires or is removed; what the user PUBLISHes (until it
-  expires or is removed) wins over what the registration says.
+  expires or is removed) wins over what the registration says.  No open relay: a
+  SUBSCRIBE whose Contact (where the NOTIFYs go) is not the address it came from is
+  answered 403 (examples/own_contact.lua).
 Usage: lua examples/presence.lua [host:port]     (default 127.0.0.1:5060)
   MIN_EXPIRES=n  the shortest registration, publication and subscription (default 60 s)
 ]]
 local sip = require "luasip"
 
+local here = (arg and arg[0] or ""):match("^(.*)[/\\]") or "."
+local own_contact = assert(loadfile(here .. "/own_contact.lua"))()
 local hostport = arg and arg[1] or "127.0.0.1:5060"
 local host = hostport:match("^%[?([^%]]+)%]?:%d+$") or hostport
 local min_expires = tonumber(os.getenv("MIN_EXPIRES") or "") or 60
@@ -37,7 +41,7 @@ local function state(user_aor)
 end
 
 local on_subscribe, presence = sip.events{ package = "presence", min_expires = min_expires,
-  resource = resource, state = state }
+  resource = resource, state = state, authorize = own_contact }      -- false: 403
 
 -- tells the watchers when a user's presence has changed
 local last = {}

@@ -4,8 +4,9 @@
   200 with an SDP answer to the offer (a reliable 183 with it first when the caller
   supports 100rel; Request-URI user "ring": rings 10 s first, so it can be cancelled;
   session timers when asked), then the call is a dialog (BYE, INFO, UPDATE, re-INVITE
-  and hold in it are answered; a REFER in it is carried out with NOTIFY progress, the
-  call itself kept until the transferor hangs up);
+  and hold in it are answered; with UAS_TRANSFERS=1 a REFER in it is carried out with
+  NOTIFY progress, the call itself kept until the transferor hangs up -- off by default,
+  405: anyone who calls could have it call any host, an open relay);
   INFO, UPDATE, PRACK, NOTIFY 200; REGISTER 200 echoing the
   Contacts with their expires; SUBSCRIBE 200 with Expires; PUBLISH 200 with SIP-ETag;
   REFER 202.
@@ -20,6 +21,7 @@ local ACCEPT = "application/sdp, text/plain, message/cpim, application/json, mul
 local host = hostport:match("^%[?([^%]]+)%]?:%d+$") or "127.0.0.1"
 
 local quiet = os.getenv("UAS_QUIET") == "1"     -- benchmarks: no per-request log
+local transfers = os.getenv("UAS_TRANSFERS") == "1"
 -- values from the network (URIs, bodies) go into the log: control bytes other than LF and
 -- TAB are written as \xNN, as the core's log does, so none reaches a terminal raw
 local function escape(c) return ("\\x%02x"):format(c:byte()) end
@@ -98,15 +100,17 @@ app:on("INVITE", function(req)
   if not call then return log("no ACK: " .. tostring(err)) end
   log("call established with", req.from.uri)
   call:on("INFO", function(r) log("INFO in call:", r.body or ""); r:reply(200) end)
-  -- a transfer (RFC 3515): call the Refer-To target and report by NOTIFY; this call
-  -- stays up until the transferor hangs it up (RFC 5589 section 6)
-  call:on("REFER", sip.refer.handler(function(sub)
-    log("REFER in call to", sub.target)
-    local d, why = sub:invite(app)
-    if not d then return log("transfer to", sub.target, "failed:", tostring(why)) end
-    log("transferred call established with", sub.target)
-    log("transferred call ended:", d:wait_end())
-  end))
+  -- a transfer (RFC 3515), when enabled: call the Refer-To target and report by NOTIFY;
+  -- this call stays up until the transferor hangs it up (RFC 5589 section 6)
+  if transfers then
+    call:on("REFER", sip.refer.handler(function(sub)
+      log("REFER in call to", sub.target)
+      local d, why = sub:invite(app)
+      if not d then return log("transfer to", sub.target, "failed:", tostring(why)) end
+      log("transferred call established with", sub.target)
+      log("transferred call ended:", d:wait_end())
+    end))
+  end
   log("call ended:", call:wait_end())
 end)
 

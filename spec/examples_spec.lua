@@ -23,9 +23,12 @@ local function track()
 end
 
 -- starts examples/uas.lua; returns the process and its host:port once it listens
-local function start_uas()
+local function start_uas(env)
   local hostport = "127.0.0.1:" .. H.free_port()
-  local uas = spawn_script("examples/uas.lua", hostport)
+  local argv = script("examples/uas.lua", hostport)
+  table.insert(argv, 2, env or "UAS_TRANSFERS=0")     -- env NAME=value ... lua uas.lua
+  local uas = H.background(argv, 60)
+  procs[#procs + 1] = uas
   H.run_until(function() return uas.log():find("listening on") or uas.done() end, 10,
     "examples/uas.lua listening")
   assert(not uas.done(), "examples/uas.lua exited:\n" .. uas.log())
@@ -80,7 +83,7 @@ describe("examples/uac.lua against examples/uas.lua", function()
 
   it("carries out a REFER in a call to examples/uas.lua and keeps that call until the transferor hangs up", function()
     track()
-    local uas, hostport = start_uas()
+    local uas, hostport = start_uas("UAS_TRANSFERS=1")
     local caller, target = H.agent(), H.agent()
     local target_got, target_call
     target:on("INVITE", function(req)

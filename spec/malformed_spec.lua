@@ -4,7 +4,6 @@ local sip = require "luasip"
 -- What sofia's parser lets through and RFC 3261 rejects, sent as raw datagrams by
 -- spec/peers/rawsip.py (issue: fixes for what a fuzzing run found in examples/uas.lua).
 describe("luasip.agent malformed requests", function()
-  local defer = H.defer_with(function(f) finally(f) end)
   local uas, handled
   before_each(function()
     uas = H.agent()
@@ -20,16 +19,7 @@ describe("luasip.agent malformed requests", function()
   -- the status line of the first answer to the bytes msg (over proto, default UDP),
   -- or "NONE" when none came within timeout seconds (default 3)
   local function send_raw(msg, proto, timeout, agent)
-    local file = os.tmpname()
-    local f = assert(io.open(file, "wb"))
-    f:write(msg)
-    f:close()
-    local p = H.background({ "python3", "spec/peers/rawsip.py",
-      tostring((agent or uas):transports()[1].port), file, proto or "udp",
-      tostring(timeout or 3) }, 10)
-    defer(function() p.kill(); os.remove(file) end)
-    H.run_until(function() return p.done() end, 10, "rawsip.py")
-    return (p.log():gsub("%s+$", ""))
+    return H.send_raw((agent or uas):transports()[1].port, msg, proto, timeout)
   end
 
   local n = 0
