@@ -17,6 +17,8 @@
 # finished transactions 32 s) (objects and descriptors also pass within +8 absolute: a
 # few calls more or less in flight).  `make soak SOAK_CALLS=20000` takes ~2 minutes.
 #
+# The PBX's digest nonces live SOAK_NONCE_TTL s (60; pbx.lua's default is 300): the nonce
+# counts kept for replay protection reach their steady state after one lifetime.
 # Env: SOAK_CALLS (1000000), SOAK_RATE (250), SOAK_HOLD_MS (1000), SOAK_LUA (lua5.4;
 # luajit), SOAK_SAMPLE (5), SOAK_WARMUP (20), SOAK_TOLERANCE (5), KEEP=1 keeps the work
 # directory (samples, logs).  The curve is printed (one line per ~1/20 of the run).
@@ -58,7 +60,10 @@ media_base() { echo $(( 16384 + 4 * (RANDOM % 4000) )); }
 # the PBX
 PBX_PORT=$(free_udp_port)
 mkdir -p "$WORK/recordings"
+NONCE_TTL=${SOAK_NONCE_TTL:-60}
+require_uint "$NONCE_TTL"
 SOAK_SAMPLES="$WORK/samples" SOAK_SAMPLE=$SAMPLE IVR_RECORDINGS="$WORK/recordings" \
+  PBX_NONCE_TTL=$NONCE_TTL \
   LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/$FLAVOUR/?.so;;" \
   timeout "$BOUND" "$LUA" bench/soak-pbx.lua "$HOST:$PBX_PORT" >"$WORK/pbx.log" 2>&1 &
 PBX=$!
@@ -141,7 +146,7 @@ echo "REGISTER refresh rounds failed: $regf"
 (( regf == 0 )) || status=1
 kill -0 "$PBX" 2>/dev/null || { echo "the PBX is gone:"; tail -20 "$WORK/pbx.log"; status=1; }
 
-python3 - "$WORK/samples" "$WARMUP" "$TOL" <<'PY' || status=1
+python3 - "$WORK/samples" "$WARMUP" "$TOL" "$NONCE_TTL" <<'PY' || status=1
 import sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
 warm, tol = float(sys.argv[2]) / 100, float(sys.argv[3])
@@ -154,9 +159,11 @@ for r in rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else []):
 load = [r for r in rows if r[0] <= rows[-1][0] - 2 * (rows[1][0] - rows[0][0])] if len(rows) > 3 else rows
 n = len(load)
 # warm-up: a share of the run, and at least 45 s (sofia keeps each finished transaction
-# 32 s, 64*T1, and a call lasts 2 * SOAK_HOLD_MS: the memory in use grows until then)
+# 32 s, 64*T1, and a call lasts 2 * SOAK_HOLD_MS) and 1.5 nonce lifetimes (the digest
+# nonce counts are kept until their nonce expires): the memory in use grows until then
 span = load[-1][0] if load else 0
-start = next((i for i, r in enumerate(load) if r[0] >= max(warm * span, 45)), n)
+settle = max(45, 1.5 * float(sys.argv[4]))
+start = next((i for i, r in enumerate(load) if r[0] >= max(warm * span, settle)), n)
 w = max(1, n // 10)
 early, late = load[start:start + w], load[n - w:]
 ok = len(early) > 0 and len(late) > 0

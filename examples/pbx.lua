@@ -15,6 +15,7 @@
   Metrics: $LUASIP_METRICS=host:port serves the Prometheus page at /metrics there.
   Floods: a source sending more than $PBX_FLOOD_RATE requests/s (50) is blocked for 30 s
   (loopback is exempt: the specs and benchmarks drive it from there); scanners dropped.
+  Digest nonces live $PBX_NONCE_TTL seconds (300).
   Reload: the handlers are examples/pbx_app.lua; SIGHUP reloads them, calls stay up.
 Usage: lua examples/pbx.lua [host:port]     (default 127.0.0.1:5060)
 ]]
@@ -51,13 +52,15 @@ local ivr = assert(loadfile(here .. "/ivr_menu.lua"))(here, log)
 local registrar, location = sip.registrar{
   realm = host,
   authorize = sip.auth.authorizer{ realm = host, password = function(u) return users[u] end,
-    failures = true },                -- password guessing refused (5 failures per user)
+    failures = true,                  -- password guessing refused (5 failures per user)
+    nonce_ttl = tonumber(os.getenv("PBX_NONCE_TTL") or "") },
 }
 local vm = assert(sip.agent{ listen = { "sip:" .. host .. ":0" }, user_agent = "luasip-pbx" })
 package.path = here .. "/?.lua;" .. package.path
 assert(app:load("pbx_app", { vm = vm, vm_uri = "@" .. host .. ":" .. vm:transports()[1].port,
   host = host, users = users, registrar = registrar, location = location, ringing = {}, dialogs = {},
-  ivr = ivr, log = log, ring = tonumber(os.getenv("PBX_VOICEMAIL_AFTER") or "") or 20 }))
+  ivr = ivr, log = log, ring = tonumber(os.getenv("PBX_VOICEMAIL_AFTER") or "") or 20,
+  nonce_ttl = tonumber(os.getenv("PBX_NONCE_TTL") or "") }))
 sip.on_signal("HUP", function()
   local ok, err = sip.reload("pbx_app")
   log(ok and "reloaded pbx_app" or ("reload of pbx_app failed, old handlers kept: " .. err))

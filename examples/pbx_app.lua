@@ -72,7 +72,7 @@ return function(app, pbx)
   local function route(req, opts)
     if in_dialog(req) then return end
     local user = sip.auth.check(req, { realm = host, password = password, proxy = true,
-      failures = true })
+      failures = true, nonce_ttl = pbx.nonce_ttl })
     if not user then return end                      -- 407 (or 400) sent by check
     if req.from.uri:match("^sips?:([^@;]+)@") ~= user then
       return req:reply(403, "From Does Not Match Credentials")
