@@ -1,6 +1,6 @@
 -- bench/soak-pbx.lua: examples/pbx.lua with a sampler, for bench/soak.sh.  Every
 -- SOAK_SAMPLE seconds (5) it appends one line to $SOAK_SAMPLES:
---   seconds rss_kb fds lua_kb objects requests dialogs client_txs
+--   seconds rss_kb fds lua_kb objects requests dialogs client_txs cpu_s
 -- (objects: every live C object of sip.stats(); the process's RSS and open descriptors
 -- from /proc/self).  Usage: lua bench/soak-pbx.lua host:port
 local sip = require "luasip"
@@ -31,13 +31,24 @@ local function fds()
   return n - 1                       -- (the pipe from ls)
 end
 
+local function cpu_s()                 -- utime + stime of this process, seconds
+  local f = io.open("/proc/self/stat")
+  if not f then return 0 end
+  local line = f:read("*l")
+  f:close()
+  local rest = line:match("%) (.*)$")
+  local fields = {}
+  for x in rest:gmatch("%S+") do fields[#fields + 1] = x end
+  return (tonumber(fields[12]) + tonumber(fields[13])) / 100   -- (fields 14, 15; USER_HZ)
+end
+
 local function sample()
   local st, objects = sip.stats(), 0
   for _, n in pairs(st) do objects = objects + n end
   local f = assert(io.open(out, "a"))
-  f:write(("%.1f %d %d %d %d %d %d %d\n"):format(sip.now() - t0, rss_kb(), fds(),
+  f:write(("%.1f %d %d %d %d %d %d %d %.2f\n"):format(sip.now() - t0, rss_kb(), fds(),
     math.floor(collectgarbage("count")), objects, st["luasip.request"] or 0,
-    st["luasip.dialog"] or 0, st["luasip.client_tx"] or 0))
+    st["luasip.dialog"] or 0, st["luasip.client_tx"] or 0, cpu_s()))
   f:close()
   sip.timer(every, sample)
 end

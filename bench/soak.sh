@@ -150,7 +150,13 @@ python3 - "$WORK/samples" "$WARMUP" "$TOL" "$NONCE_TTL" <<'PY' || status=1
 import sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
 warm, tol = float(sys.argv[2]) / 100, float(sys.argv[3])
-names = ["rss_kb", "fds", "lua_kb", "objects", "requests", "dialogs", "client_txs"]
+names = ["rss_kb", "fds", "lua_kb", "objects", "requests", "dialogs", "client_txs", "cpu_pct"]
+# the last column is the CPU seconds used so far: shown as % of one core since the last sample
+prev = None
+for r in rows:
+    t, c = r[0], r[8] if len(r) > 8 else 0
+    r[8:] = [100 * (c - prev[1]) / (t - prev[0]) if prev and t > prev[0] else 0]
+    prev = (t, c)
 print("\n%7s " % "s" + " ".join("%10s" % n for n in names))
 step = max(1, len(rows) // 20)
 for r in rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else []):
