@@ -50,6 +50,12 @@ local function sample()
     math.floor(collectgarbage("count")), objects, st["luasip.request"] or 0,
     st["luasip.dialog"] or 0, st["luasip.client_tx"] or 0, cpu_s()))
   f:close()
+  if os.getenv("SOAK_STATS") then              -- every class, to the PBX's log
+    local parts = {}
+    for k, n in pairs(st) do parts[#parts + 1] = k:gsub("^luasip%.", "") .. "=" .. n end
+    table.sort(parts)
+    io.stderr:write("stats ", table.concat(parts, " "), "\n")
+  end
   sip.timer(every, sample)
 end
 sip.timer(every, sample)
