@@ -79,7 +79,10 @@ describe("examples/pbx.lua with baresip phones", function()
     local mallory = phone("mallory", "carol", "guess")
     registered(alice)
     registered(bob)
-    assert.equal("401 Unauthorized", mallory.wait_event("REGISTER_FAIL").param)
+    -- 401, or 403 once baresip's retries with the wrong password have run into the PBX's
+    -- limit on failed digests (examples/pbx.lua: sip.auth failures)
+    local fail = mallory.wait_event("REGISTER_FAIL").param
+    assert.is_truthy(fail == "401 Unauthorized" or fail == "403 Too Many Failed Attempts", fail)
     assert.matches(aor("alice") .. "%s+OK%s+luasip%-pbx", alice.command("reginfo"))
     assert.matches(aor("bob") .. "%s+OK%s+luasip%-pbx", bob.command("reginfo"))
     assert.matches(aor("carol") .. "%s+ERR", mallory.command("reginfo"))
