@@ -11,7 +11,7 @@ local agent = require "luasip.agent"
 local sipmethods = require "luasip.sipmethods"
 
 local sip = {
-  _VERSION = "luasip 0.2.0",
+  _VERSION = "luasip 0.1.0",
   sofia_version = core.sofia_version,
   stop = core.stop,
   now = core.now,
@@ -73,17 +73,19 @@ function sip.run(opts)
   local ok, signal = core.run()
   dispatcher.set_spawn_error(nil)
   if signal and #shutdown > 0 then
-    -- the shutdown hooks run on the loop (they may send requests), bounded in time
-    local left = #shutdown
-    for _, fn in ipairs(shutdown) do
-      dispatcher.spawn(function()
-        local hok, err = pcall(fn, signal)
-        if not hok then dispatcher.log("error", "shutdown hook failed: " .. tostring(err)) end
-        left = left - 1
-      end)
+    -- the shutdown hooks run on the loop (they may send requests), bounded in time; each
+    -- in a coroutine of its own, not under pcall (Lua 5.1 cannot yield across one): the
+    -- dispatcher logs a hook that fails
+    local cos = {}
+    for i, fn in ipairs(shutdown) do cos[i] = dispatcher.spawn(fn, signal) end
+    local function running()
+      for _, co in ipairs(cos) do
+        if coroutine.status(co) ~= "dead" then return true end
+      end
+      return false
     end
     local deadline = core.now() + (opts.shutdown_timeout or 5)
-    while left > 0 and core.now() < deadline do core.step(10) end
+    while running() and core.now() < deadline do core.step(10) end
   end
   if fatal then error(fatal[1], 0) end
   if signal then return ok, signal end
