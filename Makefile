@@ -130,7 +130,7 @@ install:
 	@$(PKG) --exists $(MEDIA_PKGS) || { echo "make install: pkg-config $(MEDIA_PKGS) failed"; exit 1; }
 	mkdir -p "$(INST_LIBDIR)/luasip" "$(INST_LUADIR)"
 	$(CC) $(ALL_CFLAGS) $(if $(LUA_INCDIR),-I$(LUA_INCDIR)) $(SRCS) $(LIBFLAG) \
-	  -o "$(INST_LIBDIR)/luasip/core.so" $(LDFLAGS) $(SOFIA_LIBS) $(MEDIA_LIBS)
+	  -o "$(INST_LIBDIR)/luasip/core.so" $(LDFLAGS) $(SOFIA_LIBS) $(CRYPTO_LIBS) $(MEDIA_LIBS)
 	cp -R lua/. "$(INST_LUADIR)/"
 
 clean:
