@@ -45,7 +45,8 @@ LIBFLAG    ?= -shared
 INST_LIBDIR ?=
 INST_LUADIR ?=
 
-.PHONY: all deps build prompts test run bench check-memory check-asan lint install clean warnings
+.PHONY: all deps build prompts test run bench check-memory check-asan lint install clean warnings \
+  docs rock
 
 all: build
 
@@ -115,6 +116,21 @@ FUZZ_ARGS    ?=
 fuzz-sip: build/$(FUZZ_FLAVOUR)/luasip/core.so
 	python3 scripts/fuzz-sip.py --lua $(LUA_$(FUZZ_FLAVOUR)) --flavour $(FUZZ_FLAVOUR) \
 	  -n $(FUZZ_N) --seed $(FUZZ_SEED) $(FUZZ_ARGS)
+
+# the API reference (LDoc, config.ld) into build/docs.  Debian's ldoc runs under the
+# newest of Lua 5.2/5.1 it finds, but its markdown (lua-markdown) is installed for 5.1 only
+LDOC_BIN = $(shell command -v ldoc 2>/dev/null)
+LDOC ?= $(if $(shell command -v lua5.1 2>/dev/null),lua5.1 $(LDOC_BIN),$(LDOC_BIN))
+docs:
+	@test -n "$(LDOC_BIN)" || { echo "docs: apt-get install lua-ldoc lua-markdown"; exit 1; }
+	@rm -rf build/docs
+	@$(LDOC) --fatalwarnings -q . && echo "docs: build/docs/index.html"
+
+# the source rock of the release, luasip-0.1.0-1.src.rock, packed by luarocks from this
+# checkout without the network (scripts/pack-rock.sh)
+ROCKSPEC ?= luasip-0.1.0-1.rockspec
+rock:
+	@sh scripts/pack-rock.sh $(ROCKSPEC) build
 
 lint:
 	@command -v luacheck >/dev/null || { echo "lint: apt-get install lua-check"; exit 1; }
