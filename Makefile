@@ -45,7 +45,7 @@ LIBFLAG    ?= -shared
 INST_LIBDIR ?=
 INST_LUADIR ?=
 
-.PHONY: all deps build prompts test run bench check-memory check-asan lint install clean warnings \
+.PHONY: all deps build prompts test run bench soak check-memory check-asan lint install clean warnings \
   docs rock
 
 all: build
@@ -90,6 +90,12 @@ run: deps
 bench: deps
 	@$(MAKE) -s --no-print-directory build
 	@sh bench/run.sh
+
+# a long mixed load through examples/pbx.lua, sampling memory, descriptors and objects
+# (bench/soak.sh: SOAK_CALLS=1000000, SOAK_RATE=250 calls/s, SOAK_LUA=lua5.4, ...)
+soak: deps
+	@$(MAKE) -s --no-print-directory build
+	@bash bench/soak.sh
 
 check-memory: deps
 	@$(MAKE) -s --no-print-directory build

@@ -7,7 +7,8 @@
 #   luasip/<lua>    sipp UAC -> lua examples/uas.lua, for each interpreter in BENCH_LUA
 # KIND calls   = INVITE, 100, 180, 200, ACK, BYE, 200 (scenarios/uac.xml)
 # KIND options = OPTIONS, 200 (scenarios/options-uac.xml)
-# Opt-in kinds (BENCH_KINDS="calls options b2bua proxy pbx register notify media"); see
+# Opt-in kinds (BENCH_KINDS="calls options b2bua proxy pbx register notify media reload");
+# reload: bench/reload.sh, calls held across a SIGHUP reload every 0.5 s, failed calls; see
 # README.md (notify: bench/notify.sh, NOTIFY fan-out rate and memory per active
 # subscription; media: bench/media.sh, N concurrent IVR streams, CPU, loss, pacing):
 # KIND b2bua    = calls through examples/b2bua.lua to a downstream sipp UAS
@@ -18,6 +19,9 @@
 #                 to a sipp UAS registered as bob; + a Kamailio proxy-lua row (no auth)
 # KIND register = REGISTER with digest auth (scenarios/reg-auth.xml) against
 #                 bench/registrar.lua; + a Kamailio registrar-auth-lua row
+# KIND metrics  = the cost of the Prometheus page: calls (as KIND calls) on examples/uas.lua
+#                 with metrics off and on (bench/uas-metrics.lua, the page fetched once a
+#                 second), interleaved A/B at REF_RATE, BENCH_AB_ROUNDS rounds; no ladder
 # (Kamailio rows when kamailio is installed, BENCH_KAMAILIO=0 to skip; KAM_ARGS)
 #
 # Each row is a rate ladder (lib.sh run_ladder: START_RATE, doubled until a step fails,
@@ -137,7 +141,7 @@ LOG=$WORK/bench.log
 RESP_PID=""      # the `timeout` wrapping the current responder
 SPID=""          # a sipp run in the background (sustain_run)
 cleanup() {
-  stop_pid "$SPID"
+  stop_pid "$SPID"; stop_pid "${METRICS_SCRAPER:-}"
   stop_pid "$RESP_PID"; stop_pid "${DOWN_PID:-}"
   if [[ -n ${BENCH_OUT:-} && -f $LOG ]]; then cp "$LOG" "$BENCH_OUT"; fi
   if [[ ${KEEP:-0} == 1 ]]; then echo "bench work dir: $WORK" >&2; else rm -rf "$WORK"; fi
@@ -189,19 +193,21 @@ start_responder() {
     [[ -f $WORK/kam-ready ]] || { stop_responder; return 1; }
     if [[ $kind == proxy || $kind == pbx ]]; then STEP_PORT=$dport; STEP_SCEN=uac.xml; STEP_ARGS="-rsa $HOST:$port"; fi
   else
-    local interp=${who%%:*} dest=$logf args=("$HOST:$port") script=examples/uas.lua
+    local interp=${who%%:*} dest=$logf args=("$HOST:$port") script=examples/uas.lua menv=()
     case $kind in
       b2bua) script=examples/b2bua.lua; args+=("$HOST:$dport") ;;
       pbx) script=examples/pbx.lua; STEP_ARGS="-auth_uri bob@$HOST" ;;
       # the Request-URI names the downstream UAS (sipp's remote host), the proxy is -rsa
       proxy) script=bench/proxy.lua; STEP_PORT=$dport; STEP_SCEN=uac.xml; STEP_ARGS="-rsa $HOST:$port" ;;
       register) script=bench/registrar.lua ;;
-      *) [[ $who == *:quiet ]] && script=bench/uas-quiet.lua ;;
+      *) [[ $who == *:quiet ]] && script=bench/uas-quiet.lua
+         [[ $who == *:metrics ]] && script=bench/uas-metrics.lua menv=(LUASIP_METRICS="$HOST:$METRICS_PORT") ;;
     esac
     case $interp in lua5.4) flavour=5.4 ;; luajit) flavour=luajit ;; lua5.1) flavour=5.1 ;; lua5.3) flavour=5.3 ;; esac
     [[ ${BENCH_UAS_LOG:-file} == null ]] && dest=/dev/null
     ( cd "$ROOT" && exec timeout --kill-after=5 "$RESP_MAX" \
         env LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/$flavour/?.so;;" \
+            "${menv[@]}" \
         "$interp" "$script" "${args[@]}" >>"$dest" 2>>"$logf.stderr" ) &
   fi
   RESP_PID=$!
@@ -324,35 +330,60 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 # measured. Interleaving spreads the drift of this shared machine over all of them; the
 # table gives the medians (AB_US[KIND|WHO] = the runs' us/call, '!' marks a failing run).
 declare -A AB_US
-ab_rounds() {
-  local r w res us whos="$BENCH_LUA"
+ab_rounds() {   # AB_WHOS: who runs (default BENCH_LUA + kamailio); AB_RUN: the step kind
+  local r w res us whos="$BENCH_LUA" run=${AB_RUN:-$KIND}
   [[ $BENCH_KAMAILIO == 1 ]] && whos="$whos kamailio"
+  whos=${AB_WHOS:-$whos}
   out ""
   out "== $KIND: interleaved A/B at $REF_RATE/s, $BENCH_AB_ROUNDS round(s) of: $whos" \
       "(fresh process each, ${WARMUP}s warm-up, ${AB_DURATION}s measured)"
   for (( r = 1; r <= BENCH_AB_ROUNDS; r++ )); do
     for w in $whos; do
       if (( SECONDS - BENCH_T0 > BENCH_BUDGET )); then out "   time budget spent: A/B stopped"; return; fi
-      WHO=$w; PORT=$(free_udp_port)
-      if ! start_responder "$KIND" "$w" "$PORT" "$WORK/ab-$KIND-$w.log"; then
+      WHO=$w; PORT=$(free_udp_port); METRICS_PORT=""
+      [[ $w == *:metrics ]] && METRICS_PORT=$(free_udp_port)
+      if ! start_responder "$run" "$w" "$PORT" "$WORK/ab-$KIND-$w.log"; then
         out "   round $r $w: the responder did not start"; continue
       fi
+      [[ $w == *:metrics ]] && scraper_start
       if (( WARMUP > 0 )); then
-        KEEP=0 QUIET_MAX_WAIT=0 step_env "$HERE/step.sh" "$KIND" "$STEP_PORT" "$REF_RATE" "$WARMUP" >/dev/null 2>&1
+        KEEP=0 QUIET_MAX_WAIT=0 step_env "$HERE/step.sh" "$run" "$STEP_PORT" "$REF_RATE" "$WARMUP" >/dev/null 2>&1
         wait_responder_idle
       fi
-      res=$(KEEP=0 QUIET_MAX_WAIT=$AB_QUIET_WAIT step_env "$HERE/step.sh" "$KIND" "$STEP_PORT" "$REF_RATE" "$AB_DURATION" 2>&1 |
+      res=$(KEEP=0 QUIET_MAX_WAIT=$AB_QUIET_WAIT step_env "$HERE/step.sh" "$run" "$STEP_PORT" "$REF_RATE" "$AB_DURATION" 2>&1 |
               grep '^RESULT ' | tail -1)
       responder_died && out "   round $r $w: $DIED"
+      [[ $w == *:metrics ]] && scraper_stop
       stop_responder
       res=${res#RESULT }
       us=$(kv sut_us_per_call "$res"); us=${us:-0}
       step_passes "RESULT $res" || us="$us!"
       AB_US[$KIND|$w]+=" $us"
-      out "   [$(date +%T)] round $r $(printf '%-9s' "$w") $(printf '%7s' "$us") us/call  $(kv success "$res") ok $(kv failed "$res") failed," \
+      out "   [$(date +%T)] round $r $(printf '%-14s' "$w") $(printf '%7s' "$us") us/call  $(kv success "$res") ok $(kv failed "$res") failed," \
           "retrans $(kv retrans_pct "$res")%, resp CPU $(kv sut_cpu_pct "$res")%, other $(kv other_pct "$res")%"
     done
   done
+}
+# metrics_ab (KIND metrics): ab_rounds on calls to examples/uas.lua with metrics off
+# (<interp>) and on (<interp>:metrics: bench/uas-metrics.lua, a scraper fetching the
+# page every second); AB_US[metrics|WHO]. The table gives the medians and the difference.
+METRICS_SCRAPER=""
+metrics_ab() {
+  local L whos=""
+  for L in $BENCH_LUA; do L=${L%%:*}; whos="$whos $L $L:metrics"; done
+  AB_WHOS=${whos# } AB_RUN=calls ab_rounds
+}
+# the scraper of a :metrics responder (METRICS_PORT), for the whole run; stopped by
+# scraper_stop, which first prints the page's request counters
+scraper_start() {
+  ( for (( i = 0; i < WARMUP + AB_DURATION + 30; i++ )); do
+      timeout 5 curl -s -o /dev/null "http://$HOST:$METRICS_PORT/metrics"; sleep 1; done ) &
+  METRICS_SCRAPER=$!
+}
+scraper_stop() {
+  out "   page: $(curl -s --max-time 5 "http://$HOST:$METRICS_PORT/metrics" |
+    grep '^luasip_requests_received_total' | tr '\n' ' ')"
+  stop_pid "$METRICS_SCRAPER"; METRICS_SCRAPER=""
 }
 # median LIST ("12.5 13! 11"): the median of the runs without '!' (a run with failed calls
 # or retransmissions counts its retransmissions in its us/call), of all when every run has
@@ -376,10 +407,12 @@ STOP_CHECK=pre_step
 ROWS=()
 for KIND in $BENCH_KINDS; do
   case $KIND in calls|options|b2bua|proxy|pbx|register) ;;
+    metrics) [[ $BENCH_AB_ROUNDS -gt 0 ]] && metrics_ab; continue ;;
     notify) continue ;;                       # bench/notify.sh, after the table
     overload) continue ;;                     # bench/overload.sh, after the table
     media) continue ;;                        # bench/media.sh, after the table
-    *) die "BENCH_KINDS: calls options b2bua proxy pbx register notify overload media" ;; esac
+    reload) continue ;;                       # bench/reload.sh, after the table
+    *) die "BENCH_KINDS: calls options b2bua proxy pbx register metrics notify overload media reload" ;; esac
   WHOS="sipp $BENCH_LUA"
   [[ $KIND == pbx && $BENCH_KAMAILIO == 1 ]] && WHOS="$WHOS kamailio"
   # proxy, register beside Kamailio: Kamailio's ladder first (the reference must not be
@@ -555,7 +588,7 @@ done
 [[ -n $KLINES ]] && { echo "   luasip / Kamailio (all Kamailio processes' CPU; max: higher is better, us/call: lower is better):"; echo "${KLINES#?}"; }
 # the interleaved A/B runs at REF_RATE: medians, and luasip / Kamailio
 for kind in $BENCH_KINDS; do
-  [[ -n ${AB_US[$kind|kamailio]:-}${AB_US[$kind|${BENCH_LUA%% *}]:-} ]] || continue
+  [[ $kind != metrics && -n ${AB_US[$kind|kamailio]:-}${AB_US[$kind|${BENCH_LUA%% *}]:-} ]] || continue
   echo "   $kind, interleaved A/B at $REF_RATE/s (${AB_DURATION}s runs, fresh processes): median us/call of the clean runs [all runs; '!' = failed calls or retransmissions]; x Kamailio"
   kmed=$(median "${AB_US[$kind|kamailio]:-}")
   for w in $BENCH_LUA kamailio; do
@@ -563,6 +596,15 @@ for kind in $BENCH_KINDS; do
     m=$(median "${AB_US[$kind|$w]}")
     printf '   %-8s %-13s %8s  [%s ]  x%s\n' "$kind" "$w" "$m" "${AB_US[$kind|$w]}" "$(ratio "${m%!}" "${kmed%!}")"
   done
+done
+# the cost of metrics: CPU per call with the Prometheus page off and on (KIND metrics)
+for w in $BENCH_LUA; do
+  w=${w%%:*}
+  [[ -n ${AB_US[metrics|$w]:-} && -n ${AB_US[metrics|$w:metrics]:-} ]] || continue
+  off=$(median "${AB_US[metrics|$w]}"); on=$(median "${AB_US[metrics|$w:metrics]}")
+  printf '   metrics  %-8s us/call off %8s [%s ]  on %8s [%s ]  %s\n' "$w" "$off" "${AB_US[metrics|$w]}" \
+    "$on" "${AB_US[metrics|$w:metrics]}" \
+    "$(awk -v a="${on%!}" -v b="${off%!}" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%+.1f %%", (a / b - 1) * 100; else print "-" }')"
 done
 } | tee -a "$LOG"
 # NOTIFY fan-out and memory per subscription (issue 5): not a sipp ladder, its own script
@@ -572,6 +614,10 @@ fi
 # media (issue 9): N concurrent IVR streams against rtpgen, its own script
 if [[ " $BENCH_KINDS " == *" media "* ]]; then
   bash "$HERE/media.sh" | tee -a "$LOG"
+fi
+# a reload under load (issue 14): calls held across SIGHUP reloads, failed calls, its own script
+if [[ " $BENCH_KINDS " == *" reload "* ]]; then
+  BENCH_RELOAD_LUA="${BENCH_RELOAD_LUA:-${BENCH_LUA%% *}}" bash "$HERE/reload.sh" | tee -a "$LOG"
 fi
 # overload (issue 8 point 5): offered vs completed at 1x, 1.5x, 2x the max, its own script
 if [[ " $BENCH_KINDS " == *" overload "* ]]; then

@@ -220,6 +220,7 @@ static int overload_shed(lsip_agent_t *a, msg_t *msg, sip_t *sip)
     o->rejected_invite++;
   else
     o->rejected_other++;
+  luasip_count_reply(sip->sip_request->rq_method, 503);
   /* the request's To with our tag: a shallow copy whose params list gains one item */
   {
     msg_param_t params[16];
@@ -358,17 +359,25 @@ static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg,
   }
   if (sip && sip->sip_request) {
     sip_method_t m = sip->sip_request->rq_method;
-    const char *bad = luasip_request_malformed(sip);
+    const char *bad;
+    LUASIP_COUNT_IN(m);
+    if (a->flood && luasip_flood_check(a, nta, msg, sip))
+      return 0;
+    bad = luasip_request_malformed(sip);
     if (bad) {
-      if (m == sip_method_ack)    /* never answered: dropped */
+      if (m == sip_method_ack) {  /* never answered: dropped */
+        luasip_counters.acks_dropped++;
         msg_destroy(msg);
-      else
+      } else {
+        luasip_count_reply(m, 400);
         nta_msg_treply(nta, msg, 400, bad, TAG_END());
+      }
       return 0;
     }
     if (m == sip_method_ack) {
       if (overload_is_our_ack(a, sip)) {
         a->overload->acks_dropped++;
+        luasip_counters.acks_dropped++;
         msg_destroy(msg);
         return 0;
       }
@@ -377,6 +386,7 @@ static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg,
     }
     if (m == sip_method_cancel) {
       /* nta matched no INVITE transaction for it: RFC 3261 9.2 */
+      luasip_count_reply(m, 481);
       nta_msg_treply(nta, msg, SIP_481_NO_TRANSACTION, TAG_END());
       return 0;
     }
@@ -386,8 +396,10 @@ static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg,
     return 0;
   }
   if (sip && sip->sip_status) {
-    if (!luasip_client_stray(a, msg, sip) && !luasip_proxy_stray(a, msg, sip))
+    if (!luasip_client_stray(a, msg, sip) && !luasip_proxy_stray(a, msg, sip)) {
+      luasip_counters.stray_responses++;
       msg_destroy(msg);
+    }
     return 0;
   }
   msg_destroy(msg);
@@ -411,6 +423,7 @@ static void agent_free_nta(lsip_agent_t *a)
     luasip_requests_detach(a);
     luasip_clients_detach(a);
     luasip_dialogs_detach(a);
+    luasip_metrics_agent(a, 0);     /* its counters stay on the page */
     nta_agent_destroy(a->nta);
     a->nta = NULL;
   }
@@ -556,6 +569,9 @@ int luasip_agent_new(lua_State *L)
   if (!a->overload)
     return luaL_error(L, "luasip.agent: out of memory");
   *a->overload = ovl;
+  lua_getfield(L, 1, "flood");
+  luasip_flood_config(L, lua_gettop(L), a, "luasip.agent");
+  lua_pop(L, 1);
   lua_getfield(L, 1, "user_agent");
   a->user_agent = su_strdup(a->home, lua_isstring(L, -1) ? lua_tostring(L, -1)
                             : "luasip/" LUASIP_VERSION);
@@ -630,6 +646,7 @@ int luasip_agent_new(lua_State *L)
   }
   /* sofia loaded the certificates when it bound the TLS transports */
   luasip_tls_dir_remove(tls_dir);
+  luasip_metrics_agent(a, 1);
   if (resolv_conf) {
     a->dnsconf_timer = su_timer_create(su_root_task(luasip_S->root), 0);
     if (a->dnsconf_timer)
@@ -780,9 +797,25 @@ static int agent_overload(lua_State *L)
   return 1;
 }
 
+/* agent:flood() -> the per-source policy's counters | nil */
+static int agent_flood(lua_State *L)
+{
+  return luasip_flood_stats(L, luasip_agent_check(L, 1));
+}
+
+void luasip_agent_shed_counts(lsip_agent_t *a, unsigned long long *invite,
+                              unsigned long long *other)
+{
+  if (a->overload) {
+    *invite += a->overload->rejected_invite;
+    *other += a->overload->rejected_other;
+  }
+}
+
 static const luaL_Reg agent_methods[] = {
   {"close", agent_close},
   {"overload", agent_overload},
+  {"flood", agent_flood},
   {"closed", agent_closed},
   {"transports", agent_transports},
   {"contact", agent_contact},

@@ -166,11 +166,14 @@ int luasip_client_stray(lsip_agent_t *a, msg_t *msg, sip_t *sip)
     return 0;
   m = acks_match(a, sip);
   if (m == 1) {
+    luasip_counters.rtx_core++;     /* the 2xx was retransmitted: so is our ACK */
     send_2xx_ack(a, sip, NULL);
     msg_destroy(msg);
     return 1;
   }
   if (m == 2) {
+    LUASIP_COUNT_OUT(sip_method_ack);
+    LUASIP_COUNT_OUT(sip_method_bye);
     nta_msg_ackbye(luasip_agent_nta(a), msg);  /* a late fork: confirm and end it */
     return 1;
   }
@@ -260,12 +263,13 @@ static void send_prack(lsip_client_t *c, sip_t const *sip)
   rack->ra_method = sip->sip_cseq->cs_method;
   rack->ra_method_name = sip->sip_cseq->cs_method_name;
   /* built on the early dialog's leg: nta_outgoing_prack wants a tagged transaction */
-  nta_outgoing_tcreate(leg, prack_done, NULL, NULL, SIP_METHOD_PRACK, NULL,
-                       SIPTAG_RACK(rack),
-                       SIPTAG_USER_AGENT_STR(c->agent->user_agent),
-                       TAG_IF(c->prack_body, SIPTAG_CONTENT_TYPE_STR(c->prack_type)),
-                       TAG_IF(c->prack_body, SIPTAG_PAYLOAD_STR(c->prack_body)),
-                       TAG_END());
+  if (nta_outgoing_tcreate(leg, prack_done, NULL, NULL, SIP_METHOD_PRACK, NULL,
+                           SIPTAG_RACK(rack),
+                           SIPTAG_USER_AGENT_STR(c->agent->user_agent),
+                           TAG_IF(c->prack_body, SIPTAG_CONTENT_TYPE_STR(c->prack_type)),
+                           TAG_IF(c->prack_body, SIPTAG_PAYLOAD_STR(c->prack_body)),
+                           TAG_END()))
+    LUASIP_COUNT_OUT(sip_method_prack);
   free(c->prack_body);
   free(c->prack_type);
   c->prack_body = c->prack_type = NULL;
@@ -338,6 +342,7 @@ static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
    * destroyed orq) or the agent (rule 8: re-read).  A 2xx is still ACKed. */
   if (c->state == CLIENT_CLOSED) {
     if (c->is_invite && status >= 200 && status < 300 && sip && c->agent) {
+      LUASIP_COUNT_OUT(sip_method_ack);
       send_2xx_ack(c->agent, sip, NULL);
       acks_remember(c->agent, sip);
     }
@@ -346,6 +351,7 @@ static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
   if (c->is_invite && status >= 200 && status < 300 && sip && c->agent) {
     msg_t *req = nta_outgoing_getrequest(orq);
     sip_t const *rs = req ? sip_object(req) : NULL;
+    LUASIP_COUNT_OUT(sip_method_ack);
     send_2xx_ack(c->agent, sip, rs ? rs->sip_request->rq_url : NULL);
     acks_remember(c->agent, sip);
     if (req)
@@ -521,6 +527,7 @@ int luasip_client_start(lua_State *L, lsip_agent_t *a, msg_t *msg, const char *p
     client_to(c, CLIENT_CLOSED);
     return luasip_fail(L, "cannot send request", "send");
   }
+  LUASIP_COUNT_OUT(sip->sip_request->rq_method);
   if (c->state == CLIENT_CLOSED) {
     nta_outgoing_destroy(orq);    /* answered (failed) inside mcreate */
   } else {
@@ -540,6 +547,7 @@ static int client_cancel(lua_State *L)
     return luasip_fail(L, "already answered", "answered");
   if (nta_outgoing_cancel(c->orq) < 0)
     return luasip_fail(L, "cannot send CANCEL", "send");
+  LUASIP_COUNT_OUT(sip_method_cancel);
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -41,6 +41,7 @@ static const char *const LOG_LEVEL_NAMES[] = { "error", "error", "warn", "info",
 typedef struct log_line {
   struct log_line *next;
   int level;
+  const char *call_id;              /* in text, after the line's NUL; NULL: none */
   char text[1];
 } log_line_t;
 
@@ -77,20 +78,25 @@ static void log_escape(char *out, size_t outsz, const char *text)
   out[o] = '\0';
 }
 
-void luasip_log(int level, const char *fmt, ...)
+static void log_queue(int level, const char *call_id, const char *fmt, va_list ap)
 {
-  va_list ap;
-  char raw[1024], buf[1024];
+  char raw[1024], buf[1024], cid[256];
   log_line_t *line;
-  size_t n;
-  if (level > log_level)
-    return;
-  va_start(ap, fmt);
+  size_t n, nc = 0;
   vsnprintf(raw, sizeof raw, fmt, ap);
-  va_end(ap);
   log_escape(buf, sizeof buf, raw);
+  if (call_id) {
+    log_escape(cid, sizeof cid, call_id);
+    nc = strlen(cid) + 1;
+  }
   if (!log_handler_set || !luasip_S || luasip_S->closing) {
-    log_stderr(buf);
+    if (call_id) {
+      char both[1300];
+      snprintf(both, sizeof both, "[%s] %s", cid, buf);
+      log_stderr(both);
+    } else {
+      log_stderr(buf);
+    }
     return;
   }
   if (log_queued >= LOG_QUEUE_MAX) {
@@ -98,7 +104,7 @@ void luasip_log(int level, const char *fmt, ...)
     return;
   }
   n = strlen(buf);
-  line = malloc(sizeof *line + n);
+  line = malloc(sizeof *line + n + nc);
   if (!line) {
     log_stderr(buf);
     return;
@@ -106,9 +112,34 @@ void luasip_log(int level, const char *fmt, ...)
   line->next = NULL;
   line->level = level < 1 ? 1 : level > 4 ? 4 : level;
   memcpy(line->text, buf, n + 1);
+  line->call_id = NULL;
+  if (call_id) {
+    memcpy(line->text + n + 1, cid, nc);
+    line->call_id = line->text + n + 1;
+  }
   *log_tail = line;
   log_tail = &line->next;
   log_queued++;
+}
+
+void luasip_log(int level, const char *fmt, ...)
+{
+  va_list ap;
+  if (level > log_level)
+    return;
+  va_start(ap, fmt);
+  log_queue(level, NULL, fmt, ap);
+  va_end(ap);
+}
+
+void luasip_log_call(int level, sip_t const *sip, const char *fmt, ...)
+{
+  va_list ap;
+  if (level > log_level)
+    return;
+  va_start(ap, fmt);
+  log_queue(level, sip && sip->sip_call_id ? sip->sip_call_id->i_id : NULL, fmt, ap);
+  va_end(ap);
 }
 
 static log_line_t *log_pop(void)
@@ -161,8 +192,12 @@ static int log_deliver(lua_State *L)
     lua_pushvalue(L, 1);
     lua_pushstring(L, LOG_LEVEL_NAMES[log_head->level]);
     lua_pushstring(L, log_head->text);
+    if (log_head->call_id)
+      lua_pushstring(L, log_head->call_id);
+    else
+      lua_pushnil(L);
     line = log_pop();               /* only now: the pushes above may raise */
-    if (lua_pcall(L, 2, 0, 0) != 0) {
+    if (lua_pcall(L, 3, 0, 0) != 0) {
       fprintf(stderr, "luasip: log handler failed: %s\n",
               lua_isstring(L, -1) ? lua_tostring(L, -1) : "(error object)");
       log_stderr(line->text);
@@ -189,7 +224,7 @@ void luasip_log_flush(lua_State *L)
   }
 }
 
-/* set_log_handler(fn(level, message) | nil): where C log lines go (nil: stderr).
+/* set_log_handler(fn(level, message, call_id) | nil): where C log lines go (nil: stderr).
  * Levels are "error", "warn", "info", "debug"; core.log_level filters before. */
 static int core_set_log_handler(lua_State *L)
 {
@@ -340,6 +375,7 @@ void *luasip_newobj(lua_State *L, size_t size, const char *tname, lsip_destroy_f
   if (!obj)
     luaL_error(L, "%s: out of memory", tname);
   luasip_initobj(obj, tname, destroy);
+  LUASIP_EMBED_TOUCH();
   /* on a memory error inside wrap the struct leaks, but nothing dangles */
   luasip_wrapobj(L, obj);
   return obj;
@@ -348,12 +384,14 @@ void *luasip_newobj(lua_State *L, size_t size, const char *tname, lsip_destroy_f
 lsip_obj_t *luasip_testobj(lua_State *L, int idx, const char *tname)
 {
   lsip_obj_t **box = (lsip_obj_t **)luaL_testudata(L, idx, tname);
+  LUASIP_EMBED_TOUCH();
   return box ? *box : NULL;
 }
 
 lsip_obj_t *luasip_checkobj(lua_State *L, int idx, const char *tname)
 {
   lsip_obj_t **box = (lsip_obj_t **)luaL_checkudata(L, idx, tname);
+  LUASIP_EMBED_TOUCH();
   if (!*box)
     luaL_error(L, "attempt to use a closed %s", tname);
   return *box;
@@ -398,6 +436,7 @@ void luasip_defer(lsip_obj_t *obj)
 {
   if (obj->queued)
     return;
+  LUASIP_EMBED_TOUCH();
   obj->queued = 1;
   obj->next = luasip_S->deferred;
   luasip_S->deferred = obj;
@@ -602,6 +641,7 @@ static int core_step(lua_State *L)
   next = su_root_step(luasip_S->root, ms < 0 ? 0 : (su_duration_t)ms);
   luasip_drain();
   luasip_log_flush(L);
+  luasip_embed_stepped();
   lua_pushinteger(L, next == SU_WAIT_FOREVER ? -1 : (lua_Integer)next);
   return 1;
 }
@@ -838,6 +878,8 @@ static const luaL_Reg timer_methods[] = {
 
 static const luaL_Reg core_funcs[] = {
   {"step", core_step},
+  {"pollfd", luasip_embed_pollfd},
+  {"timeout", luasip_embed_timeout},
   {"run", core_run},
   {"stop", core_stop},
   {"now", core_now},
@@ -855,9 +897,15 @@ static const luaL_Reg core_funcs[] = {
   {"stream_connect", luasip_stream_connect},
   {"rtp_open", luasip_rtp_open},
   {"media_stats", luasip_media_stats},
+  {"metrics_listen", luasip_metrics_listen},
+  {"metrics_text", luasip_metrics_text},
+  {"metrics_extra", luasip_metrics_extra},
+  {"metrics_handler", luasip_metrics_handler},
   {"cpu_limit", luasip_cpu_limit},
+  {"memory_limit", luasip_memory_limit},
   {"resume_begin", luasip_resume_begin},
   {"resume_end", luasip_resume_end},
+  {"catch_signal", luasip_catch_signal},
   {NULL, NULL}
 };
 
@@ -900,11 +948,14 @@ static int state__gc(lua_State *L)
     return 0;
   luasip_S->closing = 1;
   luasip_watchdog_disarm();
+  luasip_signals_close();
   luasip_drain();
   luasip_media_close();             /* the prompt cache: no stream is left */
   log_spill();                      /* Lua is going away: what is left goes to stderr */
   log_handler_set = 0;
+  luasip_embed_close();
   state_free();
+  luasip_memcap_close();
   return 0;
 }
 
@@ -1025,6 +1076,7 @@ int luaopen_luasip_core(lua_State *L)
     luasip_proxy_open(L);
     luasip_stream_open(L);
     luasip_media_open(L);
+    luasip_metrics_open(L);
     /* only now: a memory error above leaves the state unowned, and the next require
      * (in any lua_State) starts afresh */
     state_owner = sentinel;

@@ -99,12 +99,15 @@ static int leg_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *i
 {
   lsip_dialog_t *d = (lsip_dialog_t *)magic;
   lsip_obj_t *req;
+  sip_method_t m = sip->sip_request->rq_method;
   (void)leg;
+  LUASIP_COUNT_IN(m);
   if (!d->agent || d->state == DIALOG_TERMINATED)
-    return 481;
+    return luasip_count_reply(m, 481), 481;
   if (luasip_request_malformed(sip)) {
-    if (sip->sip_request->rq_method != sip_method_ack)
-      return 400;
+    if (m != sip_method_ack)
+      return luasip_count_reply(m, 400), 400;
+    luasip_counters.acks_dropped++;
     nta_incoming_destroy(irq);
     return 0;
   }
@@ -117,12 +120,12 @@ static int leg_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *i
   }
   /* RFC 3261 12.2.2: lower than the last remote CSeq is out of order */
   if (d->have_remote_cseq && sip->sip_cseq->cs_seq < d->remote_cseq)
-    return 500;
+    return luasip_count_reply(m, 500), 500;
   d->remote_cseq = sip->sip_cseq->cs_seq;
   d->have_remote_cseq = 1;
   req = luasip_request_from_irq(d->agent, irq);
   if (!req)
-    return 500;
+    return luasip_count_reply(m, 500), 500;
   /* d may have been terminated meanwhile; the request is re-read by dispatched() */
   luasip_request_dispatched(req, luasip_bridge("dialog_request", &d->obj, req));
   return 0;

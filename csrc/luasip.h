@@ -71,6 +71,25 @@ void luasip_watchdog_disarm(void);
 int luasip_cpu_limit(lua_State *L);
 int luasip_resume_begin(lua_State *L);
 int luasip_resume_end(lua_State *L);
+int luasip_memory_limit(lua_State *L);      /* sip.memory_limit (the same file) */
+void luasip_memcap_close(void);
+
+/* embed.c: the loop as one pollable descriptor for host event loops (sip.pollfd).
+ * LUASIP_EMBED_TOUCH() goes where Lua reaches luasip's C (object checks, new objects,
+ * deferred destroys): used from outside the loop, it makes the descriptor readable so
+ * the host steps and sees new timers.  Costs one load and branch when not embedding. */
+extern int luasip_embed_armed;
+void luasip_embed_kick(void);
+void luasip_embed_stepped(void);
+void luasip_embed_close(void);
+int luasip_embed_pollfd(lua_State *L);
+int luasip_embed_timeout(lua_State *L);
+#define LUASIP_EMBED_TOUCH() \
+  do { if (luasip_embed_armed && luasip_S->depth == 0) luasip_embed_kick(); } while (0)
+
+/* signals.c: SIGHUP/SIGUSR1/SIGUSR2 delivered on the loop as events (sip.on_signal) */
+int luasip_catch_signal(lua_State *L);
+void luasip_signals_close(void);
 
 /* agent.c: RFC 3261 checks sofia's parser leaves to us (400 reason phrase or NULL) */
 const char *luasip_request_malformed(sip_t const *sip);
@@ -94,6 +113,12 @@ int luasip_fail(lua_State *L, const char *msg, const char *code);
 void luasip_log(int level, const char *fmt, ...)
 #if defined(__GNUC__)
   __attribute__((format(printf, 2, 3)))
+#endif
+  ;
+/* a line about the call of sip (its Call-ID goes with it) */
+void luasip_log_call(int level, sip_t const *sip, const char *fmt, ...)
+#if defined(__GNUC__)
+  __attribute__((format(printf, 3, 4)))
 #endif
   ;
 /* core.c: hands queued C log lines to the Lua handler (core.set_log_handler); call only
@@ -148,6 +173,11 @@ nta_agent_t *luasip_agent_nta(lsip_agent_t *a);
 lsip_agent_t *luasip_agent_check(lua_State *L, int idx);
 sip_contact_t *luasip_agent_contact_for(lsip_agent_t *a, su_home_t *home, tport_t *hint,
                                         url_t const *dest);
+
+/* flood.c: the per-source policy at the entry point (agent option flood) */
+int luasip_flood_check(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_t *sip);
+void luasip_flood_config(lua_State *L, int idx, lsip_agent_t *a, const char *fname);
+int luasip_flood_stats(lua_State *L, lsip_agent_t *a);
 
 /* tls.c: the certificate directory sofia's tport TLS reads, built from the agent's tls
  * option and removed once the transports are bound */
@@ -217,6 +247,46 @@ void *luasip_wav_open(const char *path, int append, char *err, size_t errlen);
 int luasip_wav_write(void *h, const int16_t *pcm, size_t n, char *err, size_t errlen);
 void luasip_wav_close(void *h);
 
+/* metrics.c: the process's message counters (the Prometheus page of sip.metrics).  Each
+ * site that receives, answers or sends a SIP message bumps one array slot: the cost per
+ * message is an increment.  Methods index by sip_method_t (0: unknown or extension
+ * methods, reported as "OTHER"); responses by method and status 100-699. */
+#define LUASIP_M_METHODS 16
+typedef struct lsip_counters {
+  unsigned long long req_in[LUASIP_M_METHODS];
+  unsigned long long req_out[LUASIP_M_METHODS];
+  unsigned long long resp_out[LUASIP_M_METHODS][600];
+  unsigned long long rtx_core;        /* 2xx and their ACKs re-sent by the core */
+  unsigned long long stray_responses; /* responses that matched nothing (agent.c) */
+  unsigned long long acks_dropped;    /* ACKs of our shed 503s, malformed ACKs */
+  unsigned long long flood_dropped, scanners_dropped;  /* flood.c: dropped at the door */
+  unsigned long long rtp_packets[2], rtp_octets[2];  /* media.c: [0] sent, [1] received */
+} lsip_counters_t;
+extern lsip_counters_t luasip_counters;
+static inline unsigned luasip_mix(int m)
+{
+  return m > 0 && m < LUASIP_M_METHODS ? (unsigned)m : 0;
+}
+#define LUASIP_COUNT_IN(m) (luasip_counters.req_in[luasip_mix(m)]++)
+#define LUASIP_COUNT_OUT(m) (luasip_counters.req_out[luasip_mix(m)]++)
+static inline void luasip_count_reply(int m, int status)
+{
+  if (status >= 100 && status < 700)
+    luasip_counters.resp_out[luasip_mix(m)][status - 100]++;
+}
+/* the agents whose nta statistics the page shows (a closed one's are folded in) */
+void luasip_metrics_agent(lsip_agent_t *a, int open);
+/* agent.c: the load-shedding counters of an agent, added to *invite and *other */
+void luasip_agent_shed_counts(lsip_agent_t *a, unsigned long long *invite,
+                              unsigned long long *other);
+void luasip_metrics_open(lua_State *L);
+int luasip_metrics_listen(lua_State *L);
+int luasip_metrics_text(lua_State *L);
+int luasip_metrics_extra(lua_State *L);
+int luasip_metrics_handler(lua_State *L);
+/* media.c: streams open, media clock ticks, late ticks, skipped ticks */
+void luasip_media_counts(unsigned long out[4]);
+
 /* proxy.c: stateful proxy (RFC 3261 16) */
 #define LUASIP_PROXY "luasip.proxy"
 void luasip_proxy_open(lua_State *L);
@@ -248,6 +318,7 @@ struct lsip_agent {
   const char *user_agent;   /* User-Agent / Server value */
   unsigned t1, t2;          /* RFC 3261 timers in ms (defaults 500 / 4000) */
   struct lsip_overload *overload;  /* agent.c: load shedding at the entry point */
+  struct lsip_flood *flood;        /* flood.c: per-source limits, scanners (NULL: none) */
   su_timer_t *dnsconf_timer;  /* re-checks the name servers sres may use (dnsconf.c) */
   int closed;
 };

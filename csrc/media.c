@@ -416,6 +416,8 @@ static void rtp_send(lsip_rtp_t *s, int pt, int marker, uint32_t ts, const uint8
   }
   s->st.packets_sent++;
   s->st.octets_sent += n;
+  luasip_counters.rtp_packets[0]++;
+  luasip_counters.rtp_octets[0] += n;
   s->sent_last = 1;
 }
 
@@ -786,6 +788,8 @@ static void rtp_packet(lsip_rtp_t *s, const uint8_t *b, size_t n, int trunc,
   s->idle_ticks = 0;
   s->st.packets_received++;
   s->st.octets_received += n - off;
+  luasip_counters.rtp_packets[1]++;
+  luasip_counters.rtp_octets[1] += n - off;
   seq_update(s, ssrc, seq);
   if (!s->can_recv)
     return;                         /* sendonly / inactive: counted, not used */
@@ -1781,6 +1785,14 @@ static int rtp_close(lua_State *L)
 
 /* core.media_stats([reset]) -> { streams, ticks, late_ticks, skipped_ticks,
  *   max_lateness_us, max_tick_work_us }; reset: the two maxima start again after */
+void luasip_media_counts(unsigned long out[4])
+{
+  out[0] = (unsigned long)eng.n;
+  out[1] = eng.ticks;
+  out[2] = eng.late;
+  out[3] = eng.skipped;
+}
+
 int luasip_media_stats(lua_State *L)
 {
   lua_createtable(L, 0, 6);

@@ -233,8 +233,10 @@ static void timer_c(su_root_magic_t *m, su_timer_t *t, su_timer_arg_t *arg)
   branch_stop_timer(b);
   /* RFC 3261 16.8: a ringing INVITE branch is cancelled, others just time out */
   if (b->orq && !b->done) {
-    if (b->p->is_invite && nta_outgoing_status(b->orq) >= 100)
+    if (b->p->is_invite && nta_outgoing_status(b->orq) >= 100) {
+      LUASIP_COUNT_OUT(sip_method_cancel);
       nta_outgoing_cancel(b->orq);
+    }
     else
       branch_response((nta_outgoing_magic_t *)b, b->orq, NULL);
   }
@@ -248,6 +250,7 @@ static void cancel_others(lsip_proxy_t *p, branch_t *except, int elsewhere)
     branch_t *b = &p->br[i];
     if (b != except && !b->done && b->orq && p->is_invite) {
       /* RFC 3326: a phone that lost to another tells "answered elsewhere", not missed */
+      LUASIP_COUNT_OUT(sip_method_cancel);
       if (elsewhere)
         nta_outgoing_tcancel(b->orq, NULL, NULL,
                              SIPTAG_REASON_STR("SIP;cause=200;text=\"Call completed elsewhere\""),
@@ -496,6 +499,7 @@ static int start_branch(lsip_proxy_t *p, int t)
     b->status = 503;
     return -1;
   }
+  LUASIP_COUNT_OUT(sip->sip_request->rq_method);
   if (p->timer_c_ms) {
     b->timer = su_timer_create(su_root_task(luasip_S->root), 0);
     if (b->timer)
@@ -704,6 +708,7 @@ static int req_forward(lua_State *L)
                                                           URL_STRING_MAKE(uri), NULL));
   if (nta_msg_tsend(nta, m, NULL, TAG_END()) < 0)
     return luasip_fail(L, "cannot forward", "send");
+  LUASIP_COUNT_OUT(sip->sip_request->rq_method);
   luasip_request_forwarded(r);
   lua_pushboolean(L, 1);
   return 1;
@@ -723,6 +728,8 @@ int luasip_proxy_stray(lsip_agent_t *a, msg_t *msg, sip_t *sip)
   u->url_port = sip->sip_via->v_port;
   if (!url_is_us(a, u))
     return 0;
+  if (sip->sip_cseq)
+    luasip_count_reply(sip->sip_cseq->cs_method, sip->sip_status->st_status);
   nta_msg_tsend(nta, msg, NULL, TAG_END());
   return 1;
 }

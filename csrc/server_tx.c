@@ -195,7 +195,8 @@ void luasip_req_enter(lsip_req_t *r, lsip_req_state_t to)
 {
   lsip_req_state_t from = r->state;
   if (!(transitions[from] & (1u << to))) {
-    luasip_log(1, "internal: request %s -> %s refused", state_names[from], state_names[to]);
+    luasip_log_call(1, r->m.sip, "internal: request %s -> %s refused", state_names[from],
+                    state_names[to]);
     return;
   }
   if (from == LSIP_RQ_ACCEPTED) {
@@ -287,6 +288,7 @@ int luasip_req_send(lsip_req_t *r, msg_t *resp, int status, const char *reason)
   nta_agent_t *nta = luasip_agent_nta(r->agent);
   int rv;
   if (r->state == LSIP_RQ_FIRST_RUN) {
+    luasip_count_reply(r->m.sip->sip_request->rq_method, status);
     rv = nta_msg_mreply(nta, resp, sip_object(resp), status, reason, r->pending, TAG_END());
     r->pending = NULL;              /* nta took it */
     r->status = status;
@@ -297,14 +299,16 @@ int luasip_req_send(lsip_req_t *r, msg_t *resp, int status, const char *reason)
     msg_destroy(resp);
     return -1;
   }
+  luasip_count_reply(r->m.sip->sip_request->rq_method, status);
   rv = nta_incoming_mreply(r->irq, resp);
   if (status >= 200 && rv == 0 && nta_incoming_status(r->irq) < 200) {
     /* the final did not go out (sendmsg failed: e.g. EMSGSIZE, a response too large for
      * UDP, for which RFC 3261 18.2.2 has no other transport); nta answers 500 itself on
      * its next timer and ends the transaction: so do we, with no ACK to wait for */
-    luasip_log(2, "%d to %s %s could not be sent (too large for UDP, or the connection "
-               "failed); the caller gets 500", status, r->m.sip->sip_request->rq_method_name,
-               r->m.sip->sip_call_id ? r->m.sip->sip_call_id->i_id : "?");
+    luasip_log_call(2, r->m.sip, "%d to %s %s could not be sent (too large for UDP, or "
+                    "the connection failed); the caller gets 500", status,
+                    r->m.sip->sip_request->rq_method_name,
+                    r->m.sip->sip_call_id ? r->m.sip->sip_call_id->i_id : "?");
     r->status = 500;
     drop_dialog(r);                 /* made for this 2xx, or early: it ends with the 500 */
     luasip_req_enter(r, LSIP_RQ_ANSWERED);
@@ -330,6 +334,7 @@ int luasip_req_send_reliable(lsip_req_t *r, msg_t *resp, int status, const char 
   }
   if (!nta_reliable_mreply(r->irq, prack_callback, (nta_reliable_magic_t *)r, resp))
     return -1;                      /* msg freed by nta */
+  luasip_count_reply(r->m.sip->sip_request->rq_method, status);
   if (status > r->status)
     r->status = status;
   if (r->state == LSIP_RQ_PROCEEDING)
@@ -343,6 +348,7 @@ static void reply_plain(lsip_req_t *r, int status, const char *phrase)
   nta_agent_t *nta = r->agent ? luasip_agent_nta(r->agent) : NULL;
   if (!nta || !luasip_req_unanswered(r))
     return;
+  luasip_count_reply(r->m.sip->sip_request->rq_method, status);
   if (r->state == LSIP_RQ_FIRST_RUN) {
     nta_msg_treply(nta, r->pending, status, phrase,
                    SIPTAG_SERVER_STR(r->agent->user_agent), TAG_END());
@@ -361,7 +367,7 @@ static int bye_done(nta_outgoing_magic_t *magic, nta_outgoing_t *orq, sip_t cons
 {
   nta_leg_t *leg = (nta_leg_t *)magic;
   if (sip && sip->sip_status->st_status >= 300)
-    luasip_log(3, "BYE after the unACKed 2xx (%s) failed: %d %s",
+    luasip_log_call(3, sip, "BYE after the unACKed 2xx (%s) failed: %d %s",
                sip->sip_call_id ? sip->sip_call_id->i_id : "?",
                sip->sip_status->st_status, sip->sip_status->st_phrase);
   if (!sip || sip->sip_status->st_status >= 200) {
@@ -392,6 +398,8 @@ static void send_bye(lsip_req_t *r)
                             SIPTAG_USER_AGENT_STR(r->agent->user_agent),
                             TAG_END()))
     nta_leg_destroy(leg);
+  else
+    LUASIP_COUNT_OUT(sip_method_bye);
 }
 
 /* The UAS dialog of a 2xx never ACKed ends with the session. */
@@ -407,7 +415,7 @@ static void rtx_tick(su_root_magic_t *magic, su_timer_t *t, su_timer_arg_t *arg)
   (void)magic; (void)t;
   r->rtx_elapsed += r->rtx_interval;
   if (r->rtx_elapsed >= 64 * r->agent->t1) {
-    luasip_log(3, "no ACK for 2xx to INVITE %s: sending BYE",
+    luasip_log_call(3, r->m.sip, "no ACK for 2xx to INVITE %s: sending BYE",
                r->m.sip->sip_call_id ? r->m.sip->sip_call_id->i_id : "?");
     send_bye(r);
     luasip_req_enter(r, LSIP_RQ_ANSWERED);
@@ -417,8 +425,10 @@ static void rtx_tick(su_root_magic_t *magic, su_timer_t *t, su_timer_arg_t *arg)
     luasip_req_collect(r);
     return;
   }
-  if (r->tport)
+  if (r->tport) {
+    luasip_counters.rtx_core++;
     tport_tsend(r->tport, r->resp2xx, r->rtx_tpn, TAG_END());
+  }
   r->rtx_interval = r->rtx_interval * 2 < r->agent->t2 ? r->rtx_interval * 2 : r->agent->t2;
   su_timer_set_interval(r->rtx, rtx_tick, r, r->rtx_interval);
 }
@@ -433,6 +443,7 @@ static int prack_callback(nta_reliable_magic_t *magic, nta_reliable_t *rel,
   (void)rel; (void)sip;
   if (!pr_irq || !r->agent)
     return 0;
+  LUASIP_COUNT_IN(sip_method_prack);
   pr = luasip_request_from_irq(r->agent, pr_irq);
   if (!pr)
     return 200;
@@ -446,6 +457,7 @@ static int prack_callback(nta_reliable_magic_t *magic, nta_reliable_t *rel,
  * 200; the INVITE ends with 487, and a proxy cancels its branches (16.10). */
 static void cancelled(lsip_req_t *r)
 {
+  luasip_count_reply(sip_method_invite, 487);
   nta_incoming_treply(r->irq, SIP_487_REQUEST_CANCELLED,
                       SIPTAG_SERVER_STR(r->agent->user_agent), TAG_END());
   r->status = 487;
@@ -472,6 +484,10 @@ static int irq_callback(nta_incoming_magic_t *magic, nta_incoming_t *irq, sip_t 
     return 0;
   }
   /* CANCEL ends only an INVITE; for others nta's 200 is all there is */
+  if (sip->sip_request && sip->sip_request->rq_method == sip_method_cancel) {
+    LUASIP_COUNT_IN(sip_method_cancel);
+    luasip_count_reply(sip_method_cancel, 200);
+  }
   if (sip->sip_request && sip->sip_request->rq_method == sip_method_cancel &&
       r->m.sip->sip_request->rq_method == sip_method_invite && luasip_req_unanswered(r))
     cancelled(r);
@@ -486,7 +502,7 @@ static void req_destroy(lsip_obj_t *obj)
   lsip_req_t *r = (lsip_req_t *)obj;
   if (luasip_req_unanswered(r)) {
     /* abandoned by its handler: the caller still gets an answer */
-    luasip_log(2, "%s request collected without a final response: 500",
+    luasip_log_call(2, r->m.sip, "%s request collected without a final response: 500",
                r->m.sip->sip_request->rq_method_name);
     reply_plain(r, 500, "Request Abandoned");
   }
@@ -538,6 +554,7 @@ void luasip_request_incoming(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_
   lsip_req_t *r = req_new(a, msg, sip, LSIP_RQ_FIRST_RUN);
   tport_t *tp;
   if (!r) {
+    luasip_count_reply(sip->sip_request->rq_method, 500);
     nta_msg_treply(nta, msg, SIP_500_INTERNAL_SERVER_ERROR, TAG_END());
     return;
   }
@@ -549,6 +566,7 @@ void luasip_request_incoming(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_
   }
   luasip_link_add(&a->requests, &r->link);
   if (sip->sip_request->rq_method == sip_method_invite && luasip_req_make_irq(r)) {
+    luasip_count_reply(sip_method_invite, 100);
     nta_incoming_treply(r->irq, SIP_100_TRYING, TAG_END());
     r->status = 100;
   }
@@ -564,7 +582,7 @@ void luasip_request_dispatched(lsip_obj_t *obj, int rc)
 {
   lsip_req_t *r = (lsip_req_t *)obj;
   if (rc < 0 && luasip_req_unanswered(r)) {
-    luasip_log(3, "%s left unanswered by a failed dispatch: 500",
+    luasip_log_call(3, r->m.sip, "%s left unanswered by a failed dispatch: 500",
                r->m.sip->sip_request->rq_method_name);
     if (r->proxy)
       luasip_proxy_cancel(r->proxy);  /* its branches end (Lua hears proxy_final) */
@@ -651,12 +669,15 @@ int luasip_request_forward(lsip_obj_t *obj, msg_t *msg)
     return -1;
   }
   if (!r->irq) {
-    if (status >= 200 && status < 300)
+    if (status >= 200 && status < 300) {
+      luasip_count_reply(r->m.sip->sip_request->rq_method, status);
       return nta_msg_tsend(nta, msg, NULL, TAG_END());  /* removes our Via itself */
+    }
     msg_destroy(msg);
     return 0;
   }
   sip_via_remove(msg, sip);
+  luasip_count_reply(r->m.sip->sip_request->rq_method, status);
   rv = nta_incoming_mreply(r->irq, msg);
   if (status > r->status)
     r->status = status;

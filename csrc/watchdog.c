@@ -15,9 +15,18 @@
  * it yields back; LuaJIT checks hooks only in the interpreter, so a loop the JIT compiled
  * into a trace is not interrupted; user code that catches the error with pcall and loops
  * on is interrupted again after each further limit.
+ *
+ * The memory cap (sip.memory_limit): the Lua state's allocator is wrapped (only once a
+ * limit is set: no cost otherwise) by one that counts the bytes in use and, while a
+ * handler coroutine runs (between resume_begin and resume_end), refuses an allocation
+ * that would take them over the limit: Lua raises "not enough memory" in the handler
+ * (5.2+ first run an emergency collection and retry), and the dispatcher answers 500 as
+ * for any error.  Outside handlers nothing is refused, so that answer can be sent.  The
+ * wrapper is removed, and its counter freed, when the module state closes.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdlib.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -172,11 +181,94 @@ int luasip_cpu_limit(lua_State *L)
   return 1;
 }
 
+/* ---------------------------------------------------------------- the memory cap */
+
+typedef struct {
+  lua_Alloc orig;
+  void *ud;
+  lua_State *L;                       /* the state whose allocator this wraps */
+  size_t total;                       /* bytes in use, as the allocator saw them */
+  size_t limit;                       /* 0: none */
+  unsigned long refused;
+} memcap_t;
+
+static memcap_t *memcap;
+
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+  memcap_t *m = ud;
+  size_t old = ptr ? osize : 0;       /* without ptr, osize is a type tag (5.2+) */
+  void *p;
+  if (nsize > old && m->limit && nrunning > 0 && m->total + (nsize - old) > m->limit) {
+    m->refused++;
+    return NULL;
+  }
+  p = m->orig(m->ud, ptr, osize, nsize);
+  if (p || nsize == 0)
+    m->total = (m->total >= old ? m->total - old : 0) + nsize;
+  return p;
+}
+
+/* memory_limit([bytes | false]) -> previous (bytes or false), in use (bytes), refused */
+int luasip_memory_limit(lua_State *L)
+{
+  size_t prev = memcap ? memcap->limit : 0;
+  if (!lua_isnone(L, 1)) {
+    size_t limit = 0;
+    if (!(lua_isboolean(L, 1) && !lua_toboolean(L, 1))) {
+      double b = lua_type(L, 1) == LUA_TNUMBER ? lua_tonumber(L, 1) : -1;
+      if (!(b >= 1048576.0 && b <= 1e15))
+        return luaL_error(L, "luasip.memory_limit: bytes must be at least 1 MiB, or false");
+      limit = (size_t)b;
+    }
+    if (limit && !memcap) {
+      memcap_t *m = calloc(1, sizeof *m);
+      if (!m)
+        return luaL_error(L, "luasip.memory_limit: out of memory");
+      m->orig = lua_getallocf(L, &m->ud);
+      m->L = L;
+      m->total = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+      lua_setallocf(L, capped_alloc, m);
+      memcap = m;
+    }
+    if (memcap)
+      memcap->limit = limit;
+  }
+  if (prev)
+    lua_pushnumber(L, (lua_Number)prev);
+  else
+    lua_pushboolean(L, 0);
+  lua_pushnumber(L, memcap ? (lua_Number)memcap->total : 0);
+  lua_pushnumber(L, memcap ? (lua_Number)memcap->refused : 0);
+  return 3;
+}
+
+/* state close: the state's own allocator back (the blocks freed after this go to it
+ * directly, which is where they came from) */
+void luasip_memcap_close(void)
+{
+  if (!memcap)
+    return;
+  lua_setallocf(memcap->L, memcap->orig, memcap->ud);
+  free(memcap);
+  memcap = NULL;
+}
+
 /* resume_begin(co) / resume_end(): the dispatcher brackets each resume of a handler
  * coroutine, so a tick knows which thread to interrupt */
+/* over the memory cap before or after a handler's turn: a full collection first (Lua 5.1
+ * and LuaJIT collect nothing when an allocation fails; the garbage of a handler the cap
+ * stopped would fail the next one) */
+static void memcap_collect(lua_State *L)
+{
+  if (memcap && memcap->limit && memcap->total > memcap->limit - memcap->limit / 8)
+    lua_gc(L, LUA_GCCOLLECT, 0);
+}
+
 int luasip_resume_begin(lua_State *L)
 {
   lua_State *co = lua_tothread(L, 1);
+  memcap_collect(L);
   if (nrunning < RUNNING_MAX)
     running[nrunning] = co;
   nrunning++;
@@ -185,11 +277,11 @@ int luasip_resume_begin(lua_State *L)
 
 int luasip_resume_end(lua_State *L)
 {
-  (void)L;
   if (nrunning > 0) {
     nrunning--;
     if (nrunning < RUNNING_MAX)
       running[nrunning] = NULL;
   }
+  memcap_collect(L);
   return 0;
 }

@@ -114,6 +114,7 @@ local sip = {
   set_logger = dispatcher.set_logger,
   stats = core.stats,
   cpu_limit = core.cpu_limit,
+  memory_limit = core.memory_limit,
   md5 = core.md5,
   random_hex = core.random_hex,
   methods = sipmethods.list,
@@ -132,6 +133,12 @@ function sip.step(ms)
   return core.step(ms and math.floor(ms) or 0)
 end
 
+-- embedding in a host event loop (README "Embedding"): pollfd() -> fd, readable when the
+-- loop has work, then step(0); timeout() -> seconds to the next timer | nil;
+-- pollable() -> an object cqueues.poll accepts (:pollfd, :events, :timeout, :step)
+local embed = require "luasip.embed"
+sip.pollfd, sip.timeout, sip.pollable = embed.pollfd, embed.timeout, embed.pollable
+
 -- on_shutdown(fn) -> fn: fn(reason) runs in a luasip coroutine when run() is stopped by
 -- SIGINT/SIGTERM, before run() returns (e.g. to unregister); run() waits for them
 local shutdown = {}
@@ -146,6 +153,41 @@ function sip.on_shutdown(fn)
   shutdown[#shutdown + 1] = fn
   return fn
 end
+
+-- on_signal(name, fn | nil) -> previous: fn(signal) runs in a luasip coroutine on the
+-- loop when the process gets SIGHUP, SIGUSR1 or SIGUSR2 (name "HUP", "USR1", "USR2");
+-- nil gives the signal its previous disposition back.  (The signal handler only wakes
+-- the loop: fn never runs in the signal's context.)
+local signal_fns = {}
+local SIGNALS = { HUP = true, USR1 = true, USR2 = true }
+function sip.on_signal(name, fn)
+  if type(name) ~= "string" then error("luasip.on_signal: signal name expected", 2) end
+  local n = name:upper():gsub("^SIG", "")
+  if n == "INT" or n == "TERM" then
+    error("luasip.on_signal: SIG" .. n .. " stops sip.run (use sip.on_shutdown)", 2)
+  end
+  if not SIGNALS[n] then
+    error("luasip.on_signal: unknown signal '" .. name .. "' (HUP, USR1 or USR2)", 2)
+  end
+  if fn ~= nil and type(fn) ~= "function" then
+    error("luasip.on_signal: handler must be a function or nil", 2)
+  end
+  local ok, err = core.catch_signal(n, fn ~= nil)
+  if not ok then error("luasip.on_signal: cannot catch SIG" .. n .. ": " .. err, 2) end
+  local old = signal_fns[n]
+  signal_fns[n] = fn
+  return old
+end
+for n in pairs(SIGNALS) do
+  dispatcher.on_event("SIG" .. n, function()
+    local fn = signal_fns[n]
+    if fn then dispatcher.spawn(fn, "SIG" .. n) end
+  end)
+end
+
+-- reload(name) -> true | nil, err, code: requires the application module name afresh
+-- and swaps the handlers of every agent:load(name) in one step (README: Reloading)
+sip.reload = require("luasip.app").reload
 
 local RUN_OPTIONS = { on_error = true, shutdown_timeout = true }
 
@@ -281,6 +323,10 @@ sip.refer = require "luasip.refer"
 --- Media on calls: `prompts` (the directory of the prompt set), `TONES`.
 -- @table media
 sip.media = require "luasip.media"
+
+-- metrics{ listen = "host:port" } -> server: the Prometheus page on the loop;
+-- metrics.counter / gauge / histogram{...}: the application's own (README "Metrics and logs")
+sip.metrics = require "luasip.metrics"
 
 -- class.extend / class.hook: how modules extend the classes (README: "Extending luasip")
 

@@ -558,3 +558,42 @@ describe("luasip.auth digest with SHA-256 and SHA-512-256 (RFC 7616, RFC 8760)",
     end)
   end)
 end)
+
+describe("luasip.auth failed digests", function()
+  after_each(function() H.close_agents() end)
+
+  it("refuses a user after too many wrong passwords from one source, then lets them in again",
+    function()
+      local realm = "fail.test"
+      local uas, uac = H.agent(), H.agent()
+      local logs, restore = H.capture_logs()
+      uas:on("MESSAGE", function(req)
+        local user = sip.auth.check(req, { realm = realm,
+          password = function(u) return ({ alice = "right", bob = "bobpw" })[u] end,
+          failures = { per_user = 3, block = 0.5 } })
+        if user then req:reply(200) end
+      end)
+      local function send(user, pw)
+        return H.run(function()
+          local res, _, code = uac:request{ method = "MESSAGE", uri = uas:uri("x"),
+            body = "hi", content_type = "text/plain",
+            auth = { username = user, password = pw } }
+          return res and res.status or code
+        end)
+      end
+      for _ = 1, 3 do assert.equal(401, send("alice", "guess")) end
+      assert.equal(403, send("alice", "right"))         -- blocked: not even checked
+      assert.equal(200, send("bob", "bobpw"))           -- another user from there is not
+      H.run(function() sip.sleep(0.6) end)              -- the block lasts 0.5 s
+      assert.equal(200, send("alice", "right"))
+      restore()
+      local warned = false
+      for _, l in ipairs(logs) do
+        warned = warned or l.msg:find("3 failed digests from 127.0.0.1 for alice", 1, true) ~= nil
+      end
+      assert.is_true(warned)
+      assert.has_error(function()
+        sip.auth.check(nil, { realm = realm, password = function() end, failures = { x = 1 } })
+      end)
+    end)
+end)

@@ -3,6 +3,7 @@
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 
 local sip = require "luasip"
+local testing = require "luasip.testing"
 
 local H = { sip = sip }
 
@@ -117,19 +118,10 @@ function H.capture_logs()
 end
 
 -- the Lua interpreter running the suite, for starting example scripts
-function H.interpreter()
-  local i = -1
-  while arg and arg[i - 1] do i = i - 1 end
-  return arg and arg[i] or "lua5.4"
-end
+H.interpreter = testing.interpreter
 
 -- a free UDP/TCP port on 127.0.0.1 chosen by the OS (bound by a throwaway agent)
-function H.free_port()
-  local a = assert(sip.agent{ listen = { "sip:127.0.0.1:0" } })
-  local port = a:transports()[1].port
-  a:close()
-  return port
-end
+H.free_port = testing.free_port
 
 -- defer(fn): runs fn when the current test ends, after the functions deferred later.
 -- busted keeps only the last `finally` of a test; a test that starts several processes
@@ -156,47 +148,11 @@ local function shquote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" en
 H.shquote = shquote
 
 -- background(argv, max_seconds) -> proc: runs a command (list of words) in the
--- background, bounded by timeout(1).  proc:done() -> exit code or nil; proc:log();
--- proc:kill().  Always kill in `finally` (busted keeps only the last finally of a test:
--- one finally must stop every process the test started).
+-- background, bounded by timeout(1) (luasip.testing.process).  proc:done() -> exit code
+-- or nil; proc:log(); proc:kill().  Always kill in `finally` (busted keeps only the last
+-- finally of a test: one finally must stop every process the test started).
 function H.background(argv, max_seconds)
-  local dir = os.tmpname()
-  os.remove(dir)
-  assert(os.execute("mkdir -p " .. shquote(dir)))
-  local words = {}
-  for i, w in ipairs(argv) do words[i] = shquote(w) end
-  local p = { dir = dir }
-  local script = ("(timeout %d %s >%s/log 2>&1; echo $? >%s/rc.tmp; mv %s/rc.tmp %s/rc) "
-    .. ">/dev/null 2>&1 & echo $! >%s/pid"):format(max_seconds or 30, table.concat(words, " "),
-    dir, dir, dir, dir, dir)
-  assert(os.execute("sh -c " .. shquote(script)))
-  function p.done()
-    local f = io.open(dir .. "/rc")
-    if not f then return nil end
-    local rc = tonumber(f:read("*l"))
-    f:close()
-    return rc
-  end
-  function p.log()
-    local f = io.open(dir .. "/log")
-    if not f then return "" end
-    local s = f:read("*a")
-    f:close()
-    return s
-  end
-  function p.kill()
-    local f = io.open(dir .. "/pid")
-    local pid = f and f:read("*l")
-    if f then f:close() end
-    if pid and not p.done() then
-      os.execute("pkill -TERM -P " .. pid .. " 2>/dev/null")
-      -- the wrapper shell still writes rc after its child ends: wait for it (bounded)
-      local t0 = sip.now()
-      while not p.done() and sip.now() - t0 < 3 do os.execute("sleep 0.05") end
-    end
-    os.execute("rm -rf " .. shquote(dir))
-  end
-  return p
+  return testing.process(argv, { max_seconds = max_seconds or 30 })
 end
 
 -- a base port for sipp's media sockets (-mp): sipp binds base..base+3 (audio and video

@@ -75,3 +75,58 @@ describe("sip.cpu_limit", function()
     end
   end)
 end)
+
+-- The memory cap (csrc/watchdog.c): while a handler runs, the Lua state may not grow
+-- past sip.memory_limit; the allocation that would cross it fails in the handler.
+describe("sip.memory_limit", function()
+  local uas, uac
+  before_each(function() uas, uac = H.agent(), H.agent() end)
+  after_each(function()
+    sip.memory_limit(false)
+    H.close_agents()
+  end)
+
+  local function message(body)
+    return H.run(function()
+      return uac:request{ method = "MESSAGE", uri = uas:uri("x"), body = body,
+        content_type = "text/plain" }
+    end)
+  end
+
+  it("fails the handler that crosses it: 500, logged, the next request served", function()
+    uas:on("MESSAGE", function(req)
+      if req.body == "hog" then
+        local t = {}  -- luacheck: ignore 241 (it only grows)
+        for i = 1, 1e8 do t[i] = ("x"):rep(64) .. i end    -- ~10 GB unbounded
+      end
+      req:reply(200)
+    end)
+    collectgarbage()
+    local _, in_use = sip.memory_limit(false)
+    assert.equal(0, in_use)                              -- no cap: no counting
+    sip.memory_limit(collectgarbage("count") * 1024 + 16 * 1048576)
+    local logs, restore = H.capture_logs()
+    local _, _, code = message("hog")
+    restore()
+    assert.equal(500, code)
+    local logged = false
+    for _, l in ipairs(logs) do logged = logged or l.msg:find("not enough memory", 1, true) ~= nil end
+    assert.is_true(logged)
+    local _, used, refused = sip.memory_limit()
+    assert.is_true(refused >= 1)
+    assert.is_true(used > 0)
+    collectgarbage()
+    assert.equal(200, message("small").status)          -- the garbage went, service goes on
+  end)
+
+  it("refuses nothing outside handlers, returns the previous limit, checks its argument", function()
+    assert.is_false(sip.memory_limit(2 * 1048576))
+    local big = ("y"):rep(8 * 1048576)                   -- not in a handler: allowed
+    assert.equal(8 * 1048576, #big)
+    assert.equal(2 * 1048576, sip.memory_limit(false))
+    assert.has_error(function() sip.memory_limit(1000) end,
+      "luasip.memory_limit: bytes must be at least 1 MiB, or false")
+    assert.has_error(function() sip.memory_limit("x") end,
+      "luasip.memory_limit: bytes must be at least 1 MiB, or false")
+  end)
+end)

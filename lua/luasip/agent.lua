@@ -26,6 +26,7 @@ require "luasip.proxy"
 local auth = require "luasip.auth"
 local call = require "luasip.call"
 local media = require "luasip.media"
+local app = require "luasip.app"
 
 local state = class.state
 local methods, _, C = class.get("luasip.agent")
@@ -34,7 +35,10 @@ local M = {}
 
 local OPTIONS = { listen = true, user_agent = true, t1 = true, in_dialog = true,
   supported = true, handler_timeout = true, invite_timeout = true, overload = true,
-  media = true, max_message_size = true, tls = true }
+  media = true, max_message_size = true, tls = true, flood = true }
+
+local FLOOD_OPTIONS = { rate = true, burst = true, block = true, status = true, exempt = true,
+  scanners = true, max_headers = true, limit = true }
 
 local TLS_OPTIONS = { cert = "string", key = "string", ca = "string", verify = "boolean" }
 
@@ -160,8 +164,12 @@ function M.new(opts)
     error("luasip.agent: max_message_size must be an integer of bytes in [1024, 16777216]", 2)
   end
   local tls = check_tls(opts.tls, listen)
+  if type(opts.flood) == "table" then
+    class.check_options(opts.flood, FLOOD_OPTIONS, "luasip.agent: flood", 2)
+  end
   local a, err, code = core.agent{ listen = listen, user_agent = opts.user_agent,
-    t1 = opts.t1, overload = opts.overload, max_message_size = mms, tls = tls }
+    t1 = opts.t1, overload = opts.overload, max_message_size = mms, tls = tls,
+    flood = opts.flood }
   if not a then return nil, err, code end
   local st = state(a)
   st.handlers = {}
@@ -191,7 +199,8 @@ local function check(self, fname)
   return state(self)
 end
 
--- agent:on(method, fn | nil) -> previous handler
+-- agent:on(method, fn | nil) -> previous handler (while an application's setup runs,
+-- luasip.app stages it: installed with the rest of the setup's handlers, in one step)
 
 --- Sets (or removes) the handler of a SIP method.  The handler runs as `fn(req)` in
 -- a luasip coroutine of its own; CANCEL is the core's (see `req:on_cancel`).
@@ -209,6 +218,7 @@ function methods.on(self, method, fn)
   if method == "CANCEL" then
     error("luasip.agent:on: CANCEL is handled by the core (use req:on_cancel)", 2)
   end
+  if app.staging() then return app.stage(self, method, fn) end
   local old = st.handlers[method]
   st.handlers[method] = fn
   return old
@@ -339,5 +349,7 @@ end
 methods.subscribe = require("luasip.events").subscribe
 methods.publish = require("luasip.publications").publish
 methods.refer = require("luasip.refer").agent_refer
+-- agent:load(name, ...) -> true | nil, err, code (luasip.app: applications, reload)
+methods.load = app.load
 
 return M

@@ -180,6 +180,85 @@ end
 local default_secret, default_store
 local FUTURE_SKEW = 30          -- seconds a nonce may seem to come from the future
 
+-- With the failures option (off by default; true: these defaults):
+-- failed digests (a wrong password or an unknown user) are counted per source address and
+-- per user at a source, per realm; past `failures.per_source` (20) or `failures.per_user`
+-- (5) within `failures.window` seconds (60), credentials from there get 403 without being
+-- checked for `failures.block` seconds (60): password guessing is slowed to nothing, other
+-- sources and users are not affected.
+local FAILURES = { per_source = 20, per_user = 5, window = 60, block = 60 }
+local failed = {}       -- realm -> key -> { n =, since =, until_ = }
+local failed_n = 0
+
+local function failures_opts(v, fname)
+  if v == nil or v == false then return false end
+  if v == true then return FAILURES end
+  if type(v) ~= "table" then error(fname .. ": failures must be true, false or a table", 4) end
+  local o = {}
+  for k, d in pairs(FAILURES) do
+    local x = v[k]
+    if x == nil then x = d end
+    if type(x) ~= "number" or x <= 0 then
+      error(fname .. ": failures." .. k .. " must be a number > 0", 4)
+    end
+    o[k] = x
+  end
+  for k in pairs(v) do
+    if not FAILURES[k] then error(fname .. ": failures: unknown option '" .. tostring(k) .. "'", 4) end
+  end
+  return o
+end
+
+local function failure_keys(req, user)
+  local src = req.source and req.source.address or "?"
+  return "src " .. src, user and ("user " .. tostring(user) .. " " .. src) or nil
+end
+
+-- blocked(cfg, req, user) -> true while the source, or this user at it, is blocked
+local function blocked(cfg, req, user, now)
+  local t = cfg.failures and failed[cfg.realm]
+  if not t then return false end
+  local k1, k2 = failure_keys(req, user)
+  for _, k in ipairs{ k1, k2 } do
+    local e = t[k]
+    if e and e.until_ and now < e.until_ then return true end
+  end
+  return false
+end
+
+local function count_failure(cfg, req, user, now)
+  local f = cfg.failures
+  if not f then return end
+  local t = failed[cfg.realm]
+  if not t then t = {}; failed[cfg.realm] = t end
+  if failed_n > 100000 then                      -- forget what has expired
+    failed_n = 0
+    for _, rt in pairs(failed) do
+      for k, e in pairs(rt) do
+        if now - e.since > f.window and not (e.until_ and now < e.until_) then rt[k] = nil
+        else failed_n = failed_n + 1 end
+      end
+    end
+  end
+  local k1, k2 = failure_keys(req, user)
+  for i, k in ipairs{ k1, k2 } do
+    local e = t[k]
+    if not e or now - e.since > f.window then
+      if not e then failed_n = failed_n + 1 end
+      e = { n = 0, since = now }
+      t[k] = e
+    end
+    e.n = e.n + 1
+    local max = i == 1 and f.per_source or f.per_user
+    if e.n >= max and not (e.until_ and now < e.until_) then
+      e.until_ = now + f.block
+      dispatcher.log("warn", ("auth: %d failed digests from %s%s in %g s: refused for %g s")
+        :format(e.n, req.source and req.source.address or "?",
+          i == 2 and (" for " .. tostring(user)) or "", f.window, f.block))
+    end
+  end
+end
+
 local function check_opts(opts, fname)
   if type(opts) ~= "table" then error(fname .. ": options table expected", 3) end
   if type(opts.realm) ~= "string" or opts.realm == "" then
@@ -225,6 +304,7 @@ local function check_opts(opts, fname)
     clock = opts.clock or wall_clock,
     opaque = md5("opaque:" .. secret .. ":" .. opts.realm),
     algorithms = algs, offered = offered,
+    failures = failures_opts(opts.failures, fname),
   }
 end
 
@@ -297,6 +377,10 @@ local function verify(req, cfg)
   if not (p.username and p.nonce and p.uri and p.response) then
     return bad_request(req, "Incomplete Authorization", "malformed")
   end
+  if blocked(cfg, req, p.username, core.now()) then
+    req:reply(403, "Too Many Failed Attempts")
+    return nil, 403, "blocked"
+  end
   local alg = algorithm(p.algorithm)
   if not alg or not cfg.offered[alg] then return challenge(req, cfg, "algorithm") end
   if p.qop ~= "auth" then return challenge(req, cfg, "qop") end
@@ -323,10 +407,14 @@ local function verify(req, cfg)
       ha1 = digest.ha1(alg, p.username, cfg.realm, password)
     end
   end
-  if type(ha1) ~= "string" then return challenge(req, cfg, "unknown user") end
+  if type(ha1) ~= "string" then
+    count_failure(cfg, req, p.username, core.now())
+    return challenge(req, cfg, "unknown user")
+  end
   -- computed and compared in C (csrc/digest.c), without building the strings here
   if not digest.check(p.response, alg, ha1, p.nonce, p.nc, p.cnonce, "auth", req.method,
     p.uri) then
+    count_failure(cfg, req, p.username, core.now())
     return challenge(req, cfg, "bad response")
   end
   local left = issued + cfg.nonce_ttl - now

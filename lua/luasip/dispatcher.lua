@@ -4,6 +4,7 @@
 -- 405/501 without a handler, 500 for a handler that raised or ended without answering.
 local core = require "luasip.core"
 local sipmethods = require "luasip.sipmethods"
+local jsonlog = require "luasip.jsonlog"
 
 local unpack = table.unpack or unpack
 local co_create, co_resume, co_running, co_status, co_yield =
@@ -15,10 +16,23 @@ local M = {}
 -- ------------------------------------------------------------------ logging
 
 local LEVELS = { error = 1, warn = 2, info = 3, debug = 4 }
-local logger = function(level, msg)
-  io.stderr:write("luasip [", level, "] ", msg, "\n")
+-- the built-in loggers: "text" (the default) and "json" (one JSON object a line), on stderr
+local function text_logger(level, msg, call_id)
+  if call_id then
+    io.stderr:write("luasip [", level, "] [", call_id, "] ", msg, "\n")
+  else
+    io.stderr:write("luasip [", level, "] ", msg, "\n")
+  end
 end
+local logger = text_logger
 local log_level = 2
+local log_call_id   -- the Call-ID of the call a log line without one concerns (below)
+local ev_a, ev_b    -- the objects of the event being dispatched
+local function call_of(o)
+  if type(o) ~= "userdata" then return nil end
+  local ok, id = pcall(function() return o.call_id end)
+  if ok and type(id) == "string" then return id end
+end
 
 -- control bytes other than LF and TAB as \xNN: log lines carry values from the network
 local function escape_byte(c)
@@ -26,18 +40,27 @@ local function escape_byte(c)
   return string.format("\\x%02x", c:byte())
 end
 
-function M.log(level, msg)
+-- log(level, message [, call_id]): a line about a call carries its Call-ID; without
+-- one, the call of the running handler or of the event being dispatched is taken
+function M.log(level, msg, call_id)
   if (LEVELS[level] or 3) <= log_level then
     msg = tostring(msg):gsub("[%c\127]", escape_byte)
-    local ok, err = pcall(logger, level, msg)
+    if call_id == nil then call_id = log_call_id() end
+    if call_id ~= nil then call_id = tostring(call_id):gsub("[%c\127]", escape_byte) end
+    local ok, err = pcall(logger, level, msg, call_id)
     if not ok then io.stderr:write("luasip: logger failed: ", tostring(err), "\n") end
   end
 end
 
--- set_logger(fn(level, message) [, max_level]) -> previous logger
+-- set_logger(fn(level, message, call_id) | "text" | "json" [, max_level]) -> previous
+-- logger; "json": one JSON object a line on stderr ({"ts","level","msg","call_id"})
 function M.set_logger(fn, level)
-  if fn ~= nil and type(fn) ~= "function" then
-    error("luasip.set_logger: logger must be a function", 2)
+  if fn == "json" then
+    fn = jsonlog.logger
+  elseif fn == "text" then
+    fn = text_logger
+  elseif fn ~= nil and type(fn) ~= "function" then
+    error('luasip.set_logger: logger must be a function, "text" or "json"', 2)
   end
   local old = logger
   logger = fn or function() end
@@ -97,7 +120,7 @@ end
 local function answer_default(req, status, reason)
   local ok, err = pcall(req.reply, req, status, reason)
   if not ok then
-    M.log("error", "default " .. status .. " failed: " .. tostring(err))
+    M.log("error", "default " .. status .. " failed: " .. tostring(err), call_of(req))
     pcall(req.reply, req, 500)
   end
 end
@@ -105,11 +128,20 @@ end
 -- not answered, not an ACK, not cancelled, and its agent open (in C: one call)
 local needs_answer = needs_answer_c
 
+-- Request handler metrics (luasip.metrics turns them on): clock() when a handler
+-- starts, done(started, failed) when it ends
+local handler_clock, handler_done
+function M.set_handler_metrics(clock, done) handler_clock, handler_done = clock, done end
+
 -- Called when a coroutine has ended (ok) or raised (not ok); a pooled coroutine (keep)
 -- keeps its ctx table, emptied.
 local function finished(co, ok, err, keep)
   local c = ctx[co]
   local req = c and c.req
+  if c and c.t0 then
+    handler_done(c.t0, not ok)
+    c.t0 = nil
+  end
   if keep then
     c.req, c.slot = nil, nil
   else
@@ -123,14 +155,16 @@ local function finished(co, ok, err, keep)
   if not ok and c and c.caught then
     c.caught(err)                       -- a coroutine of M.pcall: its caller gets err
   elseif not ok then
-    M.log("error", "handler failed: " .. err_text(err) .. "\n" .. traceback(co))
+    M.log("error", "handler failed: " .. err_text(err) .. "\n" .. traceback(co),
+      req and call_of(req))
     if c and c.spawned and M.spawn_error then M.spawn_error(err, co) end
   end
   if req and needs_answer(req) then
     if not ok then
       answer_default(req, failure_status(err))
     else
-      M.log("warn", req.method .. " handler ended without a final response: 500")
+      M.log("warn", req.method .. " handler ended without a final response: 500",
+        call_of(req))
       answer_default(req, 500, "No Response From Handler")
     end
   end
@@ -229,7 +263,8 @@ local function arm_deadline(co, c, req)
     if not cc or not r or not hco or ctx[hco] ~= cc or cc.req ~= r then return end
     cc.deadline = nil
     if not needs_answer(r) then return end
-    M.log("warn", r.method .. " handler still unanswered after " .. s .. " s: 500")
+    M.log("warn", r.method .. " handler still unanswered after " .. s .. " s: 500",
+      call_of(r))
     answer_default(r, 500, "Handler Timeout")
     -- the handler learns it through its wait, and then ends
     if cc.slot then M.fill(cc.slot, nil, "timeout", "timeout") end
@@ -250,6 +285,7 @@ local function spawn_for(req, fn, a, b)
     ctx[co] = c
   end
   c.req = req
+  if handler_clock then c.t0 = handler_clock() end
   step(co, fn, a, b)
   -- still running (it waits): it can be woken through its request, and has a deadline
   if ctx[co] == c and c.req == req then
@@ -267,6 +303,14 @@ function M.answered(req)
     c.deadline:cancel()
     c.deadline = nil
   end
+end
+
+-- The call a log line without a Call-ID concerns: the running handler's request, else
+-- the objects of the event being dispatched (requests, dialogs, client transactions)
+log_call_id = function()
+  local co = co_running()
+  local c = co and ctx[co]
+  return c and c.req and call_of(c.req) or call_of(ev_a) or call_of(ev_b)
 end
 
 local function current(fname)
@@ -460,7 +504,12 @@ M.events = events   -- (read by modules not yet on on_event)
 
 function M.dispatch(event, a, b)
   local fn = events[event]
-  if fn then fn(a, b) end
+  if fn then
+    local pa, pb = ev_a, ev_b
+    ev_a, ev_b = a, b
+    fn(a, b)
+    ev_a, ev_b = pa, pb
+  end
 end
 
 core.set_dispatcher(M.dispatch)

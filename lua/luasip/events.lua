@@ -18,6 +18,9 @@ local pidf = require "luasip.pidf"
 
 local M = {}
 
+-- the live notifiers (weak), for the luasip_subscriptions gauge of luasip.metrics
+M.instances = setmetatable({}, { __mode = "k" })
+
 -- per-package defaults: the body type of NOTIFYs, the subscription duration, and the
 -- "neutral" state sent when nothing is known (RFC 3856 6.6.1: presence looks offline)
 local PACKAGES = {
@@ -126,6 +129,7 @@ function M.new(opts)
     by_resource = {},     -- resource -> { id -> sub }
     count = 0,
   }, Notifier)
+  M.instances[self] = true          -- for the luasip_subscriptions gauge (luasip.metrics)
   if self.min_expires > self.max_expires then
     error(fname .. ": min_expires is above max_expires", 2)
   end

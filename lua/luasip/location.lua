@@ -167,6 +167,9 @@ end
 local Location = {}
 Location.__index = Location
 
+-- the live locations (weak), for the luasip_registrations gauge of luasip.metrics
+M.instances = setmetatable({}, { __mode = "k" })
+
 -- location{ store = (memory store), prefix = "location:" } -> location
 function M.new(opts)
   opts = opts or {}
@@ -178,7 +181,9 @@ function M.new(opts)
   end
   local prefix = opts.prefix or "location:"
   if type(prefix) ~= "string" then error("luasip.location: prefix must be a string", 2) end
-  return setmetatable({ store = store, prefix = prefix }, Location)
+  local self = setmetatable({ store = store, prefix = prefix }, Location)
+  M.instances[self] = true
+  return self
 end
 
 local function key_of(self, aor, fname)

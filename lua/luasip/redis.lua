@@ -95,7 +95,12 @@ function Client:call(...)
   if self._closed then return nil, "redis connection closed", "closed" end
   local slot = dispatcher.new_slot("luasip.redis:call")
   local ok, err, code = self._s:send(encode({ ... }))
-  if not ok then return nil, err, code end
+  if not ok then
+    -- a connection the server dropped before the loop saw it: the same words as when
+    -- the loop saw it first (stream_closed)
+    if code == "closed" then err = "redis connection lost: " .. tostring(err) end
+    return nil, err, code
+  end
   self._tail = self._tail + 1
   self._pending[self._tail] = slot
   return dispatcher.wait(slot)
