@@ -22,14 +22,22 @@ HDRS      = $(wildcard csrc/*.h)
 
 # flavour -> interpreter and headers
 LUA_5.1     = lua5.1
+LUA_5.2     = lua5.2
 LUA_5.3     = lua5.3
 LUA_5.4     = lua5.4
 LUA_luajit  = luajit
 INC_5.1     = /usr/include/lua5.1
+INC_5.2     = /usr/include/lua5.2
 INC_5.3     = /usr/include/lua5.3
 INC_5.4     = /usr/include/lua5.4
 INC_luajit  = /usr/include/luajit-2.1
-TEST_FLAVOURS ?= 5.4 luajit
+ALL_FLAVOURS = 5.1 5.2 5.3 5.4 luajit
+# the flavours installed here: an interpreter, its headers and a busted that runs under it
+# (Debian's lua-busted serves every version).  make test runs the suite once per flavour.
+have_flavour = $(and $(shell command -v $(LUA_$(1)) 2>/dev/null),$(wildcard $(INC_$(1))/lua.h),$(shell \
+  $(LUA_$(1)) -e 'require "busted.runner"' </dev/null >/dev/null 2>&1 && echo y))
+FOUND_FLAVOURS = $(foreach f,$(ALL_FLAVOURS),$(if $(call have_flavour,$(f)),$(f)))
+TEST_FLAVOURS ?= $(FOUND_FLAVOURS)
 
 # LuaRocks sets these (build.type = "make")
 LUA_INCDIR ?=
@@ -37,7 +45,8 @@ LIBFLAG    ?= -shared
 INST_LIBDIR ?=
 INST_LUADIR ?=
 
-.PHONY: all deps build prompts test run bench soak check-memory check-asan lint install clean warnings
+.PHONY: all deps build prompts test run bench soak check-memory check-asan lint install clean warnings \
+  docs rock
 
 all: build
 
@@ -61,12 +70,14 @@ build/%/luasip/core.so: $(SRCS) $(HDRS)
 
 # every flavour, warnings as errors (CI runs this through make test)
 warnings:
-	@for f in 5.1 5.3 5.4 luajit; do \
+	@for f in $(ALL_FLAVOURS); do \
 	  $(MAKE) -s --no-print-directory build/$$f/luasip/core.so CFLAGS="-O2 -Werror" || exit 1; \
 	done
 
+# TEST_FLAVOURS is read here, after deps: the flavours found once the packages are in
 test: deps
 	@$(MAKE) -s --no-print-directory warnings lint prompts
+	@test -n "$(TEST_FLAVOURS)" || { echo "make test: no Lua flavour with headers and busted"; exit 1; }
 	@sh scripts/run-specs.sh $(TEST_FLAVOURS)
 
 # targets that install deps and then build run the build in a new make: the sofia and
@@ -112,6 +123,21 @@ fuzz-sip: build/$(FUZZ_FLAVOUR)/luasip/core.so
 	python3 scripts/fuzz-sip.py --lua $(LUA_$(FUZZ_FLAVOUR)) --flavour $(FUZZ_FLAVOUR) \
 	  -n $(FUZZ_N) --seed $(FUZZ_SEED) $(FUZZ_ARGS)
 
+# the API reference (LDoc, config.ld) into build/docs.  Debian's ldoc runs under the
+# newest of Lua 5.2/5.1 it finds, but its markdown (lua-markdown) is installed for 5.1 only
+LDOC_BIN = $(shell command -v ldoc 2>/dev/null)
+LDOC ?= $(if $(shell command -v lua5.1 2>/dev/null),lua5.1 $(LDOC_BIN),$(LDOC_BIN))
+docs:
+	@test -n "$(LDOC_BIN)" || { echo "docs: apt-get install lua-ldoc lua-markdown"; exit 1; }
+	@rm -rf build/docs
+	@$(LDOC) --fatalwarnings -q . && echo "docs: build/docs/index.html"
+
+# the source rock of the release, luasip-0.1.0-1.src.rock, packed by luarocks from this
+# checkout without the network (scripts/pack-rock.sh)
+ROCKSPEC ?= luasip-0.1.0-1.rockspec
+rock:
+	@sh scripts/pack-rock.sh $(ROCKSPEC) build
+
 lint:
 	@command -v luacheck >/dev/null || { echo "lint: apt-get install lua-check"; exit 1; }
 	@luacheck --no-color -q lua spec examples
@@ -126,7 +152,7 @@ install:
 	@$(PKG) --exists $(MEDIA_PKGS) || { echo "make install: pkg-config $(MEDIA_PKGS) failed"; exit 1; }
 	mkdir -p "$(INST_LIBDIR)/luasip" "$(INST_LUADIR)"
 	$(CC) $(ALL_CFLAGS) $(if $(LUA_INCDIR),-I$(LUA_INCDIR)) $(SRCS) $(LIBFLAG) \
-	  -o "$(INST_LIBDIR)/luasip/core.so" $(LDFLAGS) $(SOFIA_LIBS) $(MEDIA_LIBS)
+	  -o "$(INST_LIBDIR)/luasip/core.so" $(LDFLAGS) $(SOFIA_LIBS) $(CRYPTO_LIBS) $(MEDIA_LIBS)
 	cp -R lua/. "$(INST_LUADIR)/"
 
 clean:

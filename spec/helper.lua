@@ -65,15 +65,41 @@ function H.run_until(pred, timeout, what)
   end
 end
 
--- run(fn [, timeout]) -> results of fn, run in a luasip coroutine while the loop turns
+-- pcall across a yield works on LuaJIT and Lua 5.2+, not on plain Lua 5.1
+local YIELDING_PCALL = rawget(_G, "jit") ~= nil or _VERSION ~= "Lua 5.1"
+local dispatcher = require "luasip.dispatcher"
+
+-- run(fn [, timeout]) -> results of fn, run in a luasip coroutine while the loop turns;
+-- an error in fn is raised here, with fn's traceback
 function H.run(fn, timeout)
   local done, res, err
-  sip.spawn(function()
-    local ok, r = xpcall(function() return { fn() } end, debug.traceback)
-    if ok then res = r else err = r end
-    done = true
-  end)
-  H.run_until(function() return done end, timeout or 10, "coroutine end")
+  local function until_done()
+    H.run_until(function() return done or err ~= nil end, timeout or 10, "coroutine end")
+  end
+  if YIELDING_PCALL then
+    sip.spawn(function()
+      local ok, r = xpcall(function() return { fn() } end, debug.traceback)
+      if ok then res = r else err = r end
+      done = true
+    end)
+    until_done()
+  else
+    -- no xpcall around fn (it yields): its coroutine dies with the error, which the
+    -- dispatcher hands to its spawn error hook (after logging it)
+    local mine
+    local prev = dispatcher.spawn_error
+    dispatcher.set_spawn_error(function(e, co)
+      if co == mine then err = debug.traceback(co, tostring(e)) elseif prev then prev(e, co) end
+    end)
+    sip.spawn(function()
+      mine = coroutine.running()
+      res = { fn() }
+      done = true
+    end)
+    local ok, e = pcall(until_done)
+    dispatcher.set_spawn_error(prev)
+    if not ok then error(e, 2) end
+  end
   if err then error(err, 2) end
   return (table.unpack or unpack)(res)
 end

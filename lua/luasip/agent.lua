@@ -1,6 +1,17 @@
 -- luasip.agent: the class luasip.agent (csrc/agent.c, csrc/client_tx.c).  This module owns
 -- the agent's methods: handlers per method, requests out (with digest auth), INVITE,
 -- SUBSCRIBE, PUBLISH and REFER outside dialogs.  Per-agent state: class.state(agent).
+
+--- The class `luasip.agent`: a SIP endpoint that listens on UDP, TCP and TLS, runs a
+-- handler per method for each request it receives (each in its own coroutine) and sends
+-- requests.  Made by `luasip.agent`.  Methods implemented in C (see the README):
+-- `agent:send`, `agent:close`, `agent:closed`, `agent:contact`, `agent:transports`,
+-- `agent:overload`.
+-- @classmod luasip.agent
+-- @usage
+-- local app = assert(sip.agent{ listen = { "sip:127.0.0.1:5060" } })
+-- app:on("MESSAGE", function(req) print(req.body); req:reply(200) end)
+
 local core = require "luasip.core"
 local class = require "luasip.class"
 local dispatcher = require "luasip.dispatcher"
@@ -190,6 +201,14 @@ end
 
 -- agent:on(method, fn | nil) -> previous handler (while an application's setup runs,
 -- luasip.app stages it: installed with the rest of the setup's handlers, in one step)
+
+--- Sets (or removes) the handler of a SIP method.  The handler runs as `fn(req)` in
+-- a luasip coroutine of its own; CANCEL is the core's (see `req:on_cancel`).
+-- @function agent:on
+-- @string method the method, case-insensitive (extension methods too)
+-- @tparam ?func fn the handler; nil removes it (the agent then answers 405)
+-- @treturn ?func the previous handler
+-- @usage app:on("OPTIONS", function(req) req:reply(200) end)
 function methods.on(self, method, fn)
   local st = check(self, "luasip.agent:on")
   method = sipmethods.norm(method, "luasip.agent:on")
@@ -206,6 +225,10 @@ function methods.on(self, method, fn)
 end
 
 -- agent:handlers() -> list of methods with a handler
+
+--- The methods that have a handler.
+-- @function agent:handlers
+-- @treturn {string,...} the method names, sorted
 function methods.handlers(self)
   local list = {}
   for m in pairs(state(self).handlers) do list[#list + 1] = m end
@@ -214,11 +237,20 @@ function methods.handlers(self)
 end
 
 -- agent:allow() -> the Allow value the agent advertises
+
+--- The Allow header value the agent advertises (its handlers, and the core's methods).
+-- @function agent:allow
+-- @treturn string e.g. `"INVITE, ACK, CANCEL, OPTIONS, BYE"`
 function methods.allow(self)
   return dispatcher.allow_list(state(self).handlers)
 end
 
 -- agent:uri([user]) -> "sip:user@host:port" for this agent
+
+--- A SIP URI of this agent (its contact), with a user part when given.
+-- @function agent:uri
+-- @string[opt] user the user part
+-- @treturn string e.g. `"sip:alice@127.0.0.1:5060"`
 function methods.uri(self, user)
   local c = assert(self:contact())
   if user then c = c:gsub("^(sips?:)", function(scheme) return scheme .. user .. "@" end) end
@@ -243,6 +275,15 @@ end
 
 -- agent:request{ method=, uri=, headers=, body=, content_type=, timeout=, auth =,
 --   on_provisional = fn(res, tx) } -> response | nil, err, code [, response]
+
+--- Sends a request outside a dialog and waits for its final response (waiting call).
+-- @function agent:request
+-- @tab opts `method`, `uri`, `headers`, `body`, `content_type`, `timeout` (seconds),
+-- `proxy`, `from`, `to`, `auth` (credentials for a 401/407), `dialog`,
+-- `on_provisional = fn(res, tx)`, `on_sent = fn(tx)`
+-- @return the final response (`res.status`, `res.reason`, `res:header(name)`, ...), or
+-- `nil, message, code [, response]` (a final response >= 300 gives its status as code)
+-- @usage local res, err = app:request{ method = "OPTIONS", uri = "sip:127.0.0.1:5070" }
 function methods.request(self, opts)
   local fname = "luasip.agent:request"
   check(self, fname)
@@ -262,9 +303,34 @@ function methods.request(self, opts)
   return plain_request(self, o, 2)       -- a tail call: the caller is one level up
 end
 
+--- Subscribes to an event package (RFC 6665); see the README, "Events".
+-- @function agent:subscribe
+-- @tab opts `uri`, `event`, `expires`, `on_notify`, ...
+-- @return the subscription, or `nil, message, code`
+
+--- Publishes event state (RFC 3903); see the README, "Events".
+-- @function agent:publish
+-- @tab opts `uri`, `event`, `body`, `content_type`, `expires`, `etag`, ...
+-- @return the publication, or `nil, message, code`
+
+--- Sends a REFER outside a dialog (RFC 3515); see the README, "Call transfer".
+-- @function agent:refer
+-- @tab opts `uri`, `refer_to`, ...
+-- @return the REFER's progress reports, or `nil, message, code`
+
 -- agent:invite{ uri=, from=, to=, headers=, body=, content_type=, timeout=, auth =,
 --   session_expires =, min_se =, on_provisional= } -> dialog, response | nil, err, code
 --   [, response]
+
+--- Makes a call: sends an INVITE, waits for its final response, ACKs a 2xx and
+-- returns the dialog (waiting call).
+-- @function agent:invite
+-- @tab opts `uri`, `body`, `content_type`, `headers`, `timeout`, `proxy`, `from`, `to`,
+-- `auth`, `session_expires`, `min_se`, `on_provisional`, `on_sent`, `media`
+-- @return the dialog and the 2xx response, or `nil, message, code [, response]`
+-- @usage local d = assert(app:invite{ uri = "sip:bob@127.0.0.1:5070", body = offer,
+--   content_type = "application/sdp" })
+-- d:bye()
 function methods.invite(self, opts)
   local fname = "luasip.agent:invite"
   check(self, fname)

@@ -104,11 +104,32 @@ local function restate(fname, err)
   return err
 end
 
+-- luasip's own Lua files: this file's directory and the façade beside it
+local LIB_DIR = debug.getinfo(1, "S").source:match("^@(.*)class%.lua$")
+local FACADE = LIB_DIR and LIB_DIR:sub(1, -2) .. ".lua"
+
+-- error level (seen from M.call) of the frame `level` names, moved up past tail-call
+-- entries and luasip's own frames: the public functions reach M.call through tail calls,
+-- which plain Lua 5.1 counts as stack levels of their own (5.2+ and LuaJIT do not), so a
+-- fixed level would point at no line there.
+local function caller_level(level)
+  local l = level + 2                    -- getinfo counts this function too
+  while true do
+    local info = debug.getinfo(l, "S")
+    if not info then return level + 1 end
+    local src = info.source:sub(2)
+    local own = info.what == "tail"
+      or (LIB_DIR ~= nil and (src:sub(1, #LIB_DIR) == LIB_DIR or src == FACADE))
+    if not own then return l - 1 end
+    l = l + 1
+  end
+end
+
 -- level: as for error(), seen from the function that calls M.call.  (C methods return
 -- at most four values: no table per call on this path of every request.)
 function M.call(fname, level, f, ...)
   local ok, a, b, c, d = pcall(f, ...)
-  if not ok then error(restate(fname, a), level + 1) end
+  if not ok then error(restate(fname, a), caller_level(level)) end
   return a, b, c, d
 end
 

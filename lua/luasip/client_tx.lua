@@ -2,6 +2,12 @@
 --   local tx = agent:send{...};  local res, err, code = tx:wait(5)
 -- Owns the events "response" and "tx_closed".  Per-transaction state (class.state):
 -- final (the final response), slot (a waiting coroutine), on_provisional, gave_up.
+
+--- The class `luasip.client_tx`: a request the agent sent (`agent:send`), as `tx`.
+-- Methods implemented in C (see the README): `tx:cancel`, `tx:status`, `tx:close`,
+-- `tx:prack_body`.
+-- @classmod luasip.client_tx
+
 local class = require "luasip.class"
 local dispatcher = require "luasip.dispatcher"
 
@@ -31,6 +37,12 @@ local function dialog_of(tx)
   if d then require("luasip.dialog").init(d) end
   return d
 end
+
+--- Waits for the final response (waiting call).
+-- @function client_tx:wait
+-- @number[opt] timeout seconds
+-- @return the response, or `nil, message, code [, response]` (code: the status of a
+-- final response >= 300, or `"timeout"`)
 
 -- tx:wait([timeout]) -> response | nil, err, code [, response]
 function methods.wait(self, timeout)
@@ -65,6 +77,11 @@ function methods.wait(self, timeout)
   return res
 end
 
+--- Sets what runs for each provisional (1xx) response.
+-- @function client_tx:on_provisional
+-- @tparam ?func fn `fn(res, tx)`, or nil
+-- @treturn ?func the previous one
+
 -- tx:on_provisional(fn(res, tx) | nil) -> previous: fn runs for each 1xx
 function methods.on_provisional(self, fn)
   if fn ~= nil and type(fn) ~= "function" then
@@ -75,6 +92,10 @@ function methods.on_provisional(self, fn)
   st.on_provisional = fn
   return old
 end
+
+--- The transaction's dialog (early or confirmed), ready for use.
+-- @function client_tx:dialog
+-- @return the dialog
 
 -- tx:dialog() -> the transaction's dialog (early or confirmed), ready for use
 methods.dialog = dialog_of

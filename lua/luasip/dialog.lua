@@ -9,6 +9,17 @@
 -- Hooks (class.hook("luasip.dialog", point, fn)): "ended" fn(d, reason); "info" fn(d, req)
 -- for each INFO the peer sends, before the dialog's handlers (a hook that answers it takes it:
 -- luasip.media takes DTMF).
+
+--- The class `luasip.dialog`: an INVITE, SUBSCRIBE or REFER dialog (RFC 3261 12-15),
+-- made by `request:answer`, `agent:invite`, `request:dialog` or `client_tx:dialog`.
+-- Methods implemented in C (see the README): `dialog:send`, `dialog:state`,
+-- `dialog:target`.
+-- @classmod luasip.dialog
+-- @usage
+-- local d = assert(app:invite{ uri = "sip:bob@127.0.0.1:5070" })
+-- d:on("INFO", function(req) req:reply(200) end)
+-- d:wait_end()
+
 local class = require "luasip.class"
 local dispatcher = require "luasip.dispatcher"
 local sipmethods = require "luasip.sipmethods"
@@ -81,6 +92,11 @@ for _, k in ipairs{ "local_sdp", "remote_sdp", "session_expires", "session_refre
   getters[k] = function(self) return state(self)[k] end
 end
 
+--- Forgets the dialog without sending anything: what waits on it (`wait_end`,
+-- `on_end`, in-dialog requests) learns it ended (`"terminated"`).
+-- @function dialog:terminate
+-- @treturn boolean true
+
 -- dialog:terminate() -> true: forget the dialog without sending anything; what waits on
 -- it (wait_end, on_end, in-dialog requests) learns it ended ("terminated")
 function methods.terminate(self)
@@ -106,6 +122,14 @@ local function send_in_dialog(self, o, level)
   return res, rerr, rcode, rres
 end
 
+--- Sends a request in the dialog and waits for its final response (waiting call).
+-- @function dialog:request
+-- @string method the method (re-INVITE, UPDATE, INFO, MESSAGE, ...)
+-- @tab[opt] opts as `agent:request`'s; `auth = { username =, password = | ha1 = }`
+-- answers a 401/407
+-- @return the response, or `nil, message, code [, response]`
+-- @usage d:request("INFO", { body = "Signal=5", content_type = "application/dtmf-relay" })
+
 -- dialog:request(method [, opts]) -> response | nil, err, code [, response]
 -- opts as agent:request, and auth = { username =, password = | ha1 = } answers a 401/407
 function methods.request(self, method, opts)
@@ -129,6 +153,12 @@ function methods.request(self, method, opts)
   return res, rerr, rcode, rres
 end
 
+--- Sets the handler of in-dialog requests of a method.
+-- @function dialog:on
+-- @string method the method
+-- @tparam ?func fn `fn(req, dialog)`, or nil
+-- @treturn ?func the previous handler
+
 -- dialog:on(method, fn(req, dialog) | nil) -> previous
 function methods.on(self, method, fn)
   method = sipmethods.norm(method, "luasip.dialog:on")
@@ -140,6 +170,13 @@ function methods.on(self, method, fn)
   st.handlers[method] = fn
   return old
 end
+
+--- Waits for the next in-dialog request (of that method) that no `dialog:on` handler
+-- takes; the caller answers it (a BYE is answered already).  Waiting call.
+-- @function dialog:wait_request
+-- @string[opt] method the method
+-- @number[opt] timeout seconds
+-- @return the request, or `nil, "timeout"` / `nil, "terminated"`
 
 -- dialog:wait_request([method] [, timeout]) -> req | nil, "timeout" | nil, "terminated":
 -- the next in-dialog request (of that method) that no dialog:on handler takes; the
@@ -164,6 +201,10 @@ function methods.wait_request(self, method, timeout)
   return req, err, code
 end
 
+--- Ends the dialog: sends a BYE and waits for its response (waiting call).
+-- @function dialog:bye
+-- @return true, or `nil, message, code`
+
 -- dialog:bye() -> true | nil, err, code: ends the dialog (BYE, then terminated)
 function methods.bye(self)
   if state(self).ended then return nil, "dialog terminated", "terminated" end
@@ -175,6 +216,11 @@ function methods.bye(self)
   return true
 end
 
+--- Waits until the dialog ends (waiting call).
+-- @function dialog:wait_end
+-- @number[opt] timeout seconds
+-- @return the reason (`"bye"`, `"remote bye"`, ...), or `nil, "timeout"`
+
 -- dialog:wait_end([timeout]) -> reason ("bye", "remote bye", ...) | nil, "timeout"
 function methods.wait_end(self, timeout)
   local st = state(self)
@@ -185,6 +231,19 @@ function methods.wait_end(self, timeout)
   st.end_slots = slots
   return dispatcher.wait(slot, timeout)
 end
+
+--- Sets what runs once when the dialog ends, whatever ended it (a BYE either way,
+-- session expiry, the agent closed, ...).
+-- @function dialog:on_end
+-- @tparam ?func fn `fn(dialog, reason)`, or nil
+-- @treturn ?func the previous one
+
+--- Transfers the other party (REFER in the dialog, RFC 3515) and follows the NOTIFY
+-- reports; see the README, "Call transfer".
+-- @function dialog:refer
+-- @param target a URI, or a dialog to replace (attended transfer)
+-- @tab[opt] opts options
+-- @return the final status of the transfer, or `nil, message, code`
 
 -- dialog:on_end(fn(dialog, reason) | nil) -> previous: called once when the dialog ends,
 -- whatever ended it (BYE either way, session expiry, agent closed, ...)

@@ -152,7 +152,9 @@ local function finished(co, ok, err, keep)
     c.deadline:cancel()
     c.deadline = nil
   end
-  if not ok then
+  if not ok and c and c.caught then
+    c.caught(err)                       -- a coroutine of M.pcall: its caller gets err
+  elseif not ok then
     M.log("error", "handler failed: " .. err_text(err) .. "\n" .. traceback(co),
       req and call_of(req))
     if c and c.spawned and M.spawn_error then M.spawn_error(err, co) end
@@ -213,6 +215,22 @@ function M.spawn(fn, ...)
   ctx[co] = { spawned = true }
   step(co, ...)
   return co
+end
+
+-- pcall across a yield works on LuaJIT and Lua 5.2+, not on plain Lua 5.1
+local YIELDING_PCALL = rawget(_G, "jit") ~= nil or _VERSION ~= "Lua 5.1"
+
+-- pcall(fn, ...) -> true, results | false, err: pcall for code that may wait (yield).
+-- On plain Lua 5.1 fn runs in a luasip coroutine of its own that the caller (a luasip
+-- coroutine) waits for; the error ends that coroutine and comes back here.
+function M.pcall(fn, ...)
+  if YIELDING_PCALL then return pcall(fn, ...) end
+  local slot = M.new_slot("luasip.pcall")
+  local n, args = select("#", ...), { ... }
+  local co = co_create(function() M.fill(slot, true, fn(unpack(args, 1, n))) end)
+  ctx[co] = { caught = function(err) M.fill(slot, false, err) end }
+  step(co)
+  return M.wait(slot)
 end
 
 -- Timers park their callback in the timer's state: the event "timer" calls it.

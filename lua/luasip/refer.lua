@@ -19,9 +19,6 @@ local DEFAULT_EXPIRES = 60      -- seconds the implicit subscription lasts (RFC 
 local FIRST_NOTIFY_WAIT = 32    -- 64*T1: how long a referrer waits for the first NOTIFY
 local EXPIRY_GRACE = 5          -- past the expiry, for the notifier's own last NOTIFY
 
--- pcall across a yield works on LuaJIT and Lua 5.2+, not on plain 5.1
-local YIELDING_PCALL = rawget(_G, "jit") ~= nil or _VERSION ~= "Lua 5.1"
-
 local PHRASES = {
   [100] = "Trying", [180] = "Ringing", [181] = "Call Is Being Forwarded", [182] = "Queued",
   [183] = "Session Progress", [200] = "OK", [202] = "Accepted", [400] = "Bad Request",
@@ -434,14 +431,7 @@ function M.handler(fn, opts)
     o.dialog = o.dialog or d
     local sub = M.accept(req, o)
     if not sub then return end
-    local ok, r
-    if YIELDING_PCALL then
-      ok, r = pcall(fn, sub, req)
-    else
-      -- plain Lua 5.1: no pcall across a yield; if fn fails, the subscription's expiry
-      -- gives the referrer its last report
-      ok, r = true, fn(sub, req)
-    end
+    local ok, r = dispatcher.pcall(fn, sub, req)        -- fn may wait
     if not sub._final then
       sub:progress(ok and type(r) == "number" and r >= 200 and r <= 699 and r or 500)
     end

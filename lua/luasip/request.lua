@@ -7,6 +7,19 @@
 -- early_remote_sdp.
 -- Hooks (class.hook("luasip.request", point, fn)): "replied" fn(req, status, result) after
 -- every reply that was sent.
+
+--- The class `luasip.request`: a request the agent received, handed to the method's
+-- handler as `req`.  Fields (read-only): `req.method`, `req.uri`, `req.call_id`,
+-- `req.from`, `req.to`, `req.cseq`, `req.body`, `req.content_type`, `req.source`,
+-- `req.data` (the application's own table).  Methods implemented in C (see the README):
+-- `req:header`, `req:headers`, `req:raw`, `req:answered`, `req:cancelled`.
+-- @classmod luasip.request
+-- @usage
+-- app:on("MESSAGE", function(req)
+--   print(req.from.uri, req.body)
+--   req:reply(200)
+-- end)
+
 local class = require "luasip.class"
 local dispatcher = require "luasip.dispatcher"
 
@@ -22,6 +35,16 @@ local function options_of(reason, opts)
   if type(reason) == "table" then return reason end
   return opts
 end
+
+--- Answers the request (a final response, or a provisional one before it).
+-- @function request:reply
+-- @int status 100-699
+-- @string[opt] reason the reason phrase (default: the standard one)
+-- @tab[opt] opts `headers`, `body`, `content_type`; `reliable = true` sends a 101-199
+-- reliably (RFC 3262) and waits for its PRACK (`timeout`)
+-- @return true; for a reliable 1xx the PRACK request; or `nil, message, code`
+-- @usage req:reply(486, "Busy Here")
+-- req:reply(200, { body = "ok", content_type = "text/plain" })
 
 -- req:reply(status [, reason] [, opts]) -> true | prack (reliable) | nil, err, code
 -- opts.reliable = true sends a 101-199 reliably (RFC 3262) and waits for its PRACK:
@@ -75,6 +98,11 @@ function methods.reply(self, status, reason, opts)
   return result, err, code
 end
 
+--- Waits for the ACK of the final response to this INVITE (waiting call).
+-- @function request:wait_ack
+-- @number[opt] timeout seconds
+-- @return the ACK request, or `nil, "timeout"` / `nil, "terminated"`
+
 -- req:wait_ack([timeout]) -> ack | nil, "timeout" | nil, "terminated"
 function methods.wait_ack(self, timeout)
   local st = state(self)
@@ -84,6 +112,12 @@ function methods.wait_ack(self, timeout)
   st.ack_slot = slot
   return dispatcher.wait(slot, timeout)
 end
+
+--- Sets what runs when a CANCEL ends this INVITE (the core answers the CANCEL and the
+-- INVITE's 487).
+-- @function request:on_cancel
+-- @tparam ?func fn `fn(req)`, or nil
+-- @treturn ?func the previous one
 
 -- req:on_cancel(fn) -> previous: fn(req) runs when a CANCEL ends this INVITE
 function methods.on_cancel(self, fn)
@@ -95,6 +129,11 @@ function methods.on_cancel(self, fn)
   st.on_cancel = fn
   return old
 end
+
+--- The dialog of an in-dialog request; for a SUBSCRIBE or REFER, the dialog it
+-- creates (the caller then answers 2xx).  INVITEs use `request:answer`.
+-- @function request:dialog
+-- @return the dialog, or `nil, message, code`
 
 -- req:dialog() -> dialog | nil, err, code: for an in-dialog request, its dialog; for a
 -- SUBSCRIBE or REFER, the dialog it creates (the caller then answers 2xx); INVITEs use
@@ -128,6 +167,12 @@ function M.early_dialog(req, create)
   return d
 end
 
+--- The early dialog of an INVITE (RFC 3261 12.1.1), so that requests such as UPDATE
+-- reach `dialog:on` before the 2xx; `request:answer` confirms it, a failure or CANCEL
+-- ends it.
+-- @function request:early
+-- @return the dialog
+
 -- req:early() -> dialog: the early dialog of an INVITE (RFC 3261 12.1.1), so requests
 -- such as UPDATE (RFC 3311) reach dialog:on() before the 2xx; req:answer confirms it, a
 -- failure or CANCEL ends it
@@ -141,6 +186,29 @@ function M.early_sdp(req)
   local st = state(req)
   return st.early_local_sdp, st.early_remote_sdp
 end
+
+--- Whether the top Route header names this agent (the request follows a Record-Route
+-- this agent put in, RFC 3261 16.4): a proxy relays in-dialog requests only then.
+-- @function request:loose_route
+-- @treturn boolean
+
+--- Answers an INVITE with a 2xx and returns the confirmed dialog, once the ACK came
+-- (waiting call).
+-- @function request:answer
+-- @tab[opt] opts `status` (default 200), `headers`, `body`, `content_type`, `timeout`,
+-- `session_expires`, `min_se`, `media`
+-- @return the dialog, or `nil, message, code`
+-- @usage local d = req:answer{ body = sip.sdp.answer(req.body, caps),
+--   content_type = "application/sdp" }
+
+--- Proxies the request statefully to one or more targets and waits for the best
+-- response, which is sent upstream (waiting call).
+-- @function request:proxy
+-- @param targets a URI or a list of URIs
+-- @tab[opt] opts `record_route`, `forking` (`"parallel"` or `"sequential"`), `timeout`,
+-- `headers`, `on_response`, ...
+-- @return the response forwarded, or `nil, message, code`
+-- @usage req:proxy(app.location:lookup(req.uri), { record_route = true })
 
 -- req:loose_route() -> true | false: whether the top Route header names this agent (the
 -- request follows a Record-Route we put in: RFC 3261 16.4).  A proxy relays in-dialog
