@@ -2,7 +2,8 @@
 -- fn(input) -> nil | the message of a broken promise.  The first byte of the input chooses
 -- the parser, the rest is its input.  Every parser here is documented to return a value
 -- or a fail tuple for any string (README), so a Lua error from one is a finding; the C
--- digest parser must also agree with the Lua one it replaces (the same contract).
+-- digest parser must also agree with the Lua one it replaces (the same contract).  Also
+-- loaded by spec/libfuzzer_spec.lua, which replays fuzz/findings/lua_parsers/ through it.
 local sip = require "luasip"
 local core = require "luasip.core"
 local refer = require "luasip.refer"
@@ -88,7 +89,7 @@ return function(input)
   if #input == 0 then return nil end
   local which = input:byte(1) % #targets + 1
   local s = input:sub(2)
-  local ok, res = xpcall(targets[which], debug.traceback, s)
+  local ok, res = xpcall(function() return targets[which](s) end, debug.traceback)
   if not ok then return ("parser %d raised on %q: %s"):format(which, s, tostring(res)) end
   return res                                      -- a finding's message, or nil
 end

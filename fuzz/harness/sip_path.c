@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <lua.h>
+#include <sanitizer/lsan_interface.h>
 
 #include "harness.h"
 
@@ -46,20 +47,31 @@ static int drain(void)
   return n;
 }
 
-/* the Lua step function (index 2) -> handler runs so far */
-static lua_Integer step(void)
+/* the Lua step function (index 2), waiting at most 1 ms or not at all -> handler runs
+ * so far */
+static lua_Integer step(int wait)
 {
   lua_Integer n;
-  harness_call(L, 2, "", 0, 1);
+  harness_call(L, 2, wait ? "1" : "0", 1, 1);
   n = lua_tointeger(L, -1);
   lua_pop(L, 1);
   return n;
+}
+
+/* FUZZ_LEAK_AT_EXIT=1: a leak check when the process exits (libFuzzer checks only after
+ * inputs that found something new; replaying a sequence needs one at the end) */
+static void leak_check_at_exit(void)
+{
+  if (__lsan_do_recoverable_leak_check())
+    _exit(1);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
   struct sockaddr_in me = {0};
   (void)argc, (void)argv;
+  if (getenv("FUZZ_LEAK_AT_EXIT"))
+    atexit(leak_check_at_exit);
   L = harness_state();
   harness_dofile(L, "sip_path.lua");             /* { port =, step = } */
   lua_getfield(L, 1, "step");                    /* index 2 */
@@ -78,16 +90,36 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
   return 0;
 }
 
+/* FUZZ_SIP_TRACE=dir: every input also written to dir/NNNNNNNN, to replay a history (in
+ * order: libFuzzer runs the files it is given one by one) when a finding depends on it */
+static void trace(const uint8_t *data, size_t size)
+{
+  static const char *dir;
+  static unsigned n;
+  char path[4096];
+  FILE *f;
+  if (!dir && !(dir = getenv("FUZZ_SIP_TRACE")))
+    dir = "";
+  if (!*dir)
+    return;
+  snprintf(path, sizeof path, "%s/%08u", dir, n++);
+  if ((f = fopen(path, "wb"))) {
+    fwrite(data, 1, size, f);
+    fclose(f);
+  }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-  lua_Integer before = step();
+  lua_Integer before = step(0);
   double t0;
+  trace(data, size);
   drain();
   if (sendto(sock, data, size, 0, (struct sockaddr *)&agent_addr, sizeof agent_addr) < 0)
     return 0;                                    /* too large for a datagram */
   t0 = now_ms();
   while (now_ms() - t0 < WAIT_MS) {
-    if (step() != before || drain() > 0)
+    if (step(1) != before || drain() > 0)
       break;
   }
   lua_settop(L, 2);

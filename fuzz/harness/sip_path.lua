@@ -1,7 +1,7 @@
 -- The luasip side of the sip_path libFuzzer target (fuzz/harness/sip_path.c): an agent
 -- on 127.0.0.1 (UDP, OS-chosen port) whose handler, for every method, reads every field
 -- and header of the request, then replies, proxies to a dead loopback port or answers
--- (INVITE), chosen from the Call-ID.  Returns { port =, step = fn() -> handler runs }.
+-- (INVITE), chosen from the Call-ID.  Returns { port =, step = fn(ms) -> handler runs }.
 -- A handler that raises (reading a field of any request must not) makes step raise,
 -- which the C side reports as a finding.
 local sip = require "luasip"
@@ -18,12 +18,14 @@ local HEADERS = { "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Route",
 local handled, broken = 0, nil
 local log_errors = 0
 
+-- the first error lines are shown (for the human: not findings); FUZZ_SIP_LOG=1 shows all
+local verbose = os.getenv("FUZZ_SIP_LOG") == "1"
 sip.set_logger(function(level, message)
-  if level == "error" and log_errors < 20 then     -- for the human, not a finding
+  if verbose or (level == "error" and log_errors < 20) then
     log_errors = log_errors + 1
-    io.stderr:write("sip_path log: ", tostring(message):sub(1, 300), "\n")
+    io.stderr:write("sip_path log: ", level, " ", tostring(message):sub(1, 300), "\n")
   end
-end, "error")
+end, verbose and "debug" or "error")
 
 local sink = 0
 local function touch(v, depth)
@@ -80,10 +82,12 @@ end
 
 local agent = assert(sip.agent{ listen = "sip:127.0.0.1:0;transport=udp", t1 = 0.02,
   overload = false, handler_timeout = { invite = 2, other = 1 } })
-for _, m in ipairs(methods.list) do agent:on(m, handler) end
+for _, m in ipairs(methods.list) do
+  if m ~= "CANCEL" then agent:on(m, handler) end       -- the core answers CANCEL
+end
 
-local function step()
-  sip.step(1)
+local function step(ms)
+  sip.step(tonumber(ms))
   if broken then error(broken, 0) end
   return handled
 end
