@@ -113,7 +113,7 @@ fuzz-sip: build/$(FUZZ_FLAVOUR)/luasip/core.so
 	  -n $(FUZZ_N) --seed $(FUZZ_SEED) $(FUZZ_ARGS)
 
 # libFuzzer targets (fuzz/harness/*.c) with the core under ASan + UBSan, each run for
-# FUZZ_SECONDS on a copy of its seeds (scripts/fuzz.sh; new inputs in build/fuzz/corpus/)
+# FUZZ_SECONDS from its seeds (scripts/fuzz.sh; new inputs in build/fuzz/corpus/<target>)
 FUZZ_TARGETS ?= sip_path lua_parsers
 FUZZ_SECONDS ?= 180
 FUZZ_CC      ?= clang

@@ -2,9 +2,10 @@ local H = require "spec.helper"
 
 -- The libFuzzer targets of fuzz/harness/ (`make fuzz` runs each for FUZZ_SECONDS):
 -- their reproducers replayed through the same oracle in this interpreter, then a short
--- smoke of each target under ASan + UBSan (scripts/fuzz.sh, a fresh corpus in a temporary
--- directory).  The smoke needs clang's libFuzzer runtime (clang, libclang-rt-14-dev) and,
--- for sip_path, a network namespace (a fuzzed Via or Contact may name any host).
+-- smoke of each target under ASan + UBSan (scripts/fuzz.sh; corpus, artifacts and logs in
+-- a temporary directory).  The smoke needs clang's libFuzzer runtime (clang,
+-- libclang-rt-14-dev) and, for sip_path, a network namespace (a fuzzed Via or Contact may
+-- name any host).
 local SECONDS = 12
 
 local function ok(r) return r == true or r == 0 end
@@ -80,7 +81,7 @@ describe("libFuzzer smoke", function()
   local function smoke(target, env)
     local dir = os.tmpname()
     os.remove(dir)
-    local p = H.background({ "env", "FUZZ_SECONDS=" .. SECONDS, "FUZZ_CORPUS=" .. dir,
+    local p = H.background({ "env", "FUZZ_SECONDS=" .. SECONDS, "FUZZ_OUT=" .. dir,
       env or "FUZZ_SMOKE=1", "sh", "-c", "make -s fuzz-build && sh scripts/fuzz.sh " .. target },
       SECONDS + 150)
     finally(function() p.kill(); os.execute("rm -rf " .. H.shquote(dir)) end)
