@@ -138,6 +138,28 @@ ROCKSPEC ?= luasip-0.1.0-1.rockspec
 rock:
 	@sh scripts/pack-rock.sh $(ROCKSPEC) build
 
+# libFuzzer targets (fuzz/harness/*.c) with the core under ASan + UBSan, each run for
+# FUZZ_SECONDS from its seeds (scripts/fuzz.sh; new inputs in build/fuzz/corpus/<target>)
+FUZZ_TARGETS ?= sip_path lua_parsers
+FUZZ_SECONDS ?= 180
+FUZZ_CC      ?= clang
+FUZZ_CFLAGS   = -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+	-fno-sanitize-recover=undefined
+FUZZ_BINS     = $(addprefix build/fuzz/,$(FUZZ_TARGETS))
+FUZZ_HARNESS  = fuzz/harness/harness.c fuzz/harness/harness.h
+.PHONY: fuzz fuzz-build
+$(FUZZ_BINS): build/fuzz/%: fuzz/harness/%.c $(FUZZ_HARNESS) $(SRCS) $(HDRS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=gnu99 $(WARN) $(FUZZ_CFLAGS) $(SOFIA_CFLAGS) $(CRYPTO_CFLAGS) $(MEDIA_CFLAGS) \
+	  -I$(INC_5.4) -Ifuzz/harness -DLUASIP_ROOT='"$(CURDIR)"' $< fuzz/harness/harness.c $(SRCS) \
+	  -o $@ $(LDFLAGS) -llua5.4 $(SOFIA_LIBS) $(CRYPTO_LIBS) $(MEDIA_LIBS)
+
+fuzz-build: $(FUZZ_BINS)
+
+fuzz: deps
+	@$(MAKE) -s --no-print-directory fuzz-build
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) sh scripts/fuzz.sh $(FUZZ_TARGETS)
+
 lint:
 	@command -v luacheck >/dev/null || { echo "lint: apt-get install lua-check"; exit 1; }
 	@luacheck --no-color -q lua spec examples

@@ -257,6 +257,9 @@ describe("luasip.sdp.parse", function()
       { "v=0\no=- 1 1 IN IP4 h\ns=-\ny=0100000001\n", "line 4: unknown or misplaced y= line" },
       { "v=0\no=- 1 1 IN IP4 h\ns=-\nt=0 0\na=\n", "line 5: bad attribute name" },
       { "v=0\no=- 1 1 IN IP4 h\n\ns=-\nx\n", "line 5: expected <type>=<value>, got 'x'" },
+      -- found by the lua_parsers fuzz target: build could not write these back
+      { "v=0\no=- 1 1 IN IP4 h\ns=-\nt=0 0\nm=au\0dio 9 RTP/AVP 0\n", "line 5: NUL or CR" },
+      { "v=0\r\no=- 1 1 IN IP4 h\r\ns=a\rb\r\n", "line 3: NUL or CR inside a line" },
     }
     for _, c in ipairs(cases) do
       local s, err = sdp.parse(c[1])
@@ -512,6 +515,11 @@ describe("luasip.sdp hold, unhold and bump", function()
     local lf = IPV6:gsub("\r\n", "\n")
     assert.equal((lf:gsub(" 20518 0 ", " 20518 1 ")), (sdp.bump(lf)))
     assert.same({ nil, "line 1: expected <type>=<value>, got 'x'" }, { sdp.bump("x") })
+    -- a NUL inside a line: the fail tuple, not build's error (fuzz/findings/lua_parsers)
+    local nul = "v=0\r\no=- 1 1 IN IP4 h\r\ns=-\r\nt=0 0\r\nm=au\0dio 9 RTP/AVP 0\r\n"
+    for _, f in ipairs{ sdp.hold, sdp.unhold, sdp.bump } do
+      assert.same({ nil, "line 5: NUL or CR inside a line" }, { f(nul) })
+    end
     assert.has_error(function() sdp.bump(42) end,
       "luasip.sdp.bump: SDP string or table expected, got number")
   end)

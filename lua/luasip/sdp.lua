@@ -130,6 +130,8 @@ function sdp.parse(str)
     pos = (e or #str) + 1
     lineno = lineno + 1
     line = line:gsub("\r$", "")
+    -- RFC 8866 9: no NUL or CR inside a line (build could not write it back)
+    if line:find("[\r%z]") then fail("NUL or CR inside a line") break end
     if line ~= "" then
       local t, v = line:match("^(%a)=(.*)$")
       if not t then fail("expected <type>=<value>, got '" .. line:sub(1, 40) .. "'") break end
