@@ -12,11 +12,17 @@ end
 local PROMPTS = "build/prompts"
 local have_prompts = exists(PROMPTS .. "/welcome.wav")
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  assert(os.execute("mkdir -p " .. d))
-  return d
+-- an example with prompts and recordings (a temporary directory): t, and its stop
+local function start_voice_app(script)
+  local recordings = os.tmpname()
+  os.remove(recordings)
+  assert(os.execute("mkdir -p " .. recordings))
+  local t = testing.start{ script = script,
+    env = { IVR_RECORDINGS = recordings, IVR_PROMPTS = PROMPTS } }
+  return t, function()
+    t:close()
+    os.execute("rm -rf " .. recordings)
+  end
 end
 
 describe("examples/uas.lua (tested with luasip.testing)", function()
@@ -55,16 +61,9 @@ describe("examples/uas.lua (tested with luasip.testing)", function()
 end)
 
 describe("examples/pbx.lua (tested with luasip.testing)", function()
-  local t, recordings
-  setup(function()
-    recordings = tmpdir()
-    t = testing.start{ script = "examples/pbx.lua",
-      env = { IVR_RECORDINGS = recordings, IVR_PROMPTS = PROMPTS } }
-  end)
-  teardown(function()
-    if t then t:close() end
-    os.execute("rm -rf " .. recordings)
-  end)
+  local t, stop
+  setup(function() t, stop = start_voice_app("examples/pbx.lua") end)
+  teardown(function() if stop then stop() end end)
 
   it("connects two registered users, each authenticated by digest", function()
     local alice = t:phone("alice", { password = "alice-secret" })
@@ -129,16 +128,9 @@ describe("examples/pbx.lua (tested with luasip.testing)", function()
 end)
 
 describe("examples/ivr.lua (tested with luasip.testing)", function()
-  local t, recordings
-  setup(function()
-    recordings = tmpdir()
-    t = testing.start{ script = "examples/ivr.lua",
-      env = { IVR_RECORDINGS = recordings, IVR_PROMPTS = PROMPTS } }
-  end)
-  teardown(function()
-    if t then t:close() end
-    os.execute("rm -rf " .. recordings)
-  end)
+  local t, stop
+  setup(function() t, stop = start_voice_app("examples/ivr.lua") end)
+  teardown(function() if stop then stop() end end)
 
   ;(have_prompts and it or pending)("plays the menu, echoes a tone in the echo test, and hangs up on 9",
     function()

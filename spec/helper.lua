@@ -120,6 +120,15 @@ end
 -- the Lua interpreter running the suite, for starting example scripts
 H.interpreter = testing.interpreter
 
+-- read_file(path) -> its contents, or nil when it cannot be opened
+function H.read_file(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
 -- a free UDP/TCP port on 127.0.0.1 chosen by the OS (bound by a throwaway agent)
 H.free_port = testing.free_port
 

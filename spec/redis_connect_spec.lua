@@ -20,13 +20,7 @@ with open(sys.argv[1], "w") as f:
 time.sleep(60)
 ]]
 
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read = H.read_file
 
 -- Connecting to Redis never blocks the loop (csrc/stream.c, lua/luasip/redis.lua)
 describe("luasip.redis.connect", function()

@@ -333,13 +333,7 @@ end)
 local FLAVOUR = os.getenv("LUASIP_FLAVOUR") or "5.4"
 local defer = H.defer_with(function(f) finally(f) end)
 
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read = H.read_file
 
 -- launch(words, ready(proc) [, max_seconds]) -> proc, pid: runs a Lua script (words:
 -- its path and arguments) under this flavour until ready(proc) is true

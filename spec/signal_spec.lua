@@ -24,13 +24,7 @@ describe("luasip.run and signals", function()
   local defer = H.defer_with(function(f) finally(f) end)
   after_each(function() H.close_agents() end)
 
-  local function read(path)
-    local f = io.open(path)
-    if not f then return nil end
-    local s = f:read("*a")
-    f:close()
-    return s
-  end
+  local read = H.read_file
 
   -- runs source as a child script (arg[1]: a file it writes "ready\n" to); returns
   -- the background process and its pid once the file says ready

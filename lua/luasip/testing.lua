@@ -49,43 +49,27 @@ end
 M.turn = turn
 
 -- go(fn, ...) -> box: runs fn in a luasip coroutine; box.done once it returned (box.r
--- its results) or raised (box.err, with the traceback).  Lua 5.1 cannot yield across
--- pcall: there fn runs unprotected, and a coroutine found dead without a result raised
--- (the dispatcher logged its error).
-local YIELD_IN_PCALL = _VERSION ~= "Lua 5.1" or type(rawget(_G, "jit")) == "table"
+-- its results) or raised (box.err).  dispatcher.pcall: fn may wait (Lua 5.1 cannot
+-- yield across pcall; there it runs in a coroutine of its own).
 local function go(fn, ...)
   local box, args = { done = false }, pack(...)
-  box.co = sip.spawn(function()
-    local r
-    if YIELD_IN_PCALL then
-      r = pack(xpcall(function() return fn(unpack(args, 1, args.n)) end, debug.traceback))
-    else
-      r = pack(true, fn(unpack(args, 1, args.n)))
-    end
+  sip.spawn(function()
+    local r = pack(dispatcher.pcall(fn, unpack(args, 1, args.n)))
     if r[1] then
       box.r = pack(unpack(r, 2, r.n))
     else
-      box.err = r[2]
+      box.err = tostring(r[2])
     end
     box.done = true
   end)
   return box
 end
 
--- finished(box) -> bool, setting box.err when its coroutine died without a result
-local function finished(box)
-  if box.done then return true end
-  if coroutine.status(box.co) == "dead" then
-    box.err, box.done = "raised (the error is in the log)", true
-  end
-  return box.done
-end
-
 -- run(fn, timeout, what, level) -> fn's results, run in a luasip coroutine while the
 -- loop turns; fails when it raised or took longer than timeout
 local function run(fn, timeout, what, level)
   local box = go(fn)
-  if not turn(function() return finished(box) end, timeout) then
+  if not turn(function() return box.done end, timeout) then
     fail(level + 1, ("%s: no result within %g s"):format(what, timeout))
   end
   if box.err then fail(level + 1, what .. " raised: " .. tostring(box.err)) end
@@ -377,7 +361,7 @@ local function expect_response(q, want, timeout, fname)
   end
   timeout = timeout or q.phone.t.timeout
   local function over()
-    if q.box and finished(q.box) and q.box.err then q.finished, q.err = true, q.box.err end
+    if q.box and q.box.done and q.box.err then q.finished, q.err = true, q.box.err end
     return q.finished
   end
   local ok = turn(function() return next_response(q, want) ~= nil or over() end, timeout)
@@ -643,25 +627,24 @@ end
 
 -- call:send_tone(spec [, opts]) -> true: starts a tone (as dialog:tone: a name or e.g.
 -- { freqs = { 1000 }, ms = 1000 }) and returns at once; call:stop_output() ends it
-function Call:send_tone(spec, opts)
-  local d = media_of(self, "send_tone")
-  self.output = go(function() return d:tone(spec, opts) end)
+-- starts an output verb of the call's dialog in the background
+local function start_output(self, fname, verb, what, opts)
+  local d = media_of(self, fname)
+  self.output = go(function() return d[verb](d, what, opts) end)
   return true
 end
+
+function Call:send_tone(spec, opts) return start_output(self, "send_tone", "tone", spec, opts) end
 
 -- call:stop_output() -> true: ends the tone or file this phone plays
 function Call:stop_output()
   media_of(self, "stop_output"):stop()
-  if self.output then turn(function() return finished(self.output) end, self.phone.t.timeout) end
+  if self.output then turn(function() return self.output.done end, self.phone.t.timeout) end
   return true
 end
 
 -- call:play(files [, opts]): starts playing WAV files (as dialog:play), returns at once
-function Call:play(files, opts)
-  local d = media_of(self, "play")
-  self.output = go(function() return d:play(files, opts) end)
-  return true
-end
+function Call:play(files, opts) return start_output(self, "play", "play", files, opts) end
 
 -- call:hear(seconds) -> { level =, silence =, frequency =, frequencies =, ms = }: what
 -- the other side sends during the next `seconds`: the RMS level (dBFS; silence below
@@ -699,7 +682,7 @@ function Call:expect_digits(n, timeout)
       got = got .. digit
     end
   end)
-  turn(function() return finished(box) end, timeout * n + 1)
+  turn(function() return box.done end, timeout * n + 1)
   if #got < n then
     fail(2, ("%s: expected %d digit(s), got %q (%s)"):format(self.phone.name, n, got,
       tostring(box.r and box.r[1] or "timeout")))
@@ -1135,7 +1118,7 @@ local function wait_ready(t, proc, opts, timeout)
   return turn(function()
     if proc.done() then return true end
     if opts.ready then return proc.log():find(opts.ready) ~= nil end
-    if box and finished(box) then
+    if box and box.done then
       local final = box.r and (box.r[1] or box.r[4])
       if final and final.source then return true end
       box = nil
