@@ -520,12 +520,20 @@ int luasip_client_start(lua_State *L, lsip_agent_t *a, msg_t *msg, const char *p
   c->state = CLIENT_SENDING;
   luasip_anchor(L, &c->obj, -1);
   luasip_link_add(&a->clients, &c->link);
+  /* nta takes this reference only when it creates the transaction: on NULL (an
+   * invalid target such as a tel: Contact, a message it cannot serialize) it is ours */
   orq = nta_outgoing_mcreate(a->nta, client_response, (nta_outgoing_magic_t *)c,
                              (url_string_t const *)proxy, msg_ref_create(msg),
                              TAG_END());
   if (!orq) {
+    char target[256];
+    url_t const *u = proxy ? NULL : sip->sip_request->rq_url;
+    issize_t n = u ? url_e(target, sizeof target, u) : -1;
+    const char *why = lua_pushfstring(L, "cannot send request to %s (not a usable SIP target)",
+      proxy ? proxy : n > 0 && (size_t)n < sizeof target ? target : "its target");
+    msg_destroy(msg);
     client_to(c, CLIENT_CLOSED);
-    return luasip_fail(L, "cannot send request", "send");
+    return luasip_fail(L, why, "send");
   }
   LUASIP_COUNT_OUT(sip->sip_request->rq_method);
   if (c->state == CLIENT_CLOSED) {

@@ -494,6 +494,7 @@ static int start_branch(lsip_proxy_t *p, int t)
   b->orq = nta_outgoing_mcreate(nta, branch_response, (nta_outgoing_magic_t *)b, NULL, m,
                                 NTATAG_BRANCH_KEY(key), TAG_END());
   if (!b->orq) {
+    msg_destroy(m);               /* nta took m only if it made the transaction */
     p->pending--;
     b->done = 1;
     b->status = 503;

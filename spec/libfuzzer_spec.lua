@@ -102,9 +102,8 @@ describe("libFuzzer smoke", function()
   ;(sip_ok and it or pending)(sip_ok and "sip_path runs clean under ASan + UBSan" or
     "sip_path smoke: " .. (fuzzer and "no network namespace (unshare -n or -rn)" or why),
     function()
-    -- leak detection off here: fuzz/findings/sip_path/README.md, an open leak that
-    -- depends on a long history (make fuzz keeps it on and reports it)
-    local rc, log = smoke("sip_path", "ASAN_OPTIONS=detect_leaks=0")
+    -- leak detection on (fuzz/findings/sip_path/README.md: the leak it found is fixed)
+    local rc, log = smoke("sip_path")
     assert.equal(0, rc, log)
     local execs = tonumber(log:match("sip_path +ok: (%d+) execs"))
     assert.is_true(execs and execs > 300, log)
