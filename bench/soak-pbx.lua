@@ -1,6 +1,8 @@
 -- bench/soak-pbx.lua: examples/pbx.lua with a sampler, for bench/soak.sh.  Every
 -- SOAK_SAMPLE seconds (5) it appends one line to $SOAK_SAMPLES:
---   seconds rss_kb fds lua_kb objects requests dialogs client_txs cpu_s
+--   seconds rss_kb fds lua_kb objects requests dialogs client_txs cpu_s lag_ms
+-- (lag_ms: the longest the loop was late for a 10 ms timer since the last sample; each
+-- lateness over 100 ms is also logged with the Lua heap before and after)
 -- (objects: every live C object of sip.stats(); the process's RSS and open descriptors
 -- from /proc/self).  Usage: lua bench/soak-pbx.lua host:port
 local sip = require "luasip"
@@ -42,13 +44,30 @@ local function cpu_s()                 -- utime + stime of this process, seconds
   return (tonumber(fields[12]) + tonumber(fields[13])) / 100   -- (fields 14, 15; USER_HZ)
 end
 
+local max_lag, tick_due = 0, nil
+local function tick()
+  local now = sip.now()
+  if tick_due then
+    local lag = (now - tick_due) * 1000
+    if lag > max_lag then max_lag = lag end
+    if lag > 100 then
+      io.stderr:write(("stall %.0f ms at %.1f s, lua_kb %d\n"):format(lag, now - t0,
+        math.floor(collectgarbage("count"))))
+    end
+  end
+  tick_due = now + 0.01
+  sip.timer(0.01, tick)
+end
+tick()
+
 local function sample()
   local st, objects = sip.stats(), 0
   for _, n in pairs(st) do objects = objects + n end
   local f = assert(io.open(out, "a"))
-  f:write(("%.1f %d %d %d %d %d %d %d %.2f\n"):format(sip.now() - t0, rss_kb(), fds(),
+  f:write(("%.1f %d %d %d %d %d %d %d %.2f %.0f\n"):format(sip.now() - t0, rss_kb(), fds(),
     math.floor(collectgarbage("count")), objects, st["luasip.request"] or 0,
-    st["luasip.dialog"] or 0, st["luasip.client_tx"] or 0, cpu_s()))
+    st["luasip.dialog"] or 0, st["luasip.client_tx"] or 0, cpu_s(), max_lag))
+  max_lag = 0
   f:close()
   if os.getenv("SOAK_STATS") then              -- every class, to the PBX's log
     local parts = {}

@@ -150,17 +150,22 @@ python3 - "$WORK/samples" "$WARMUP" "$TOL" "$NONCE_TTL" <<'PY' || status=1
 import sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
 warm, tol = float(sys.argv[2]) / 100, float(sys.argv[3])
-names = ["rss_kb", "fds", "lua_kb", "objects", "requests", "dialogs", "client_txs", "cpu_pct"]
-# the last column is the CPU seconds used so far: shown as % of one core since the last sample
+names = ["rss_kb", "fds", "lua_kb", "objects", "requests", "dialogs", "client_txs", "cpu_pct",
+         "lag_ms"]
+# column 9 is the CPU seconds used so far: shown as % of one core since the last sample;
+# column 10 the loop's longest lateness in that interval (ms)
 prev = None
 for r in rows:
-    t, c = r[0], r[8] if len(r) > 8 else 0
-    r[8:] = [100 * (c - prev[1]) / (t - prev[0]) if prev and t > prev[0] else 0]
+    t, c, lag = r[0], r[8] if len(r) > 8 else 0, r[9] if len(r) > 9 else 0
+    r[8:] = [100 * (c - prev[1]) / (t - prev[0]) if prev and t > prev[0] else 0, lag]
     prev = (t, c)
 print("\n%7s " % "s" + " ".join("%10s" % n for n in names))
 step = max(1, len(rows) // 20)
 for r in rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else []):
     print("%7.0f " % r[0] + " ".join("%10d" % v for v in r[1:]))
+lags = [r[9] for r in rows]
+print("loop lateness: max %.0f ms; samples with a lateness over 100 ms: %d of %d"
+      % (max(lags) if lags else 0, sum(1 for x in lags if x > 100), len(lags)))
 # the load ends before the last samples: judge the loaded part only
 load = [r for r in rows if r[0] <= rows[-1][0] - 2 * (rows[1][0] - rows[0][0])] if len(rows) > 3 else rows
 n = len(load)

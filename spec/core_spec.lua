@@ -36,6 +36,28 @@ describe("luasip loop", function()
     assert.is_true(sip.run())
   end)
 
+  -- lua5.4's interpreter starts in generational mode, whose major collections stop the
+  -- loop for hundreds of ms on a server's heap: run() switches to incremental
+  ;(_VERSION == "Lua 5.4" and it or pending)("runs the loop with Lua 5.4's incremental "
+    .. "collector unless told otherwise", function()
+    local before = collectgarbage("generational")
+    finally(function() collectgarbage(before) end)
+    sip.timer(0.01, function() sip.stop() end)
+    assert.is_true(sip.run())
+    assert.equal("incremental", collectgarbage("generational"))   -- (returns the old mode)
+    sip.timer(0.01, function() sip.stop() end)
+    assert.is_true(sip.run{ gc = "generational" })
+    assert.equal("generational", collectgarbage("generational"))
+    sip.timer(0.01, function() sip.stop() end)
+    assert.is_true(sip.run{ gc = false })
+    assert.equal("generational", collectgarbage("incremental"))
+  end)
+
+  it("refuses an unknown collector mode in run()", function()
+    assert.has_error(function() sip.run{ gc = "fast" } end,
+      'luasip.run: gc must be "incremental", "generational" or false')
+  end)
+
   it("refuses to step the loop from inside a handler", function()
     local err
     sip.timer(0, function()
