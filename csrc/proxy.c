@@ -682,6 +682,7 @@ static int req_forward(lua_State *L)
                     : luasip_uri_arg(L, 2, "luasip.request:forward");
   msg_t *m;
   sip_t *sip;
+  sip_method_t method;
   if (!nta)
     return luasip_fail(L, "agent closed", "closed");
   if (luasip_request_irq(r) && luasip_request_sip(r)->sip_request->rq_method != sip_method_ack)
@@ -707,9 +708,10 @@ static int req_forward(lua_State *L)
                                                           sip->sip_request->rq_method,
                                                           sip->sip_request->rq_method_name,
                                                           URL_STRING_MAKE(uri), NULL));
+  method = sip->sip_request->rq_method;   /* nta_msg_tsend frees m, sent or not */
   if (nta_msg_tsend(nta, m, NULL, TAG_END()) < 0)
     return luasip_fail(L, "cannot forward", "send");
-  LUASIP_COUNT_OUT(sip->sip_request->rq_method);
+  LUASIP_COUNT_OUT(method);
   luasip_request_forwarded(r);
   lua_pushboolean(L, 1);
   return 1;
