@@ -9,11 +9,14 @@ local H = { sip = sip }
 
 -- Under scripts/check-asan.sh the sanitizer runtime is preloaded into the interpreter;
 -- child processes (sipp, python, pkill, example scripts) must not inherit it (procps'
--- pkill deadlocks under it), so every command the specs run drops LD_PRELOAD.
+-- pkill deadlocks under it), so every command the specs run drops LD_PRELOAD, and the
+-- Lua ones load the plain core.so (the ASan one aborts without the runtime first).
 if os.getenv("LUASIP_SANITIZER") then
   local execute, popen = os.execute, io.popen
   local function plain(cmd)
-    return "env -u LD_PRELOAD sh -c '" .. tostring(cmd):gsub("'", "'\\''") .. "'"
+    cmd = tostring(cmd):gsub("build/asan/", "build/5.4/")
+    return "env -u LD_PRELOAD LUA_CPATH='build/5.4/?.so;;' sh -c '" .. cmd:gsub("'", "'\\''")
+      .. "'"
   end
   os.execute = function(cmd, ...)       -- luacheck: ignore 122
     if cmd == nil then return execute() end
