@@ -144,6 +144,24 @@ describe("luasip classes", function()
     assert.same({ nil, "timeout", "timeout" }, woke)
   end)
 
+  it("leaves a proxied request to the proxy engine's timers, not the handler deadline",
+  function()
+    local proxy = assert(sip.agent{ listen = "sip:127.0.0.1:0",
+      handler_timeout = { other = 0.3 } })
+    local target, uac = H.agent(), H.agent()
+    target:on("MESSAGE", function(req) sip.sleep(0.6); req:reply(200) end)
+    local proxied
+    proxy:on("MESSAGE", function(req) proxied = { req:proxy(target:contact()) } end)
+    finally(function() proxy:close() end)
+    local res, err = H.run(function()
+      return uac:request{ method = "MESSAGE", uri = proxy:uri(), body = "x",
+        content_type = "text/plain", timeout = 5 }
+    end)
+    assert.equal(200, res and res.status, tostring(err))
+    H.run_until(function() return proxied end)
+    assert.equal(200, proxied[1].status)
+  end)
+
   it("raises on unknown agent options and ports out of range, naming sip.agent", function()
     assert.has_error(function() sip.agent{ lisen = "sip:127.0.0.1:0" } end,
       "luasip.agent: unknown option 'lisen'")

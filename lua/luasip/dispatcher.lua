@@ -143,7 +143,7 @@ local function finished(co, ok, err, keep)
     c.t0 = nil
   end
   if keep then
-    c.req, c.slot = nil, nil
+    c.req, c.slot, c.lazy = nil, nil, nil
   else
     ctx[co] = nil
   end
@@ -185,6 +185,7 @@ local function worker(fn, a, b)
 end
 
 local resume_begin, resume_end = core.resume_begin, core.resume_end
+local arm_deadline   -- (below)
 
 local function step(co, ...)
   resume_begin(co)              -- the runaway-script watchdog interrupts co (sip.cpu_limit)
@@ -202,6 +203,15 @@ local function step(co, ...)
     end
   elseif co_status(co) == "dead" then
     finished(co, true)
+  else
+    -- waiting again: a handler whose deadline was put off while the proxy engine
+    -- guarded its request (spawn_for) gets it once it waits for anything else
+    local c = ctx[co]
+    if c and c.lazy and not (c.slot and c.slot.guarded) then
+      c.lazy = nil
+      local req = c.req
+      if req and not req:answered() then arm_deadline(co, c, req) end
+    end
   end
 end
 
@@ -249,7 +259,7 @@ M.HANDLER_TIMEOUT = { invite = 180, other = 32 }
 
 local WEAK_VALUES = { __mode = "v" }
 
-local function arm_deadline(co, c, req)
+function arm_deadline(co, c, req)
   local limits = req.agent and state(req.agent).handler_timeout or M.HANDLER_TIMEOUT
   if not limits then return end
   local s = req.method == "INVITE" and limits.invite or limits.other
@@ -290,7 +300,11 @@ local function spawn_for(req, fn, a, b)
   -- still running (it waits): it can be woken through its request, and has a deadline
   if ctx[co] == c and c.req == req then
     reqco[req] = co
-    if req.method ~= "ACK" and not req:answered() then arm_deadline(co, c, req) end
+    if req.method ~= "ACK" and not req:answered() then
+      -- waiting in req:proxy: the proxy engine answers the request itself (Timer C,
+      -- Timer F), so the deadline timer waits until the handler waits for something else
+      if c.slot and c.slot.guarded then c.lazy = true else arm_deadline(co, c, req) end
+    end
   end
   return co
 end

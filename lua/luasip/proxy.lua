@@ -95,6 +95,7 @@ function M.proxy(self, targets, opts)
     res = pst.final
   else
     local slot = dispatcher.new_slot("luasip.request:proxy")
+    slot.guarded = true              -- the engine answers the request: no handler deadline
     pst.slot = slot
     res = dispatcher.wait(slot)
   end
