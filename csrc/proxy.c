@@ -670,8 +670,10 @@ static int proxy_cancel_m(lua_State *L)
   return 1;
 }
 
-/* req:forward([uri]) -> true | nil, err, code: stateless forwarding (ACK for 2xx,
- * RFC 3261 16.11): our Route off, Max-Forwards - 1, a Via of ours */
+/* req:forward([uri] [, { next_hop = uri }]) -> true | nil, err, code: stateless
+ * forwarding (ACK for 2xx, RFC 3261 16.11): our Route off, Max-Forwards - 1, a Via of
+ * ours; next_hop: where to send it instead of its Route or Request-URI (a front that
+ * spreads requests over workers leaves the Request-URI alone) */
 static int req_forward(lua_State *L)
 {
   lsip_obj_t *r = luasip_checkobj(L, 1, LUASIP_REQUEST);
@@ -679,8 +681,13 @@ static int req_forward(lua_State *L)
   nta_agent_t *nta = a ? luasip_agent_nta(a) : NULL;
   const char *uri = lua_isnoneornil(L, 2) ? NULL
                     : luasip_uri_arg(L, 2, "luasip.request:forward");
+  const char *hop = NULL;
   msg_t *m;
   sip_t *sip;
+  if (lua_istable(L, 3)) {
+    lua_getfield(L, 3, "next_hop");
+    hop = lua_isnil(L, -1) ? NULL : luasip_uri_arg(L, -1, "luasip.request:forward");
+  }
   if (!nta)
     return luasip_fail(L, "agent closed", "closed");
   if (luasip_request_irq(r) && luasip_request_sip(r)->sip_request->rq_method != sip_method_ack)
@@ -706,7 +713,7 @@ static int req_forward(lua_State *L)
                                                           sip->sip_request->rq_method,
                                                           sip->sip_request->rq_method_name,
                                                           URL_STRING_MAKE(uri), NULL));
-  if (nta_msg_tsend(nta, m, NULL, TAG_END()) < 0)
+  if (nta_msg_tsend(nta, m, hop ? URL_STRING_MAKE(hop) : NULL, TAG_END()) < 0)
     return luasip_fail(L, "cannot forward", "send");
   LUASIP_COUNT_OUT(sip->sip_request->rq_method);
   luasip_request_forwarded(r);

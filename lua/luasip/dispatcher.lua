@@ -455,8 +455,8 @@ local function on_request(req, agent)
   end
   local h = handlers[method]
   if not h then
-    if method == "BYE" then
-      -- RFC 3261 15.1.2: a BYE that matches no dialog
+    if method == "BYE" or method == "CANCEL" then
+      -- RFC 3261 15.1.2: a BYE that matches no dialog (9.2: a CANCEL no INVITE)
       return req:reply(481, "Call/Transaction Does Not Exist", { stateless = true })
     end
     if KNOWN[method] then
