@@ -895,6 +895,7 @@ static const luaL_Reg core_funcs[] = {
   {"spawn", luasip_process_spawn},
   {"wait", luasip_process_wait},
   {"kill", luasip_process_kill},
+  {"getpid", luasip_process_getpid},
   {"md5", core_md5},
   {"random_hex", core_random_hex},
   {"stream_connect", luasip_stream_connect},

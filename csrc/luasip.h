@@ -95,6 +95,7 @@ void luasip_signals_close(void);
 int luasip_process_spawn(lua_State *L);
 int luasip_process_wait(lua_State *L);
 int luasip_process_kill(lua_State *L);
+int luasip_process_getpid(lua_State *L);
 
 /* agent.c: RFC 3261 checks sofia's parser leaves to us (400 reason phrase or NULL) */
 const char *luasip_request_malformed(sip_t const *sip);

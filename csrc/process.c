@@ -126,3 +126,10 @@ int luasip_process_kill(lua_State *L)
   lua_pushboolean(L, 1);
   return 1;
 }
+
+/* getpid() -> this process's id (the launcher logs it) */
+int luasip_process_getpid(lua_State *L)
+{
+  lua_pushinteger(L, (lua_Integer)getpid());
+  return 1;
+}

@@ -13,8 +13,9 @@ Usage: lua examples/workers.lua [host:port]     (default 127.0.0.1:5060)
 local sip = require "luasip"
 
 local hostport = arg and arg[1] or "127.0.0.1:5060"
+local calls = {}                   -- Call-ID -> true: calls connected, until their BYE
 local node = sip.cluster{ workers = tonumber(os.getenv("WORKERS") or "") or 2,
-  listen = "sip:" .. hostport }
+  listen = "sip:" .. hostport, busy = function() return next(calls) ~= nil end }
 -- from here on this is one worker, listening on node.listen
 
 local store
@@ -39,12 +40,17 @@ local function in_dialog(req)
   return req:reply(403, "Not Routed Here")
 end
 app:on("ACK", function(ack) if ack:loose_route() then ack:forward() end end)
-app:on("BYE", in_dialog)
+app:on("BYE", function(req)
+  in_dialog(req)
+  calls[req.call_id] = nil
+end)
 local function route(req)
   if req.to_tag then return in_dialog(req) end
   local targets = location:lookup(req.uri) or {}
   if #targets == 0 then return req:reply(480, "Temporarily Unavailable") end
-  req:proxy(targets, { record_route = req.method == "INVITE" })
+  local invite = req.method == "INVITE"
+  local res = req:proxy(targets, { record_route = invite })
+  if invite and res then calls[req.call_id] = true end
 end
 app:on("INVITE", route)
 app:on("MESSAGE", route)

@@ -211,7 +211,8 @@ local function launcher(opts)
     local function live()
       local n_live = 0
       for _, w in ipairs(workers) do
-        local how, code = w.pid and core.wait(w.pid)
+        local how, code
+        if w.pid then how, code = core.wait(w.pid) end
         if how then
           log("info", "worker", w.index, "pid", w.pid, "ended:", how, tostring(code))
           w.pid, w.state = nil, "down"
@@ -231,7 +232,7 @@ local function launcher(opts)
   for _, w in ipairs(workers) do start(w) end
   for _, w in ipairs(workers) do dispatcher.spawn(probe_loop, w) end
   dispatcher.spawn(supervise)
-  log("info", "front on", listen, "with", n, "workers")
+  log("info", "front on", listen, "with", n, "workers, pid", core.getpid())
   sip.run{ shutdown_timeout = drain + 5 }
   -- sip.run returned by sip.stop() rather than a signal: stop the workers now
   for _, w in ipairs(workers) do
