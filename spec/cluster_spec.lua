@@ -9,18 +9,19 @@ have_redis = have_redis == true or have_redis == 0
 -- registrations, subscriptions and publications in a redis-server the spec starts on a
 -- Unix socket; luasip agents are the phones.
 describe("luasip.cluster (examples/workers.lua, 2 workers)", function()
+  local defer = H.defer_with(function(f) finally(f) end)
   local redis, dir, sock
   local c                          -- the running cluster (see start)
 
-  -- start(env) -> { proc, port, workers = { [i] = { port =, pid = } }, pid }
-  local function start(extra)
+  -- start([script [, env]]) -> { proc, port, workers = { [i] = { port =, pid = } }, pid }
+  local function start(script, extra)
     local port = H.free_port()
     local argv = { "env", "LUA_PATH=lua/?.lua;lua/?/init.lua;;",
       "LUA_CPATH=build/" .. (os.getenv("LUASIP_FLAVOUR") or "5.4") .. "/?.so;;",
       "WORKERS=2", "REDIS=" .. sock }
     for _, e in ipairs(extra or {}) do argv[#argv + 1] = e end
     argv[#argv + 1] = H.interpreter()
-    argv[#argv + 1] = "examples/workers.lua"
+    argv[#argv + 1] = script or "examples/workers.lua"
     argv[#argv + 1] = "127.0.0.1:" .. port
     local t = { proc = H.background(argv, 120), port = port, workers = {} }
     local function ready() return select(2, t.proc.log():gsub("worker %d ready", "")) end
@@ -174,6 +175,7 @@ describe("luasip.cluster (examples/workers.lua, 2 workers)", function()
 
   it_("drains on SIGTERM: 503 for new calls, the current call ends normally, then all stop", function()
     local t = start()
+    defer(t.proc.kill)
     local alice, bob = H.agent(), H.agent()
     local function fr() return "sip:127.0.0.1:" .. t.port end
     H.run(function()
@@ -205,10 +207,50 @@ describe("luasip.cluster (examples/workers.lua, 2 workers)", function()
 
   it_("leaves no worker behind when the launcher is killed", function()
     local t = start()
+    defer(t.proc.kill)
     assert(os.execute("kill -KILL " .. t.pid))
     H.run_until(function()
       return not alive(t.workers[1].pid) and not alive(t.workers[2].pid)
     end, 5, "workers gone")
-    t.proc.kill()
+  end)
+
+  it_("runs examples/pbx.lua as 2 workers on Redis: registered via one, called via the other", function()
+    local recordings = os.tmpname()
+    os.remove(recordings)
+    local t = start("examples/pbx.lua", { "PBX_WORKERS=2", "PBX_REDIS=" .. sock,
+      "PBX_REDIS_PREFIX=pbx-spec:", "IVR_RECORDINGS=" .. recordings })
+    defer(function()
+      t.proc.kill()
+      os.execute("rm -rf " .. H.shquote(recordings))
+    end)
+    local fr = "sip:127.0.0.1:" .. t.port
+    local function phone(user, worker)
+      local a = H.agent()
+      a.data.auth = { username = user, password = user .. "-secret" }
+      local res = H.run(function()
+        return a:request{ method = "REGISTER", uri = fr, auth = a.data.auth, headers = {
+          ["Call-ID"] = cid(worker), From = "<" .. aor(user) .. ">", To = "<" .. aor(user) .. ">",
+          Contact = "<" .. a:uri(user) .. ">", Expires = "60" } }
+      end)
+      assert.equal(200, res.status)
+      return a
+    end
+    local alice, bob = phone("alice", 2), phone("bob", 1)
+    local call = {}
+    bob:on("INVITE", function(req)
+      call.rr = req:header("Record-Route")
+      local d = assert(req:answer{ body = "v=0\r\n", content_type = "application/sdp" })
+      call.ended = d:wait_end(10)
+    end)
+    local d, r = H.run(function()
+      return alice:invite{ uri = aor("bob"), proxy = fr, auth = alice.data.auth,
+        from = "<" .. aor("alice") .. ">", body = "v=0\r\n", headers = { ["Call-ID"] = cid(2) } }
+    end)
+    assert(d, r)
+    assert.equal(200, r.status)
+    assert.equal("<sip:127.0.0.1:" .. t.workers[2].port .. ";lr>", call.rr)
+    H.run(function() assert.is_true(d:bye()) end)
+    H.run_until(function() return call.ended end)
+    assert.equal("remote bye", call.ended)
   end)
 end)

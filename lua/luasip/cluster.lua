@@ -106,7 +106,7 @@ local function launcher(opts)
     error("luasip.cluster: workers must be an integer 1-64", 3)
   end
   local listen = opts.listen or "sip:127.0.0.1:5060"
-  local host, port = split_listen(listen)
+  local host = split_listen(listen)
   local drain = opts.drain or 30
   local probe = opts.probe or 1
   local command = opts.command or own_command()
