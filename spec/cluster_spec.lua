@@ -254,3 +254,75 @@ describe("luasip.cluster (examples/workers.lua, 2 workers)", function()
     assert.equal("remote bye", call.ended)
   end)
 end)
+
+-- the core pieces of the front and the launcher, in this process (under valgrind too)
+describe("a stateless agent forwarding with req:forward{ next_hop }", function()
+  after_each(function() H.close_agents() end)
+
+  it("passes an INVITE, its CANCEL and the ACK of the 487 to the next hop, Request-URI kept", function()
+    local front = H.agent{ stateless = true, in_dialog = "handler" }
+    local uas, uac = H.agent(), H.agent()
+    local hop = "sip:127.0.0.1:" .. uas:transports()[1].port
+    local seen = {}
+    local function pass(req)
+      seen[#seen + 1] = req.method
+      assert(req:forward(nil, { next_hop = hop }))
+    end
+    for _, m in ipairs{ "INVITE", "CANCEL", "ACK" } do front:on(m, pass) end
+    local ringing
+    uas:on("INVITE", function(req)
+      ringing = req
+      req:reply(180)
+      sip.sleep(10)
+    end)
+    local provisional = {}
+    local _, _, code = H.run(function()
+      local tx = assert(uac:send{ method = "INVITE", uri = "sip:bob@127.0.0.1", body = "v=0\r\n",
+        content_type = "application/sdp",
+        proxy = "sip:127.0.0.1:" .. front:transports()[1].port })
+      tx:on_provisional(function(p)
+        provisional[#provisional + 1] = p.status
+        if p.status == 180 then tx:cancel() end
+      end)
+      return tx:wait(10)
+    end)
+    assert.equal(487, code)
+    assert.equal("sip:bob@127.0.0.1", ringing.uri)
+    H.run_until(function() return ringing:cancelled() and #seen >= 3 end, 5, "CANCEL and ACK")
+    assert.same({ "INVITE", "CANCEL", "ACK" }, seen)
+    assert.same({ 180 }, provisional)              -- no 100 Trying of the front's own
+  end)
+
+  it("takes a CANCEL handler only when stateless; without one a stray CANCEL gets 481", function()
+    local plain = H.agent()
+    assert.has_error(function() plain:on("CANCEL", function() end) end,
+      "luasip.agent:on: CANCEL is handled by the core (use req:on_cancel)")
+    local front = H.agent{ stateless = true }
+    local port = front:transports()[1].port
+    local line = H.send_raw(port, table.concat({
+      "CANCEL sip:x@127.0.0.1:" .. port .. " SIP/2.0",
+      "Via: SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bK-stray-cancel",
+      "From: <sip:a@127.0.0.1>;tag=1", "To: <sip:x@127.0.0.1>", "Call-ID: stray-cancel",
+      "CSeq: 1 CANCEL", "Max-Forwards: 70", "Content-Length: 0", "", "" }, "\r\n"))
+    assert.equal("SIP/2.0 481 Call/Transaction Does Not Exist", line)
+  end)
+end)
+
+describe("luasip.core spawn, wait, kill", function()
+  local core = require "luasip.core"
+  it("starts a child with extra environment, signals it and reaps it", function()
+    local pid = assert(core.spawn({ "sh", "-c", 'test "$LUASIP_X" = y && exec sleep 30' }, { "LUASIP_X=y" }))
+    assert.is_false(core.wait(pid))
+    assert.is_true(core.kill(pid, "0"))
+    assert.is_true(core.kill(pid, "TERM"))
+    local how, code
+    H.run_until(function() how, code = core.wait(pid); return how end, 5, "child ended")
+    assert.same({ "signal", 15 }, { how, code })
+    pid = assert(core.spawn({ "sh", "-c", "exit 3" }))
+    H.run_until(function() how, code = core.wait(pid); return how end, 5, "child exited")
+    assert.same({ "exit", 3 }, { how, code })
+    pid = assert(core.spawn({ "no-such-command-luasip" }))
+    H.run_until(function() how, code = core.wait(pid); return how end, 5, "exec failed")
+    assert.same({ "exit", 127 }, { how, code })
+  end)
+end)
