@@ -682,6 +682,7 @@ static int req_forward(lua_State *L)
   const char *uri = lua_isnoneornil(L, 2) ? NULL
                     : luasip_uri_arg(L, 2, "luasip.request:forward");
   const char *hop = NULL;
+  sip_method_t method;
   msg_t *m;
   sip_t *sip;
   if (lua_istable(L, 3)) {
@@ -713,9 +714,11 @@ static int req_forward(lua_State *L)
                                                           sip->sip_request->rq_method,
                                                           sip->sip_request->rq_method_name,
                                                           URL_STRING_MAKE(uri), NULL));
+  method = sip->sip_request->rq_method;
+  /* nta_msg_tsend takes m: once sent (at once to an address) it may be freed already */
   if (nta_msg_tsend(nta, m, hop ? URL_STRING_MAKE(hop) : NULL, TAG_END()) < 0)
     return luasip_fail(L, "cannot forward", "send");
-  LUASIP_COUNT_OUT(sip->sip_request->rq_method);
+  LUASIP_COUNT_OUT(method);
   luasip_request_forwarded(r);
   lua_pushboolean(L, 1);
   return 1;
