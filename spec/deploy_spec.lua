@@ -21,7 +21,8 @@ describe("examples/deploy (Kamailio dispatcher, 2 luasip hosts, Redis)", functio
   it_("serves every registration through either host and fails over when one dies" ..
     (why and (" -- " .. why) or ""), function()
     local flavour = os.getenv("LUASIP_FLAVOUR") or "5.4"
-    local p = io.popen(("LUA=%s LUASIP_FLAVOUR=%s timeout -k 2 120 unshare -n sh examples/deploy/run.sh test 2>&1; echo \"exit=$?\"")
+    local p = io.popen(("LUA=%s LUASIP_FLAVOUR=%s timeout -k 2 120 unshare -n sh "
+      .. "examples/deploy/run.sh test 2>&1; echo \"exit=$?\"")
       :format(H.shquote(H.interpreter()), H.shquote(flavour)))
     local out = p:read("*a")
     p:close()
