@@ -24,8 +24,10 @@ describe("luasip.cluster (examples/workers.lua, 2 workers)", function()
     argv[#argv + 1] = script or "examples/workers.lua"
     argv[#argv + 1] = "127.0.0.1:" .. port
     local t = { proc = H.background(argv, 120), port = port, workers = {} }
+    local n = 2
+    for _, e in ipairs(extra or {}) do n = tonumber(e:match("^WORKERS=(%d+)$")) or n end
     local function ready() return select(2, t.proc.log():gsub("worker %d ready", "")) end
-    H.run_until(function() return ready() >= 2 or t.proc.done() end, 15, "2 workers ready")
+    H.run_until(function() return ready() >= n or t.proc.done() end, 15, "workers ready")
     assert.is_nil(t.proc.done(), t.proc.log())
     for i, pid, p in t.proc.log():gmatch("worker (%d) started, pid (%d+) on sip:127%.0%.0%.1:(%d+)") do
       t.workers[tonumber(i)] = { pid = tonumber(pid), port = tonumber(p) }
@@ -214,6 +216,20 @@ describe("luasip.cluster (examples/workers.lua, 2 workers)", function()
     assert.equal("remote bye", ended)
     H.run_until(function() return t.proc.done() end, 10, "cluster stopped")
     for _, w in ipairs(t.workers) do assert.is_false(alive(w.pid)) end
+  end)
+
+  it_("answers 503 with Retry-After while no worker is up", function()
+    local t = start("examples/workers.lua", { "WORKERS=1" })
+    defer(t.proc.kill)
+    assert.is_nil(t.workers[2])
+    local pid = t.workers[1].pid
+    assert(os.execute("kill -KILL " .. pid))
+    H.run_until(function() return t.proc.log():find("pid " .. pid .. " ended") end, 5, "front sees it")
+    local _, err, code, r = H.run(function()
+      return H.agent():request{ method = "OPTIONS", uri = "sip:127.0.0.1:" .. t.port, timeout = 2 }
+    end)
+    assert.equal(503, code, err)
+    assert.equal("5", r:header("Retry-After"))
   end)
 
   it_("leaves no worker behind when the launcher is killed", function()
