@@ -8,7 +8,9 @@
 # KIND calls   = INVITE, 100, 180, 200, ACK, BYE, 200 (scenarios/uac.xml)
 # KIND options = OPTIONS, 200 (scenarios/options-uac.xml)
 # Opt-in kinds (BENCH_KINDS="calls options b2bua proxy pbx register notify media reload");
-# reload: bench/reload.sh, calls held across a SIGHUP reload every 0.5 s, failed calls; see
+# reload: bench/reload.sh, calls held across a SIGHUP reload every 0.5 s, failed calls;
+# scaling: bench/scaling.sh, calls/s and REGISTER/s of 1 process and of 1 and 2 workers
+# behind luasip's stateless front, CPU per call of the workers and of the front; see
 # README.md (notify: bench/notify.sh, NOTIFY fan-out rate and memory per active
 # subscription; media: bench/media.sh, N concurrent IVR streams, CPU, loss, pacing):
 # KIND b2bua    = calls through examples/b2bua.lua to a downstream sipp UAS
@@ -412,7 +414,8 @@ for KIND in $BENCH_KINDS; do
     overload) continue ;;                     # bench/overload.sh, after the table
     media) continue ;;                        # bench/media.sh, after the table
     reload) continue ;;                       # bench/reload.sh, after the table
-    *) die "BENCH_KINDS: calls options b2bua proxy pbx register metrics notify overload media reload" ;; esac
+    scaling) continue ;;                      # bench/scaling.sh, after the table
+    *) die "BENCH_KINDS: calls options b2bua proxy pbx register metrics notify overload media reload scaling" ;; esac
   WHOS="sipp $BENCH_LUA"
   [[ $KIND == pbx && $BENCH_KAMAILIO == 1 ]] && WHOS="$WHOS kamailio"
   # proxy, register beside Kamailio: Kamailio's ladder first (the reference must not be
@@ -622,4 +625,9 @@ fi
 # overload (issue 8 point 5): offered vs completed at 1x, 1.5x, 2x the max, its own script
 if [[ " $BENCH_KINDS " == *" overload "* ]]; then
   OVL_LUA="${BENCH_LUA//:quiet/}" bash "$HERE/overload.sh" | tee -a "$LOG"
+fi
+# scaling (issue 12): calls/s and REGISTER/s of 1 process, 1 and 2 workers behind the
+# stateless front, CPU per call of the workers and of the front; its own script
+if [[ " $BENCH_KINDS " == *" scaling "* ]]; then
+  BENCH_SCALING_LUA="${BENCH_SCALING_LUA:-${BENCH_LUA%% *}}" bash "$HERE/scaling.sh" | tee -a "$LOG"
 fi

@@ -384,7 +384,7 @@ static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg,
       luasip_request_ack(a, msg, sip);
       return 0;
     }
-    if (m == sip_method_cancel) {
+    if (m == sip_method_cancel && !a->stateless) {
       /* nta matched no INVITE transaction for it: RFC 3261 9.2 */
       luasip_count_reply(m, 481);
       nta_msg_treply(nta, msg, SIP_481_NO_TRANSACTION, TAG_END());
@@ -571,6 +571,9 @@ int luasip_agent_new(lua_State *L)
   *a->overload = ovl;
   lua_getfield(L, 1, "flood");
   luasip_flood_config(L, lua_gettop(L), a, "luasip.agent");
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "stateless");
+  a->stateless = lua_toboolean(L, -1);
   lua_pop(L, 1);
   lua_getfield(L, 1, "user_agent");
   a->user_agent = su_strdup(a->home, lua_isstring(L, -1) ? lua_tostring(L, -1)

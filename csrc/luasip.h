@@ -91,6 +91,12 @@ int luasip_embed_timeout(lua_State *L);
 int luasip_catch_signal(lua_State *L);
 void luasip_signals_close(void);
 
+/* process.c: worker processes of luasip.cluster (spawn, poll for exit, signal) */
+int luasip_process_spawn(lua_State *L);
+int luasip_process_wait(lua_State *L);
+int luasip_process_kill(lua_State *L);
+int luasip_process_getpid(lua_State *L);
+
 /* agent.c: RFC 3261 checks sofia's parser leaves to us (400 reason phrase or NULL) */
 const char *luasip_request_malformed(sip_t const *sip);
 
@@ -320,6 +326,8 @@ struct lsip_agent {
   struct lsip_overload *overload;  /* agent.c: load shedding at the entry point */
   struct lsip_flood *flood;        /* flood.c: per-source limits, scanners (NULL: none) */
   su_timer_t *dnsconf_timer;  /* re-checks the name servers sres may use (dnsconf.c) */
+  int stateless;            /* agent option stateless: no server transaction of its own
+                               (no 100 Trying), a CANCEL matching no INVITE goes to Lua */
   int closed;
 };
 

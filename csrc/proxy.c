@@ -671,8 +671,10 @@ static int proxy_cancel_m(lua_State *L)
   return 1;
 }
 
-/* req:forward([uri]) -> true | nil, err, code: stateless forwarding (ACK for 2xx,
- * RFC 3261 16.11): our Route off, Max-Forwards - 1, a Via of ours */
+/* req:forward([uri] [, { next_hop = uri }]) -> true | nil, err, code: stateless
+ * forwarding (ACK for 2xx, RFC 3261 16.11): our Route off, Max-Forwards - 1, a Via of
+ * ours; next_hop: where to send it instead of its Route or Request-URI (a front that
+ * spreads requests over workers leaves the Request-URI alone) */
 static int req_forward(lua_State *L)
 {
   lsip_obj_t *r = luasip_checkobj(L, 1, LUASIP_REQUEST);
@@ -680,9 +682,14 @@ static int req_forward(lua_State *L)
   nta_agent_t *nta = a ? luasip_agent_nta(a) : NULL;
   const char *uri = lua_isnoneornil(L, 2) ? NULL
                     : luasip_uri_arg(L, 2, "luasip.request:forward");
+  const char *hop = NULL;
+  sip_method_t method;
   msg_t *m;
   sip_t *sip;
-  sip_method_t method;
+  if (lua_istable(L, 3)) {
+    lua_getfield(L, 3, "next_hop");
+    hop = lua_isnil(L, -1) ? NULL : luasip_uri_arg(L, -1, "luasip.request:forward");
+  }
   if (!nta)
     return luasip_fail(L, "agent closed", "closed");
   if (luasip_request_irq(r) && luasip_request_sip(r)->sip_request->rq_method != sip_method_ack)
@@ -708,8 +715,9 @@ static int req_forward(lua_State *L)
                                                           sip->sip_request->rq_method,
                                                           sip->sip_request->rq_method_name,
                                                           URL_STRING_MAKE(uri), NULL));
-  method = sip->sip_request->rq_method;   /* nta_msg_tsend frees m, sent or not */
-  if (nta_msg_tsend(nta, m, NULL, TAG_END()) < 0)
+  method = sip->sip_request->rq_method;
+  /* nta_msg_tsend takes m: once sent (at once to an address) it may be freed already */
+  if (nta_msg_tsend(nta, m, hop ? URL_STRING_MAKE(hop) : NULL, TAG_END()) < 0)
     return luasip_fail(L, "cannot forward", "send");
   LUASIP_COUNT_OUT(method);
   luasip_request_forwarded(r);

@@ -565,7 +565,9 @@ void luasip_request_incoming(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_
     snprintf(r->transport, sizeof r->transport, "%s", tport_name(tp)->tpn_proto);
   }
   luasip_link_add(&a->requests, &r->link);
-  if (sip->sip_request->rq_method == sip_method_invite && luasip_req_make_irq(r)) {
+  /* a stateless agent (a front forwarding everything) makes no transaction itself */
+  if (sip->sip_request->rq_method == sip_method_invite && !a->stateless &&
+      luasip_req_make_irq(r)) {
     luasip_count_reply(sip_method_invite, 100);
     nta_incoming_treply(r->irq, SIP_100_TRYING, TAG_END());
     r->status = 100;
@@ -594,7 +596,7 @@ void luasip_request_dispatched(lsip_obj_t *obj, int rc)
     req_free(r);
     return;
   }
-  if (r->state == LSIP_RQ_FIRST_RUN)
+  if (r->state == LSIP_RQ_FIRST_RUN && !(r->agent && r->agent->stateless))
     luasip_req_make_irq(r);         /* the handler waits: absorb retransmissions */
 }
 

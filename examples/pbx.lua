@@ -17,6 +17,11 @@
   (loopback is exempt: the specs and benchmarks drive it from there); scanners dropped.
   Digest nonces live $PBX_NONCE_TTL seconds (300).
   Reload: the handlers are examples/pbx_app.lua; SIGHUP reloads them, calls stay up.
+  Workers: $PBX_WORKERS=N runs it as N worker processes behind a stateless front on
+  host:port (luasip.cluster; `make run WORKERS=2`), registrations and nonce counts in
+  Redis at $PBX_REDIS (host:port or a socket path; default 127.0.0.1:6379; keys under
+  $PBX_REDIS_PREFIX, default "luasip:pbx:"); $PBX_REDIS alone uses Redis in one process.
+  With workers there is no TLS listener and no metrics page.
 Usage: lua examples/pbx.lua [host:port]     (default 127.0.0.1:5060)
 ]]
 local sip = require "luasip"
@@ -26,8 +31,21 @@ local users = assert(loadfile(here .. "/users.lua"))()
 local hostport = arg and arg[1] or "127.0.0.1:5060"
 local host = hostport:match("^%[?([^%]]+)%]?:%d+$") or hostport
 
+-- PBX_WORKERS: from here on this script runs in each worker, on a port of its own
+local ringing, dialogs = {}, {}        -- calls being forked, calls connected (pbx_app)
+local workers = tonumber(os.getenv("PBX_WORKERS") or "")
+local node = workers and workers > 0 and sip.cluster{ workers = workers,
+  listen = "sip:" .. hostport, busy = function() return next(dialogs) or next(ringing) end }
+local store, redis_at = nil, os.getenv("PBX_REDIS") or (node and "127.0.0.1:6379")
+if redis_at then
+  local rh, rp = redis_at:match("^%[?([^%]]+)%]?:(%d+)$")
+  store = assert(sip.store.redis{ path = not rh and redis_at or nil, host = rh,
+    port = tonumber(rp), prefix = os.getenv("PBX_REDIS_PREFIX") or "luasip:pbx:" })
+end
+if node then hostport = node.listen:match("^sip:(.*)$") end
+
 local listen, tls = { "sip:" .. hostport }, nil
-if os.getenv("LUASIP_TLS_CERT") and os.getenv("LUASIP_TLS_KEY") then
+if not node and os.getenv("LUASIP_TLS_CERT") and os.getenv("LUASIP_TLS_KEY") then
   tls = { cert = os.getenv("LUASIP_TLS_CERT"), key = os.getenv("LUASIP_TLS_KEY"),
     ca = os.getenv("LUASIP_TLS_CA") }
   listen[2] = "sips:" .. hostport:match("^(.*):%d+$") .. ":"
@@ -36,7 +54,7 @@ end
 local app = assert(sip.agent{ listen = listen, tls = tls, user_agent = "luasip-pbx",
   in_dialog = "handler", flood = { rate = tonumber(os.getenv("PBX_FLOOD_RATE") or "") or 50,
     exempt = { "127.0.0.0/8", "::1" } } })
-if os.getenv("LUASIP_METRICS") then
+if not node and os.getenv("LUASIP_METRICS") then
   assert(sip.metrics{ listen = os.getenv("LUASIP_METRICS") })
 end
 
@@ -50,15 +68,16 @@ local ivr = assert(loadfile(here .. "/ivr_menu.lua"))(here, log)
 -- The handlers live in examples/pbx_app.lua, reloaded on SIGHUP (kill -HUP <pid>) while
 -- calls go on; what must outlive a reload (registrations, calls being forked) is here.
 local registrar, location = sip.registrar{
-  realm = host,
+  realm = host, store = store,
   authorize = sip.auth.authorizer{ realm = host, password = function(u) return users[u] end,
     failures = true,                  -- password guessing refused (5 failures per user)
-    nonce_ttl = tonumber(os.getenv("PBX_NONCE_TTL") or "") },
+    store = store, nonce_ttl = tonumber(os.getenv("PBX_NONCE_TTL") or "") },
 }
 local vm = assert(sip.agent{ listen = { "sip:" .. host .. ":0" }, user_agent = "luasip-pbx" })
 package.path = here .. "/?.lua;" .. package.path
 assert(app:load("pbx_app", { vm = vm, vm_uri = "@" .. host .. ":" .. vm:transports()[1].port,
-  host = host, users = users, registrar = registrar, location = location, ringing = {}, dialogs = {},
+  host = host, users = users, registrar = registrar, location = location, ringing = ringing,
+  dialogs = dialogs, store = store,
   ivr = ivr, log = log, ring = tonumber(os.getenv("PBX_VOICEMAIL_AFTER") or "") or 20,
   nonce_ttl = tonumber(os.getenv("PBX_NONCE_TTL") or "") }))
 sip.on_signal("HUP", function()
@@ -69,5 +88,6 @@ end)
 for _, t in ipairs(app:transports()) do
   if t.transport == "tls" then log("TLS on port", t.port) end
 end
-log("luasip pbx listening on", app:contact(), "realm", host, "voicemail on", vm:contact())
-sip.run()
+log("luasip pbx listening on", app:contact(), "realm", host, "voicemail on", vm:contact(),
+  node and ("worker " .. node.index .. "/" .. node.workers .. " behind " .. node.front) or "")
+sip.run{ shutdown_timeout = node and node.drain or nil }

@@ -4,7 +4,7 @@
   reload (registrations, the calls being forked, the IVR) lives in pbx.lua and comes in
   the `pbx` table; this file keeps only code.
   pbx = { vm =, vm_uri =, host =, users =, registrar =, location =, ringing =,
-          dialogs =, ivr =, ring =, log = }
+          dialogs =, ivr =, ring =, log =, store = (Redis or nil) }
 ]]
 local sip = require "luasip"
 
@@ -72,7 +72,7 @@ return function(app, pbx)
   local function route(req, opts)
     if in_dialog(req) then return end
     local user = sip.auth.check(req, { realm = host, password = password, proxy = true,
-      failures = true, nonce_ttl = pbx.nonce_ttl })
+      failures = true, nonce_ttl = pbx.nonce_ttl, store = pbx.store })
     if not user then return end                      -- 407 (or 400) sent by check
     if req.from.uri:match("^sips?:([^@;]+)@") ~= user then
       return req:reply(403, "From Does Not Match Credentials")

@@ -287,6 +287,10 @@ sip.store = { memory = require("luasip.store.memory").new,
   redis = function(...) return require("luasip.store.redis").new(...) end }
 sip.redis = function(...) return require("luasip.redis").connect(...) end
 
+-- cluster{ workers =, listen =, ... } -> node: the application as N worker processes
+-- behind a stateless front (README: Scaling out); returns only in a worker
+sip.cluster = function(...) return require("luasip.cluster").start(...) end
+
 -- digest authentication: auth.check(req, opts) -> user | nil, status, why;
 -- auth.authorizer{...};  auth.credentials / auth.response / auth.parse
 

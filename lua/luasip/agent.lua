@@ -33,7 +33,7 @@ local methods, _, C = class.get("luasip.agent")
 
 local M = {}
 
-local OPTIONS = { listen = true, user_agent = true, t1 = true, in_dialog = true,
+local OPTIONS = { listen = true, user_agent = true, t1 = true, in_dialog = true, stateless = true,
   supported = true, handler_timeout = true, invite_timeout = true, overload = true,
   media = true, max_message_size = true, tls = true, flood = true }
 
@@ -169,7 +169,7 @@ function M.new(opts)
   end
   local a, err, code = core.agent{ listen = listen, user_agent = opts.user_agent,
     t1 = opts.t1, overload = opts.overload, max_message_size = mms, tls = tls,
-    flood = opts.flood }
+    flood = opts.flood, stateless = opts.stateless == true }
   if not a then return nil, err, code end
   local st = state(a)
   st.handlers = {}
@@ -180,6 +180,7 @@ function M.new(opts)
   -- in-dialog requests matching no dialog: "481" (RFC 3261 12.2.2) or "handler" (the
   -- method's handler sees them: proxies and stateless applications)
   st.in_dialog = in_dialog
+  st.stateless = opts.stateless == true
   if limits == false then
     st.handler_timeout = false
   else
@@ -215,7 +216,9 @@ function methods.on(self, method, fn)
   if fn ~= nil and type(fn) ~= "function" then
     error("luasip.agent:on: handler must be a function or nil", 2)
   end
-  if method == "CANCEL" then
+  -- a CANCEL matching no INVITE of ours reaches a handler only on a stateless agent
+  -- (a stateless front forwards it: luasip.cluster)
+  if method == "CANCEL" and not st.stateless then
     error("luasip.agent:on: CANCEL is handled by the core (use req:on_cancel)", 2)
   end
   if app.staging() then return app.stage(self, method, fn) end

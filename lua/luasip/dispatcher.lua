@@ -457,7 +457,8 @@ local function on_request(req, agent)
   if checks % 4 >= 2 and ast.in_dialog == "481" then
     return req:reply(481, "Call/Transaction Does Not Exist", { stateless = true })
   end
-  if method ~= "CANCEL" and checks >= 4 then
+  -- (a stateless agent is a proxy: Require is for the UAS, RFC 3261 16.3)
+  if method ~= "CANCEL" and checks >= 4 and not ast.stateless then
     local unsupported, supported = {}, ast.supported
     for _, tag in ipairs(tags_of(req:headers("Require"))) do
       if not supported[tag] then unsupported[#unsupported + 1] = tag end
@@ -469,8 +470,8 @@ local function on_request(req, agent)
   end
   local h = handlers[method]
   if not h then
-    if method == "BYE" then
-      -- RFC 3261 15.1.2: a BYE that matches no dialog
+    if method == "BYE" or method == "CANCEL" then
+      -- RFC 3261 15.1.2: a BYE that matches no dialog (9.2: a CANCEL no INVITE)
       return req:reply(481, "Call/Transaction Does Not Exist", { stateless = true })
     end
     if KNOWN[method] then
