@@ -72,13 +72,14 @@ describe("luasip.store.redis", function()
 
   it_("shares registrations between two agents", function()
     local pbx1, pbx2, phone = H.agent(), H.agent(), H.agent()
-    local loc2
+    local loc2, st1, st2
     H.run(function()
-      local handler
-      handler = sip.registrar{ store = assert(sip.store.redis{ path = sock, prefix = "t3:" }) }
-      pbx1:on("REGISTER", handler)
-      loc2 = sip.location{ store = assert(sip.store.redis{ path = sock, prefix = "t3:" }) }
+      st1 = assert(sip.store.redis{ path = sock, prefix = "t3:" })
+      st2 = assert(sip.store.redis{ path = sock, prefix = "t3:" })
+      pbx1:on("REGISTER", (sip.registrar{ store = st1 }))
+      loc2 = sip.location{ store = st2 }
     end)
+    finally(function() st1:close(); st2:close() end)
     local res = H.run(function()
       return phone:request{ method = "REGISTER", uri = pbx1:contact(), headers = {
         To = "<sip:alice@example.test>", From = "<sip:alice@example.test>",
@@ -91,16 +92,17 @@ describe("luasip.store.redis", function()
     assert(pbx2)
   end)
 
-  it_("returns nil, err, code when the server is gone", function()
+  it_("returns nil, err, 'unavailable' when the connection is gone", function()
     local st = assert(H.run(function() return sip.store.redis{ path = sock, prefix = "t4:" } end))
+    finally(function() st:close() end)
     local r = assert(H.run(function() return sip.redis{ path = sock } end))
     assert.equal("OK", H.run(function()
       return r:call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
     end) and "OK")
     local v, err, code = H.run(function() return st:get("x") end)
     assert.is_nil(v)
-    assert.matches("redis connection", err)
-    assert.equal("closed", code)
+    assert.matches("redis unavailable", err)
+    assert.equal("unavailable", code)
     local _, err2 = sip.store.redis{ path = dir .. "/nothing.sock" }
     assert.is_string(err2)
   end)

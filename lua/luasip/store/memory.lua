@@ -10,11 +10,20 @@
 --     value [, ttl] to write, nil to delete, false to leave the key as it is.  fn must not
 --     yield and may run more than once (a Redis store retries it on a conflict).
 --   store:keys(prefix) -> sorted list of the live keys that start with prefix
+--   store:advance(key, n, ttl) -> true when n is above the number stored at key (or none
+--     is), which it now is (for ttl seconds); false otherwise (nonce counts: one atomic
+--     step, the same count accepted once in all the processes sharing the store)
+--   store:publish(channel, message) -> true: fn(message) of every subscriber of channel
+--     (of every process sharing the store, this one too) runs in a luasip coroutine
+--   store:subscribe(channel, fn(message | nil)) -> true, without waiting; fn(nil) tells
+--     that messages may have been lost (a shared store's outage is over)
+--   store:status() -> "up" | "down", why
 --   store:purge() -> number of expired keys dropped;  store:close() -> true
 -- Runtime failures (a server gone) return nil, message, code; misuse raises.
 -- Expired keys vanish on access; a sweep of the whole table runs at most every
 -- sweep_interval seconds, on a write, so no timer is needed.
 local core = require "luasip.core"
+local dispatcher = require "luasip.dispatcher"
 
 local M = {}
 
@@ -66,6 +75,7 @@ function M.new(opts)
   local clock = opts.clock or core.now
   return setmetatable({
     _data = {}, _expires = {}, _clock = clock, _sweep = sweep, _swept = clock(),
+    _channels = {},
   }, Store)
 end
 
@@ -137,6 +147,44 @@ function Store:update(key, fn)
   check_ttl(ttl, "luasip.store:update")
   write(self, key, copy(new, "luasip.store:update", 1), ttl, now)
   return true
+end
+
+function Store:advance(key, n, ttl)
+  check_key(key, "luasip.store:advance")
+  if type(n) ~= "number" then error("luasip.store:advance: number expected", 2) end
+  if type(ttl) ~= "number" or ttl <= 0 then
+    error("luasip.store:advance: ttl must be a number of seconds > 0", 2)
+  end
+  local now = self._clock()
+  local h = live(self, key, now)
+  if type(h) == "number" and h >= n then return false end
+  write(self, key, n, ttl, now)
+  return true
+end
+
+function Store:publish(channel, message)
+  if type(channel) ~= "string" or type(message) ~= "string" then
+    error("luasip.store:publish: channel and message must be strings", 2)
+  end
+  local fns = self._channels[channel]
+  if fns then
+    for _, fn in ipairs(fns) do dispatcher.spawn(fn, message) end
+  end
+  return true
+end
+
+function Store:subscribe(channel, fn)
+  if type(channel) ~= "string" or type(fn) ~= "function" then
+    error("luasip.store:subscribe: channel (string) and function expected", 2)
+  end
+  local fns = self._channels[channel] or {}
+  self._channels[channel] = fns
+  fns[#fns + 1] = fn
+  return true
+end
+
+function Store:status() -- luacheck: ignore 212
+  return "up"
 end
 
 function Store:keys(prefix)
