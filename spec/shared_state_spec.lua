@@ -69,10 +69,20 @@ describe("shared state in Redis", function()
     return { agent = a, store = st, location = loc, notifier = notifier }
   end
 
+  -- two workers on the same keys; returns once both notifiers listen for changes
   local function two_workers()
     n = n + 1
     local prefix = "s" .. n .. ":"
-    return worker(prefix), worker(prefix)
+    local a, b = worker(prefix), worker(prefix)
+    local r = assert(H.run(function() return sip.redis{ host = "127.0.0.1", port = port } end))
+    H.run_until(function()
+      local c = H.run(function()
+        return r:call("PUBSUB", "NUMSUB", prefix .. "events:presence:notify")
+      end)
+      return c[2] == 2
+    end, 5, "both notifiers subscribed")
+    r:close()
+    return a, b
   end
 
   -- REGISTER for alice sent to a worker (Request-URI sip:example.test), its answer
