@@ -17,19 +17,7 @@ describe("shared state in Redis", function()
   local server, dir, port, stores, n = nil, nil, nil, {}, 0
 
   local function start_redis()
-    server = H.background({ "redis-server", "--port", tostring(port), "--bind",
-      "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-      "--dir", dir }, 300)
-    local c
-    H.run(function()
-      local t0 = sip.now()
-      repeat                         -- until the server listens (bounded)
-        c = sip.redis{ host = "127.0.0.1", port = port, timeout = 1 }
-        if not c then sip.sleep(0.05) end
-      until c or sip.now() - t0 > 10 or server.done()
-    end, 15)
-    assert(c, "redis-server did not start: " .. server.log())
-    c:close()
+    server = H.redis_server(port, dir, { "--appendonly", "yes", "--appendfsync", "always" })
   end
 
   setup(function()

@@ -24,6 +24,7 @@
 -- sweep_interval seconds, on a write, so no timer is needed.
 local core = require "luasip.core"
 local dispatcher = require "luasip.dispatcher"
+local check = require "luasip.store.args"
 
 local M = {}
 
@@ -49,16 +50,6 @@ local function copy(v, fname, depth)
     c[k] = copy(x, fname, depth + 1)
   end
   return c
-end
-
-local function check_key(key, fname)
-  if type(key) ~= "string" then error(fname .. ": key must be a string", 3) end
-end
-
-local function check_ttl(ttl, fname)
-  if ttl ~= nil and (type(ttl) ~= "number" or ttl <= 0) then
-    error(fname .. ": ttl must be a number of seconds > 0", 3)
-  end
 end
 
 -- memory{ clock = fn() -> seconds (default sip.now), sweep_interval = 60 } -> store
@@ -112,28 +103,28 @@ local function write(self, key, value, ttl, now)
 end
 
 function Store:get(key)
-  check_key(key, "luasip.store:get")
+  check.key(key, "luasip.store:get")
   local v = live(self, key, self._clock())
   if v == nil then return nil end
   return copy(v, "luasip.store:get", 1)
 end
 
 function Store:set(key, value, ttl)
-  check_key(key, "luasip.store:set")
-  check_ttl(ttl, "luasip.store:set")
+  check.key(key, "luasip.store:set")
+  check.ttl(ttl, "luasip.store:set")
   if value == nil then error("luasip.store:set: value expected (use store:del)", 2) end
   write(self, key, copy(value, "luasip.store:set", 1), ttl, self._clock())
   return true
 end
 
 function Store:del(key)
-  check_key(key, "luasip.store:del")
+  check.key(key, "luasip.store:del")
   self._data[key], self._expires[key] = nil, nil
   return true
 end
 
 function Store:update(key, fn)
-  check_key(key, "luasip.store:update")
+  check.key(key, "luasip.store:update")
   if type(fn) ~= "function" then error("luasip.store:update: function expected", 2) end
   local now = self._clock()
   local old = live(self, key, now)
@@ -144,17 +135,13 @@ function Store:update(key, fn)
     self._data[key], self._expires[key] = nil, nil
     return true
   end
-  check_ttl(ttl, "luasip.store:update")
+  check.ttl(ttl, "luasip.store:update")
   write(self, key, copy(new, "luasip.store:update", 1), ttl, now)
   return true
 end
 
 function Store:advance(key, n, ttl)
-  check_key(key, "luasip.store:advance")
-  if type(n) ~= "number" then error("luasip.store:advance: number expected", 2) end
-  if type(ttl) ~= "number" or ttl <= 0 then
-    error("luasip.store:advance: ttl must be a number of seconds > 0", 2)
-  end
+  check.advance(key, n, ttl)
   local now = self._clock()
   local h = live(self, key, now)
   if type(h) == "number" and h >= n then return false end
@@ -163,9 +150,7 @@ function Store:advance(key, n, ttl)
 end
 
 function Store:publish(channel, message)
-  if type(channel) ~= "string" or type(message) ~= "string" then
-    error("luasip.store:publish: channel and message must be strings", 2)
-  end
+  check.publish(channel, message)
   local fns = self._channels[channel]
   if fns then
     for _, fn in ipairs(fns) do dispatcher.spawn(fn, message) end
@@ -174,9 +159,7 @@ function Store:publish(channel, message)
 end
 
 function Store:subscribe(channel, fn)
-  if type(channel) ~= "string" or type(fn) ~= "function" then
-    error("luasip.store:subscribe: channel (string) and function expected", 2)
-  end
+  check.subscribe(channel, fn)
   local fns = self._channels[channel] or {}
   self._channels[channel] = fns
   fns[#fns + 1] = fn
@@ -188,9 +171,7 @@ function Store:status() -- luacheck: ignore 212
 end
 
 function Store:keys(prefix)
-  if prefix ~= nil and type(prefix) ~= "string" then
-    error("luasip.store:keys: prefix must be a string", 2)
-  end
+  check.prefix(prefix)
   prefix = prefix or ""
   local now, list = self._clock(), {}
   for key in pairs(self._data) do

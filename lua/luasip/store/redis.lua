@@ -13,6 +13,7 @@
 -- the subscriptions are back (messages may have been lost meanwhile).
 local core = require "luasip.core"
 local dispatcher = require "luasip.dispatcher"
+local check = require "luasip.store.args"
 local redis = require "luasip.redis"
 
 local M = {}
@@ -91,6 +92,10 @@ local function attach(self, link, c)
     link.c = nil
     link.down = why
     if self._closed then return end
+    -- an idle subscriber connection would not notice a server that vanished without a
+    -- word: when the command connection goes, it goes too (and comes back with it)
+    local sub = self._sub
+    if link == self._cmd and sub and sub.c then sub.c:_lost(why) end
     -- logged once per cause, not per attempt
     if link.logged ~= why then
       dispatcher.log("warn", link.name .. ": " .. why .. "; reconnecting")
@@ -196,16 +201,6 @@ local function unlock(self, ...)
   return ...
 end
 
-local function check_key(key, fname)
-  if type(key) ~= "string" then error(fname .. ": key must be a string", 3) end
-end
-
-local function check_ttl(ttl, fname)
-  if ttl ~= nil and (type(ttl) ~= "number" or ttl <= 0) then
-    error(fname .. ": ttl must be a number of seconds > 0", 3)
-  end
-end
-
 local function ms(ttl)
   return math.max(1, math.floor(ttl * 1000 + 0.5))
 end
@@ -215,7 +210,7 @@ function Store:now() -- luacheck: ignore 212
 end
 
 function Store:get(key)
-  check_key(key, "luasip.store:get")
+  check.key(key, "luasip.store:get")
   lock(self)
   local v, err, code = call(self, "GET", self._prefix .. key)
   if v == nil and err then return unlock(self, nil, err, code) end
@@ -234,8 +229,8 @@ end
 local unpack = table.unpack or unpack
 
 function Store:set(key, value, ttl)
-  check_key(key, "luasip.store:set")
-  check_ttl(ttl, "luasip.store:set")
+  check.key(key, "luasip.store:set")
+  check.ttl(ttl, "luasip.store:set")
   if value == nil then error("luasip.store:set: value expected (use store:del)", 2) end
   local args = set_args(self, key, value, ttl)
   lock(self)
@@ -245,7 +240,7 @@ function Store:set(key, value, ttl)
 end
 
 function Store:del(key)
-  check_key(key, "luasip.store:del")
+  check.key(key, "luasip.store:del")
   lock(self)
   local ok, err, code = call(self, "DEL", self._prefix .. key)
   if not ok then return unlock(self, nil, err, code) end
@@ -253,7 +248,7 @@ function Store:del(key)
 end
 
 function Store:update(key, fn)
-  check_key(key, "luasip.store:update")
+  check.key(key, "luasip.store:update")
   if type(fn) ~= "function" then error("luasip.store:update: function expected", 2) end
   local rkey = self._prefix .. key
   lock(self)
@@ -306,11 +301,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1]]
 
 function Store:advance(key, n, ttl)
-  check_key(key, "luasip.store:advance")
-  if type(n) ~= "number" then error("luasip.store:advance: number expected", 2) end
-  if type(ttl) ~= "number" or ttl <= 0 then
-    error("luasip.store:advance: ttl must be a number of seconds > 0", 2)
-  end
+  check.advance(key, n, ttl)
   lock(self)
   local r, err, code = call(self, "EVAL", ADVANCE, 1, self._prefix .. key,
     ("%.17g"):format(n), ms(ttl))
@@ -323,9 +314,7 @@ local function glob_escape(s)
 end
 
 function Store:keys(prefix)
-  if prefix ~= nil and type(prefix) ~= "string" then
-    error("luasip.store:keys: prefix must be a string", 2)
-  end
+  check.prefix(prefix)
   local pattern = glob_escape(self._prefix .. (prefix or "")) .. "*"
   local list, seen, cursor = {}, {}, "0"
   lock(self)
@@ -348,9 +337,7 @@ end
 -- ---------------------------------------------------------------- pub/sub
 
 function Store:publish(channel, message)
-  if type(channel) ~= "string" or type(message) ~= "string" then
-    error("luasip.store:publish: channel and message must be strings", 2)
-  end
+  check.publish(channel, message)
   local ok, err, code = call(self, "PUBLISH", self._prefix .. channel, message)
   if not ok then return nil, err, code end
   return true
@@ -386,9 +373,7 @@ end
 -- store:subscribe(channel, fn(message | nil)) -> true, at once (the connection opens in
 -- the background); fn runs in a luasip coroutine, with nil after an outage
 function Store:subscribe(channel, fn)
-  if type(channel) ~= "string" or type(fn) ~= "function" then
-    error("luasip.store:subscribe: channel (string) and function expected", 2)
-  end
+  check.subscribe(channel, fn)
   local full = self._prefix .. channel
   local fns = self._channels[full]
   local new = fns == nil
