@@ -9,6 +9,25 @@ local PASSWORDS = { alice = "alice-pw", bob = "bob-pw" }
 local ALICE = { username = "alice", password = PASSWORDS.alice }
 local function password(user) return PASSWORDS[user] end
 
+-- a worker in a process of its own: lua worker.lua sip_port redis_port prefix
+local WORKER = [[
+local sip = require "luasip"
+local port, redis_port, prefix = arg[1], tonumber(arg[2]), arg[3]
+local app = assert(sip.agent{ listen = { "sip:127.0.0.1:" .. port } })
+sip.spawn(function()
+  local st = assert(sip.store.redis{ host = "127.0.0.1", port = redis_port, prefix = prefix })
+  local pw = { alice = "alice-pw" }
+  app:on("REGISTER", (sip.registrar{ store = st, authorize = sip.auth.authorizer{
+    realm = "example.test", password = function(u) return pw[u] end, store = st } }))
+  local on_subscribe, notifier = sip.events{ package = "presence", store = st }
+  app:on("SUBSCRIBE", on_subscribe)
+  app:on("PUBLISH", (sip.publications{ package = "presence", store = st, notifier = notifier }))
+  print("worker ready")
+  io.stdout:flush()
+end)
+sip.run()
+]]
+
 -- Two "workers" -- each an agent with its own connection to one real redis-server (as two
 -- processes would have) -- share registrations, digest nonces and their counts,
 -- subscriptions and publications; a Redis restart answers 503 and heals by itself.
@@ -57,11 +76,8 @@ describe("shared state in Redis", function()
     return { agent = a, store = st, location = loc, notifier = notifier }
   end
 
-  -- two workers on the same keys; returns once both notifiers listen for changes
-  local function two_workers()
-    n = n + 1
-    local prefix = "s" .. n .. ":"
-    local a, b = worker(prefix), worker(prefix)
+  -- returns once two notifiers on the keys of prefix listen for changes
+  local function both_listening(prefix)
     local r = assert(H.run(function() return sip.redis{ host = "127.0.0.1", port = port } end))
     H.run_until(function()
       local c = H.run(function()
@@ -70,6 +86,14 @@ describe("shared state in Redis", function()
       return c[2] == 2
     end, 5, "both notifiers subscribed")
     r:close()
+  end
+
+  -- two workers on the same keys; returns once both notifiers listen for changes
+  local function two_workers()
+    n = n + 1
+    local prefix = "s" .. n .. ":"
+    local a, b = worker(prefix), worker(prefix)
+    both_listening(prefix)
     return a, b
   end
 
@@ -157,6 +181,55 @@ describe("shared state in Redis", function()
     end)
     assert.equal(200, refreshed.status)
     H.run(function() sub:unsubscribe(1) end)
+  end)
+
+  it_("shares registrations, nonces and presence with a worker in another process", function()
+    n = n + 1
+    local prefix = "p" .. n .. ":"
+    local script = os.tmpname()
+    defer(function() os.remove(script) end)
+    local f = assert(io.open(script, "w"))
+    f:write(WORKER)
+    f:close()
+    local wport = H.free_port()
+    local proc = H.background({ "env", "LUA_PATH=lua/?.lua;lua/?/init.lua;;",
+      "LUA_CPATH=build/" .. (os.getenv("LUASIP_FLAVOUR") or "5.4") .. "/?.so;;",
+      H.interpreter(), script, tostring(wport), tostring(port), prefix }, 60)
+    defer(proc.kill)
+    H.run_until(function() return proc.log():find("worker ready") or proc.done() end, 10,
+      "worker process ready")
+    assert.is_nil(proc.done(), proc.log())
+    local other = { agent = { contact = function() return "sip:127.0.0.1:" .. wport end } }
+    local here = worker(prefix)
+    local phone, watcher, presentity = H.agent(), H.agent(), H.agent()
+    -- registered through the other process, found here
+    assert.equal(200, assert(register(phone, other, { auth = ALICE })).status)
+    local targets = H.run(function() return here.location:lookup("sip:alice@" .. REALM) end)
+    assert.equal(1, #targets)
+    -- its nonce (its secret is the store's: none was configured) accepted here, once
+    local _, _, code, res = register(phone, other)
+    assert.equal(401, code)
+    local creds = assert(sip.auth.credentials(res:header("WWW-Authenticate"), ALICE,
+      "REGISTER", "sip:" .. REALM, { nc = 1 }))
+    assert.equal(200, assert(register(phone, here, { authorization = creds })).status)
+    local _, _, code2 = register(phone, other, { authorization = creds })
+    assert.equal(401, code2)
+    -- a SUBSCRIBE held here hears of a PUBLISH served there
+    both_listening(prefix)
+    local bodies = {}
+    assert(H.run(function()
+      return watcher:subscribe{ uri = "sip:alice@" .. REALM, proxy = here.agent:contact(),
+        event = "presence", on_notify = function(req) bodies[#bodies + 1] = req.body end }
+    end))
+    H.run_until(function() return #bodies >= 1 end, 5, "first NOTIFY")
+    assert(H.run(function()
+      return presentity:publish{ uri = "sip:alice@" .. REALM, proxy = other.agent:contact(),
+        event = "presence", body = sip.pidf.build{ entity = "sip:alice@" .. REALM,
+          status = "open", note = "in the other process" } }
+    end))
+    H.run_until(function()
+      return bodies[#bodies]:find("in the other process", 1, true)
+    end, 5, "NOTIFY after the PUBLISH served by the other process")
   end)
 
   it_("answers 503 with Retry-After while Redis is down and heals without a restart",
