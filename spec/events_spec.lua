@@ -710,7 +710,17 @@ describe("luasip.events and luasip.publications on a Redis store", function()
     if server then server.kill() end
     if dir then os.execute("rm -rf " .. dir) end
   end)
-  after_each(function() H.close_agents() end)
+  local stores = {}
+  after_each(function()
+    for _, st in ipairs(stores) do st:close() end
+    stores = {}
+    H.close_agents()
+  end)
+  local function redis_store(prefix)
+    local st = assert(sip.store.redis{ path = sock, prefix = prefix })
+    stores[#stores + 1] = st
+    return st
+  end
 
   local it_ = have_redis and it or pending
 
@@ -720,10 +730,10 @@ describe("luasip.events and luasip.publications on a Redis store", function()
     H.run(function()
       local h
       h, pubs_a = sip.publications{ package = "presence",
-        store = assert(sip.store.redis{ path = sock, prefix = "ev1:" }) }
+        store = redis_store("ev1:") }
       a:on("PUBLISH", h)
       h, pubs_b = sip.publications{ package = "presence",
-        store = assert(sip.store.redis{ path = sock, prefix = "ev1:" }) }
+        store = redis_store("ev1:") }
       b:on("PUBLISH", h)
     end)
     local resource = "sip:alice@example.test"
@@ -752,9 +762,9 @@ describe("luasip.events and luasip.publications on a Redis store", function()
     H.run(function()
       local h
       h, presence = sip.events{ package = "presence",
-        store = assert(sip.store.redis{ path = sock, prefix = "ev2:" }) }
+        store = redis_store("ev2:") }
       server_agent:on("SUBSCRIBE", h)
-      other = assert(sip.store.redis{ path = sock, prefix = "ev2:" })
+      other = redis_store("ev2:")
     end)
     local resource = server_agent:uri("alice")
     local notes = {}

@@ -203,4 +203,24 @@ function H.sipp(scenario, target, extra, max_seconds)
   return H.background(argv, (max_seconds or 20) + 5)
 end
 
+-- redis_server(port, dir [, extra args]) -> proc: a redis-server on 127.0.0.1:port (its
+-- files in dir), once it answers; kill it in `finally`
+function H.redis_server(port, dir, extra)
+  local argv = { "redis-server", "--port", tostring(port), "--bind", "127.0.0.1",
+    "--save", "", "--dir", dir }
+  for _, w in ipairs(extra or { "--appendonly", "no" }) do argv[#argv + 1] = w end
+  local server = H.background(argv, 300)
+  local c
+  H.run(function()
+    local t0 = sip.now()
+    repeat                         -- until the server listens (bounded)
+      c = sip.redis{ host = "127.0.0.1", port = port, timeout = 1 }
+      if not c then sip.sleep(0.05) end
+    until c or sip.now() - t0 > 10 or server.done()
+  end, 15)
+  assert(c, "redis-server did not start: " .. server.log())
+  H.run(function() c:close() end)
+  return server
+end
+
 return H

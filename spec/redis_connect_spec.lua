@@ -76,18 +76,8 @@ describe("luasip.redis.connect", function()
     os.remove(dir)
     assert(os.execute("mkdir -p " .. H.shquote(dir)))
     defer(function() os.execute("rm -rf " .. H.shquote(dir)) end)
-    local server = H.background({ "redis-server", "--port", tostring(port), "--bind",
-      "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir }, 60)
-    defer(server.kill)
-    local c
-    H.run(function()
-      local t0 = sip.now()
-      repeat                         -- until the server listens (bounded)
-        c = redis.connect{ host = "127.0.0.1", port = port, timeout = 1 }
-        if not c then sip.sleep(0.05) end
-      until c or sip.now() - t0 > 10 or server.done()
-    end, 15)
-    assert.is_truthy(c, server.log())
+    defer(H.redis_server(port, dir).kill)
+    local c = assert(H.run(function() return redis.connect{ host = "127.0.0.1", port = port } end))
     H.run(function()
       assert.equal("OK", c:call("SET", "k", "v"))
       assert.equal("v", c:call("GET", "k"))

@@ -72,13 +72,14 @@ describe("luasip.store.redis", function()
 
   it_("shares registrations between two agents", function()
     local pbx1, pbx2, phone = H.agent(), H.agent(), H.agent()
-    local loc2
+    local loc2, st1, st2
     H.run(function()
-      local handler
-      handler = sip.registrar{ store = assert(sip.store.redis{ path = sock, prefix = "t3:" }) }
-      pbx1:on("REGISTER", handler)
-      loc2 = sip.location{ store = assert(sip.store.redis{ path = sock, prefix = "t3:" }) }
+      st1 = assert(sip.store.redis{ path = sock, prefix = "t3:" })
+      st2 = assert(sip.store.redis{ path = sock, prefix = "t3:" })
+      pbx1:on("REGISTER", (sip.registrar{ store = st1 }))
+      loc2 = sip.location{ store = st2 }
     end)
+    finally(function() st1:close(); st2:close() end)
     local res = H.run(function()
       return phone:request{ method = "REGISTER", uri = pbx1:contact(), headers = {
         To = "<sip:alice@example.test>", From = "<sip:alice@example.test>",
@@ -91,17 +92,85 @@ describe("luasip.store.redis", function()
     assert(pbx2)
   end)
 
-  it_("returns nil, err, code when the server is gone", function()
+  it_("returns nil, err, 'unavailable' when the connection is gone", function()
     local st = assert(H.run(function() return sip.store.redis{ path = sock, prefix = "t4:" } end))
+    finally(function() st:close() end)
     local r = assert(H.run(function() return sip.redis{ path = sock } end))
     assert.equal("OK", H.run(function()
       return r:call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
     end) and "OK")
     local v, err, code = H.run(function() return st:get("x") end)
     assert.is_nil(v)
-    assert.matches("redis connection", err)
-    assert.equal("closed", code)
+    assert.matches("redis unavailable", err)
+    assert.equal("unavailable", code)
     local _, err2 = sip.store.redis{ path = dir .. "/nothing.sock" }
     assert.is_string(err2)
+    -- it connects again by itself
+    H.run_until(function() return st:status() == "up" end, 5, "reconnected")
+    assert.is_true(H.run(function() return st:set("x", 1) end))
+    assert.equal(1, H.run(function() return st:get("x") end))
   end)
+
+  it_("raises on an unknown option", function()
+    assert.has_error(function() sip.store.redis{ path = sock, prefx = "x" } end,
+      "luasip.store.redis: unknown option 'prefx'")
+  end)
+
+  -- the same semantics on both stores
+  local n = 0
+  for _, kind in ipairs{ "memory", "redis" } do
+    local function open()
+      n = n + 1
+      if kind == "memory" then
+        local st = sip.store.memory()
+        return st, st
+      end
+      local prefix = "c" .. n .. ":"
+      return H.run(function()
+        return assert(sip.store.redis{ path = sock, prefix = prefix }),
+          assert(sip.store.redis{ path = sock, prefix = prefix })
+      end)
+    end
+    local it_k = (kind == "memory" or have_redis) and it or pending
+
+    it_k(kind .. " store: advance takes a rising number once, from any connection", function()
+      local a, b = open()
+      finally(function() a:close(); b:close() end)
+      H.run(function()
+        assert.is_true(a:advance("nc:x", 1, 10))
+        assert.is_false(b:advance("nc:x", 1, 10))
+        assert.is_true(b:advance("nc:x", 3, 10))
+        assert.is_false(a:advance("nc:x", 2, 10))
+        assert.is_true(a:advance("nc:y", 2, 10))
+        assert.equal(3, b:get("nc:x"))
+      end)
+      assert.has_error(function() a:advance("k", 1) end,
+        "luasip.store:advance: ttl must be a number of seconds > 0")
+    end)
+
+    it_k(kind .. " store: publish reaches the subscribers of the channel on every connection",
+      function()
+      local a, b = open()
+      finally(function() a:close(); b:close() end)
+      local got = {}
+      a:subscribe("ch", function(m) got[#got + 1] = "a " .. tostring(m) end)
+      b:subscribe("ch", function(m) got[#got + 1] = "b " .. tostring(m) end)
+      b:subscribe("other", function(m) got[#got + 1] = "other " .. tostring(m) end)
+      assert.equal("up", a:status())
+      if kind == "redis" then
+        -- the subscriptions are made in the background: until Redis counts both
+        local r = assert(H.run(function() return sip.redis{ path = sock } end))
+        finally(function() r:close(); a:close(); b:close() end)
+        H.run_until(function()
+          local c = H.run(function() return r:call("PUBSUB", "NUMSUB", a._prefix .. "ch") end)
+          return c[2] == 2
+        end, 5, "two subscribers")
+      end
+      H.run(function() assert.is_true(a:publish("ch", "hello")) end)
+      H.run_until(function() return #got >= 2 end, 5, "messages")
+      H.settle(0.05)
+      table.sort(got)
+      assert.same({ "a hello", "b hello" }, got)
+    end)
+  end
 end)

@@ -6,11 +6,15 @@
 -- dialog:request(method, {auth = ...}) answer 401/407 challenges (send_with_auth).
 -- Nonces carry their issue time and a keyed md5 of it, so processes sharing a secret
 -- accept each other's nonces; the highest nonce count seen per nonce is kept in a luasip
--- store (by default a memory store private to this process) until the nonce expires.
+-- store (by default a memory store private to this process) until the nonce expires,
+-- raised by one atomic store:advance, so a count is accepted once by all the processes
+-- sharing the store.  With a store given and no secret, the secret is the store's own
+-- (made by the first process that needs it), so those processes share it too.
 local core = require "luasip.core"
 local dispatcher = require "luasip.dispatcher"
 local location = require "luasip.location"
 local memory = require "luasip.store.memory"
+local outage = require "luasip.store.outage"
 
 local unpack = table.unpack or unpack
 local md5 = core.md5
@@ -178,6 +182,8 @@ local function wall_clock()
 end
 
 local default_secret, default_store
+local secrets = setmetatable({}, { __mode = "k" })   -- store -> the secret kept in it
+local SECRET_KEY = "auth:secret"
 local FUTURE_SKEW = 30          -- seconds a nonce may seem to come from the future
 
 -- With the failures option (off by default; true: these defaults):
@@ -280,7 +286,7 @@ local function check_opts(opts, fname)
     error(fname .. ": secret must be a non-empty string", 3)
   end
   local store = opts.store
-  if store ~= nil and (type(store) ~= "table" or type(store.update) ~= "function") then
+  if store ~= nil and (type(store) ~= "table" or type(store.advance) ~= "function") then
     error(fname .. ": store must be a luasip store", 3)
   end
   local given, algs, offered = opts.algorithms or { "MD5" }, {}, {}
@@ -296,13 +302,14 @@ local function check_opts(opts, fname)
   end
   if not default_secret then default_secret = core.random_hex(16) end
   if not store and not default_store then default_store = memory.new() end
-  local secret = opts.secret or default_secret
+  local secret = opts.secret
+  if not secret then secret = store and secrets[store] or (not store and default_secret) end
   return {
     realm = opts.realm, password = opts.password, ha1 = opts.ha1,
     proxy = not not opts.proxy,
     nonce_ttl = ttl or 300, secret = secret, store = store or default_store,
     clock = opts.clock or wall_clock,
-    opaque = md5("opaque:" .. secret .. ":" .. opts.realm),
+    opaque = secret and md5("opaque:" .. secret .. ":" .. opts.realm),
     algorithms = algs, offered = offered,
     failures = failures_opts(opts.failures, fname),
   }
@@ -370,8 +377,26 @@ local function uri_matches(digest_uri, req)
   return digest_uri == ruri or location.uri_equal(digest_uri, ruri)
 end
 
+-- the secret of a shared store: the one stored there, else ours, stored (once)
+local function load_secret(cfg)
+  local store, fresh, secret = cfg.store, core.random_hex(16), nil
+  local ok, err, code = store:update(SECRET_KEY, function(old)
+    secret = type(old) == "string" and old or fresh
+    if secret == old then return false end
+    return fresh
+  end)
+  if not ok then return nil, err, code end
+  secrets[store] = secret
+  cfg.secret, cfg.opaque = secret, md5("opaque:" .. secret .. ":" .. cfg.realm)
+  return true
+end
+
 local function verify(req, cfg)
   if req.method == "ACK" then return nil, nil, "an ACK cannot be challenged" end
+  if not cfg.secret then
+    local ok, err, code = load_secret(cfg)
+    if not ok then return outage.reply(req, "Authentication", err, code) end
+  end
   local p = find_credentials(req, cfg)
   if not p then return challenge(req, cfg, "no credentials") end
   if not (p.username and p.nonce and p.uri and p.response) then
@@ -420,23 +445,15 @@ local function verify(req, cfg)
   local left = issued + cfg.nonce_ttl - now
   if left <= 0 then return challenge(req, cfg, "stale", true) end
   -- nonce counts must rise (RFC 7616 3.4): a count seen before is a replay
-  local replay
-  local ok, err = cfg.store:update("auth:nc:" .. p.nonce, function(highest)
-    replay = highest ~= nil and nc <= highest
-    if replay then return false end
-    return nc, left + 1
-  end)
-  if not ok then
-    dispatcher.log("error", "auth: nonce count store failed: " .. tostring(err))
-    req:reply(500, "Authentication Store Failure")
-    return nil, 500, "store"
-  end
-  if replay then return challenge(req, cfg, "replay", true) end
+  local fresh, err, code = cfg.store:advance("auth:nc:" .. p.nonce, nc, left + 1)
+  if fresh == nil then return outage.reply(req, "Authentication", err, code) end
+  if not fresh then return challenge(req, cfg, "replay", true) end
   return p.username
 end
 
 -- check(req, { realm =, password = fn(user, realm) | ha1 = fn(user, realm),
---   proxy = false, nonce_ttl = 300, secret = (per process), store = (per process),
+--   proxy = false, nonce_ttl = 300, secret = (per process; the store's when a store is
+--   given), store = (per process),
 --   clock = (wall clock, seconds) })
 --   -> user | nil, status, why
 -- Answers req itself unless it returns a user: 401/407 with a fresh nonce when the
@@ -444,7 +461,8 @@ end
 -- wrong password look the same on the wire) or carry a nonce we did not make; with
 -- stale=true when the digest is right but the nonce expired or its nonce count was
 -- already used; 400 when the credentials are incomplete or their uri is not the
--- Request-URI (RFC 2617 3.2.2.5).  why: "no credentials", "algorithm", "qop",
+-- Request-URI (RFC 2617 3.2.2.5); 503 with Retry-After while the store is unreachable
+-- (500 for another store failure).  why: "no credentials", "algorithm", "qop",
 -- "bad nonce", "opaque", "unknown user", "bad response", "stale", "replay",
 -- "malformed", "uri", "store".
 function M.check(req, opts)

@@ -9,11 +9,15 @@
 -- subscriber); NOTIFYs go one at a time per subscription (a newer state replaces one not
 -- yet sent), so they never overtake each other.  Subscriptions live in this process (their
 -- dialogs do); each one is also written to the store (records with a TTL) and the state
--- given to notify() is kept there, so other processes sharing a Redis store see them.
+-- given to notify() is kept there, so other processes sharing a Redis store see them;
+-- notify() also publishes the change on the store (store:publish), so the notifiers of
+-- the other processes send NOTIFYs to the subscriptions they hold (a SUBSCRIBE served by
+-- one worker, a PUBLISH by another).
 local core = require "luasip.core"
 local dispatcher = require "luasip.dispatcher"
 local location = require "luasip.location"
 local memory = require "luasip.store.memory"
+local outage = require "luasip.store.outage"
 local pidf = require "luasip.pidf"
 
 local M = {}
@@ -94,6 +98,8 @@ local notifiers = setmetatable({}, { __mode = "k" })   -- handler -> notifier
 
 local function allow_all() return "active" end
 
+local changed_elsewhere   -- (below notify)
+
 -- events{ package =, authorize = fn(req, resource, subscriber) -> "active" | true |
 --   "pending" | false, state = fn(resource, sub) -> body, content_type, resource =
 --   fn(req) -> resource, min_expires = 60, default_expires = (per package, 3600),
@@ -128,6 +134,7 @@ function M.new(opts)
     subs = {},            -- id -> sub
     by_resource = {},     -- resource -> { id -> sub }
     count = 0,
+    origin = core.random_hex(8),   -- tells our own messages on the store from others'
   }, Notifier)
   M.instances[self] = true          -- for the luasip_subscriptions gauge (luasip.metrics)
   if self.min_expires > self.max_expires then
@@ -148,6 +155,9 @@ function M.new(opts)
     f = notifiers[f].fallback
   end
   self.allow_events = table.concat(list, ", ")
+  if type(self.store.subscribe) == "function" then
+    self.store:subscribe(self.prefix .. "notify", function(msg) changed_elsewhere(self, msg) end)
+  end
   local handler = function(req) return self:handle(req) end
   notifiers[handler] = self
   return handler, self
@@ -309,8 +319,13 @@ local function resubscribe(self, sub, req)
     req:reply(200, { headers = { Expires = "0" } })
     return finish(self, sub, "timeout")
   end
+  local was = sub.expires_at
   sub.expires_at = core.now() + expires
-  save(self, sub)
+  local ok, err, code = save(self, sub)
+  if not ok then
+    sub.expires_at = was                -- unchanged: the subscriber tries again
+    return outage.reply(req, "Subscription", err, code)
+  end
   arm(self, sub)
   req:reply(200, { headers = { Expires = tostring(expires) } })
   push(self, sub)               -- RFC 6665 4.2.1.2: a refresh is answered by a NOTIFY
@@ -354,13 +369,17 @@ function Notifier:handle(req, allow)
     event = pkg, event_id = id, state = decision, dialog = d, call_id = req.call_id,
     expires_at = core.now() + expires, notified = 0,
   }, Sub)
+  local ok, serr, scode = save(self, sub)
+  if not ok then
+    outage.reply(req, "Subscription", serr, scode)
+    return d:terminate()
+  end
   self.subs[sub.id] = sub
   self.count = self.count + 1
   local set = self.by_resource[resource]
   if not set then set = {}; self.by_resource[resource] = set end
   set[sub.id] = sub
   d:on("SUBSCRIBE", function(r) return resubscribe(self, sub, r) end)
-  save(self, sub)
   req:reply(200, { headers = { Expires = tostring(expires) } })
   if expires == 0 then
     -- a fetch (RFC 6665 4.4.3): one NOTIFY with the state, and it is over
@@ -396,7 +415,36 @@ function Notifier:notify(resource, body, content_type)
   for _, sub in pairs(self.by_resource[resource] or {}) do
     if sub.state == "active" and push(self, sub, want) then n = n + 1 end
   end
+  if type(self.store.publish) == "function" then
+    -- the notifiers of the other processes: "origin 1|0 resource" (1: an explicit body,
+    -- now the stored state)
+    self.store:publish(self.prefix .. "notify",
+      self.origin .. " " .. (body and "1" or "0") .. " " .. resource)
+  end
   return n
+end
+
+-- a change published on the store (by notify in another process), or nil after a store
+-- outage (changes may have been missed): NOTIFYs to the subscriptions held here
+function changed_elsewhere(self, msg)
+  if msg == nil then
+    for _, sub in pairs(self.subs) do
+      if sub.state == "active" then push(self, sub) end
+    end
+    return
+  end
+  local origin, explicit, resource = msg:match("^(%x+) ([01]) (.*)$")
+  if not origin or origin == self.origin then return end
+  local set = self.by_resource[resource]
+  if not set then return end
+  local want
+  if explicit == "1" then
+    local st = self.store:get(self.prefix .. "state:" .. resource)
+    if st then want = { body = st.body, content_type = st.content_type } end
+  end
+  for _, sub in pairs(set) do
+    if sub.state == "active" then push(self, sub, want) end
+  end
 end
 
 -- notifier:state(resource) -> body, content_type of the stored state | nil

@@ -15,6 +15,7 @@ local core = require "luasip.core"
 local dispatcher = require "luasip.dispatcher"
 local location = require "luasip.location"
 local memory = require "luasip.store.memory"
+local outage = require "luasip.store.outage"
 local events = require "luasip.events"
 local pidf = require "luasip.pidf"
 
@@ -175,8 +176,10 @@ local function allowed_type(self, ctype)
   return false
 end
 
+-- -> true | false | nil, err, code
 local function has_tag(self, resource, etag)
-  local rec = self.store:get(self.prefix .. resource)
+  local rec, err, code = self.store:get(self.prefix .. resource)
+  if rec == nil and err then return nil, err, code end
   for _, x in ipairs(live(rec, self.store:now())) do
     if x.etag == etag then return true end
   end
@@ -199,8 +202,10 @@ function Publications:handle(req)
   local body = req.body
   if body == "" then body = nil end
   -- RFC 3903 6 step 3: an unknown entity tag is 412 whatever else is wrong
-  if etag and not has_tag(self, resource, etag) then
-    return req:reply(412, "Conditional Request Failed")
+  if etag then
+    local known, err, code = has_tag(self, resource, etag)
+    if known == nil then return outage.reply(req, "Publication", err, code) end
+    if not known then return req:reply(412, "Conditional Request Failed") end
   end
   local e = req.expires
   if e == nil then e = self.default_expires end
@@ -220,7 +225,7 @@ function Publications:handle(req)
   end
   local new_tag = core.random_hex(8)
   local found, modified
-  local ok, err = self.store:update(self.prefix .. resource, function(rec, now)
+  local ok, err, code = self.store:update(self.prefix .. resource, function(rec, now)
     local list = live(rec, now)
     found, modified = nil, false
     if etag then
@@ -244,11 +249,7 @@ function Publications:handle(req)
     end
     return record_of(list, now)
   end)
-  if not ok then
-    dispatcher.log("error", "publications: store failed for " .. resource .. ": "
-      .. tostring(err))
-    return req:reply(500, "Publication Store Failure")
-  end
+  if not ok then return outage.reply(req, "Publication", resource .. ": " .. tostring(err), code) end
   if etag and not found then return req:reply(412, "Conditional Request Failed") end
   if etag and self.timers[etag] then
     self.timers[etag]:cancel()

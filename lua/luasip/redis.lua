@@ -4,6 +4,11 @@
 -- as tables, nil bulk as false-y nil; a server error returns nil, message, "redis".
 --   local r = assert(redis.connect{ path = "/tmp/redis.sock" })   -- or host=, port=
 --   r:call("SET", "k", "v"); local v = r:call("GET", "k")
+-- A lost connection fails every pending call (nil, "redis connection lost: ...",
+-- "closed") and runs client.on_close(why), if set; a call that gets no reply within
+-- call_timeout seconds closes the connection the same way (its replies would come out
+-- of order).  Pub/sub: client:on_message(fn) turns the connection into a subscriber one:
+-- fn(channel, message) runs in a new luasip coroutine for each message.
 local core = require "luasip.core"
 local dispatcher = require "luasip.dispatcher"
 
@@ -74,7 +79,12 @@ function M.connect(opts)
     s, err, code = core.stream_connect(opts.host or "127.0.0.1", opts.port or 6379)
   end
   if not s then return nil, err, code end
-  local c = setmetatable({ _s = s, _buf = "", _pending = {}, _head = 1, _tail = 0 }, Client)
+  local call_timeout = opts.call_timeout
+  if call_timeout ~= nil and (type(call_timeout) ~= "number" or call_timeout <= 0) then
+    error("luasip.redis.connect: call_timeout must be a positive number", 2)
+  end
+  local c = setmetatable({ _s = s, _buf = "", _pending = {}, _head = 1, _tail = 0,
+    _call_timeout = call_timeout }, Client)
   core.state(s).client = c
   if s:state() == "connecting" and pcall(dispatcher.current, "luasip.redis.connect") then
     local slot = dispatcher.new_slot("luasip.redis.connect")
@@ -103,7 +113,27 @@ function Client:call(...)
   end
   self._tail = self._tail + 1
   self._pending[self._tail] = slot
-  return dispatcher.wait(slot)
+  local v, err2, code2 = dispatcher.wait(slot, self._call_timeout)
+  if v == nil and code2 == "timeout" and err2 == "timeout" then
+    self:_lost("redis command timed out")
+    return nil, "redis command timed out", "timeout"
+  end
+  return v, err2, code2
+end
+
+-- client:on_message(fn(channel, message)): this connection now carries pub/sub
+-- messages (send SUBSCRIBE with call; its confirmations are the replies)
+function Client:on_message(fn)
+  self._on_message = fn
+end
+
+-- the connection is gone under us: fail what waits, tell the owner once
+function Client:_lost(why)
+  if self._closed then return end
+  self._closed = true
+  self._s:close()
+  self:_fail(why)
+  if self.on_close then self.on_close(why) end
 end
 
 function Client:close()
@@ -124,23 +154,33 @@ function Client:_fail(why)
   end
 end
 
+-- the next reply goes to the oldest waiting call
+local function deliver(c, v)
+  local slot = c._pending[c._head]
+  c._pending[c._head] = nil
+  c._head = c._head + 1
+  if type(v) == "table" and v.err then
+    dispatcher.fill(slot, nil, v.err, "redis")
+  elseif v == NULL then
+    dispatcher.fill(slot, nil)
+  else
+    dispatcher.fill(slot, v)
+  end
+end
+
 dispatcher.on_event("stream_data", function(s)
   local c = s and core.state(s).client
   if not c then return end
   local buf, pos = c._buf .. s:take(), 1
-  while c._head <= c._tail do
+  local on_message = c._on_message
+  while on_message or c._head <= c._tail do
     local v, nextp = parse(buf, pos)
     if v == nil then break end
     pos = nextp
-    local slot = c._pending[c._head]
-    c._pending[c._head] = nil
-    c._head = c._head + 1
-    if type(v) == "table" and v.err then
-      dispatcher.fill(slot, nil, v.err, "redis")
-    elseif v == NULL then
-      dispatcher.fill(slot, nil)
-    else
-      dispatcher.fill(slot, v)
+    if on_message and type(v) == "table" and v[1] == "message" then
+      dispatcher.spawn(on_message, v[2], v[3])
+    elseif c._head <= c._tail then
+      deliver(c, v)
     end
   end
   c._buf = buf:sub(pos)
@@ -153,10 +193,12 @@ end)
 
 dispatcher.on_event("stream_closed", function(s)
   local c = s and core.state(s).client
-  if c then
+  if c and not c._closed then
     c._closed = true
     if c._connecting then dispatcher.fill(c._connecting, nil, tostring(s:error())) end
-    c:_fail("redis connection lost: " .. tostring(s:error()))
+    local why = "redis connection lost: " .. tostring(s:error())
+    c:_fail(why)
+    if c.on_close then c.on_close(why) end
   end
 end)
 

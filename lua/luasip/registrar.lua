@@ -6,7 +6,7 @@
 -- The handler answers without yielding when its store does not yield (the memory store),
 -- so the 200 goes out statelessly (DESIGN D9).
 local location = require "luasip.location"
-local dispatcher = require "luasip.dispatcher"
+local outage = require "luasip.store.outage"
 
 local M = {}
 
@@ -247,8 +247,7 @@ function M.new(opts)
     end
     if not bindings then
       if type(code) == "number" then return req:reply(code, err) end
-      dispatcher.log("error", "registrar: store failed for " .. to_aor .. ": " .. tostring(err))
-      return req:reply(500, "Location Store Failure")
+      return outage.reply(req, "Location", to_aor .. ": " .. tostring(err), code)
     end
 
     -- step 8: every current binding with what it has left; Path echoed (RFC 3327 5.3)

@@ -10,11 +10,21 @@
 --     value [, ttl] to write, nil to delete, false to leave the key as it is.  fn must not
 --     yield and may run more than once (a Redis store retries it on a conflict).
 --   store:keys(prefix) -> sorted list of the live keys that start with prefix
+--   store:advance(key, n, ttl) -> true when n is above the number stored at key (or none
+--     is), which it now is (for ttl seconds); false otherwise (nonce counts: one atomic
+--     step, the same count accepted once in all the processes sharing the store)
+--   store:publish(channel, message) -> true: fn(message) of every subscriber of channel
+--     (of every process sharing the store, this one too) runs in a luasip coroutine
+--   store:subscribe(channel, fn(message | nil)) -> true, without waiting; fn(nil) tells
+--     that messages may have been lost (a shared store's outage is over)
+--   store:status() -> "up" | "down", why
 --   store:purge() -> number of expired keys dropped;  store:close() -> true
 -- Runtime failures (a server gone) return nil, message, code; misuse raises.
 -- Expired keys vanish on access; a sweep of the whole table runs at most every
 -- sweep_interval seconds, on a write, so no timer is needed.
 local core = require "luasip.core"
+local dispatcher = require "luasip.dispatcher"
+local check = require "luasip.store.args"
 
 local M = {}
 
@@ -42,16 +52,6 @@ local function copy(v, fname, depth)
   return c
 end
 
-local function check_key(key, fname)
-  if type(key) ~= "string" then error(fname .. ": key must be a string", 3) end
-end
-
-local function check_ttl(ttl, fname)
-  if ttl ~= nil and (type(ttl) ~= "number" or ttl <= 0) then
-    error(fname .. ": ttl must be a number of seconds > 0", 3)
-  end
-end
-
 -- memory{ clock = fn() -> seconds (default sip.now), sweep_interval = 60 } -> store
 function M.new(opts)
   opts = opts or {}
@@ -66,6 +66,7 @@ function M.new(opts)
   local clock = opts.clock or core.now
   return setmetatable({
     _data = {}, _expires = {}, _clock = clock, _sweep = sweep, _swept = clock(),
+    _channels = {},
   }, Store)
 end
 
@@ -102,28 +103,28 @@ local function write(self, key, value, ttl, now)
 end
 
 function Store:get(key)
-  check_key(key, "luasip.store:get")
+  check.key(key, "luasip.store:get")
   local v = live(self, key, self._clock())
   if v == nil then return nil end
   return copy(v, "luasip.store:get", 1)
 end
 
 function Store:set(key, value, ttl)
-  check_key(key, "luasip.store:set")
-  check_ttl(ttl, "luasip.store:set")
+  check.key(key, "luasip.store:set")
+  check.ttl(ttl, "luasip.store:set")
   if value == nil then error("luasip.store:set: value expected (use store:del)", 2) end
   write(self, key, copy(value, "luasip.store:set", 1), ttl, self._clock())
   return true
 end
 
 function Store:del(key)
-  check_key(key, "luasip.store:del")
+  check.key(key, "luasip.store:del")
   self._data[key], self._expires[key] = nil, nil
   return true
 end
 
 function Store:update(key, fn)
-  check_key(key, "luasip.store:update")
+  check.key(key, "luasip.store:update")
   if type(fn) ~= "function" then error("luasip.store:update: function expected", 2) end
   local now = self._clock()
   local old = live(self, key, now)
@@ -134,15 +135,43 @@ function Store:update(key, fn)
     self._data[key], self._expires[key] = nil, nil
     return true
   end
-  check_ttl(ttl, "luasip.store:update")
+  check.ttl(ttl, "luasip.store:update")
   write(self, key, copy(new, "luasip.store:update", 1), ttl, now)
   return true
 end
 
-function Store:keys(prefix)
-  if prefix ~= nil and type(prefix) ~= "string" then
-    error("luasip.store:keys: prefix must be a string", 2)
+function Store:advance(key, n, ttl)
+  check.advance(key, n, ttl)
+  local now = self._clock()
+  local h = live(self, key, now)
+  if type(h) == "number" and h >= n then return false end
+  write(self, key, n, ttl, now)
+  return true
+end
+
+function Store:publish(channel, message)
+  check.publish(channel, message)
+  local fns = self._channels[channel]
+  if fns then
+    for _, fn in ipairs(fns) do dispatcher.spawn(fn, message) end
   end
+  return true
+end
+
+function Store:subscribe(channel, fn)
+  check.subscribe(channel, fn)
+  local fns = self._channels[channel] or {}
+  self._channels[channel] = fns
+  fns[#fns + 1] = fn
+  return true
+end
+
+function Store:status() -- luacheck: ignore 212
+  return "up"
+end
+
+function Store:keys(prefix)
+  check.prefix(prefix)
   prefix = prefix or ""
   local now, list = self._clock(), {}
   for key in pairs(self._data) do
