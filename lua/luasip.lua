@@ -287,6 +287,11 @@ sip.store = { memory = require("luasip.store.memory").new,
   redis = function(...) return require("luasip.store.redis").new(...) end }
 sip.redis = function(...) return require("luasip.redis").connect(...) end
 
+--- A client of rtpengine's ng control protocol (media relay for a proxy).
+-- @function rtpengine
+-- @tab opts `servers = { "127.0.0.1:2223" }`, `timeout`, `retries`, `on_failure`, ...
+sip.rtpengine = function(...) return require("luasip.rtpengine").new(...) end
+
 -- digest authentication: auth.check(req, opts) -> user | nil, status, why;
 -- auth.authorizer{...};  auth.credentials / auth.response / auth.parse
 
