@@ -8,7 +8,7 @@ lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev lua5.4 liblua5.
 clang libclang-rt-14-dev
 lua-busted lua-check luarocks lua-cqueues lua-luv sip-tester valgrind iproute2 util-linux procps python3-minimal redis-server
 baresip-core libspandsp-dev libsndfile1-dev libspeexdsp-dev sox
-flite prometheus lua-ldoc lua-markdown
+flite prometheus lua-ldoc lua-markdown rtpengine-daemon
 $*"
 
 missing=""

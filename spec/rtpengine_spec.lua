@@ -154,3 +154,136 @@ describe("luasip.rtpengine with rtpengine-daemon", function()
     assert.is_truthy(logs[1] and logs[1].msg:find("ping failed: no reply", 1, true))
   end)
 end)
+
+-- A record-routing proxy on rtpengine, in this process: what examples/nat_proxy.lua does
+local function proxy_app(rtp)
+  return function(agent)
+    local registrar, location = sip.registrar{}
+    agent:on("REGISTER", registrar)
+    agent:on("ACK", function(ack) if ack:loose_route() then ack:forward() end end)
+    agent:on("BYE", function(req)
+      if not req:loose_route() then return req:reply(403) end
+      rtp:delete(req)
+      req:proxy(req.uri)
+    end)
+    agent:on("INVITE", function(req)
+      if req.to_tag then return rtp:proxy(req, req.uri) end
+      local targets = location:lookup(req.uri)
+      if #targets == 0 then return req:reply(404) end
+      rtp:proxy(req, targets, { record_route = true })
+    end)
+  end
+end
+
+local function in_range(port, base) return port >= base and port < base + 200 end
+
+-- alice calls bob through the proxy at t, both with luasip media; returns both calls
+local function media_call(t)
+  local alice, bob = t:phone("alice"), t:phone("bob")
+  bob:register():expect(200)
+  local a = alice:invite("bob", { media = true })
+  local b = bob:expect_call()
+  local offer = b.req.body
+  b:answer{ media = true }
+  a:expect(200)
+  return a, b, offer, a.responses[#a.responses].body
+end
+
+-- the tone one side sends reaches the other through rtpengine
+local function assert_hears(from, to, hz)
+  from:send_tone({ freqs = { hz }, ms = 3000 })
+  local heard = to:hear(0.6)
+  from:stop_output()
+  assert.is_false(heard.silence, "silence instead of " .. hz .. " Hz")
+  assert.is_true(math.abs(heard.frequency - hz) < 15, "heard " .. tostring(heard.frequency))
+end
+
+describe("luasip.rtpengine in a proxy", function()
+  local defer = H.defer_with(function(f) finally(f) end)
+  local t
+  after_each(function()
+    if t then t:close() end
+    t = nil
+    H.close_agents()
+  end)
+  local it_ = have and it or pending
+
+  it_("relays a call's audio both ways through rtpengine, and deletes it on BYE", function()
+    local proc, port, base = start_rtpengine()
+    defer(proc.kill)
+    local rtp = sip.rtpengine{ servers = { "127.0.0.1:" .. port },
+      offer = "ICE=remove replace-origin", answer = "ICE=remove replace-origin" }
+    t = testing.start{ app = proxy_app(rtp), agent = { in_dialog = "handler" } }
+    local a, b, offer, answer = media_call(t)
+    -- each phone was given rtpengine's address and ports, not the other phone's
+    local oaddr, oport = media_of(offer)
+    local aaddr, aport = media_of(answer)
+    assert.equal("127.0.0.1", oaddr)
+    assert.equal("127.0.0.1", aaddr)
+    assert.is_true(in_range(oport, base), "offer port " .. oport)
+    assert.is_true(in_range(aport, base), "answer port " .. aport)
+    assert.equal(oport, b:stats().remote_port)
+    assert.equal(aport, a:stats().remote_port)
+    assert.is_true(oport ~= a:stats().local_port and aport ~= b:stats().local_port)
+    assert_hears(a, b, 440)
+    assert_hears(b, a, 1000)
+    local call_id = b.req.call_id
+    local q = H.run(function() return rtp:query{ call_id = call_id } end)
+    assert.equal("ok", q.result)
+    a:bye()
+    b:expect_bye()
+    local gone, _, code = H.run(function() return rtp:query{ call_id = call_id } end)
+    assert.is_nil(gone)
+    assert.equal("rtpengine", code)
+  end)
+
+  it_("answers 503 when rtpengine is down, or passes the SDP unchanged when told to", function()
+    local dead = H.free_port()
+    local logs, restore = H.capture_logs()
+    defer(restore)
+    local rtp = sip.rtpengine{ servers = { "127.0.0.1:" .. dead }, timeout = 0.2 }
+    t = testing.start{ app = proxy_app(rtp), agent = { in_dialog = "handler" } }
+    local alice, bob = t:phone("alice"), t:phone("bob")
+    bob:register():expect(200)
+    local a = alice:invite("bob")
+    a:expect(503)
+    assert.equal("Media Relay Unavailable", a.responses[#a.responses].reason)
+    local said = false
+    for _, l in ipairs(logs) do
+      if l.level == "error" and l.msg:find("rtpengine offer failed: rtpengine unreachable", 1, true)
+      then said = true end
+    end
+    assert.is_true(said)
+    t:close()
+
+    local pass = sip.rtpengine{ servers = { "127.0.0.1:" .. dead }, timeout = 0.2,
+      on_failure = "pass" }
+    t = testing.start{ app = proxy_app(pass), agent = { in_dialog = "handler" } }
+    alice, bob = t:phone("alice"), t:phone("bob")
+    bob:register():expect(200)
+    a = alice:invite("bob")
+    local b = bob:expect_call()
+    local _, port = media_of(b.req.body)
+    assert.equal(alice.rtp_port, port)             -- the caller's own SDP
+    b:answer()
+    a:expect(200)
+    a:ack()
+    a:bye()
+    b:expect_bye()
+  end)
+
+  it_("runs examples/nat_proxy.lua: a call's SDP points at rtpengine and audio passes", function()
+    local proc, port, base = start_rtpengine()
+    defer(proc.kill)
+    t = testing.start{ script = "examples/nat_proxy.lua",
+      args = { "{address}", "127.0.0.1:" .. port } }
+    local a, b, offer, answer = media_call(t)
+    local _, oport = media_of(offer)
+    local _, aport = media_of(answer)
+    assert.is_true(in_range(oport, base) and in_range(aport, base))
+    assert.is_nil(offer:find("a=ice", 1, true))
+    assert_hears(a, b, 700)
+    a:bye()
+    b:expect_bye()
+  end)
+end)

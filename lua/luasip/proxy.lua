@@ -7,7 +7,7 @@ local class = require "luasip.class"
 local dispatcher = require "luasip.dispatcher"
 
 local state = class.state
-class.get("luasip.proxy")
+local _, _, PROXY = class.get("luasip.proxy")
 local _, _, REQ = require("luasip.core").class("luasip.request")
 
 local M = {}
@@ -155,7 +155,7 @@ local function rewriter(p, pst)
         new = b
       end
     end
-    p:_release(new and { body = new } or nil)
+    PROXY._release(p, new and { body = new } or nil)
   end
   pst.rewriting = false
 end

@@ -451,7 +451,11 @@ function Client:proxy(req, targets, popts, flags)
     end
   end
   local res, err, code, final = req:proxy(targets, o)
-  if not res and relayed then self:delete(req) end
+  -- a failed call ends its media session; a failed re-INVITE leaves the call's alone
+  if not res and relayed and not req.to_tag then
+    local ok, derr = self:delete(req)
+    if not ok then dispatcher.log("warn", "rtpengine delete failed: " .. tostring(derr)) end
+  end
   return res, err, code, final
 end
 
