@@ -287,3 +287,100 @@ describe("luasip.rtpengine in a proxy", function()
     b:expect_bye()
   end)
 end)
+
+-- what rtp:proxy stands on: req:proxy's body and rewrite options (no rtpengine needed)
+describe("luasip.request:proxy body and rewrite", function()
+  local t
+  after_each(function()
+    if t then t:close() end
+    t = nil
+    H.close_agents()
+  end)
+
+  local SDP_B = OFFER:gsub("40000", "40200")
+
+  it("sends the branches its body and rewrites responses with a body, in order", function()
+    local seen = {}
+    t = testing.start{ agent = { in_dialog = "handler" }, app = function(agent)
+      local registrar, location = sip.registrar{}
+      agent:on("REGISTER", registrar)
+      agent:on("ACK", function(ack) if ack:loose_route() then ack:forward() end end)
+      agent:on("BYE", function(req) req:proxy(req.uri) end)
+      agent:on("INVITE", function(req)
+        req:proxy(location:lookup(req.uri), { record_route = true,
+          body = req.body:gsub("40000", "41000"),
+          rewrite = function(res)
+            seen[#seen + 1] = res.status
+            if res.status == 183 then
+              sip.sleep(0.3)                        -- the 180 and 200 behind it wait
+              return res.body:gsub("40200", "42183")
+            end
+            if res.status == 200 then return res.body:gsub("40200", "42200") end
+          end })
+      end)
+    end }
+    local alice, bob = t:phone("alice"), t:phone("bob")
+    bob:register():expect(200)
+    local a = alice:invite("bob", { sdp = OFFER })
+    local b = bob:expect_call()
+    assert.matches("m=audio 41000 ", b.req.body)
+    b:reply(183, nil, { body = SDP_B, content_type = "application/sdp" })
+    b:reply(180)
+    b:answer{ sdp = SDP_B }
+    a:expect(183)
+    a:expect(180)
+    a:expect(200)
+    local statuses, bodies = {}, {}
+    for _, r in ipairs(a.responses) do
+      statuses[#statuses + 1] = r.status
+      bodies[r.status] = r.body
+    end
+    assert.same({ 183, 180, 200 }, statuses)
+    assert.matches("m=audio 42183 ", bodies[183])
+    assert.matches("m=audio 42200 ", bodies[200])
+    assert.same({ 183, 200 }, seen)                 -- only responses with a body
+    a:ack()
+    a:bye()
+    b:expect_bye()
+  end)
+
+  it("passes a response on unchanged when the rewrite fails", function()
+    local logs, restore = H.capture_logs()
+    t = testing.start{ agent = { in_dialog = "handler" }, app = function(agent)
+      local registrar, location = sip.registrar{}
+      agent:on("REGISTER", registrar)
+      agent:on("ACK", function(ack) if ack:loose_route() then ack:forward() end end)
+      agent:on("BYE", function(req) req:proxy(req.uri) end)
+      agent:on("INVITE", function(req)
+        req:proxy(location:lookup(req.uri), { record_route = true,
+          rewrite = function() error("boom") end })
+      end)
+    end }
+    local alice, bob = t:phone("alice"), t:phone("bob")
+    bob:register():expect(200)
+    local a = alice:invite("bob")
+    local b = bob:expect_call()
+    b:answer{ sdp = SDP_B }
+    local res = a:expect(200)
+    restore()
+    assert.equal(SDP_B, res.body)
+    local logged = false
+    for _, l in ipairs(logs) do if l.msg:find("proxy rewrite failed: .*boom") then logged = true end end
+    assert.is_true(logged)
+    a:ack()
+    a:bye()
+    b:expect_bye()
+  end)
+
+  it("checks its options", function()
+    t = testing.start{ app = function(agent)
+      agent:on("OPTIONS", function(req)
+        local ok1, e1 = pcall(req.proxy, req, "sip:x@127.0.0.1:9", { rewrite = 1 })
+        local ok2, e2 = pcall(req.proxy, req, "sip:x@127.0.0.1:9", { body = 1 })
+        req:reply(200, (not ok1 and e1:match("rewrite must be a function") and
+          not ok2 and e2:match("body must be a string")) and "checked" or "not checked")
+      end)
+    end }
+    assert.equal("checked", t:options(t:contact()):expect(200).reason)
+  end)
+end)

@@ -426,6 +426,9 @@ function Client:proxy(req, targets, popts, flags)
   flags = flags or {}
   local o = {}
   for k, v in pairs(popts or {}) do o[k] = v end
+  if o.body ~= nil or o.rewrite ~= nil then
+    error(fname .. ": body and rewrite are rtpengine's (use req:proxy for your own)", 2)
+  end
   local has_sdp = sdp_of(req) ~= nil
   local relayed = false
   if has_sdp then
@@ -441,9 +444,7 @@ function Client:proxy(req, targets, popts, flags)
     end
   end
   if relayed then
-    local rewrite = o.rewrite
     o.rewrite = function(res)
-      if rewrite then rewrite(res) end
       if not sdp_of(res) then return nil end
       local sdp, err = self:answer(res, flags.answer)
       if not sdp then dispatcher.log("warn", "rtpengine answer failed: " .. tostring(err)) end
