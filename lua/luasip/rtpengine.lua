@@ -177,7 +177,7 @@ Client.__index = Client
 local OPTIONS = { servers = true, timeout = true, retries = true, down_for = true,
   flags = true, offer = true, answer = true, delete = true, on_failure = true }
 
---- sip.rtpengine{ servers = { "host:port", ... } [, timeout = 1, retries = 2,
+-- sip.rtpengine{ servers = { "host:port", ... } [, timeout = 1, retries = 2,
 -- down_for = 60, on_failure = "fail" | "pass", offer =, answer =, delete = ] } -> client
 function M.new(opts)
   local fname = "luasip.rtpengine"
@@ -301,7 +301,7 @@ local function order(c, call_id)
   return list
 end
 
---- client:command(dict) -> reply dict | nil, err, code: any ng command (dict.command),
+-- client:command(dict) -> reply dict | nil, err, code: any ng command (dict.command),
 -- with failover; code "rtpengine" for an error reply (result "error"), "timeout" when
 -- no server answered
 function Client:command(cmd)
@@ -330,7 +330,7 @@ function Client:command(cmd)
   return nil, "rtpengine unreachable (" .. table.concat(errs, "; ") .. ")", "timeout"
 end
 
---- client:ping() -> true, server | nil, err, code
+-- client:ping() -> true, server | nil, err, code
 function Client:ping()
   local reply, server_or_err, code = self:command{ command = "ping" }
   if not reply then return nil, server_or_err, code end
@@ -385,17 +385,17 @@ local function sdp_command(c, which, msg, opts, fname)
   return reply.sdp
 end
 
---- client:offer(req | response [, flags]) -> sdp | nil, err, code
+-- client:offer(req | response [, flags]) -> sdp | nil, err, code
 function Client:offer(msg, opts)
   return sdp_command(self, "offer", msg, opts, "luasip.rtpengine:offer")
 end
 
---- client:answer(response | ack [, flags]) -> sdp | nil, err, code
+-- client:answer(response | ack [, flags]) -> sdp | nil, err, code
 function Client:answer(msg, opts)
   return sdp_command(self, "answer", msg, opts, "luasip.rtpengine:answer")
 end
 
---- client:delete(msg | { call_id =, from_tag =, to_tag = } [, flags]) -> reply | nil, err, code
+-- client:delete(msg | { call_id =, from_tag =, to_tag = } [, flags]) -> reply | nil, err, code
 function Client:delete(msg, opts)
   local fname = "luasip.rtpengine:delete"
   local call_id, from_tag, to_tag = ids(msg, fname)
@@ -406,7 +406,7 @@ function Client:delete(msg, opts)
   return reply, err, code
 end
 
---- client:query(msg | { call_id = }) -> reply | nil, err, code
+-- client:query(msg | { call_id = }) -> reply | nil, err, code
 function Client:query(msg, opts)
   local fname = "luasip.rtpengine:query"
   local call_id, from_tag = ids(msg, fname)
@@ -416,7 +416,7 @@ function Client:query(msg, opts)
   return self:command(d)
 end
 
---- client:proxy(req, targets [, proxy_opts [, { offer =, answer = }]]) -> as req:proxy:
+-- client:proxy(req, targets [, proxy_opts [, { offer =, answer = }]]) -> as req:proxy:
 -- the INVITE's SDP goes through offer, every response's SDP through answer; the
 -- media session is deleted when the call fails.  When rtpengine cannot be reached the
 -- call fails 503 (on_failure = "fail") or goes on with its SDP unchanged ("pass").
