@@ -75,6 +75,26 @@ describe("luasip.rtpengine bencode", function()
   end)
 end)
 
+describe("luasip.rtpengine replies", function()
+  local defer = H.defer_with(function(f) finally(f) end)
+
+  it("ignores malformed and foreign replies and takes the good one after them", function()
+    local peer = H.background({ "python3", "spec/peers/ng_garbage.py", "20" }, 30)
+    defer(peer.kill)
+    H.run_until(function() return peer.log():match("^%d+\n") or peer.done() end, 5, "peer port")
+    local port = assert(tonumber(peer.log():match("^(%d+)")), peer.log())
+    local logs, restore = H.capture_logs()
+    defer(restore)
+    local rtp = sip.rtpengine{ servers = { "127.0.0.1:" .. port }, timeout = 1, retries = 0 }
+    H.run(function()
+      for _ = 1, 3 do assert.is_true(rtp:ping()) end
+    end)
+    local malformed = 0
+    for _, l in ipairs(logs) do if l.msg:find("malformed reply to ping", 1, true) then malformed = malformed + 1 end end
+    assert.is_true(malformed >= 3, "logged " .. malformed)
+  end)
+end)
+
 describe("luasip.rtpengine with rtpengine-daemon", function()
   local defer = H.defer_with(function(f) finally(f) end)
   after_each(function() H.close_agents() end)
