@@ -168,14 +168,15 @@ local function parse_server(s, fname)
   if not host or not port or port < 1 or port > 65535 then
     error(fname .. ": bad server address '" .. s .. "' (an IP address and port expected)", 4)
   end
-  return { address = s, host = host, port = port, down_until = 0 }
+  return { address = s, host = host, port = port, down_until = 0, inflight = 0,
+    queue = { first = 1, last = 0 } }
 end
 
 local Client = {}
 Client.__index = Client
 
 local OPTIONS = { servers = true, timeout = true, retries = true, down_for = true,
-  flags = true, offer = true, answer = true, delete = true, on_failure = true }
+  window = true, offer = true, answer = true, delete = true, on_failure = true }
 
 -- sip.rtpengine{ servers = { "host:port", ... } [, timeout = 1, retries = 2,
 -- down_for = 60, on_failure = "fail" | "pass", offer =, answer =, delete = ] } -> client
@@ -190,6 +191,7 @@ function M.new(opts)
   end
   local c = setmetatable({ servers = {}, calls = {}, pending = {}, seq = 0,
     timeout = opts.timeout or 1, retries = opts.retries or 2, down_for = opts.down_for or 60,
+    window = opts.window or 32,
     on_failure = opts.on_failure or "fail",
     defaults = { offer = opts.offer, answer = opts.answer, delete = opts.delete } }, Client)
   for i, s in ipairs(servers) do c.servers[i] = parse_server(s, fname) end
@@ -198,6 +200,9 @@ function M.new(opts)
   end
   if type(c.retries) ~= "number" or c.retries < 0 then
     error(fname .. ": retries must be a number >= 0", 2)
+  end
+  if type(c.window) ~= "number" or c.window < 1 then
+    error(fname .. ": window must be a number >= 1", 2)
   end
   if c.on_failure ~= "fail" and c.on_failure ~= "pass" then
     error(fname .. ': on_failure must be "fail" or "pass"', 2)
@@ -259,8 +264,32 @@ local function socket_of(c, server)
   return s
 end
 
+-- At most `window` commands in flight per server, the others wait their turn: a burst
+-- (200 calls at once) overflowed rtpengine's socket buffer, and each datagram it dropped
+-- cost a retransmission timeout.
+local function acquire(c, server, fname)
+  while server.inflight >= c.window do
+    local q, slot = server.queue, dispatcher.new_slot(fname)
+    q.last = q.last + 1
+    q[q.last] = slot
+    dispatcher.wait(slot)
+  end
+  server.inflight = server.inflight + 1
+end
+
+local function release(server)
+  server.inflight = server.inflight - 1
+  local q = server.queue
+  while q.first <= q.last do
+    local slot = q[q.first]
+    q[q.first] = nil
+    q.first = q.first + 1
+    if dispatcher.fill(slot, true) then return end
+  end
+end
+
 -- one exchange with one server: retransmitted every timeout, retries times
-local function exchange(c, server, cmd, fname)
+local function send_wait(c, server, cmd, fname)
   local s, err, code = socket_of(c, server)
   if not s then return nil, err, code end
   c.seq = c.seq + 1
@@ -284,6 +313,13 @@ local function exchange(c, server, cmd, fname)
     return nil, err, code
   end
   return reply
+end
+
+local function exchange(c, server, cmd, fname)
+  acquire(c, server, fname)
+  local reply, err, code = send_wait(c, server, cmd, fname)
+  release(server)
+  return reply, err, code
 end
 
 -- the servers to try, in order: the call's own first, then the others that are up,
