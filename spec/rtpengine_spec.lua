@@ -143,11 +143,11 @@ describe("luasip.rtpengine with rtpengine-daemon", function()
       sip.spawn(function()
         local m = msg{ call_id = "burst-" .. i .. "-" .. sip.random_hex(3), from_tag = "f",
           to_tag = "t", body = OFFER }
-        local a, e1 = rtp:offer(m)
+        local r, err = rtp:offer(m)
         m.body = ANSWER
-        local b, e2 = a and rtp:answer(m)
-        local c, e3 = b and rtp:delete(m)
-        if c then ok = ok + 1 else failed[#failed + 1] = tostring(e1 or e2 or e3) end
+        if r then r, err = rtp:answer(m) end
+        if r then r, err = rtp:delete(m) end
+        if r then ok = ok + 1 else failed[#failed + 1] = tostring(err) end
       end)
     end
     H.run_until(function() return ok + #failed == 150 end, 30, "150 calls")
