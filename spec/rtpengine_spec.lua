@@ -268,6 +268,17 @@ describe("luasip.rtpengine in a proxy", function()
     assert.is_true(oport ~= a:stats().local_port and aport ~= b:stats().local_port)
     assert_hears(a, b, 440)
     assert_hears(b, a, 1000)
+    -- a re-INVITE from the callee goes through offer and answer too; audio goes on
+    local tx = b:request("INVITE", { body = sip.sdp.bump(b.dialog.local_sdp),
+      content_type = "application/sdp" })
+    local re_answer = tx:expect(200).body
+    local re_offer = a.dialog.remote_sdp         -- (its stream answered the re-INVITE)
+    local _, rport = media_of(re_offer)
+    local _, raport = media_of(re_answer)
+    assert.is_true(in_range(rport, base) and in_range(raport, base))
+    assert.equal(rport, a:stats().remote_port)
+    assert.equal(raport, b:stats().remote_port)
+    assert_hears(a, b, 600)
     local call_id = b.req.call_id
     local q = H.run(function() return rtp:query{ call_id = call_id } end)
     assert.equal("ok", q.result)
@@ -411,6 +422,36 @@ describe("luasip.request:proxy body and rewrite", function()
     a:ack()
     a:bye()
     b:expect_bye()
+  end)
+
+  it("lets go of a held response when the agent closes under it", function()
+    local released
+    t = testing.start{ agent = { in_dialog = "handler" }, app = function(agent)
+      local registrar, location = sip.registrar{}
+      agent:on("REGISTER", registrar)
+      agent:on("INVITE", function(req)
+        req:proxy(location:lookup(req.uri), { record_route = true,
+          rewrite = function(res)
+            sip.sleep(0.3)
+            released = res.status
+            return "v=0\r\n"
+          end })
+      end)
+    end }
+    local alice, bob = t:phone("alice"), t:phone("bob")
+    bob:register():expect(200)
+    alice:invite("bob")
+    local b = bob:expect_call()
+    b:reply(183, nil, { body = SDP_B, content_type = "application/sdp" })
+    H.settle(0.1)
+    t.agent:close()                                 -- the 183 is still held
+    H.run_until(function() return released ~= nil end, 3, "the rewrite's end")
+    H.settle(0.1)
+    assert.equal(183, released)
+    collectgarbage()
+    collectgarbage()
+    sip.step(0)
+    assert.equal(0, sip.stats()["luasip.proxy"] or 0)
   end)
 
   it("checks its options", function()
