@@ -8,8 +8,8 @@ have = have == true or have == 0
 
 -- rtpengine (Debian's rtpengine-daemon) in userspace on loopback: no kernel table, ng on
 -- a free port, RTP on a range of its own; ready when it answers a ping
-local function start_rtpengine()
-  local port = H.free_port()
+local function start_rtpengine(port)
+  port = port or H.free_port()
   local base = 20000 + 1000 * math.random(0, 11)
   local proc = H.background({ "rtpengine", "--config-file=none", "--foreground",
     "--log-stderr", "--table=-1", "--interface=127.0.0.1", "--listen-ng=127.0.0.1:" .. port,
@@ -152,6 +152,31 @@ describe("luasip.rtpengine with rtpengine-daemon", function()
     end
     H.run_until(function() return ok + #failed == 150 end, 30, "150 calls")
     assert.same({}, failed)
+  end)
+
+  it_("keeps a call on the server that took its offer", function()
+    local a_port = H.free_port()                    -- A: down for now
+    local proc_b, b_port = start_rtpengine()
+    defer(proc_b.kill)
+    local _, restore = H.capture_logs()
+    defer(restore)
+    local rtp = sip.rtpengine{ servers = { "127.0.0.1:" .. a_port, "127.0.0.1:" .. b_port },
+      down_for = 0 }
+    local call = msg{ call_id = "sticky-" .. sip.random_hex(4), from_tag = "f", to_tag = "t",
+      body = OFFER }
+    assert.is_string(H.run(function() return rtp:offer(call) end))   -- taken by B
+    local proc_a = start_rtpengine(a_port)          -- A is up, and first in the list
+    defer(proc_a.kill)
+    call.body = ANSWER
+    H.run(function()
+      assert.is_string(rtp:answer(call))            -- A would not know the call
+      local _, server = rtp:command{ command = "query", ["call-id"] = call.call_id }
+      assert.equal("127.0.0.1:" .. b_port, server)
+      local other = msg{ call_id = "new-" .. sip.random_hex(4), from_tag = "f", body = OFFER }
+      assert.is_string(rtp:offer(other))
+      local _, s2 = rtp:command{ command = "query", ["call-id"] = other.call_id }
+      assert.equal("127.0.0.1:" .. a_port, s2)      -- a new call goes to the first one up
+    end)
   end)
 
   it_("fails over to the next server and skips one that is down", function()

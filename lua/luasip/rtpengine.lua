@@ -327,6 +327,7 @@ end
 local function order(c, call_id)
   local list, later, now = {}, {}, core.now()
   local own = call_id and c.calls[call_id]
+  own = own and own.server
   if own then list[1] = own end
   for _, s in ipairs(c.servers) do
     if s ~= own then
@@ -335,6 +336,24 @@ local function order(c, call_id)
   end
   for _, s in ipairs(later) do list[#list + 1] = s end
   return list
+end
+
+-- A call sticks to the server that took its offer (with one server: nothing to keep).
+-- Calls that never saw a delete (no BYE came) are forgotten after a day: the table is
+-- swept every 1024 new calls.
+local CALL_TTL = 86400
+local function stick(c, call_id, server)
+  if #c.servers < 2 then return end
+  local now = core.now()
+  if not c.calls[call_id] then
+    c.ncalls = (c.ncalls or 0) + 1
+    if c.ncalls % 1024 == 0 then
+      for id, e in pairs(c.calls) do
+        if now - e.at > CALL_TTL then c.calls[id] = nil end
+      end
+    end
+  end
+  c.calls[call_id] = { server = server, at = now }
 end
 
 -- client:command(dict) -> reply dict | nil, err, code: any ng command (dict.command),
@@ -351,7 +370,7 @@ function Client:command(cmd)
     local reply, err, code = exchange(self, server, cmd, fname)
     if reply then
       server.down_until = 0
-      if cmd["call-id"] and cmd.command ~= "delete" then self.calls[cmd["call-id"]] = server end
+      if cmd["call-id"] and cmd.command ~= "delete" then stick(self, cmd["call-id"], server) end
       if reply.result == "error" then
         return nil, "rtpengine: " .. tostring(reply["error-reason"] or "error"), "rtpengine", reply
       end
