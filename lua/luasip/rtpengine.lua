@@ -424,7 +424,7 @@ end
 local function sdp_command(c, which, msg, opts, fname)
   local call_id, from_tag, to_tag = ids(msg, fname)
   local sdp = sdp_of(msg)
-  if not sdp then return nil, "no SDP in the message", "no sdp" end
+  if not sdp then return nil, "no SDP in the message", "sdp" end
   local d = with_defaults(c, which, opts, fname)
   d.command, d.sdp, d["call-id"], d["from-tag"] = which, sdp, call_id, from_tag
   if which == "answer" then d["to-tag"] = to_tag end
