@@ -3,8 +3,8 @@
   call in rtpengine, as a Kamailio script does with rtpengine_offer / rtpengine_answer /
   rtpengine_delete: phones behind NAT then send RTP to rtpengine, which relays it.
   The INVITE's SDP goes through `offer`, the SDP of each answer (18x, 2xx) through
-  `answer`, the session is deleted on BYE and when the call fails; re-INVITEs in either
-  direction are offered and answered the same way.  With several rtpengines the commands
+  `answer`, the session is deleted on BYE and when the call fails; re-INVITEs and
+  UPDATEs in either direction are offered and answered the same way.  With several rtpengines the commands
   fail over from one to the next; a call stays on the one that took its offer.
   When no rtpengine answers, calls fail 503 ($RTPENGINE_ON_FAILURE=pass: they go
   through with their SDP unchanged).  No authentication: put it behind examples/pbx.lua's
@@ -46,7 +46,10 @@ app:on("BYE", function(req)
   req:proxy(req.uri)
 end)
 
-for _, method in ipairs{ "UPDATE", "INFO", "MESSAGE", "NOTIFY", "REFER", "PRACK" } do
+-- an UPDATE may carry a new offer: through rtpengine like a re-INVITE
+app:on("UPDATE", function(req) if routed(req) then rtp:proxy(req, req.uri) end end)
+
+for _, method in ipairs{ "INFO", "MESSAGE", "NOTIFY", "REFER", "PRACK" } do
   app:on(method, function(req)
     if req.to_tag then
       if routed(req) then req:proxy(req.uri) end
