@@ -65,6 +65,20 @@ describe("luasip.rtpengine bencode", function()
     end
   end)
 
+  it("turns Kamailio-style flag words and tables into ng keys", function()
+    assert.same({ ICE = "remove", replace = { "origin", "session-connection" },
+      ["transport-protocol"] = "RTP/AVP", flags = { "trust-address", "symmetric" },
+      direction = { "internal", "external" }, ["rtcp-mux"] = { "demux" } },
+      rtpengine.flags("ICE=remove replace-origin replace-session-connection RTP/AVP "
+        .. "trust-address direction=internal direction=external rtcp-mux-demux symmetric"))
+    assert.same({ ["transport-protocol"] = "UDP/TLS/RTP/SAVPF", DTLS = "passive" },
+      rtpengine.flags{ "UDP/TLS/RTP/SAVPF", "DTLS=passive" })
+    assert.same({ flags = { "trust-address", "record-call" }, replace = { "origin" },
+      label = "x" },
+      rtpengine.flags{ "trust-address", flags = "record-call", replace = { "origin" }, label = "x" })
+    assert.has_error(function() rtpengine.flags(5) end)
+  end)
+
   it("checks its options and raises outside a luasip coroutine", function()
     local rtp = sip.rtpengine{ servers = { "127.0.0.1:9" } }
     assert.has_error(function() sip.rtpengine{ servers = { "nowhere" } } end,

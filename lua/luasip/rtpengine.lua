@@ -155,6 +155,13 @@ local function add_flags(d, opts, fname)
   end
 end
 
+-- flags(opts) -> the ng dictionary entries of a flag string or table
+function M.flags(opts)
+  local d = {}
+  add_flags(d, opts, "luasip.rtpengine.flags")
+  return d
+end
+
 -- ------------------------------------------------------------------ sockets
 
 -- a server: { address =, host =, port =, sock =, down_until = }
