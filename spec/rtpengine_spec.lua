@@ -193,6 +193,19 @@ describe("luasip.rtpengine with rtpengine-daemon", function()
     end)
   end)
 
+  it("closes: waiting commands fail, later ones too", function()
+    local silent = H.agent()                       -- takes datagrams, never answers
+    local rtp = sip.rtpengine{ servers = { "127.0.0.1:" .. silent:transports()[1].port } }
+    local got
+    sip.spawn(function() got = { rtp:ping() } end)
+    H.settle(0.05)
+    assert.is_true(rtp:close())
+    assert.is_true(rtp:close())
+    H.run_until(function() return got ~= nil end, 2, "the ping's end")
+    assert.same({ nil, "rtpengine client closed", "closed" }, got)
+    assert.same({ nil, "rtpengine client closed", "closed" }, { H.run(function() return rtp:ping() end) })
+  end)
+
   it_("fails over to the next server and skips one that is down", function()
     local proc, port = start_rtpengine()
     defer(proc.kill)

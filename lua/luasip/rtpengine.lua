@@ -243,22 +243,27 @@ dispatcher.on_event("dgram_data", function(s)
   if c then take_reply(c, server, s:take()) end
 end)
 
+-- fails the commands waiting for server (every server: nil), collected first: a woken
+-- command goes on to the next server and adds to c.pending
+local function fail_pending(c, server, err, code)
+  local slots = {}
+  for _, w in pairs(c.pending) do
+    if server == nil or w.server == server then slots[#slots + 1] = w.slot end
+  end
+  for _, slot in ipairs(slots) do dispatcher.fill(slot, nil, err, code) end
+end
+
 -- the ICMP refusal of a datagram: nobody listens there (rtpengine down)
 dispatcher.on_event("dgram_error", function(s)
   local c, server = owner(s)
-  if not c then return end
-  for _, w in pairs(c.pending) do
-    if w.server == server then dispatcher.fill(w.slot, nil, s:error(), "refused") end
-  end
+  if c then fail_pending(c, server, s:error(), "refused") end
 end)
 
 dispatcher.on_event("dgram_closed", function(s)
   local c, server = owner(s)
   if not c then return end
   server.sock = nil
-  for _, w in pairs(c.pending) do
-    if w.server == server then dispatcher.fill(w.slot, nil, tostring(s:error()), "closed") end
-  end
+  fail_pending(c, server, tostring(s:error()), "closed")
 end)
 
 local function socket_of(c, server)
@@ -374,7 +379,9 @@ function Client:command(cmd)
   dispatcher.current(fname)
   local errs = {}
   for _, server in ipairs(order(self, cmd["call-id"])) do
+    if self.closed then return nil, "rtpengine client closed", "closed" end
     local reply, err, code = exchange(self, server, cmd, fname)
+    if self.closed then return nil, "rtpengine client closed", "closed" end
     if reply then
       server.down_until = 0
       if cmd["call-id"] and cmd.command ~= "delete" then stick(self, cmd["call-id"], server) end
@@ -390,6 +397,19 @@ function Client:command(cmd)
     if code == "closed" then server.sock = nil end
   end
   return nil, "rtpengine unreachable (" .. table.concat(errs, "; ") .. ")", "timeout"
+end
+
+-- client:close() -> true: closes the sockets; waiting commands fail ("closed")
+function Client:close()
+  if not self.closed then
+    self.closed = true
+    for _, server in ipairs(self.servers) do
+      if server.sock then server.sock:close() end
+      server.sock = nil
+    end
+    fail_pending(self, nil, "rtpengine client closed", "closed")
+  end
+  return true
 end
 
 -- client:ping() -> true, server | nil, err, code
