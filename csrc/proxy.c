@@ -6,7 +6,10 @@
  * statelessly), CANCEL propagated, Record-Route, loose routing, Max-Forwards and loop
  * detection by branch hash (16.3 step 4).  The userdata is anchored while branches are
  * pending; Lua hears ("proxy_response", p, res) per response when it asked to, and
- * ("proxy_final", p, res|nil) once the final response went upstream.
+ * ("proxy_final", p, res|nil) once the final response went upstream.  With a rewrite
+ * hook, responses with a body (and any that come after one, to keep their order) are
+ * held: Lua hears ("proxy_hold", p, res) for each, and p:_release([{ body = }]) lets the
+ * oldest go on (its body replaced), as if it had just arrived.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +27,7 @@
 #include "luasip.h"
 
 #define MAX_BRANCHES 32
+#define MAX_HELD 16
 
 struct lsip_proxy;
 
@@ -58,7 +62,14 @@ typedef struct lsip_proxy {
   char *targets[MAX_BRANCHES];
   char *routes[MAX_BRANCHES]; /* Path / extra Route of a target, comma-separated */
   unsigned timer_c_ms;
-  int sequential, observe, follow;
+  int sequential, observe, follow, hold;
+  struct held {                 /* responses waiting for Lua's rewrite, oldest first */
+    branch_t *b;
+    nta_outgoing_t *orq;
+    msg_t *msg;
+    int status;
+  } held[MAX_HELD];
+  int nheld;
   msg_t *challenges[MAX_BRANCHES]; /* 401/407 answers, merged into the one forwarded */
   int nchallenges;
   branch_t br[MAX_BRANCHES];
@@ -216,6 +227,8 @@ static void proxy_destroy(lsip_obj_t *obj)
     free(p->targets[i]);
     free(p->routes[i]);
   }
+  for (i = 0; i < p->nheld; i++)
+    msg_destroy(p->held[i].msg);
   luasip_freeobj(obj);
 }
 
@@ -343,6 +356,8 @@ static int rank(int status)
   return status >= 600 ? 0 : status;
 }
 
+static void branch_process(branch_t *b, nta_outgoing_t *orq, msg_t *msg, int status);
+
 static int branch_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
                            sip_t const *sip)
 {
@@ -355,6 +370,30 @@ static int branch_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
     return 0;
   if (sip)
     msg = nta_outgoing_getresponse(orq);
+  if (msg && p->hold && status > 100 && p->nheld < MAX_HELD &&
+      (p->nheld > 0 || (sip->sip_payload && sip->sip_payload->pl_len > 0))) {
+    /* held for the rewrite hook: Lua releases it (p:_release) when its body is ready */
+    lsip_obj_t *o = response_for_lua(msg);
+    struct held *h = &p->held[p->nheld++];
+    h->b = b;
+    h->orq = orq;
+    h->msg = msg;
+    h->status = status;
+    luasip_bridge("proxy_hold", &p->obj, o);
+    if (o && !o->born)
+      o->destroy(o);
+    return 0;
+  }
+  branch_process(b, orq, msg, status);
+  return 0;
+}
+
+/* A response of a branch (msg NULL: none came, Timer C), now or once released. */
+static void branch_process(branch_t *b, nta_outgoing_t *orq, msg_t *msg, int status)
+{
+  lsip_proxy_t *p = b->p;
+  sip_t const *sip = msg ? sip_object(msg) : NULL;
+
   if (msg && p->observe && status > 100) {
     lsip_obj_t *o = response_for_lua(msg);
     luasip_bridge("proxy_response", &p->obj, o);
@@ -364,7 +403,7 @@ static int branch_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
      * branch's orq, this one included */
     if (b->orq != orq || b->done || !p->agent) {
       msg_destroy(msg);
-      return 0;
+      return;
     }
   }
   if (status < 200) {
@@ -372,7 +411,7 @@ static int branch_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
       luasip_request_forward(p->req, msg);       /* takes msg */
     else if (msg)
       msg_destroy(msg);
-    return 0;
+    return;
   }
 
   b->done = 1;
@@ -411,10 +450,10 @@ static int branch_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
           for (i = first; i < p->ntargets; i++)
             start_branch(p, i);
           p->next = p->ntargets;
-          return 0;
+          return;
         }
         if (start_next(p) == 0)
-          return 0;
+          return;
         msg = NULL;
       }
     }
@@ -436,12 +475,12 @@ static int branch_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
       msg_destroy(msg);
     if (p->sequential && p->state == PROXY_FORKING && status < 600 &&
         p->next < p->ntargets && start_next(p) == 0)
-      return 0;
+      return;
   }
   /* re-read after the bridges above: Lua may have cancelled or ended branches */
   if (p->pending == 0)
     proxy_finished(p);
-  return 0;
+  return;
 }
 
 static int start_branch(lsip_proxy_t *p, int t)
@@ -521,8 +560,55 @@ static int start_next(lsip_proxy_t *p)
 
 /* ---------------------------------------------------------------- Lua API */
 
+/* A body of the script's instead of the message's (the luasip_set_body options table at
+ * idx): the forwarded Content-Length is then recomputed by sofia. */
+static void replace_body(lua_State *L, int idx, msg_t *m, const char *fname)
+{
+  sip_t *sip = sip_object(m);
+  if (!lua_istable(L, idx))
+    return;
+  if (luasip_set_body(L, idx, m, sip, fname) && sip->sip_content_length)
+    msg_header_remove(m, (msg_pub_t *)sip, (msg_header_t *)sip->sip_content_length);
+}
+
+/* p:_release([{ body =, content_type = }]) -> true: the oldest held response goes on,
+ * with the given body (the hook's rewrite), as if it had just arrived */
+static int proxy_release_m(lua_State *L)
+{
+  lsip_proxy_t *p = (lsip_proxy_t *)luasip_checkobj(L, 1, LUASIP_PROXY);
+  struct held h;
+  msg_t *m;
+  if (p->nheld == 0) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  h = p->held[0];
+  memmove(p->held, p->held + 1, (size_t)(p->nheld - 1) * sizeof p->held[0]);
+  p->nheld--;
+  /* the branch may have ended meanwhile (the agent closed, Timer C without response) */
+  if (h.b->done || h.b->orq != h.orq || !p->agent) {
+    msg_destroy(h.msg);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  m = h.msg;
+  if (lua_istable(L, 2)) {
+    /* a copy of our own: nta keeps the one it received for its transaction */
+    m = msg_dup(h.msg);
+    msg_destroy(h.msg);
+    if (!m)
+      return luasip_fail(L, "out of memory", "memory");
+    replace_body(L, 2, m, "luasip.request:proxy");
+  }
+  branch_process(h.b, h.orq, m, h.status);
+  /* a response with no body that came behind the released one needs no rewrite, but
+   * Lua releases each in turn: their order upstream is kept */
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* req:_proxy(uri | { {uri=, route=}... }, record_route, sequential, timeout, observe,
- *            add, remove, follow_redirects) -> proxy | nil, err, code
+ *            add, remove, follow_redirects, body_opts, hold) -> proxy | nil, err, code
  * (positional: no options table to build per proxied request) */
 static int req_proxy(lua_State *L)
 {
@@ -537,7 +623,7 @@ static int req_proxy(lua_State *L)
   int i, n, record_route;
   char key[17];
 
-  lua_settop(L, 9);
+  lua_settop(L, 11);
   if (lua_type(L, 2) != LUA_TSTRING)
     luaL_checktype(L, 2, LUA_TTABLE);
   n = lua_type(L, 2) == LUA_TSTRING ? 1 : (int)luasip_rawlen(L, 2);
@@ -590,6 +676,7 @@ static int req_proxy(lua_State *L)
   p->timer_c_ms = lua_isnumber(L, 5) ? (unsigned)(lua_tonumber(L, 5) * 1000) : 180000;
   p->observe = lua_toboolean(L, 6);
   p->follow = lua_toboolean(L, 9);
+  p->hold = lua_toboolean(L, 11);
 
   /* the request as forwarded (RFC 3261 16.6): our Route off the top, Max-Forwards - 1,
    * Record-Route of ours; each branch then sets its target */
@@ -620,6 +707,7 @@ static int req_proxy(lua_State *L)
     }
   }
   luasip_add_headers(L, 7, p->base, bs, fname);
+  replace_body(L, 10, p->base, fname);
   if (record_route) {
     sip_contact_t *m = luasip_agent_contact_for(a, home, NULL, sip->sip_request->rq_url);
     if (m) {
@@ -799,6 +887,7 @@ static int req_loose_route(lua_State *L)
 
 static const luaL_Reg proxy_methods[] = {
   {"cancel", proxy_cancel_m},
+  {"_release", proxy_release_m},
   {NULL, NULL}
 };
 

@@ -5,6 +5,11 @@
  * Reads arrive as ("stream_data", s) events (s:take() returns the bytes); writes are
  * queued (also while connecting) and flushed when the socket is writable; EOF or an
  * error gives ("stream_closed", s).  The userdata is anchored until the socket closes.
+ * A datagram stream (stream_connect(ip, port, "udp"): a connected UDP socket, for
+ * control protocols such as rtpengine's ng) keeps message boundaries instead: each
+ * s:send is one datagram, each datagram received is one ("dgram_data", s) event whose
+ * s:take() returns it; an ICMP refusal gives ("dgram_error", s) and the socket stays
+ * open; other errors ("dgram_closed", s).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +43,7 @@ typedef struct lsip_stream {
   char *in, *out;             /* received, not yet taken / queued, not yet written */
   size_t in_len, out_len, out_off;
   int events;
+  unsigned dgram:1;           /* UDP: one send, one datagram; one event per datagram */
   char error[96];
 } lsip_stream_t;
 
@@ -104,7 +110,7 @@ static int stream_watch(lsip_stream_t *s, int events)
 static void stream_fail(lsip_stream_t *s, const char *why)
 {
   stream_to(s, STREAM_FAILED, why);
-  luasip_bridge("stream_closed", &s->obj, NULL);
+  luasip_bridge(s->dgram ? "dgram_closed" : "stream_closed", &s->obj, NULL);
   stream_to(s, STREAM_CLOSED, NULL);  /* Lua may have closed it already */
 }
 
@@ -147,6 +153,36 @@ static void stream_connect_done(lsip_stream_t *s)
   luasip_bridge("stream_connected", &s->obj, NULL);
 }
 
+/* A datagram socket is readable: each datagram (at most 32 a turn, so one busy peer
+ * does not hold the loop) is one event; Lua takes it during the event.  A refusal (the
+ * ICMP port unreachable of a connected UDP socket) is reported and the socket stays. */
+static void dgram_receive(lsip_stream_t *s)
+{
+  static char buf[65536];           /* one loop thread; Lua copies it in s:take() */
+  int i;
+  for (i = 0; i < 32 && s->state == STREAM_OPEN; i++) {
+    ssize_t n = recv(s->fd, buf, sizeof buf, 0);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return;
+      if (errno == ECONNREFUSED) {
+        set_error(s, strerror(errno));
+        luasip_bridge("dgram_error", &s->obj, NULL);
+        continue;                   /* re-read the state: Lua may have closed it */
+      }
+      stream_fail(s, strerror(errno));
+      return;
+    }
+    s->in = buf;
+    s->in_len = (size_t)n;
+    luasip_bridge("dgram_data", &s->obj, NULL);
+    s->in = NULL;                   /* only valid during the event */
+    s->in_len = 0;
+  }
+}
+
 static int stream_event(su_root_magic_t *m, su_wait_t *w, su_wakeup_arg_t *arg)
 {
   lsip_stream_t *s = (lsip_stream_t *)arg;
@@ -164,6 +200,11 @@ static int stream_event(su_root_magic_t *m, su_wait_t *w, su_wakeup_arg_t *arg)
       stream_fail(s, strerror(errno));
       return 0;
     }
+  }
+  if (s->dgram) {
+    if (revents & (SU_WAIT_IN | SU_WAIT_HUP | SU_WAIT_ERR))
+      dgram_receive(s);
+    return 0;
   }
   if (revents & (SU_WAIT_IN | SU_WAIT_HUP | SU_WAIT_ERR)) {
     char buf[16384];
@@ -187,12 +228,14 @@ static int stream_event(su_root_magic_t *m, su_wait_t *w, su_wakeup_arg_t *arg)
   return 0;
 }
 
-/* stream_connect(address, port | nil) -> stream | nil, err, code
- * address: an IPv4/IPv6 literal with port, or a Unix socket path (port nil). */
+/* stream_connect(address, port | nil [, "udp"]) -> stream | nil, err, code
+ * address: an IPv4/IPv6 literal with port, or a Unix socket path (port nil); "udp": a
+ * connected datagram socket (an IP address and port only). */
 int luasip_stream_connect(lua_State *L)
 {
   const char *addr = luaL_checkstring(L, 1);
   int port = (int)luaL_optinteger(L, 2, 0);
+  int dgram = lua_isstring(L, 3) && !strcmp(lua_tostring(L, 3), "udp");
   struct sockaddr_storage ss;
   socklen_t len;
   lsip_stream_t *s;
@@ -219,19 +262,23 @@ int luasip_stream_connect(lua_State *L)
     un->sun_family = AF_UNIX;
     strcpy(un->sun_path, addr);
     len = sizeof *un;
+    if (dgram)
+      return luaL_error(L, "luasip.stream_connect: udp needs an IP address and port");
   }
   /* the userdata first (it owns the fd from here on), closed until the socket exists */
   s = luasip_newobj(L, sizeof *s, LUASIP_STREAM, stream_destroy);
   s->state = STREAM_CLOSED;
   s->fd = -1;
   s->reg = -1;
-  fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  s->dgram = (unsigned)dgram;
+  fd = socket(ss.ss_family, (dgram ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC,
+              0);
   if (fd < 0) {
     set_error(s, strerror(errno));
     return luasip_fail(L, s->error, "connect");
   }
   s->fd = fd;
-  if (ss.ss_family != AF_UNIX)
+  if (ss.ss_family != AF_UNIX && !dgram)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   /* non-blocking: a far or silent peer must not stall the loop; the outcome of an
    * EINPROGRESS connect is read from SO_ERROR once the socket becomes writable (an
@@ -266,6 +313,17 @@ static int stream_send(lua_State *L)
   char *p;
   if (s->state == STREAM_FAILED || s->state == STREAM_CLOSED)
     return luasip_fail(L, s->error[0] ? s->error : "closed", "closed");
+  if (s->dgram) {
+    /* one datagram, never queued: a full socket buffer drops it (the caller retransmits) */
+    while (send(s->fd, data, n, MSG_NOSIGNAL) < 0) {
+      if (errno == EINTR)
+        continue;
+      set_error(s, strerror(errno));
+      return luasip_fail(L, s->error, errno == ECONNREFUSED ? "refused" : "send");
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+  }
   p = realloc(s->out, s->out_len + n);
   if (!p)
     return luasip_fail(L, "out of memory", "memory");

@@ -291,6 +291,11 @@ sip.redis = function(...) return require("luasip.redis").connect(...) end
 -- behind a stateless front (README: Scaling out); returns only in a worker
 sip.cluster = function(...) return require("luasip.cluster").start(...) end
 
+--- A client of rtpengine's ng control protocol (media relay for a proxy).
+-- @function rtpengine
+-- @tab opts `servers = { "127.0.0.1:2223" }`, `timeout`, `retries`, `on_failure`, ...
+sip.rtpengine = function(...) return require("luasip.rtpengine").new(...) end
+
 -- digest authentication: auth.check(req, opts) -> user | nil, status, why;
 -- auth.authorizer{...};  auth.credentials / auth.response / auth.parse
 

@@ -8,7 +8,7 @@ lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev lua5.4 liblua5.
 clang libclang-rt-14-dev
 lua-busted lua-check luarocks lua-cqueues lua-luv sip-tester valgrind iproute2 util-linux procps python3-minimal redis-server
 baresip-core libspandsp-dev libsndfile1-dev libspeexdsp-dev sox
-flite prometheus lua-ldoc lua-markdown kamailio
+flite prometheus lua-ldoc lua-markdown kamailio rtpengine-daemon
 $*"
 
 missing=""
@@ -22,6 +22,16 @@ echo "install-deps: installing$missing"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
+# kamailio, rtpengine-daemon, redis-server and prometheus bring system services; the
+# tests, examples and benches start their own on free loopback ports, and a Kamailio
+# started by apt would hold 5060 (make run).  Debian's policy-rc.d keeps apt from
+# starting them (Docker images already have one that does).
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+  $SUDO chmod +x "$policy"
+  trap '$SUDO rm -f "$policy"' EXIT
+fi
 $SUDO apt-get update -qq
 # shellcheck disable=SC2086
 $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null

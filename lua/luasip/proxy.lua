@@ -1,13 +1,13 @@
 -- luasip.proxy: req:proxy(targets, opts) on the C proxy engine (csrc/proxy.c), and the
 -- class luasip.proxy (one proxied request's branches).  Owns the events "proxy_response"
--- and "proxy_final".  Per-proxy state (class.state): req, on_response, final_seen, final,
--- slot.
+-- "proxy_final" and "proxy_hold".  Per-proxy state (class.state): req, on_response,
+-- final_seen, final, slot, rewrite, held (responses held for rewrite), rewriting.
 --   local res, err, code = req:proxy({ "sip:bob@127.0.0.1:5070" }, { record_route = true })
 local class = require "luasip.class"
 local dispatcher = require "luasip.dispatcher"
 
 local state = class.state
-class.get("luasip.proxy")
+local _, _, PROXY = class.get("luasip.proxy")
 local _, _, REQ = require("luasip.core").class("luasip.request")
 
 local M = {}
@@ -38,11 +38,14 @@ end
 --   timeout = branch seconds (Timer C, 180), on_response = fn(res),
 --   headers = { Name = "value" | {values} (added) | false (removed) },
 --   follow_redirects = true (3xx Contacts become new branches), stateless = true
---   (forward the first target without a transaction: req:forward) }])
+--   (forward the first target without a transaction: req:forward), body =,
+--   content_type = (the branches' body instead of the request's), rewrite = fn(res) ->
+--   body | nil (a waiting function: the new body of each response with a body) }])
 --   -> response (the 2xx forwarded) | nil, err, code [, response]
 local NO_OPTIONS = {}
 local PROXY_OPTIONS = { record_route = true, forking = true, timeout = true,
-  on_response = true, headers = true, follow_redirects = true, stateless = true }
+  on_response = true, headers = true, follow_redirects = true, stateless = true, body = true,
+  content_type = true, rewrite = true }
 
 function M.proxy(self, targets, opts)
   if opts ~= nil and type(opts) ~= "table" then
@@ -59,6 +62,19 @@ function M.proxy(self, targets, opts)
   end
   if opts.headers ~= nil and type(opts.headers) ~= "table" then
     error("luasip.request:proxy: headers must be a table", 2)
+  end
+  if opts.rewrite ~= nil and type(opts.rewrite) ~= "function" then
+    error("luasip.request:proxy: rewrite must be a function", 2)
+  end
+  if opts.body ~= nil and type(opts.body) ~= "string" then
+    error("luasip.request:proxy: body must be a string", 2)
+  end
+  if opts.content_type ~= nil and type(opts.content_type) ~= "string" then
+    error("luasip.request:proxy: content_type must be a string", 2)
+  end
+  local body = nil
+  if opts.body or opts.content_type then
+    body = { body = opts.body or self.body or "", content_type = opts.content_type }
   end
   local add, remove = NO_OPTIONS, NO_OPTIONS     -- (read only by the core)
   if opts.headers then
@@ -79,7 +95,7 @@ function M.proxy(self, targets, opts)
   dispatcher.current("luasip.request:proxy")
   local p, err, code = class.call("luasip.request:proxy", 2, REQ._proxy, self, list,
     opts.record_route, opts.forking == "sequential", opts.timeout, opts.on_response ~= nil,
-    add, remove, opts.follow_redirects)
+    add, remove, opts.follow_redirects, body, opts.rewrite ~= nil)
   if not p then
     if code == "loop" then
       self:reply(482, "Loop Detected")
@@ -90,6 +106,7 @@ function M.proxy(self, targets, opts)
   local pst = state(p)
   pst.req = self                     -- the request outlives its proxy
   pst.on_response = opts.on_response
+  pst.rewrite = opts.rewrite
   local res
   if pst.final_seen then
     res = pst.final
@@ -115,6 +132,48 @@ dispatcher.on_event("proxy_response", function(p, res)
   if fn and res then
     local ok, err = pcall(fn, res)
     if not ok then dispatcher.log("error", "on_response failed: " .. tostring(err)) end
+  end
+end)
+
+-- A response held for the rewrite hook: one coroutine per proxy rewrites them in the
+-- order they came and releases each (its new body, or unchanged when the hook returns
+-- nil or fails); the core sends them on upstream in that order.
+local function rewriter(p, pst)
+  local queue = pst.held
+  while queue.first <= queue.last do
+    local res = queue[queue.first]
+    queue[queue.first] = nil
+    queue.first = queue.first + 1
+    local new
+    if res and res.body and res.body ~= "" then
+      local ok, b = dispatcher.pcall(pst.rewrite, res)
+      if not ok then
+        dispatcher.log("error", "proxy rewrite failed: " .. tostring(b), res.call_id)
+      elseif b ~= nil and type(b) ~= "string" then
+        dispatcher.log("error", "proxy rewrite returned a " .. type(b) .. ", not a body",
+          res.call_id)
+      else
+        new = b
+      end
+    end
+    PROXY._release(p, new and { body = new } or nil)
+  end
+  pst.rewriting = false
+end
+
+dispatcher.on_event("proxy_hold", function(p, res)
+  if not p then return end
+  local pst = state(p)
+  local queue = pst.held
+  if not queue then
+    queue = { first = 1, last = 0 }
+    pst.held = queue
+  end
+  queue.last = queue.last + 1
+  queue[queue.last] = res or false
+  if not pst.rewriting then
+    pst.rewriting = true
+    dispatcher.spawn(rewriter, p, pst)
   end
 end)
 
