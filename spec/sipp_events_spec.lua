@@ -175,6 +175,26 @@ describe("a luasip subscriber (agent:subscribe) of a sipp notifier", function()
     H.close_agents()
   end)
 
+  it_sipp("takes a NOTIFY that comes before the 2xx of its SUBSCRIBE (RFC 6665 4.1.2.4)",
+    function()
+      local p, uri = sipp_uas("uas_notify_first")
+      local notes = {}
+      local sub, err = H.run(function()
+        return a:subscribe{ uri = uri, event = "presence", expires = 60,
+          on_notify = function(req)
+            local doc = req.body and sip.pidf.parse(req.body)
+            notes[#notes + 1] = doc and doc.status or false
+          end }
+      end)
+      assert(sub, tostring(err) .. "\n" .. p.messages())
+      -- sipp sent its 200 only after the NOTIFY was answered 200 (not 481)
+      assert.same({ "open" }, notes)
+      assert.equal("active", sub.state)
+      local ok, err = H.run(function() return sub:unsubscribe(3) end)
+      assert(ok, err)
+      passed(p)
+    end)
+
   it_sipp("gets the NOTIFYs, refreshes before the 2 s granted run out and unsubscribes",
     function()
       local p, uri = sipp_uas("uas_notifier")

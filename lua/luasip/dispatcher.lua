@@ -453,9 +453,14 @@ local function on_request(req, agent)
   if checks % 2 == 1 then
     return req:reply(416, "Unsupported URI Scheme", { stateless = true })
   end
-  -- RFC 3261 12.2.2: a request with a To tag that matches no dialog of ours
-  if checks % 4 >= 2 and ast.in_dialog == "481" then
-    return req:reply(481, "Call/Transaction Does Not Exist", { stateless = true })
+  if checks % 4 >= 2 then
+    -- RFC 6665 4.1.2.4: a NOTIFY may come before the 2xx of its SUBSCRIBE
+    local early = ast.early and ast.early[req.call_id]
+    if early and method == "NOTIFY" then return spawn_for(req, early, req) end
+    -- RFC 3261 12.2.2: a request with a To tag that matches no dialog of ours
+    if ast.in_dialog == "481" then
+      return req:reply(481, "Call/Transaction Does Not Exist", { stateless = true })
+    end
   end
   -- (a stateless agent is a proxy: Require is for the UAS, RFC 3261 16.3)
   if method ~= "CANCEL" and checks >= 4 and not ast.stateless then
@@ -482,6 +487,14 @@ local function on_request(req, agent)
       { headers = { Allow = allow_list(handlers) }, stateless = true })
   end
   spawn_for(req, h, req)
+end
+
+-- expect_early(agent, call_id, fn | nil): fn(req) handles a NOTIFY of Call-ID call_id
+-- that matches no dialog yet (its SUBSCRIBE is still waiting for the 2xx)
+function M.expect_early(agent, call_id, fn)
+  local ast = state(agent)
+  ast.early = ast.early or {}
+  ast.early[call_id] = fn
 end
 
 -- ------------------------------------------------------------------ events

@@ -565,7 +565,7 @@ local function on_notify(sub, d, req)
   if st.state ~= "terminated" then
     sub.state = st.state
     -- RFC 6665 4.1.2.3: the notifier may shorten the subscription
-    if st.expires and st.expires < left(sub.expires_at, core.now()) then
+    if st.expires and sub.expires_at and st.expires < left(sub.expires_at, core.now()) then
       arm_refresh(sub, st.expires)
     end
     if sub.on_notify then sub.on_notify(req, sub) end
@@ -588,13 +588,39 @@ local function on_notify(sub, d, req)
   end
 end
 
+-- A NOTIFY that comes before the 2xx of the SUBSCRIBE (RFC 6665 4.1.2.4: the notifier
+-- may send it at once, and it may overtake the 2xx, e.g. when the 2xx goes back through
+-- a proxy or a front that the NOTIFY does not cross; a notifier may even wait for its
+-- answer before sending the 2xx): taken at once like one in the dialog.  The first such
+-- NOTIFY's From tag picks the notifier (another fork's gets 481).
+local function early_notify(sub, req)
+  if not sub._early then return req:reply(481, "Subscription Does Not Exist") end
+  sub._early_tag = sub._early_tag or req.from_tag
+  if req.from_tag ~= sub._early_tag then
+    return req:reply(481, "Subscription Does Not Exist")
+  end
+  return on_notify(sub, nil, req)
+end
+
 -- one initial SUBSCRIBE (new dialog) -> true | nil, err, code, res
 function subscribe_once(sub)
   local expires = sub.want_expires
   local res, err, code, r
+  -- each attempt's Call-ID is ours to know before the 2xx: an early NOTIFY is found by it
+  local call_id
+  local notified = sub.notifications
+  sub._early, sub._early_tag = true, nil
+  local function settled()
+    dispatcher.expect_early(sub.agent, call_id, nil)
+    sub._early = nil
+  end
   for _ = 1, 3 do
     local headers = {}
     for k, v in pairs(sub.headers) do headers[k] = v end
+    if call_id then dispatcher.expect_early(sub.agent, call_id, nil) end
+    call_id = sub.headers["Call-ID"] or (core.random_hex(16) .. "@luasip")
+    headers["Call-ID"] = call_id
+    dispatcher.expect_early(sub.agent, call_id, function(req) return early_notify(sub, req) end)
     headers.Event = event_value(sub.package, sub.event_id)
     headers.Expires = tostring(expires)
     headers.Accept = headers.Accept or sub.accept
@@ -606,15 +632,17 @@ function subscribe_once(sub)
     if not min or min <= expires then break end
     expires = min                 -- RFC 6665 4.1.2.1: retry with the minimum
   end
-  if not res then return nil, err, code, r end
+  if not res then settled(); return nil, err, code, r end
   local d = res.dialog
-  if not d then return nil, "no dialog for the 2xx", "dialog", res end
+  if not d then settled(); return nil, "no dialog for the 2xx", "dialog", res end
   sub.dialog = d
-  sub.state, sub.reason = "init", nil
+  -- (an early NOTIFY already told the state)
+  if sub.notifications == notified then sub.state, sub.reason = "init", nil end
   sub.want_expires = expires
   d:on("NOTIFY", function(req, dd) return on_notify(sub, dd, req) end)
   arm_refresh(sub, tonumber(res:header("Expires")) or expires)
   sub.response = res
+  settled()
   return true
 end
 
