@@ -16,9 +16,14 @@ fi
 log=$(mktemp -d /tmp/luasip-asan.XXXXXX)
 trap 'rm -rf "$log"' EXIT
 # (a small quarantine: the whole suite in one process grew to 24 GB with the default)
-# sofia-sip keeps a few process-wide allocations (su_log, tag classes) until exit
+# The interpreter's own blocks are not core.so's business; sofia-sip 1.12.11's TLS
+# transport never SSL_free()s a connection (scripts/sofia-tls.supp, README Limits): with
+# the fast unwinder those stacks end in libssl/libcrypto, so leaks allocated there are
+# suppressed (luasip's own libcrypto use, csrc/digest.c and csrc/tls.c, frees through
+# the same library: a leak of it would hide here too; valgrind's check-memory
+# suppresses by the sofia call sites instead)
 supp="$log/lsan.supp"
-printf 'leak:liblua5.4.so\nleak:lua5.4\n' > "$supp"
+printf 'leak:liblua5.4.so\nleak:lua5.4\nleak:libssl.so\nleak:libcrypto.so\n' > "$supp"
 # one busted process per spec file: the whole suite in one process under ASan grew past
 # 12 GB, and a report then names the file it came from
 files=$(for a in "$@"; do if [ -d "$a" ]; then ls "$a"/*_spec.lua; else echo "$a"; fi; done)
@@ -34,7 +39,7 @@ for f in $files; do
     UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:exitcode=3:log_path=$log/ubsan.$name" \
     lua5.4 /usr/bin/busted -o utfTerminal "$f" >"$log/out" 2>&1
   r=$?
-  summary=$(grep -a "successes /" "$log/out" | tail -1)
+  summary=$(grep -a "success.* / .* failure" "$log/out" | tail -1)
   echo "$f: rc $r; ${summary:-no summary}"
   if [ $r -ne 0 ]; then
     rc=$r
