@@ -22,6 +22,7 @@
 #include <sofia-sip/nta_tport.h>
 #include <sofia-sip/tport.h>
 #include <sofia-sip/tport_tag.h>
+#include <sofia-sip/msg_addr.h>
 #include <sofia-sip/sip_status.h>
 #include <sofia-sip/sip_protos.h>
 #include <sofia-sip/su_tag.h>
@@ -347,6 +348,23 @@ const char *luasip_request_malformed(sip_t const *sip)
   return NULL;
 }
 
+/* RFC 3581 4: a Via asking for rport also gets received=, even when that equals its
+ * sent-by (nta fills rport= but adds received only when they differ) */
+static void rport_received(msg_t *msg, sip_t *sip)
+{
+  sip_via_t *v = sip->sip_via;
+  su_sockaddr_t const *su = msg_addr(msg);
+  char param[80];
+  char host[64];
+  if (!v || !v->v_rport || v->v_received || !su ||
+      !su_inet_ntop(su->su_family, SU_ADDR(su), host, sizeof host))
+    return;
+  snprintf(param, sizeof param, "received=%s", host);
+  /* (the param is kept by pointer: it lives in the message's home) */
+  if (msg_header_add_param(msg_home(msg), v->v_common, su_strdup(msg_home(msg), param)) == 0)
+    msg_fragment_clear(v->v_common);
+}
+
 static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg, sip_t *sip)
 {
   lsip_agent_t *a = (lsip_agent_t *)magic;
@@ -361,6 +379,7 @@ static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg,
     sip_method_t m = sip->sip_request->rq_method;
     const char *bad;
     LUASIP_COUNT_IN(m);
+    rport_received(msg, sip);
     if (a->flood && luasip_flood_check(a, nta, msg, sip))
       return 0;
     bad = luasip_request_malformed(sip);
