@@ -17,6 +17,9 @@
   (loopback is exempt: the specs and benchmarks drive it from there); scanners dropped.
   Digest nonces live $PBX_NONCE_TTL seconds (300).
   Reload: the handlers are examples/pbx_app.lua; SIGHUP reloads them, calls stay up.
+  NAT: with $PBX_NAT=1 phones are reached where their REGISTER came from (the address and
+  port their NAT shows, or their TCP/TLS connection), not at their private Contact, and
+  in-dialog requests follow the same flows.
 Usage: lua examples/pbx.lua [host:port]     (default 127.0.0.1:5060)
 ]]
 local sip = require "luasip"
@@ -49,8 +52,9 @@ local ivr = assert(loadfile(here .. "/ivr_menu.lua"))(here, log)
 
 -- The handlers live in examples/pbx_app.lua, reloaded on SIGHUP (kill -HUP <pid>) while
 -- calls go on; what must outlive a reload (registrations, calls being forked) is here.
+local nat = os.getenv("PBX_NAT") == "1"
 local registrar, location = sip.registrar{
-  realm = host,
+  realm = host, nat = nat,
   authorize = sip.auth.authorizer{ realm = host, password = function(u) return users[u] end,
     failures = true,                  -- password guessing refused (5 failures per user)
     nonce_ttl = tonumber(os.getenv("PBX_NONCE_TTL") or "") },
@@ -60,7 +64,7 @@ package.path = here .. "/?.lua;" .. package.path
 assert(app:load("pbx_app", { vm = vm, vm_uri = "@" .. host .. ":" .. vm:transports()[1].port,
   host = host, users = users, registrar = registrar, location = location, ringing = {}, dialogs = {},
   ivr = ivr, log = log, ring = tonumber(os.getenv("PBX_VOICEMAIL_AFTER") or "") or 20,
-  nonce_ttl = tonumber(os.getenv("PBX_NONCE_TTL") or "") }))
+  nonce_ttl = tonumber(os.getenv("PBX_NONCE_TTL") or ""), nat = nat }))
 sip.on_signal("HUP", function()
   local ok, err = sip.reload("pbx_app")
   log(ok and "reloaded pbx_app" or ("reload of pbx_app failed, old handlers kept: " .. err))

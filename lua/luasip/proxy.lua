@@ -35,7 +35,8 @@ local function normalize(targets)
   return list
 end
 
--- req:proxy(targets [, { record_route = true | "flow token" (the user part of ours), forking = "parallel" | "sequential",
+-- req:proxy(targets [, { record_route = true | "flow token" (the user part of ours),
+--   forking = "parallel" | "sequential",
 --   timeout = branch seconds (Timer C, 180), on_response = fn(res),
 --   headers = { Name = "value" | {values} (added) | false (removed) },
 --   follow_redirects = true (3xx Contacts become new branches), stateless = true
