@@ -17,9 +17,10 @@
   (loopback is exempt: the specs and benchmarks drive it from there); scanners dropped.
   Digest nonces live $PBX_NONCE_TTL seconds (300).
   Reload: the handlers are examples/pbx_app.lua; SIGHUP reloads them, calls stay up.
-  NAT: with $PBX_NAT=1 phones are reached where their REGISTER came from (the address and
-  port their NAT shows, or their TCP/TLS connection), not at their private Contact, and
-  in-dialog requests follow the same flows.
+  NAT: phones on TCP/TLS are reached over the connection they registered on; with
+  $PBX_NAT=1 UDP phones too are reached where their REGISTER came from (the address and
+  port their NAT shows), not at their private Contact; in-dialog requests follow the
+  same flows.
 Usage: lua examples/pbx.lua [host:port]     (default 127.0.0.1:5060)
 ]]
 local sip = require "luasip"

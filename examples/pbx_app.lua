@@ -45,21 +45,18 @@ return function(app, pbx)
   -- record-routed ourselves (top Route = this PBX), in a call we connected, to one of
   -- its two parties (the Contacts of its INVITE and 2xx): no open relay through To tags
   -- or a forged Route (spec/relay_spec.lua)
-  -- (with pbx.nat, each Contact is kept with the flow its message came over: a request's
-  -- source, or a response's source over the transport of the target that sent it)
+  -- (each Contact is kept with the flow its message came over -- a request's source, or
+  -- a response's over the transport of the target that sent it -- when that is a TCP/TLS
+  -- connection, or always with pbx.nat)
   local function targets_of(d, targets, ...)
     for _, m in ipairs{ ... } do
-      local flow = true
-      if pbx.nat and m.source then
-        local src = m.source
-        for _, t in ipairs(targets or {}) do
-          local ts = type(t) == "table" and t.source
-          if not src.transport and ts and ts.address == src.address and ts.port == src.port then
-            src = ts
-          end
-        end
-        flow = flow_uri(src)
+      local src, flow = m.source, true
+      for _, t in ipairs(src and not src.transport and targets or {}) do
+        local ts = type(t) == "table" and t.source
+        if ts and ts.address == src.address and ts.port == src.port then src = ts end
       end
+      local tr = src and (src.transport or "udp"):lower()
+      if src and (pbx.nat or tr == "tcp" or tr == "tls") then flow = flow_uri(src) end
       for _, c in ipairs(m.contact) do d[c.uri] = flow end
     end
   end

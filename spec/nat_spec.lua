@@ -74,12 +74,14 @@ describe("a phone behind NAT (network namespaces, nftables masquerade)", functio
     teardown()
   end)
 
-  local function in_ns(ns, script, ...)
-    local argv = { "ip", "netns", "exec", ns, H.interpreter(), script, ... }
-    local p = H.background(argv, 45)
+  -- run(ns, word...) -> proc: a command in namespace ns; in_ns(ns, script, arg...): a Lua
+  -- script there
+  local function run(ns, ...)
+    local p = H.background({ "ip", "netns", "exec", ns, ... }, 45)
     procs[#procs + 1] = p
     return p
   end
+  local function in_ns(ns, script, ...) return run(ns, H.interpreter(), script, ...) end
 
   local function call_through_nat(transport, nat)
     local proxy = in_ns(NS.pub, "spec/peers/nat_proxy.lua", PUB_IP, "5060", nat and "nat" or "")
@@ -114,4 +116,29 @@ describe("a phone behind NAT (network namespaces, nftables masquerade)", functio
     assert.not_matches("CALL 200", plog)
     assert.not_matches("INVITED", flog)
   end)
+
+  for _, transport in ipairs{ "udp", "tcp" } do
+    it_nat("examples/pbx.lua with PBX_NAT=1 calls a phone registered over " .. transport
+      .. " from behind the NAT", function()
+      local users = assert(loadfile("examples/users.lua"))()
+      local pbx = run(NS.pub, "env", "PBX_NAT=1", H.interpreter(), "examples/pbx.lua",
+        PUB_IP .. ":5060")
+      H.run_until(function() return pbx.log():match("listening") or pbx.done() end, 15,
+        "the PBX listening")
+      local phone = in_ns(NS.priv, "spec/peers/nat_phone.lua", PRIV_IP, PUB_IP, "5060",
+        transport, users.alice)
+      H.run_until(function() return phone.log():match("REGISTER %d+") or phone.done() end,
+        15, "alice registered")
+      assert.matches("REGISTER 200", phone.log())
+      local bob = in_ns(NS.pub, "spec/peers/nat_caller.lua", PUB_IP, "5060", users.bob)
+      H.run_until(function()
+        return phone.log():match("ENDED") or phone.done() or bob.done()
+          and not bob.log():match("CALL 200")
+      end, 40, "bob's call through the NAT")
+      assert.matches("INVITED 198%.51%.100%.2", phone.log())
+      assert.matches("CALL 200", bob.log())
+      assert.matches("ANSWERED", phone.log())       -- the ACK took alice's flow
+      assert.matches("ENDED remote bye", phone.log()) -- so did the BYE
+    end)
+  end
 end)
