@@ -89,8 +89,10 @@ describe("a phone behind NAT (network namespaces, nftables masquerade)", functio
       "the proxy listening")
     local phone = in_ns(NS.priv, "spec/peers/nat_phone.lua", PRIV_IP, PUB_IP, "5060", transport)
     H.run_until(function()
-      return phone.log():match("ENDED") or phone.done() or proxy.done()
-        and not proxy.log():match("CALL 200")
+      local called = proxy.log():match("CALL 200")
+      if proxy.done() and not called then return true end     -- the call failed
+      return (phone.log():match("ENDED") or phone.done())
+        and (proxy.log():match("BYE ") or proxy.done())
     end, 40, "the call through the NAT")
     return proxy.log(), phone.log()
   end
@@ -132,12 +134,14 @@ describe("a phone behind NAT (network namespaces, nftables masquerade)", functio
       assert.matches("REGISTER 200", phone.log())
       local bob = in_ns(NS.pub, "spec/peers/nat_caller.lua", PUB_IP, "5060", users.bob)
       H.run_until(function()
-        return phone.log():match("ENDED") or phone.done() or bob.done()
-          and not bob.log():match("CALL 200")
+        if bob.done() and not bob.log():match("CALL 200") then return true end
+        return (phone.log():match("ENDED") or phone.done())
+          and (bob.log():match("BYE ") or bob.done())
       end, 40, "bob's call through the NAT")
       assert.matches("INVITED 198%.51%.100%.2", phone.log())
       assert.matches("CALL 200", bob.log())
       assert.matches("ANSWERED", phone.log())       -- the ACK took alice's flow
+      assert.matches("BYE sent", bob.log())
       assert.matches("ENDED remote bye", phone.log()) -- so did the BYE
     end)
   end
