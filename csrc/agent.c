@@ -22,6 +22,7 @@
 #include <sofia-sip/nta_tport.h>
 #include <sofia-sip/tport.h>
 #include <sofia-sip/tport_tag.h>
+#include <sofia-sip/msg_addr.h>
 #include <sofia-sip/sip_status.h>
 #include <sofia-sip/sip_protos.h>
 #include <sofia-sip/su_tag.h>
@@ -347,6 +348,23 @@ const char *luasip_request_malformed(sip_t const *sip)
   return NULL;
 }
 
+/* RFC 3581 4: a Via asking for rport also gets received=, even when that equals its
+ * sent-by (nta fills rport= but adds received only when they differ) */
+static void rport_received(msg_t *msg, sip_t *sip)
+{
+  sip_via_t *v = sip->sip_via;
+  su_sockaddr_t const *su = msg_addr(msg);
+  char param[80];
+  char host[64];
+  if (!v || !v->v_rport || v->v_received || !su ||
+      !su_inet_ntop(su->su_family, SU_ADDR(su), host, sizeof host))
+    return;
+  snprintf(param, sizeof param, "received=%s", host);
+  /* (the param is kept by pointer: it lives in the message's home) */
+  if (msg_header_add_param(msg_home(msg), v->v_common, su_strdup(msg_home(msg), param)) == 0)
+    msg_fragment_clear(v->v_common);
+}
+
 static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg, sip_t *sip)
 {
   lsip_agent_t *a = (lsip_agent_t *)magic;
@@ -361,6 +379,7 @@ static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg,
     sip_method_t m = sip->sip_request->rq_method;
     const char *bad;
     LUASIP_COUNT_IN(m);
+    rport_received(msg, sip);
     if (a->flood && luasip_flood_check(a, nta, msg, sip))
       return 0;
     bad = luasip_request_malformed(sip);
@@ -621,6 +640,8 @@ int luasip_agent_new(lua_State *L)
                             TAG_IF(tls_dir[0], TPTAG_TLS_VERIFY_POLICY(tls_policy)),
                             TAG_IF(tls_dir[0], TPTAG_TLS_VERIFY_DATE(1)),
                             TAG_IF(uri_is_tls(first), TPTAG_SDWN_ERROR(1)),
+                            /* RFC 5626 4.4.1: a CRLF "ping" on a connection gets a CRLF pong */
+                            TPTAG_PONG2PING(1),
                             TAG_END());
   if (!a->nta) {
     a->closed = 1;
@@ -638,6 +659,7 @@ int luasip_agent_new(lua_State *L)
                             TAG_IF(tls_dir[0], TPTAG_TLS_VERIFY_POLICY(tls_policy)),
                             TAG_IF(tls_dir[0], TPTAG_TLS_VERIFY_DATE(1)),
                             TAG_IF(uri_is_tls(u), TPTAG_SDWN_ERROR(1)),
+                            TPTAG_PONG2PING(1),
                             TAG_END()) < 0) {
       nta_agent_destroy(a->nta);
       a->nta = NULL;
@@ -815,7 +837,41 @@ void luasip_agent_shed_counts(lsip_agent_t *a, unsigned long long *invite,
   }
 }
 
+/* Is the flow to u (sip:address:port;transport=...) usable: a datagram transport, or a
+ * connection to that address still open (RFC 5626 flows; NAT bindings over TCP/TLS)? */
+int luasip_agent_flow_alive(lsip_agent_t *a, url_t const *u)
+{
+  su_home_t home[1] = { SU_HOME_INIT(home) };
+  tp_name_t tpn[1];
+  tport_t *tp;
+  int alive = 0;
+  memset(tpn, 0, sizeof tpn);
+  if (!a->nta || tport_name_by_url(home, tpn, (url_string_t const *)u) < 0) {
+    su_home_deinit(home);
+    return 0;
+  }
+  tp = tport_by_name(nta_agent_tports(a->nta), tpn);
+  if (tp && (tport_is_dgram(tp) ||
+             (tport_is_secondary(tp) && !tport_is_closed(tp) && !tport_is_shutdown(tp))))
+    alive = 1;
+  su_home_deinit(home);
+  return alive;
+}
+
+/* agent:flow_alive(uri) -> boolean (luasip_agent_flow_alive) */
+static int agent_flow_alive(lua_State *L)
+{
+  lsip_agent_t *a = luasip_agent_check(L, 1);
+  url_t *u;
+  su_home_t home[1] = { SU_HOME_INIT(home) };
+  u = url_make(home, luaL_checkstring(L, 2));
+  lua_pushboolean(L, u && a->nta && luasip_agent_flow_alive(a, u));
+  su_home_deinit(home);
+  return 1;
+}
+
 static const luaL_Reg agent_methods[] = {
+  {"flow_alive", agent_flow_alive},
   {"close", agent_close},
   {"overload", agent_overload},
   {"flood", agent_flood},

@@ -176,6 +176,7 @@ typedef struct lsip_agent lsip_agent_t;
 void luasip_agent_open(lua_State *L);
 int luasip_agent_new(lua_State *L);
 nta_agent_t *luasip_agent_nta(lsip_agent_t *a);
+int luasip_agent_flow_alive(lsip_agent_t *a, url_t const *u);
 lsip_agent_t *luasip_agent_check(lua_State *L, int idx);
 sip_contact_t *luasip_agent_contact_for(lsip_agent_t *a, su_home_t *home, tport_t *hint,
                                         url_t const *dest);

@@ -61,6 +61,8 @@ typedef struct lsip_proxy {
   int ntargets, next;
   char *targets[MAX_BRANCHES];
   char *routes[MAX_BRANCHES]; /* Path / extra Route of a target, comma-separated */
+  char *flows[MAX_BRANCHES];  /* the next hop of a target: where it registered from */
+  unsigned char obs[MAX_BRANCHES]; /* its flow is an RFC 5626 one: no flow, no branch */
   unsigned timer_c_ms;
   int sequential, observe, follow, hold;
   struct held {                 /* responses waiting for Lua's rewrite, oldest first */
@@ -226,6 +228,7 @@ static void proxy_destroy(lsip_obj_t *obj)
   for (i = 0; i < p->ntargets; i++) {
     free(p->targets[i]);
     free(p->routes[i]);
+    free(p->flows[i]);
   }
   for (i = 0; i < p->nheld; i++)
     msg_destroy(p->held[i].msg);
@@ -491,8 +494,20 @@ static int start_branch(lsip_proxy_t *p, int t)
   su_home_t *home;
   char key[64];
   nta_agent_t *nta = p->agent ? luasip_agent_nta(p->agent) : NULL;
+  url_t *next = NULL;
+  int via_flow = 0;
   if (!nta || p->nbr >= MAX_BRANCHES)
     return -1;
+  if (p->flows[t] && !p->routes[t]) {
+    /* NAT: the request goes to the address (the connection) the target registered
+     * from; without it, an outbound binding is unreachable (RFC 5626 5.3), another
+     * falls back to its Contact */
+    url_t *f = url_make(NULL, p->flows[t]);
+    via_flow = f && luasip_agent_flow_alive(p->agent, f);
+    su_free(NULL, f);
+    if (!via_flow && p->obs[t])
+      return -1;
+  }
   b = &p->br[p->nbr];
   memset(b, 0, sizeof *b);
   b->p = p;
@@ -509,6 +524,8 @@ static int start_branch(lsip_proxy_t *p, int t)
     return -1;
   sip = sip_object(m);
   home = msg_home(m);
+  if (via_flow)
+    next = url_make(home, p->flows[t]);
   msg_header_replace(m, (msg_pub_t *)sip, (msg_header_t *)sip->sip_request,
                      (msg_header_t *)sip_request_create(home, sip->sip_request->rq_method,
                                                         sip->sip_request->rq_method_name,
@@ -530,7 +547,8 @@ static int start_branch(lsip_proxy_t *p, int t)
            sip_method_cancel ? "c" : "");
   p->nbr++;
   p->pending++;
-  b->orq = nta_outgoing_mcreate(nta, branch_response, (nta_outgoing_magic_t *)b, NULL, m,
+  b->orq = nta_outgoing_mcreate(nta, branch_response, (nta_outgoing_magic_t *)b,
+                                (url_string_t const *)next, m,
                                 NTATAG_BRANCH_KEY(key), TAG_END());
   if (!b->orq) {
     msg_destroy(m);               /* nta took m only if it made the transaction */
@@ -656,7 +674,7 @@ static int req_proxy(lua_State *L)
       return luaL_error(L, "%s: out of memory", fname);
   }
   for (i = 1; lua_type(L, 2) == LUA_TTABLE && i <= n; i++) {
-    const char *uri, *route;
+    const char *uri, *route, *flow;
     lua_rawgeti(L, 2, i);
     if (!lua_istable(L, -1))
       return luaL_error(L, "%s: target %d must be a table", fname, i);
@@ -666,8 +684,13 @@ static int req_proxy(lua_State *L)
     route = lua_tostring(L, -1);
     p->targets[i - 1] = strdup(uri);
     p->routes[i - 1] = route ? strdup(route) : NULL;
+    lua_getfield(L, -3, "flow");
+    flow = lua_tostring(L, -1);
+    p->flows[i - 1] = flow ? strdup(flow) : NULL;
+    lua_getfield(L, -4, "ob");
+    p->obs[i - 1] = (unsigned char)lua_toboolean(L, -1);
     p->ntargets = i;
-    lua_pop(L, 3);
+    lua_pop(L, 5);
     if (!p->targets[i - 1])
       return luaL_error(L, "%s: out of memory", fname);
   }
@@ -713,6 +736,8 @@ static int req_proxy(lua_State *L)
     if (m) {
       url_t *u = url_hdup(home, m->m_url);
       sip_record_route_t *rr;
+      if (lua_type(L, 3) == LUA_TSTRING)   /* a flow token (RFC 5626 5.3) as the user */
+        u->url_user = su_strdup(home, lua_tostring(L, 3));
       url_param_add(home, u, "lr");
       rr = sip_record_route_create(home, u, NULL);
       if (rr)
@@ -759,10 +784,10 @@ static int proxy_cancel_m(lua_State *L)
   return 1;
 }
 
-/* req:forward([uri] [, { next_hop = uri }]) -> true | nil, err, code: stateless
- * forwarding (ACK for 2xx, RFC 3261 16.11): our Route off, Max-Forwards - 1, a Via of
- * ours; next_hop: where to send it instead of its Route or Request-URI (a front that
- * spreads requests over workers leaves the Request-URI alone) */
+/* req:forward([uri] [, next_hop | { next_hop = uri }]) -> true | nil, err, code:
+ * stateless forwarding (ACK for 2xx, RFC 3261 16.11): our Route off, Max-Forwards - 1, a
+ * Via of ours; next_hop: where to send it instead of its Route or Request-URI, which is
+ * left alone (a flow a target registered from, behind NAT; a worker behind a front) */
 static int req_forward(lua_State *L)
 {
   lsip_obj_t *r = luasip_checkobj(L, 1, LUASIP_REQUEST);
@@ -777,6 +802,8 @@ static int req_forward(lua_State *L)
   if (lua_istable(L, 3)) {
     lua_getfield(L, 3, "next_hop");
     hop = lua_isnil(L, -1) ? NULL : luasip_uri_arg(L, -1, "luasip.request:forward");
+  } else if (!lua_isnoneornil(L, 3)) {
+    hop = luasip_uri_arg(L, 3, "luasip.request:forward");
   }
   if (!nta)
     return luasip_fail(L, "agent closed", "closed");

@@ -22,6 +22,10 @@
   Redis at $PBX_REDIS (host:port or a socket path; default 127.0.0.1:6379; keys under
   $PBX_REDIS_PREFIX, default "luasip:pbx:"); $PBX_REDIS alone uses Redis in one process.
   With workers there is no TLS listener and no metrics page.
+  NAT: phones on TCP/TLS are reached over the connection they registered on; with
+  $PBX_NAT=1 UDP phones too are reached where their REGISTER came from (the address and
+  port their NAT shows), not at their private Contact; in-dialog requests follow the
+  same flows.
 Usage: lua examples/pbx.lua [host:port]     (default 127.0.0.1:5060)
 ]]
 local sip = require "luasip"
@@ -67,8 +71,9 @@ local ivr = assert(loadfile(here .. "/ivr_menu.lua"))(here, log)
 
 -- The handlers live in examples/pbx_app.lua, reloaded on SIGHUP (kill -HUP <pid>) while
 -- calls go on; what must outlive a reload (registrations, calls being forked) is here.
+local nat = os.getenv("PBX_NAT") == "1"
 local registrar, location = sip.registrar{
-  realm = host, store = store,
+  realm = host, store = store, nat = nat,
   authorize = sip.auth.authorizer{ realm = host, password = function(u) return users[u] end,
     failures = true,                  -- password guessing refused (5 failures per user)
     store = store, nonce_ttl = tonumber(os.getenv("PBX_NONCE_TTL") or "") },
@@ -79,7 +84,7 @@ assert(app:load("pbx_app", { vm = vm, vm_uri = "@" .. host .. ":" .. vm:transpor
   host = host, users = users, registrar = registrar, location = location, ringing = ringing,
   dialogs = dialogs, store = store,
   ivr = ivr, log = log, ring = tonumber(os.getenv("PBX_VOICEMAIL_AFTER") or "") or 20,
-  nonce_ttl = tonumber(os.getenv("PBX_NONCE_TTL") or "") }))
+  nonce_ttl = tonumber(os.getenv("PBX_NONCE_TTL") or ""), nat = nat }))
 sip.on_signal("HUP", function()
   local ok, err = sip.reload("pbx_app")
   log(ok and "reloaded pbx_app" or ("reload of pbx_app failed, old handlers kept: " .. err))

@@ -4,14 +4,17 @@
   reload (registrations, the calls being forked, the IVR) lives in pbx.lua and comes in
   the `pbx` table; this file keeps only code.
   pbx = { vm =, vm_uri =, host =, users =, registrar =, location =, ringing =,
-          dialogs =, ivr =, ring =, log =, store = (Redis or nil) }
+          dialogs =, ivr =, ring =, log =, store = (Redis or nil),
+          nat = (phones behind NAT: README "NAT") }
 ]]
 local sip = require "luasip"
+local flow_uri = require("luasip.location").flow_uri
 
 return function(app, pbx)
   local host, users, location, ivr, log = pbx.host, pbx.users, pbx.location, pbx.ivr, pbx.log
   local ringing = pbx.ringing  -- Call-ID -> { user =, phones =, failed =, status =, reason = }
-  local dialogs = pbx.dialogs  -- Call-ID -> { [remote target URI] = true }: calls we connected
+  local dialogs = pbx.dialogs  -- Call-ID -> { [remote target URI] = flow | true }: calls we
+                               -- connected; flow: where that party's messages came from
 
   -- A registered user's voicemail answers on an agent of its own: the proxy forks each
   -- call to it beside the user's phones; it answers after `ring` seconds unless a phone
@@ -43,10 +46,26 @@ return function(app, pbx)
   -- record-routed ourselves (top Route = this PBX), in a call we connected, to one of
   -- its two parties (the Contacts of its INVITE and 2xx): no open relay through To tags
   -- or a forged Route (spec/relay_spec.lua)
-  local function targets_of(d, ...)
+  -- (each Contact is kept with the flow its message came over -- a request's source, or
+  -- a response's over the transport of the target that sent it -- when that is a TCP/TLS
+  -- connection, or always with pbx.nat)
+  local function targets_of(d, targets, ...)
     for _, m in ipairs{ ... } do
-      for _, c in ipairs(m.contact) do d[c.uri] = true end
+      local src, flow = m.source, true
+      for _, t in ipairs(src and not src.transport and targets or {}) do
+        local ts = type(t) == "table" and t.source
+        if ts and ts.address == src.address and ts.port == src.port then src = ts end
+      end
+      local tr = src and (src.transport or "udp"):lower()
+      if src and (pbx.nat or tr == "tcp" or tr == "tls") then flow = flow_uri(src) end
+      for _, c in ipairs(m.contact) do d[c.uri] = flow end
     end
+  end
+  -- the next hop of an in-dialog request: the flow of its target, if still usable
+  local function flow_to(req)
+    local d = dialogs[req.call_id]
+    local flow = d and d[req.uri]
+    if type(flow) == "string" and app:flow_alive(flow) then return flow end
   end
   local function routed_here(req)
     local d = dialogs[req.call_id]
@@ -59,11 +78,12 @@ return function(app, pbx)
       req:reply(403, "Not Routed Here")
       return true
     end
-    local res = req:proxy(req.uri)
+    local flow = flow_to(req)
+    local res = req:proxy(flow and { { uri = req.uri, flow = flow } } or req.uri)
     local d = dialogs[req.call_id]
     if d and req.method == "BYE" then dialogs[req.call_id] = nil end
     if d and res and res.status < 300 and (req.method == "INVITE" or req.method == "UPDATE") then
-      targets_of(d, req, res)                        -- a target refresh (RFC 3261 12.2)
+      targets_of(d, nil, req, res)                   -- a target refresh (RFC 3261 12.2)
     end
     return true
   end
@@ -82,7 +102,7 @@ return function(app, pbx)
     end
     local callee = req.ruri.user
     if not callee or not users[callee] then return req:reply(404, "No Such User") end
-    local targets = location:lookup("sip:" .. callee .. "@" .. host) or {}
+    local targets = location:lookup("sip:" .. callee .. "@" .. host, app) or {}
     local invite = req.method == "INVITE"
     if #targets == 0 and not invite then return req:reply(480, "Temporarily Unavailable") end
     if #targets == 0 then                               -- offline: straight to voicemail
@@ -97,7 +117,7 @@ return function(app, pbx)
         if res.status < 300 then                     -- a call we connect: its parties
           if res.status > 100 then
             dialogs[req.call_id] = dialogs[req.call_id] or {}
-            targets_of(dialogs[req.call_id], req, res)
+            targets_of(dialogs[req.call_id], targets, req, res)
           end
           return
         end
@@ -120,7 +140,7 @@ return function(app, pbx)
     if call then log("ivr", call.call_id, ivr.menu(call)) end
   end)
   app:on("MESSAGE", function(req) route(req) end)
-  app:on("ACK", function(ack) if routed_here(ack) then ack:forward() end end)
+  app:on("ACK", function(ack) if routed_here(ack) then ack:forward(nil, flow_to(ack)) end end)
   for _, m in ipairs{ "BYE", "INFO", "UPDATE", "NOTIFY", "PRACK", "REFER", "SUBSCRIBE" } do
     app:on(m, function(req)
       if not in_dialog(req) then req:reply(m == "BYE" and 481 or 404) end

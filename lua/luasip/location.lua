@@ -4,7 +4,9 @@
 -- { aor =, bindings = { binding... } } whose store TTL is its longest binding's.
 -- A binding: { uri =, q = (nil: none given), expires_at = (store clock), call_id =,
 -- cseq =, path = {"<sip:...>"...} | nil, source = {address =, port =, transport =},
--- user_agent =, instance = "urn:...", reg_id =, params = {}, registered_at =, updated_at = }.
+-- user_agent =, instance = "urn:...", reg_id =, params = {}, registered_at =, updated_at =,
+-- received = "sip:address:port;transport=..." (where the REGISTER came from: the flow),
+-- ob = true (an RFC 5626 outbound flow), nat = true (the registrar's nat option) }.
 -- Also the URI helpers of RFC 3261 19.1.4 used by the registrar: parse, AOR canonical
 -- form (10.3 step 5) and URI equality.
 local memory = require "luasip.store.memory"
@@ -267,17 +269,87 @@ function Location:bindings(aor)
   return list
 end
 
--- location:lookup(aor) -> list of targets { uri, q, path, source, expires, instance,
---   reg_id, user_agent, aor }, highest q first; {} when nobody is registered
-function Location:lookup(aor)
+-- ------------------------------------------------------------------ NAT and flows
+
+-- flow_uri(source) -> "sip:address:port;transport=x": the flow a request came over
+-- (req.source: { address =, port =, transport = })
+function M.flow_uri(source)
+  if type(source) ~= "table" or not source.address then return nil end
+  local host = source.address:find(":", 1, true) and "[" .. source.address .. "]"
+    or source.address
+  return ("sip:%s:%d;transport=%s"):format(host, source.port,
+    (source.transport or "udp"):lower())
+end
+
+local STREAM = { tcp = true, tls = true, ws = true, wss = true }
+
+-- the flow of binding b that requests to it should take, or nil (its Contact): the
+-- outbound flow, the NATed source (registrar option nat), or the connection of a TCP/TLS
+-- client (kept as its flow, RFC 5626 / RFC 3261 18.2.2-like reuse)
+local function flow_of(b)
+  if not b.received or b.path then return nil end
+  if b.ob or b.nat then return b.received end
+  if b.source and STREAM[(b.source.transport or ""):lower()] then return b.received end
+  return nil
+end
+
+-- flow_token(flow) -> a token for the user part of a Record-Route or Path URI (RFC 5626
+-- 5.3): the flow, hex-encoded (not signed: the proxy checks the dialog it belongs to)
+function M.flow_token(flow)
+  return "ob-" .. flow:gsub(".", function(c) return ("%02x"):format(c:byte()) end)
+end
+
+-- token_flow(token) -> the flow of a token of flow_token | nil
+function M.token_flow(token)
+  local hex = type(token) == "string" and token:match("^ob%-(%x+)$")
+  if not hex or #hex % 2 == 1 then return nil end
+  return (hex:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- request_flow(req) -> the flow named by the flow token of req's top Route (ours), unless
+-- req came over that very flow (it then goes where its Request-URI says) | nil
+function M.request_flow(req)
+  local route = req:header("Route")
+  local user = route and route:match("^%s*<?sips?:([^@;>]+)@")
+  local flow = user and M.token_flow(user)
+  if not flow or flow == M.flow_uri(req.source) then return nil end
+  return flow
+end
+
+-- location:lookup(aor [, agent]) -> list of targets { uri, q, path, flow, ob, source,
+--   received, expires, instance, reg_id, user_agent, aor }, highest q first; {} when
+--   nobody is registered.  flow: where req:proxy sends the request (the Request-URI
+--   stays the Contact).  With the agent, outbound bindings whose connection is gone are
+--   removed (RFC 5626 flow failure) and of an instance's flows only the newest is used.
+function Location:lookup(aor, agent)
   local list, err, code = self:bindings(aor)
   if not list then return nil, err, code end
   local canon = M.aor(aor)
-  local targets = {}
-  for i, b in ipairs(list) do
-    targets[i] = { uri = b.uri, q = b.q or 1, path = b.path, source = b.source,
-      expires = b.expires, instance = b.instance, reg_id = b.reg_id,
-      user_agent = b.user_agent, aor = canon }
+  local targets, dead, seen = {}, {}, {}
+  for _, b in ipairs(list) do
+    local flow = flow_of(b)
+    if b.ob and flow and agent and not agent:flow_alive(flow) then
+      dead[#dead + 1] = b
+    elseif not (b.ob and b.instance and seen[b.instance]) then
+      if b.ob and b.instance then seen[b.instance] = true end
+      targets[#targets + 1] = { uri = b.uri, q = b.q or 1, path = b.path, flow = flow,
+        ob = b.ob, source = b.source, received = b.received, expires = b.expires,
+        instance = b.instance, reg_id = b.reg_id, user_agent = b.user_agent, aor = canon }
+    end
+  end
+  if #dead > 0 then
+    local ok, uerr, ucode = self:update(aor, function(l)
+      local keep = {}
+      for _, b in ipairs(l) do
+        local gone = false
+        for _, d in ipairs(dead) do
+          if b.received == d.received and M.uri_equal(b.uri, d.uri) then gone = true end
+        end
+        if not gone then keep[#keep + 1] = b end
+      end
+      return keep
+    end)
+    if not ok then return nil, uerr, ucode end
   end
   return targets
 end

@@ -12,8 +12,9 @@ local _, _, REQ = require("luasip.core").class("luasip.request")
 
 local M = {}
 
--- targets: a URI, a list of URIs, or a list of { uri =, path = {...} | route = "..." }
--- (what location:lookup returns)
+-- targets: a URI, a list of URIs, or a list of { uri =, path = {...} | route = "...",
+-- flow = "sip:address:port;transport=" (the next hop: where the target registered from),
+-- ob = true (an RFC 5626 flow: no branch when it is gone) } (what location:lookup returns)
 local function normalize(targets)
   if type(targets) == "string" then return targets end     -- the core takes one URI as is
   if type(targets) ~= "table" or #targets == 0 then
@@ -26,7 +27,7 @@ local function normalize(targets)
     elseif type(t) == "table" and type(t.uri) == "string" then
       local route = t.route
       if type(t.path) == "table" and #t.path > 0 then route = table.concat(t.path, ", ") end
-      list[i] = { uri = t.uri, route = route }
+      list[i] = { uri = t.uri, route = route, flow = t.flow, ob = t.ob }
     else
       error("luasip.request:proxy: target " .. i .. " must be a URI or { uri = }", 3)
     end
@@ -34,7 +35,8 @@ local function normalize(targets)
   return list
 end
 
--- req:proxy(targets [, { record_route =, forking = "parallel" | "sequential",
+-- req:proxy(targets [, { record_route = true | "flow token" (the user part of ours),
+--   forking = "parallel" | "sequential",
 --   timeout = branch seconds (Timer C, 180), on_response = fn(res),
 --   headers = { Name = "value" | {values} (added) | false (removed) },
 --   follow_redirects = true (3xx Contacts become new branches), stateless = true

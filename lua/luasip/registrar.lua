@@ -131,7 +131,13 @@ end
 
 -- registrar{ realm =, domains = {host...}, min_expires = 60, max_expires = 86400,
 --   default_expires = 3600, store =, location =, authorize = fn(req, aor) -> true | nil,
---   third_party = fn(req, from_aor, to_aor, identity) -> boolean } -> handler, location
+--   third_party = fn(req, from_aor, to_aor, identity) -> boolean, nat = false }
+--   -> handler, location
+-- Each binding keeps where its REGISTER came from (received: address, port, transport);
+-- nat = true sends requests for every binding there (the "fix NATed contact" policy),
+-- else only TCP/TLS ones (their connection) and RFC 5626 outbound ones (Supported:
+-- outbound, +sip.instance and reg-id: one binding per instance and reg-id, the newest
+-- flow replacing the old).
 -- realm is checked and kept for digest authentication (not used yet); without domains
 -- every domain is served; authorize may answer req itself (a 401 challenge).
 function M.new(opts)
@@ -160,6 +166,10 @@ function M.new(opts)
       domains[d:lower()] = true
     end
   end
+  if opts.nat ~= nil and type(opts.nat) ~= "boolean" then
+    error("luasip.registrar: nat must be a boolean", 2)
+  end
+  local nat = opts.nat or nil
   local authorize = check_fn(opts, "authorize", allow)
   local third_party = check_fn(opts, "third_party", deny)
   local loc = opts.location
@@ -202,6 +212,19 @@ function M.new(opts)
     local call_id, cseq = req.call_id, req.cseq
     local path = split_list(req:headers("Path"))
     if #path == 0 then path = nil end
+    -- RFC 5626 6: outbound applies to Contacts with +sip.instance and reg-id when the UA
+    -- supports it; the first hop (the edge proxy of the Path, or us) must too
+    local outbound = changes and supports(req, "outbound") or false
+    if outbound then
+      local any = false
+      for _, ch in ipairs(changes) do
+        if ch.instance and ch.reg_id and ch.expires > 0 then any = true end
+      end
+      outbound = any
+      if any and path and not path[1]:match(";%s*ob[;>%s=]") then
+        return req:reply(439, "First Hop Lacks Outbound Support")
+      end
+    end
     local bindings, err, code
     if star then
       bindings, err, code = loc:update(to_aor, function(list)
@@ -214,6 +237,7 @@ function M.new(opts)
       end)
     elseif changes then
       local source = req.source
+      local received = location.flow_uri(source)
       local user_agent = req:header("User-Agent")
       -- step 7: all or nothing; the CSeq rule compares with the bindings as they were
       bindings, err, code = loc:update(to_aor, function(list, now)
@@ -221,8 +245,14 @@ function M.new(opts)
         for i, b in ipairs(list) do out[i] = b end
         for _, ch in ipairs(changes) do
           local idx
+          local ob = outbound and ch.instance and ch.reg_id and true or nil
           for i, b in ipairs(out) do
-            if location.uri_equal(b.uri, ch.uri) then idx = i break end
+            -- RFC 5626 6: the same instance and reg-id is the same binding (a new flow)
+            if ob and b.ob and b.instance == ch.instance and b.reg_id == ch.reg_id
+              or location.uri_equal(b.uri, ch.uri) then
+              idx = i
+              break
+            end
           end
           local old = idx and out[idx]
           if old and not fresh[old] and old.call_id == call_id and cseq <= old.cseq then
@@ -235,7 +265,7 @@ function M.new(opts)
               call_id = call_id, cseq = cseq, path = path, source = source,
               user_agent = user_agent, instance = ch.instance, reg_id = ch.reg_id,
               params = ch.params, registered_at = old and old.registered_at or now,
-              updated_at = now }
+              updated_at = now, received = received, ob = ob, nat = nat }
             fresh[b] = true
             if idx then out[idx] = b else out[#out + 1] = b end
           end
@@ -258,6 +288,7 @@ function M.new(opts)
       headers.Contact = list
     end
     if path and changes and supports(req, "path") then headers.Path = path end
+    if outbound then headers.Require = "outbound" end
     return req:reply(200, "OK", { headers = headers })
   end
 
