@@ -60,9 +60,13 @@ typedef struct lsip_state {
 extern lsip_state_t *luasip_S;
 
 /* dnsconf.c: the resolv.conf path handed to sofia's resolver (NULL: the system's), and
- * its re-check (only reachable name servers: sres spins on an unreachable one) */
-const char *luasip_dnsconf_path(void);
-void luasip_dnsconf_refresh(void);
+ * its re-check (only reachable name servers: sres spins on an unreachable one); an
+ * agent's dns option makes its own (NULL below: the system's configuration) */
+typedef struct lsip_dnsconf lsip_dnsconf_t;
+lsip_dnsconf_t *luasip_dnsconf_new(lua_State *L, int idx, const char *who);
+const char *luasip_dnsconf_path(lsip_dnsconf_t *c);
+void luasip_dnsconf_refresh(lsip_dnsconf_t *c);
+void luasip_dnsconf_free(lsip_dnsconf_t *c);
 #define LUASIP_DNSCONF_MS 2000
 
 /* watchdog.c: runaway Lua interrupted after a CPU-time limit (sip.cpu_limit) */
@@ -320,6 +324,7 @@ struct lsip_agent {
   struct lsip_overload *overload;  /* agent.c: load shedding at the entry point */
   struct lsip_flood *flood;        /* flood.c: per-source limits, scanners (NULL: none) */
   su_timer_t *dnsconf_timer;  /* re-checks the name servers sres may use (dnsconf.c) */
+  lsip_dnsconf_t *dnsconf;    /* the dns option's configuration (NULL: the system's) */
   int closed;
 };
 

@@ -35,7 +35,7 @@ local M = {}
 
 local OPTIONS = { listen = true, user_agent = true, t1 = true, in_dialog = true,
   supported = true, handler_timeout = true, invite_timeout = true, overload = true,
-  media = true, max_message_size = true, tls = true, flood = true }
+  media = true, max_message_size = true, tls = true, flood = true, dns = true }
 
 local FLOOD_OPTIONS = { rate = true, burst = true, block = true, status = true, exempt = true,
   scanners = true, max_headers = true, limit = true }
@@ -169,7 +169,7 @@ function M.new(opts)
   end
   local a, err, code = core.agent{ listen = listen, user_agent = opts.user_agent,
     t1 = opts.t1, overload = opts.overload, max_message_size = mms, tls = tls,
-    flood = opts.flood }
+    flood = opts.flood, dns = opts.dns }
   if not a then return nil, err, code end
   local st = state(a)
   st.handlers = {}
