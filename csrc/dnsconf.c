@@ -245,8 +245,9 @@ static int parse_server(const char *s, char *addr, size_t size, unsigned *port)
   return 0;
 }
 
-/* The dns option at idx (nil: the system's configuration, NULL): { servers = {"addr[:port]"
- * ...} } or { resolv_conf = path }. Raises on a malformed option. */
+/* The dns option at idx (nil or neither key: the system's configuration, NULL):
+ * { servers = {"addr[:port]"...} } or { resolv_conf = path }. Raises on a malformed
+ * option. */
 lsip_dnsconf_t *luasip_dnsconf_new(lua_State *L, int idx, const char *who)
 {
   lsip_dnsconf_t *c;
@@ -263,8 +264,12 @@ lsip_dnsconf_t *luasip_dnsconf_new(lua_State *L, int idx, const char *who)
                who);
   lua_getfield(L, idx, "resolv_conf");
   lua_getfield(L, idx, "servers");
-  if (lua_isnil(L, -1) == lua_isnil(L, -2))
-    luaL_error(L, "%s: dns needs one of servers and resolv_conf", who);
+  if (!lua_isnil(L, -1) && !lua_isnil(L, -2))
+    luaL_error(L, "%s: dns takes servers or resolv_conf, not both", who);
+  if (lua_isnil(L, -1) && lua_isnil(L, -2)) {   /* { hosts = path } only (agent.lua) */
+    lua_pop(L, 2);
+    return NULL;
+  }
   if (lua_isstring(L, -2)) {
     c = calloc(1, sizeof *c);
     if (!c || !(c->file = strdup(lua_tostring(L, -2)))) {

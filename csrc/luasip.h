@@ -233,6 +233,9 @@ int luasip_proxy_stray(lsip_agent_t *a, msg_t *msg, sip_t *sip);
 /* stream.c: byte streams to local services (Redis) on the loop */
 void luasip_stream_open(lua_State *L);
 int luasip_stream_connect(lua_State *L);
+/* resolve.c: RFC 3263 queries on sofia's resolver (core.dns_resolve) */
+int luasip_dns_resolve(lua_State *L);
+void luasip_dns_open(lua_State *L);
 
 /* media.c: RTP streams on the one 20 ms media clock (luasip.rtp) */
 #define LUASIP_RTP "luasip.rtp"

@@ -176,21 +176,21 @@ describe("DNS (RFC 3263)", function()
     assert.is_true(elapsed >= 3 and elapsed < 8, "one timer F, then the second: " .. elapsed)
   end)
 
-  it_dns("a name that does not resolve: nil, '503 DNS Error', 503", function()
+  it_dns("a name that does not resolve: nil, 'cannot resolve ...', 503", function()
     local dport = zone{ "--host-record=other.test,127.0.0.1" }
     local a = resolver_agent(dport)
     local res, err, code = H.run(function()
       return a:request{ method = "OPTIONS", uri = "sip:bob@nowhere.test" }
     end)
     assert.is_nil(res)
-    assert.equal("503 DNS Error", err)
+    assert.equal("cannot resolve nowhere.test: no such domain", err)
     assert.equal(503, code)
   end)
 
   it("with a name server that never answers the loop serves on, and the request fails",
   function()
     local nsport, asked = silent()
-    local a = H.agent{ dns = { servers = { "127.0.0.1:" .. nsport } } }
+    local a = H.agent{ dns = { servers = { "127.0.0.1:" .. nsport } }, t1 = 0.1 }
     a:on("OPTIONS", function(req) req:reply(200) end)
     local pinger = H.agent()
     local answered, sent, done = 0, 0, nil
@@ -210,6 +210,8 @@ describe("DNS (RFC 3263)", function()
     H.run_until(function() return done end, 40, "the request to an unanswered name failed")
     assert.is_nil(done[1])
     assert.equal(503, done[3], tostring(done[2]))
+    assert.equal("cannot resolve unanswered.test: no answer from the name servers", done[2])
+    assert.is_true(done.elapsed >= 7 and done.elapsed < 12, "bounded: " .. done.elapsed)
     assert.is_true(asked() >= 1, "the name server was asked")
     assert.is_true(answered >= 5 and answered >= sent - 1,
       ("OPTIONS answered meanwhile: %d/%d in %.1fs"):format(answered, sent, done.elapsed))
@@ -234,7 +236,8 @@ describe("DNS (RFC 3263)", function()
       assert.matches(msg, err, 1, true)
     end
     bad("x", "dns must be a table")
-    bad({}, "dns needs one of servers and resolv_conf")
+    bad({ servers = { "127.0.0.1" }, resolv_conf = "/etc/resolv.conf" }, "not both")
+    bad({ port = 53 }, "port")
     bad({ servers = {} }, "dns.servers must be a non-empty list")
     bad({ servers = { "example.com" } }, "dns.servers[1] must be")
     bad({ servers = { "127.0.0.1:0" } }, "dns.servers[1] must be")
