@@ -115,6 +115,21 @@ describe("DNS (RFC 3263)", function()
     assert.is_truthy(b)
   end)
 
+  it_dns("follows an AAAA record to an IPv6 target", function()
+    local b = H.agent{ listen = { "sip:[::1]:0" } }
+    b:on("OPTIONS", function(req) req:reply(200, "v6") end)
+    local bport = b:transports()[1].port
+    local dport = zone{
+      "--srv-host=_sip._udp.example.test,six.example.test," .. bport .. ",10,0",
+      "--host-record=six.example.test,::1" }
+    local a = resolver_agent(dport, { listen = { "sip:[::1]:0", "sip:127.0.0.1:0" } })
+    local res, err = H.run(function()
+      return a:request{ method = "OPTIONS", uri = "sip:bob@example.test" }
+    end)
+    assert.is_truthy(res, err)
+    assert.equal("v6", res.reason)
+  end)
+
   it_dns("req:proxy forwards to a domain name resolved by SRV and A", function()
     local _, bport, got = uas("bob")
     local dport = zone{
@@ -152,6 +167,67 @@ describe("DNS (RFC 3263)", function()
     assert.equal("first", res.reason)
     assert.same({ "OPTIONS tcp" }, got1)
     assert.same({}, got2)
+  end)
+
+  it_dns("fails over to the next SRV target when the first answers 503 (request and INVITE)",
+  function()
+    local _, p1, got1 = uas("busy", 503)
+    local _, p2, got2 = uas("second")
+    local dport = zone{
+      "--naptr-record=example.test,10,50,s,SIP+D2U,,_sip._udp.example.test",
+      "--srv-host=_sip._udp.example.test,one.example.test," .. p1 .. ",10,0",
+      "--srv-host=_sip._udp.example.test,two.example.test," .. p2 .. ",20,0",
+      "--host-record=one.example.test,127.0.0.1",
+      "--host-record=two.example.test,127.0.0.1" }
+    local a = resolver_agent(dport)
+    local res, err = H.run(function()
+      return a:request{ method = "MESSAGE", uri = "sip:bob@example.test", body = "hi",
+        content_type = "text/plain" }
+    end)
+    assert.is_truthy(res, err)
+    assert.equal("second", res.reason)
+    assert.same({ "MESSAGE udp" }, got1)
+    assert.same({ "MESSAGE udp" }, got2)
+    local d, r2 = H.run(function() return a:invite{ uri = "sip:bob@example.test" } end)
+    assert.is_truthy(d, r2)
+    assert.equal("second", r2.reason)
+    assert.same({ "MESSAGE udp", "INVITE udp" }, got1)
+    assert.same({ "MESSAGE udp", "INVITE udp" }, got2)
+    H.run(function() return d:bye() end)
+    -- every target busy: the last answer is the result
+    local _, p3 = uas("busy too", 503)
+    local dport2 = zone{
+      "--srv-host=_sip._udp.busy.test,one.busy.test," .. p1 .. ",10,0",
+      "--srv-host=_sip._udp.busy.test,three.busy.test," .. p3 .. ",20,0",
+      "--host-record=one.busy.test,127.0.0.1",
+      "--host-record=three.busy.test,127.0.0.1" }
+    local b = resolver_agent(dport2)
+    local r3, err3, code3 = H.run(function()
+      return b:request{ method = "OPTIONS", uri = "sip:bob@busy.test" }
+    end)
+    assert.is_nil(r3)
+    assert.equal("503 busy too", err3)
+    assert.equal(503, code3)
+  end)
+
+  it_dns("takes a name from the hosts file (dns.hosts) without asking DNS", function()
+    local _, bport, got = uas("bob")
+    local dport, dns = zone{}
+    local hosts = os.tmpname()
+    defer(function() os.remove(hosts) end)
+    local f = assert(io.open(hosts, "w"))
+    f:write("# test hosts\n127.0.0.1\tlocalhost\n127.0.0.1 pbx.hosts.test pbx # the PBX\n")
+    f:close()
+    local a = H.agent{ dns = { servers = { "127.0.0.1:" .. dport }, hosts = hosts } }
+    local res, err = H.run(function()
+      return a:request{ method = "OPTIONS", uri = "sip:bob@PBX:" .. bport .. ";transport=tcp" }
+    end)
+    assert.is_truthy(res, err)
+    assert.equal("bob", res.reason)
+    assert.same({ "OPTIONS tcp" }, got)
+    assert.is_nil(dns.log():find("query[", 1, true))
+    assert.same({ { address = "127.0.0.1", port = 5061, transport = "tls" } },
+      H.run(function() return require("luasip.dns").resolve("sips:pbx.hosts.test", a, hosts) end))
   end)
 
   it_dns("fails over to the next SRV target when the first does not answer, in bounded time",
@@ -227,6 +303,45 @@ describe("DNS (RFC 3263)", function()
     assert.equal(200, res.status)
     assert.same({ "OPTIONS udp" }, got)
     assert.is_nil(dns.log():find("query[", 1, true))
+  end)
+
+  ;(have("dnsmasq") and have("redis-server") and it or pending)(
+  "the Redis client connects to a name from DNS (A) and from the hosts file", function()
+    local redis = require "luasip.redis"
+    local port = H.free_port()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. H.shquote(dir)))
+    defer(function() os.execute("rm -rf " .. H.shquote(dir)) end)
+    local server = H.background({ "redis-server", "--port", tostring(port), "--bind",
+      "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir }, 60)
+    defer(server.kill)
+    local dport, dns = zone{ "--host-record=redis.example.test,127.0.0.1" }
+    local a = resolver_agent(dport)
+    local c
+    H.run(function()
+      local t0 = sip.now()
+      repeat                         -- until the server listens (bounded)
+        c = redis.connect{ host = "redis.example.test", port = port, timeout = 1, agent = a }
+        if not c then sip.sleep(0.05) end
+      until c or sip.now() - t0 > 10 or server.done()
+    end, 15)
+    assert.is_truthy(c, server.log())
+    assert.matches("query[A] redis.example.test", dns.log(), 1, true)
+    H.run(function()
+      assert.equal("OK", c:call("SET", "k", "v"))
+      c:close()
+      local l = assert(redis.connect{ host = "localhost", port = port })
+      assert.equal("v", l:call("GET", "k"))
+      l:close()
+      local r, err, code = redis.connect{ host = "nowhere.test", port = port, agent = a }
+      assert.is_nil(r)
+      assert.equal("cannot resolve nowhere.test: no such domain", err)
+      assert.equal("connect", code)
+    end)
+    local r, err = redis.connect{ host = "redis.example.test", port = port, agent = a }
+    assert.is_nil(r)
+    assert.equal("cannot resolve redis.example.test outside a luasip coroutine", err)
   end)
 
   it("checks the dns option", function()
