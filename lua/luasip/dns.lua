@@ -103,11 +103,11 @@ end
 
 local unpack = table.unpack or unpack   -- luacheck: ignore 143
 
--- applies(opts) -> whether a request with these options goes through failover: a SIP
--- Request-URI with a host name, no proxy, no Route header
+-- applies(opts) -> whether a request with these options goes through failover: a sip:
+-- (not sips:, not TLS) Request-URI with a host name, no proxy, no Route header
 function M.applies(opts)
-  local scheme, host = parse(type(opts.uri) == "string" and opts.uri or "")
-  return scheme ~= nil and not numeric(host) and opts.proxy == nil
+  local scheme, host, _, transport = parse(type(opts.uri) == "string" and opts.uri or "")
+  return scheme == "sip" and transport ~= "tls" and not numeric(host) and opts.proxy == nil
     and not names_route(opts.headers)
 end
 
@@ -116,6 +116,10 @@ end
 function M.failover(agent, opts, fn)
   local targets, err = M.resolve(opts.uri, agent, core.state(agent).dns_hosts)
   if not targets then return nil, err, 503 end
+  for _, t in ipairs(targets) do
+    -- TLS checks the certificate against the name: only nta keeps it (RFC 5922)
+    if t.transport == "tls" then return fn(opts) end
+  end
   local last
   for _, t in ipairs(targets) do
     local o = {}
