@@ -28,6 +28,7 @@
 #include <sofia-sip/su_string.h>
 #include <sofia-sip/url.h>
 #include <sofia-sip/sresolv.h>
+#include <sofia-resolv/sres_cache.h>
 
 #include "luasip.h"
 
@@ -439,6 +440,8 @@ static void agent_destroy(lsip_obj_t *obj)
   }
   agent_free_nta(a);
   luasip_dnsconf_free(a->dnsconf);
+  if (a->dns_cache)
+    sres_cache_unref(a->dns_cache);
   su_home_deinit(a->home);
   luasip_freeobj(&a->obj);
 }
@@ -593,6 +596,7 @@ int luasip_agent_new(lua_State *L)
   lua_pop(L, 1);
   lua_getfield(L, 1, "dns");
   a->dnsconf = luasip_dnsconf_new(L, -1, "luasip.agent");
+  a->dns_cache = luasip_dnsconf_hosts(L, lua_gettop(L));
   lua_pop(L, 1);
   resolv_conf = luasip_dnsconf_path(a->dnsconf);
   tls_dir[0] = '\0';
@@ -617,6 +621,7 @@ int luasip_agent_new(lua_State *L)
                             NTATAG_CANCEL_2543(0),
                             NTATAG_MAXSIZE(maxsize),
                             TAG_IF(resolv_conf, SRESTAG_RESOLV_CONF(resolv_conf)),
+                            TAG_IF(a->dns_cache, SRESTAG_CACHE(a->dns_cache)),
                             /* bursts of calls overflow the kernel's default ~200 KB */
                             TPTAG_UDP_RMEM(4 * 1024 * 1024),
                             TPTAG_UDP_WMEM(1024 * 1024),

@@ -39,7 +39,12 @@
 
 #include "luasip.h"
 
+#include <sofia-resolv/sres_cache.h>
+#include <sofia-resolv/sres_record.h>
+
 #define SYSTEM_CONF "/etc/resolv.conf"
+#define SYSTEM_HOSTS "/etc/hosts"
+#define HOSTS_TTL (10 * 365 * 24 * 3600)   /* hosts entries never expire */
 #define CONF_MAX 8192
 
 struct lsip_dnsconf {
@@ -317,4 +322,70 @@ lsip_dnsconf_t *luasip_dnsconf_new(lua_State *L, int idx, const char *who)
   }
   c->fd = -1;
   return c;
+}
+
+/* sofia's resolver does not read /etc/hosts: a cache for nta's resolver (SRESTAG_CACHE)
+ * holding an A or AAAA record for each name of the hosts file (the dns option's hosts =
+ * path, or /etc/hosts), read once. Names are stored in lower case, as sres looks them up
+ * (case-sensitively). nta still asks DNS for NAPTR and SRV first. NULL: no cache. */
+sres_cache_t *luasip_dnsconf_hosts(lua_State *L, int idx)
+{
+  char line[1024];
+  const char *path = SYSTEM_HOSTS;
+  sres_cache_t *cache;
+  time_t now = time(NULL);
+  FILE *f;
+  if (lua_istable(L, idx)) {
+    lua_getfield(L, idx, "hosts");
+    if (lua_isstring(L, -1))
+      path = lua_tostring(L, -1);
+    lua_pop(L, 1);   /* path stays valid: the option table holds the string */
+  }
+  f = fopen(path, "r");
+  if (!f)
+    return NULL;
+  cache = sres_cache_new(0);
+  while (cache && fgets(line, sizeof line, f)) {
+    char *save = NULL, *addr, *name;
+    union { sres_a_record_t a; sres_aaaa_record_t aaaa; } rr;
+    char *hash = strchr(line, '#');
+    if (hash)
+      *hash = '\0';
+    addr = strtok_r(line, " \t\r\n", &save);
+    if (!addr)
+      continue;
+    memset(&rr, 0, sizeof rr);
+    if (inet_pton(AF_INET, addr, &rr.a.a_addr) == 1) {
+      rr.a.a_record->r_size = sizeof rr.a;
+      rr.a.a_record->r_type = sres_type_a;
+      rr.a.a_record->r_rdlen = sizeof rr.a.a_addr;
+    } else if (inet_pton(AF_INET6, addr, &rr.aaaa.aaaa_addr) == 1) {
+      rr.aaaa.aaaa_record->r_size = sizeof rr.aaaa;
+      rr.aaaa.aaaa_record->r_type = sres_type_aaaa;
+      rr.aaaa.aaaa_record->r_rdlen = sizeof rr.aaaa.aaaa_addr;
+    } else {
+      continue;
+    }
+    rr.a.a_record->r_class = sres_class_in;
+    rr.a.a_record->r_ttl = HOSTS_TTL;
+    rr.a.a_record->r_parsed = 1;
+    while ((name = strtok_r(NULL, " \t\r\n", &save))) {
+      char fqdn[256];
+      size_t i, n = strlen(name);
+      sres_record_t *r;
+      if (n == 0 || n + 2 > sizeof fqdn)
+        continue;
+      for (i = 0; i < n; i++)
+        fqdn[i] = (char)(name[i] >= 'A' && name[i] <= 'Z' ? name[i] - 'A' + 'a' : name[i]);
+      if (fqdn[n - 1] != '.')
+        fqdn[n++] = '.';
+      fqdn[n] = '\0';
+      rr.a.a_record->r_name = fqdn;
+      r = sres_cache_alloc_record(cache, (sres_record_t *)&rr, 0);
+      if (r)
+        sres_cache_store(cache, r, now);
+    }
+  }
+  fclose(f);
+  return cache;
 }

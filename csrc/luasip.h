@@ -67,6 +67,7 @@ lsip_dnsconf_t *luasip_dnsconf_new(lua_State *L, int idx, const char *who);
 const char *luasip_dnsconf_path(lsip_dnsconf_t *c);
 void luasip_dnsconf_refresh(lsip_dnsconf_t *c);
 void luasip_dnsconf_free(lsip_dnsconf_t *c);
+struct sres_cache *luasip_dnsconf_hosts(lua_State *L, int idx);
 #define LUASIP_DNSCONF_MS 2000
 
 /* watchdog.c: runaway Lua interrupted after a CPU-time limit (sip.cpu_limit) */
@@ -328,6 +329,7 @@ struct lsip_agent {
   struct lsip_flood *flood;        /* flood.c: per-source limits, scanners (NULL: none) */
   su_timer_t *dnsconf_timer;  /* re-checks the name servers sres may use (dnsconf.c) */
   lsip_dnsconf_t *dnsconf;    /* the dns option's configuration (NULL: the system's) */
+  struct sres_cache *dns_cache;  /* the hosts file's names for nta's resolver, or NULL */
   int closed;
 };
 

@@ -228,6 +228,17 @@ describe("DNS (RFC 3263)", function()
     assert.is_nil(dns.log():find("query[", 1, true))
     assert.same({ { address = "127.0.0.1", port = 5061, transport = "tls" } },
       H.run(function() return require("luasip.dns").resolve("sips:pbx.hosts.test", a, hosts) end))
+    -- nta's own resolution (req:proxy, dialogs) finds hosts names in its cache
+    a:on("MESSAGE", function(req) req:proxy("sip:bob@pbx.hosts.test:" .. bport) end)
+    local uac = H.agent()
+    local r2, err2 = H.run(function()
+      return uac:request{ method = "MESSAGE", uri = "sip:bob@pbx.hosts.test", proxy = a:contact(),
+        body = "hi", content_type = "text/plain" }
+    end)
+    assert.is_truthy(r2, err2)
+    assert.equal("bob", r2.reason)
+    assert.same({ "OPTIONS tcp", "MESSAGE udp" }, got)
+    assert.is_nil(dns.log():find("query[", 1, true))
   end)
 
   it_dns("fails over to the next SRV target when the first does not answer, in bounded time",
