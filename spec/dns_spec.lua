@@ -130,10 +130,15 @@ describe("DNS (RFC 3263)", function()
     assert.equal("v6", res.reason)
   end)
 
-  it_dns("req:proxy forwards to a domain name resolved by SRV and A", function()
+  it_dns("req:proxy forwards to a domain name by SRV and A, past a refusing first target",
+  function()
     local _, bport, got = uas("bob")
+    local closed = H.free_port()
     local dport = zone{
-      "--srv-host=_sip._udp.example.test,bob.example.test," .. bport .. ",10,0",
+      "--naptr-record=example.test,10,50,s,SIP+D2T,,_sip._tcp.example.test",
+      "--srv-host=_sip._tcp.example.test,down.example.test," .. closed .. ",5,0",
+      "--srv-host=_sip._tcp.example.test,bob.example.test," .. bport .. ",10,0",
+      "--host-record=down.example.test,127.0.0.1",
       "--host-record=bob.example.test,127.0.0.1" }
     local proxy = resolver_agent(dport)
     proxy:on("MESSAGE", function(req) req:proxy("sip:bob@example.test") end)
@@ -145,7 +150,7 @@ describe("DNS (RFC 3263)", function()
     assert.is_truthy(res, err)
     assert.equal(200, res.status)
     assert.equal("bob", res.reason)
-    assert.same({ "MESSAGE udp" }, got)
+    assert.same({ "MESSAGE tcp" }, got)
   end)
 
   it_dns("tries SRV targets in priority order and fails over when the first refuses", function()
