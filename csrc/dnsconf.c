@@ -176,7 +176,6 @@ static int conf_open(lsip_dnsconf_t *c)
   }
   snprintf(c->path, sizeof c->path, "/proc/self/fd/%d", c->fd);
   c->len = (size_t)-1;
-  luasip_dnsconf_refresh(c);
   return 0;
 }
 
@@ -186,6 +185,7 @@ const char *luasip_dnsconf_path(lsip_dnsconf_t *c)
     c = &system_conf;
   if (conf_open(c) < 0)
     return c == &system_conf ? NULL : c->file;   /* the file as it is */
+  luasip_dnsconf_refresh(c);                     /* as of now, for a new agent or query */
   return c->path;
 }
 
