@@ -215,6 +215,20 @@ describe("DNS (RFC 3263)", function()
     assert.equal(503, code3)
   end)
 
+  it_dns("a request too large for UDP still moves to TCP (RFC 3261 18.1.1)", function()
+    local _, bport, got = uas("bob")
+    local dport = zone{
+      "--srv-host=_sip._udp.example.test,bob.example.test," .. bport .. ",10,0",
+      "--host-record=bob.example.test,127.0.0.1" }
+    local a = resolver_agent(dport)
+    local res, err = H.run(function()
+      return a:request{ method = "MESSAGE", uri = "sip:bob@example.test",
+        body = ("x"):rep(2000), content_type = "text/plain" }
+    end)
+    assert.is_truthy(res, err)
+    assert.same({ "MESSAGE tcp" }, got)
+  end)
+
   it_dns("takes a name from the hosts file (dns.hosts) without asking DNS", function()
     local _, bport, got = uas("bob")
     local dport, dns = zone{}

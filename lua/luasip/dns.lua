@@ -87,8 +87,11 @@ function M.resolve(uri, agent, hosts_path)
   return list
 end
 
+-- the target as a next-hop URI; UDP is left implicit so that nta still moves a request
+-- too large for UDP to TCP (RFC 3261 18.1.1)
 local function next_hop(t)
   local a = t.address:find(":", 1, true) and "[" .. t.address .. "]" or t.address
+  if t.transport == "udp" then return ("sip:%s:%d"):format(a, t.port) end
   return ("sip:%s:%d;transport=%s"):format(a, t.port, t.transport)
 end
 
