@@ -29,6 +29,7 @@
 #include <sofia-sip/su_string.h>
 #include <sofia-sip/url.h>
 #include <sofia-sip/sresolv.h>
+#include <sofia-resolv/sres_cache.h>
 
 #include "luasip.h"
 
@@ -427,8 +428,8 @@ static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg,
 
 static void dnsconf_tick(su_root_magic_t *magic, su_timer_t *t, su_timer_arg_t *arg)
 {
-  (void)magic; (void)t; (void)arg;
-  luasip_dnsconf_refresh();
+  (void)magic; (void)t;
+  luasip_dnsconf_refresh((lsip_dnsconf_t *)arg);
 }
 
 static void agent_free_nta(lsip_agent_t *a)
@@ -457,6 +458,9 @@ static void agent_destroy(lsip_obj_t *obj)
     return;
   }
   agent_free_nta(a);
+  luasip_dnsconf_free(a->dnsconf);
+  if (a->dns_cache)
+    sres_cache_unref(a->dns_cache);
   su_home_deinit(a->home);
   luasip_freeobj(&a->obj);
 }
@@ -552,7 +556,9 @@ static int uri_is_tls(const char *u)
  *   tls = { cert = path, key = path, ca = path, verify = true } (checked by agent.lua),
  *   overload = { delay = 0.15, interval = 0.3, delay_other = 2 * delay, retry_after = 5,
  *                enabled = true }
- *   | false } -> agent | nil, err, code */
+ *   | false,
+ *   dns = { servers = {"addr[:port]"...} } | { resolv_conf = path } (dnsconf.c) }
+ *   -> agent | nil, err, code */
 int luasip_agent_new(lua_State *L)
 {
   lsip_agent_t *a;
@@ -610,7 +616,11 @@ int luasip_agent_new(lua_State *L)
     return luaL_error(L, "luasip.agent: max_message_size must be 1024-16777216 bytes");
   maxsize = lua_isnil(L, -1) ? LUASIP_MAX_MESSAGE_SIZE : (usize_t)lua_tonumber(L, -1);
   lua_pop(L, 1);
-  resolv_conf = luasip_dnsconf_path();
+  lua_getfield(L, 1, "dns");
+  a->dnsconf = luasip_dnsconf_new(L, -1, "luasip.agent");
+  a->dns_cache = luasip_dnsconf_hosts(L, lua_gettop(L));
+  lua_pop(L, 1);
+  resolv_conf = luasip_dnsconf_path(a->dnsconf);
   tls_dir[0] = '\0';
   lua_getfield(L, 1, "tls");
   if (lua_istable(L, -1) && (i = luasip_tls_dir(L, -1, tls_dir, &tls_policy)) != 0) {
@@ -633,6 +643,7 @@ int luasip_agent_new(lua_State *L)
                             NTATAG_CANCEL_2543(0),
                             NTATAG_MAXSIZE(maxsize),
                             TAG_IF(resolv_conf, SRESTAG_RESOLV_CONF(resolv_conf)),
+                            TAG_IF(a->dns_cache, SRESTAG_CACHE(a->dns_cache)),
                             /* bursts of calls overflow the kernel's default ~200 KB */
                             TPTAG_UDP_RMEM(4 * 1024 * 1024),
                             TPTAG_UDP_WMEM(1024 * 1024),
@@ -675,7 +686,8 @@ int luasip_agent_new(lua_State *L)
   if (resolv_conf) {
     a->dnsconf_timer = su_timer_create(su_root_task(luasip_S->root), 0);
     if (a->dnsconf_timer)
-      su_timer_set_interval(a->dnsconf_timer, dnsconf_tick, NULL, LUASIP_DNSCONF_MS);
+      su_timer_set_interval(a->dnsconf_timer, dnsconf_tick, (su_timer_arg_t *)a->dnsconf,
+                            LUASIP_DNSCONF_MS);
   }
   luasip_anchor(L, &a->obj, -1);
   return 1;

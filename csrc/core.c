@@ -899,6 +899,7 @@ static const luaL_Reg core_funcs[] = {
   {"md5", core_md5},
   {"random_hex", core_random_hex},
   {"stream_connect", luasip_stream_connect},
+  {"dns_resolve", luasip_dns_resolve},
   {"rtp_open", luasip_rtp_open},
   {"media_stats", luasip_media_stats},
   {"metrics_listen", luasip_metrics_listen},
@@ -1079,6 +1080,7 @@ int luaopen_luasip_core(lua_State *L)
     luasip_dialog_open(L);
     luasip_proxy_open(L);
     luasip_stream_open(L);
+    luasip_dns_open(L);
     luasip_media_open(L);
     luasip_metrics_open(L);
     /* only now: a memory error above leaves the state unowned, and the next require

@@ -60,9 +60,14 @@ typedef struct lsip_state {
 extern lsip_state_t *luasip_S;
 
 /* dnsconf.c: the resolv.conf path handed to sofia's resolver (NULL: the system's), and
- * its re-check (only reachable name servers: sres spins on an unreachable one) */
-const char *luasip_dnsconf_path(void);
-void luasip_dnsconf_refresh(void);
+ * its re-check (only reachable name servers: sres spins on an unreachable one); an
+ * agent's dns option makes its own (NULL below: the system's configuration) */
+typedef struct lsip_dnsconf lsip_dnsconf_t;
+lsip_dnsconf_t *luasip_dnsconf_new(lua_State *L, int idx, const char *who);
+const char *luasip_dnsconf_path(lsip_dnsconf_t *c);
+void luasip_dnsconf_refresh(lsip_dnsconf_t *c);
+void luasip_dnsconf_free(lsip_dnsconf_t *c);
+struct sres_cache *luasip_dnsconf_hosts(lua_State *L, int idx);
 #define LUASIP_DNSCONF_MS 2000
 
 /* watchdog.c: runaway Lua interrupted after a CPU-time limit (sip.cpu_limit) */
@@ -236,6 +241,9 @@ int luasip_proxy_stray(lsip_agent_t *a, msg_t *msg, sip_t *sip);
 /* stream.c: byte streams to local services (Redis) on the loop */
 void luasip_stream_open(lua_State *L);
 int luasip_stream_connect(lua_State *L);
+/* resolve.c: RFC 3263 queries on sofia's resolver (core.dns_resolve) */
+int luasip_dns_resolve(lua_State *L);
+void luasip_dns_open(lua_State *L);
 
 /* media.c: RTP streams on the one 20 ms media clock (luasip.rtp) */
 #define LUASIP_RTP "luasip.rtp"
@@ -329,6 +337,8 @@ struct lsip_agent {
   su_timer_t *dnsconf_timer;  /* re-checks the name servers sres may use (dnsconf.c) */
   int stateless;            /* agent option stateless: no server transaction of its own
                                (no 100 Trying), a CANCEL matching no INVITE goes to Lua */
+  lsip_dnsconf_t *dnsconf;    /* the dns option's configuration (NULL: the system's) */
+  struct sres_cache *dns_cache;  /* the hosts file's names for nta's resolver, or NULL */
   int closed;
 };
 

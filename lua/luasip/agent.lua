@@ -27,6 +27,7 @@ local auth = require "luasip.auth"
 local call = require "luasip.call"
 local media = require "luasip.media"
 local app = require "luasip.app"
+local dns = require "luasip.dns"
 
 local state = class.state
 local methods, _, C = class.get("luasip.agent")
@@ -35,10 +36,12 @@ local M = {}
 
 local OPTIONS = { listen = true, user_agent = true, t1 = true, in_dialog = true, stateless = true,
   supported = true, handler_timeout = true, invite_timeout = true, overload = true,
-  media = true, max_message_size = true, tls = true, flood = true }
+  media = true, max_message_size = true, tls = true, flood = true, dns = true }
 
 local FLOOD_OPTIONS = { rate = true, burst = true, block = true, status = true, exempt = true,
   scanners = true, max_headers = true, limit = true }
+
+local DNS_OPTIONS = { servers = true, resolv_conf = true, hosts = true }
 
 local TLS_OPTIONS = { cert = "string", key = "string", ca = "string", verify = "boolean" }
 
@@ -164,15 +167,22 @@ function M.new(opts)
     error("luasip.agent: max_message_size must be an integer of bytes in [1024, 16777216]", 2)
   end
   local tls = check_tls(opts.tls, listen)
+  if type(opts.dns) == "table" then
+    class.check_options(opts.dns, DNS_OPTIONS, "luasip.agent: dns", 2)
+    if opts.dns.hosts ~= nil and type(opts.dns.hosts) ~= "string" then
+      error("luasip.agent: dns.hosts must be the path of a hosts file", 2)
+    end
+  end
   if type(opts.flood) == "table" then
     class.check_options(opts.flood, FLOOD_OPTIONS, "luasip.agent: flood", 2)
   end
   local a, err, code = core.agent{ listen = listen, user_agent = opts.user_agent,
     t1 = opts.t1, overload = opts.overload, max_message_size = mms, tls = tls,
-    flood = opts.flood, stateless = opts.stateless == true }
+    flood = opts.flood, stateless = opts.stateless == true, dns = opts.dns }
   if not a then return nil, err, code end
   local st = state(a)
   st.handlers = {}
+  st.dns_hosts = type(opts.dns) == "table" and opts.dns.hosts or nil
   -- option tags a caller may Require: the core's 100rel (RFC 3262), timer (RFC 4028)
   -- and norefersub (RFC 4488)
   st.supported = { ["100rel"] = true, timer = true, norefersub = true }
@@ -300,6 +310,12 @@ function methods.request(self, opts)
   end
   local o = copy(opts)
   o.method = sipmethods.norm(opts.method, fname)
+  if dns.applies(o) then             -- RFC 3263 targets in turn (lua/luasip/dns.lua)
+    return dns.failover(self, o, function(x)
+      if x.auth ~= nil then return auth.send_with_auth(self, x, plain_request, x.method, fname) end
+      return plain_request(self, x, 4)
+    end)
+  end
   if o.auth ~= nil then
     return auth.send_with_auth(self, o, plain_request, o.method, fname)
   end
@@ -341,6 +357,12 @@ function methods.invite(self, opts)
   dispatcher.current(fname)
   if opts.media ~= nil then
     return call.invite_media(self, opts, fname)  -- a tail call: the caller is one level up
+  end
+  if dns.applies(opts) then
+    return dns.failover(self, opts, function(x)
+      if x.auth ~= nil then return auth.send_with_auth(self, x, call.invite, "INVITE", fname) end
+      return call.invite(self, x, 4)
+    end)
   end
   if opts.auth ~= nil then
     return auth.send_with_auth(self, opts, call.invite, "INVITE", fname)

@@ -11,6 +11,7 @@
 -- fn(channel, message) runs in a new luasip coroutine for each message.
 local core = require "luasip.core"
 local dispatcher = require "luasip.dispatcher"
+local dns = require "luasip.dns"
 
 local M = {}
 local Client = {}
@@ -58,8 +59,23 @@ local function parse(buf, pos)
   return { err = "protocol error: unexpected " .. kind }, #buf + 1
 end
 
--- connect{ path = unix socket | host =, port =, timeout = seconds (5) }
+-- the first address of a host name: the hosts file, else an A/AAAA query on sofia's
+-- resolver (lua/luasip/dns.lua; agent: use its dns option), which needs a coroutine
+local function resolve(host, port, agent)
+  local addrs = dns.hosts(host, agent and core.state(agent).dns_hosts)
+  if addrs then return addrs[1] end
+  if not pcall(dispatcher.current, "luasip.redis.connect") then
+    return nil, "cannot resolve " .. host .. " outside a luasip coroutine"
+  end
+  local list, err = dns.resolve(("sip:%s:%d;transport=tcp"):format(host, port), agent)
+  if not list then return nil, err end
+  return list[1].address
+end
+
+-- connect{ path = unix socket | host =, port =, timeout = seconds (5), agent = }
 --   -> client | nil, err, "connect"
+-- A host name is resolved without blocking (the hosts file, then DNS through sofia's
+-- resolver, with agent's dns option when given).
 -- The connect never blocks the loop.  In a luasip coroutine it waits (at most timeout)
 -- until the connection is up or has failed (nil, "connection refused", "connect" or
 -- nil, "timeout", "connect").  Outside one it returns at once: commands wait for the
@@ -76,7 +92,12 @@ function M.connect(opts)
   if opts.path then
     s, err, code = core.stream_connect(opts.path)
   else
-    s, err, code = core.stream_connect(opts.host or "127.0.0.1", opts.port or 6379)
+    local host, port = opts.host or "127.0.0.1", opts.port or 6379
+    if not dns.numeric(host) then
+      host, err = resolve(host, port, opts.agent)
+      if not host then return nil, err, "connect" end
+    end
+    s, err, code = core.stream_connect(host, port)
   end
   if not s then return nil, err, code end
   local call_timeout = opts.call_timeout

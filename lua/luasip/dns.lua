@@ -1,0 +1,140 @@
+-- luasip.dns: the RFC 3263 targets of a SIP URI, and trying them in turn.
+--
+-- nta resolves every request it sends (NAPTR -> SRV -> A/AAAA on sofia's resolver) and
+-- moves to the next target on a timeout or a transport error, but not on a 503 response,
+-- and sofia's resolver does not read /etc/hosts. For agent:request and agent:invite to a
+-- host name (no proxy, no Route) this module resolves the URI itself (core.dns_resolve,
+-- csrc/resolve.c: asynchronous, the loop runs on) and sends to each target in order
+-- (as the request's next hop, the Request-URI unchanged) until one answers other than
+-- 503 or 408. A name listed in the hosts file is used as an A/AAAA record.
+local core = require "luasip.core"
+local dispatcher = require "luasip.dispatcher"
+
+local M = {}
+
+-- how long a resolution may take: sofia's resolver retries a silent name server after 1,
+-- 2, 4, 8 and 16 s (31 s per query, not configurable in 1.12); its query runs on unseen
+M.timeout = 8
+
+local HOSTS = "/etc/hosts"
+M.hosts_file = HOSTS
+
+-- the addresses the hosts file at path gives name (in file order), or nil
+function M.hosts(name, path)
+  local f = io.open(path or M.hosts_file)
+  if not f then return nil end
+  local found = {}
+  name = name:lower()
+  for line in f:lines() do
+    line = line:gsub("#.*", "")
+    local addr, names = line:match("^%s*(%S+)%s+(.*)$")
+    if addr then
+      for n in names:gmatch("%S+") do
+        if n:lower() == name then found[#found + 1] = addr break end
+      end
+    end
+  end
+  f:close()
+  return found[1] and found or nil
+end
+
+local function numeric(host)
+  return host:match("^%d+%.%d+%.%d+%.%d+$") ~= nil or host:find(":", 1, true) ~= nil
+end
+M.numeric = numeric
+
+-- parse(uri) -> scheme, host (no brackets), port | nil, transport | nil; nil if not SIP
+local function parse(uri)
+  local scheme, rest = tostring(uri):match("^%s*<?(sips?):(.*)$")
+  if not scheme then return nil end
+  rest = rest:gsub("^[^@;>]*@", "")
+  local host, tail = rest:match("^%[([^%]]+)%](.*)$")
+  if not host then host, tail = rest:match("^([^:;>?]+)(.*)$") end
+  if not host then return nil end
+  local port = tonumber(tail:match("^:(%d+)") or "")
+  local transport = tail:lower():match(";transport=(%w+)")
+  return scheme:lower(), host, port, transport
+end
+M.parse = parse
+
+dispatcher.on_event("dns_resolved", function(q)
+  local slot = q and core.state(q).slot
+  if slot then dispatcher.fill(slot, q:results()) end
+end)
+
+-- resolve(uri [, agent [, hosts_path]]) -> { {address=, port=, transport=}... } | nil, err,
+-- "dns" (waiting call unless the host is numeric or in the hosts file)
+function M.resolve(uri, agent, hosts_path)
+  local scheme, host, port, transport = parse(uri)
+  if not scheme then return nil, "not a SIP URI: " .. tostring(uri), "dns" end
+  local tls = scheme == "sips" or transport == "tls"
+  local addrs = numeric(host) and { host } or M.hosts(host, hosts_path)
+  if addrs then
+    local list = {}
+    for i, a in ipairs(addrs) do
+      list[i] = { address = a, port = port or (tls and 5061 or 5060),
+        transport = tls and "tls" or transport or "udp" }
+    end
+    return list
+  end
+  local slot = dispatcher.new_slot("luasip.dns.resolve")
+  local q, err, code = core.dns_resolve(tostring(uri):match("^%s*<?([^>]*)"), agent)
+  if not q then return nil, err, code end
+  core.state(q).slot = slot
+  local list, why = dispatcher.wait(slot, M.timeout)
+  if why == "timeout" then why = "no answer from the name servers" end
+  if not list then return nil, ("cannot resolve %s: %s"):format(host, tostring(why)), "dns" end
+  return list
+end
+
+-- the target as a next-hop URI; UDP is left implicit so that nta still moves a request
+-- too large for UDP to TCP (RFC 3261 18.1.1)
+local function next_hop(t)
+  local a = t.address:find(":", 1, true) and "[" .. t.address .. "]" or t.address
+  if t.transport == "udp" then return ("sip:%s:%d"):format(a, t.port) end
+  return ("sip:%s:%d;transport=%s"):format(a, t.port, t.transport)
+end
+
+local function names_route(headers)
+  if type(headers) ~= "table" then return false end
+  for k, v in pairs(headers) do
+    if type(k) == "string" and k:lower() == "route" then return true end
+    if type(v) == "string" and v:lower():match("^%s*route%s*:") then return true end
+  end
+  return false
+end
+
+local unpack = table.unpack or unpack   -- luacheck: ignore 143
+
+-- applies(opts) -> whether a request with these options goes through failover: a sip:
+-- (not sips:, not TLS) Request-URI with a host name, no proxy, no Route header
+function M.applies(opts)
+  local scheme, host, _, transport = parse(type(opts.uri) == "string" and opts.uri or "")
+  return scheme == "sip" and transport ~= "tls" and not numeric(host) and opts.proxy == nil
+    and not names_route(opts.headers)
+end
+
+-- failover(agent, opts, fn) -> what fn(opts) returns, fn called once per target of
+-- opts.uri (with opts.proxy set to it) until one answers other than 503 or 408
+function M.failover(agent, opts, fn)
+  local targets, err = M.resolve(opts.uri, agent, core.state(agent).dns_hosts)
+  if not targets then return nil, err, 503 end
+  for _, t in ipairs(targets) do
+    -- TLS checks the certificate against the name: only nta keeps it (RFC 5922)
+    if t.transport == "tls" then return fn(opts) end
+  end
+  local last
+  for _, t in ipairs(targets) do
+    local o = {}
+    for k, v in pairs(opts) do o[k] = v end
+    o.proxy = next_hop(t)
+    last = { fn(o) }
+    local code = last[3]
+    if last[1] or (code ~= 503 and code ~= 408) then break end
+    dispatcher.log("info", ("%s %s -> %s: %s, trying the next target"):format(
+      tostring(opts.method or "INVITE"), tostring(opts.uri), o.proxy, tostring(last[2])))
+  end
+  return unpack(last, 1, 4)
+end
+
+return M
