@@ -13,7 +13,7 @@ local function one()
   if res then ok = ok + 1; res.dialog:on("NOTIFY", function(req) got = got + 1; req:reply(200) end) end
 end
 sip.spawn(function()
-  for i = 1, N do
+  for _ = 1, N do
     while pending >= 200 do sip.sleep(0.005) end
     sip.spawn(one)
   end
