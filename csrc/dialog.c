@@ -100,7 +100,6 @@ static int leg_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *i
   lsip_dialog_t *d = (lsip_dialog_t *)magic;
   lsip_obj_t *req;
   sip_method_t m = sip->sip_request->rq_method;
-  (void)leg;
   LUASIP_COUNT_IN(m);
   if (!d->agent || d->state == DIALOG_TERMINATED)
     return luasip_count_reply(m, 481), 481;
@@ -123,6 +122,12 @@ static int leg_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *i
     return luasip_count_reply(m, 500), 500;
   d->remote_cseq = sip->sip_cseq->cs_seq;
   d->have_remote_cseq = 1;
+  /* RFC 3261 12.2.2 (re-INVITE), RFC 3311 (UPDATE), RFC 6665 4.1.2.4 (SUBSCRIBE,
+   * NOTIFY): a target refresh request's Contact is the remote target from now on; the
+   * route set stays (nta keeps it once set) */
+  if (sip->sip_contact && (m == sip_method_invite || m == sip_method_update ||
+                           m == sip_method_subscribe || m == sip_method_notify))
+    nta_leg_server_route(leg, NULL, sip->sip_contact);
   req = luasip_request_from_irq(d->agent, irq);
   if (!req)
     return luasip_count_reply(m, 500), 500;
@@ -344,6 +349,21 @@ static int dialog_terminate(lua_State *L)
   return 1;
 }
 
+/* dialog:_retarget(contact): the 2xx to a target refresh we sent (re-INVITE, UPDATE,
+ * SUBSCRIBE, NOTIFY) names the peer's new remote target (RFC 3261 12.2.1.2) */
+static int dialog_retarget(lua_State *L)
+{
+  lsip_dialog_t *d = dialog_check(L, 1);
+  const char *c = luaL_checkstring(L, 2);
+  su_home_t home[1] = { SU_HOME_INIT(home) };
+  sip_contact_t *m;
+  if (d->leg && d->state != DIALOG_TERMINATED && (m = sip_contact_make(home, c)) &&
+      m->m_url->url_type != url_invalid)
+    nta_leg_client_reroute(d->leg, NULL, m, 0);
+  su_home_deinit(home);
+  return 0;
+}
+
 /* dialog:_keep(): anchor a dialog first seen by Lua in an event */
 static int dialog_keep(lua_State *L)
 {
@@ -413,6 +433,7 @@ static const luaL_Reg dialog_methods[] = {
   {"state", dialog_state},
   {"target", dialog_target},
   {"_keep", dialog_keep},
+  {"_retarget", dialog_retarget},
   {"_confirmed", dialog_confirmed},
   {NULL, NULL}
 };

@@ -32,6 +32,45 @@ describe("luasip.dialog", function()
     H.run_until(function() return server:state() == "terminated" end)
   end)
 
+  -- RFC 3261 12.2, RFC 3311: a Contact in a target refresh (here UPDATE) or in its 2xx
+  -- is the remote target from then on: the BYE goes there
+  it("follows a target refresh: the Contact of an UPDATE, and of the 2xx to one", function()
+    local moved = sip.agent{ listen = "sip:127.0.0.1:0", in_dialog = "handler" }
+    finally(function() moved:close() end)
+    local byes = {}
+    moved:on("BYE", function(req) byes[#byes + 1] = req.from_tag; req:reply(200) end)
+    local server
+    uas:on("INVITE", function(req)
+      server = assert(req:answer{ body = SDP_A, content_type = "application/sdp" })
+      server:on("UPDATE", function(r)
+        r:reply(200, { headers = { Contact = "<" .. moved:contact() .. ">" } })
+      end)
+    end)
+    local d = H.run(function() return assert(uac:invite{ uri = uas:uri("x"), body = SDP_B }) end)
+    H.run_until(function() return server end)
+    -- the callee's 2xx to our UPDATE names a new target: our BYE goes there
+    local res = H.run(function() return d:request("UPDATE") end)
+    assert.equal(200, res.status)
+    assert.equal(moved:contact(), d:target())
+    -- our UPDATE names a new Contact: the callee's requests go there
+    local d2_server
+    uas:on("INVITE", function(req)
+      d2_server = assert(req:answer{ body = SDP_A, content_type = "application/sdp" })
+    end)
+    local d2 = H.run(function() return assert(uac:invite{ uri = uas:uri("y"), body = SDP_B }) end)
+    H.run_until(function() return d2_server end)
+    H.run(function()
+      return assert(d2:request("UPDATE", { headers = { Contact = "<" .. moved:contact() .. ">" } }))
+    end)
+    assert.equal(moved:contact(), d2_server:target())
+    H.run(function() d2_server:bye() end)
+    H.run_until(function() return #byes == 1 end, 3, "the callee's BYE at the new target")
+    assert.same({ d2_server.local_tag }, byes)
+    H.run(function() d:bye() end)
+    H.run_until(function() return #byes == 2 end, 3, "our BYE at the new target")
+    assert.equal(d.local_tag, byes[2])
+  end)
+
   it("carries INFO both ways and answers INFO with no listener 200", function()
     local server, got = nil, {}
     uas:on("INVITE", function(req)

@@ -130,6 +130,8 @@ end
 -- @return the response, or `nil, message, code [, response]`
 -- @usage d:request("INFO", { body = "Signal=5", content_type = "application/dtmf-relay" })
 
+local REFRESHES = { INVITE = true, UPDATE = true, SUBSCRIBE = true, NOTIFY = true }
+
 -- dialog:request(method [, opts]) -> response | nil, err, code [, response]
 -- opts as agent:request, and auth = { username =, password = | ha1 = } answers a 401/407
 function methods.request(self, method, opts)
@@ -148,6 +150,11 @@ function methods.request(self, method, opts)
       method, fname, true)
   else
     res, rerr, rcode, rres = send_in_dialog(self, o, 3)
+  end
+  -- RFC 3261 12.2.1.2: the 2xx to a target refresh carries the peer's remote target
+  if res and REFRESHES[method] and res.status < 300 then
+    local contact = res:header("Contact")
+    if contact then C._retarget(self, contact) end
   end
   if res and method == "INVITE" then require("luasip.call").settled(self, o.body, res.body) end
   return res, rerr, rcode, rres
