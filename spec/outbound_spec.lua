@@ -64,7 +64,7 @@ describe("NAT and outbound (loopback)", function()
     f:close()
     files[#files + 1] = file
     local p = H.background({ "python3", "spec/peers/flowpeer.py", "127.0.0.1",
-      tostring(port()), file, proto, o.status or "486", tostring(o.timeout or 8) }, 20)
+      tostring(o.port or port()), file, proto, o.status or "486", tostring(o.timeout or 8) }, 20)
     procs[#procs + 1] = p
     return p
   end
@@ -145,6 +145,38 @@ describe("NAT and outbound (loopback)", function()
     assert.is_true(proxy:flow_alive(t.flow))
     assert.equal(486, call_alice())
     wait_log(p, "GOT INVITE", "INVITE over the registering connection")
+  end)
+
+  local function quiet(cmd)
+    local ok = os.execute(cmd .. " >/dev/null 2>&1")
+    return ok == true or ok == 0
+  end
+
+  ;(quiet("command -v openssl") and it or pending)(
+    "keeps a TLS client's connection as its flow", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(quiet("mkdir -m 700 " .. H.shquote(dir)))
+    finally(function() os.execute("rm -rf " .. H.shquote(dir)) end)
+    assert(quiet("sh spec/peers/make-certs.sh " .. H.shquote(dir)), "openssl: test certificates")
+    proxy = H.agent{ listen = { "sip:127.0.0.1:0", "sips:127.0.0.1:0" },
+      tls = { cert = dir .. "/server.pem", key = dir .. "/server.key" } }
+    local tls_port
+    for _, t in ipairs(proxy:transports()) do
+      if t.transport == "tls" then tls_port = t.port end
+    end
+    serve()
+    -- the phone's Contact names a port nobody listens on: only its connection reaches it
+    local p = phone("tls", { port = tls_port, contact = "<sip:alice@127.0.0.1:"
+      .. H.free_port() .. ";transport=tls>" })
+    wait_log(p, "REG SIP/2.0 200", "registration over TLS")
+    -- (no CRLF pong over TLS: sofia 1.12's TLS transport answers none, README Limits)
+    wait_log(p, "\nN?O?PONG", "the phone's keep-alive")
+    local t = loc:lookup(AOR, proxy)[1]
+    assert.matches(";transport=tls$", t.flow)
+    assert.is_true(proxy:flow_alive(t.flow))
+    assert.equal(486, call_alice())
+    wait_log(p, "GOT INVITE", "INVITE over the registering TLS connection")
   end)
 
   local INSTANCE = '+sip.instance="<urn:uuid:00000000-0000-1000-8000-000a95a0e128>"'

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """A phone that keeps one socket (its flow): sends the REGISTER in FILE to HOST:PORT over
-udp or tcp ($LPORT in it becomes the socket's own port), prints what came back, pings
-with a double CRLF (tcp), then answers the first request arriving on that same socket.
+udp, tcp or tls ($LPORT in it becomes the socket's own port), prints what came back,
+pings with a double CRLF (tcp, tls), then answers the first request arriving on that same
+socket.  (tls: the server's certificate is not checked; the phone has none.)
 Output lines:  REG <status line> / VIA <value> / REQUIRE <value> / PONG | NOPONG /
 GOT <request line> / RR <value> / ANSWERED | NOREQUEST.
-Usage: flowpeer.py HOST PORT FILE udp|tcp [answer_status=486] [timeout_s=10]"""
+Usage: flowpeer.py HOST PORT FILE udp|tcp|tls [answer_status=486] [timeout_s=10]"""
 import socket
+import ssl
 import sys
 import time
 
@@ -13,7 +15,13 @@ host, port, path, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4
 status = sys.argv[5] if len(sys.argv) > 5 else "486"
 timeout = float(sys.argv[6]) if len(sys.argv) > 6 else 10.0
 family = socket.AF_INET6 if ":" in host else socket.AF_INET
-if proto == "tcp":
+if proto == "tls":
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s = ctx.wrap_socket(socket.create_connection((host, port), timeout=timeout))
+    proto = "tcp"               # a stream from here on
+elif proto == "tcp":
     s = socket.create_connection((host, port), timeout=timeout)
 else:
     s = socket.socket(family, socket.SOCK_DGRAM)
