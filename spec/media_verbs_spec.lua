@@ -1,42 +1,65 @@
 local H = require "spec.helper"
-local F = require "spec.peers.fake_rtp"
 local sip = H.sip
+local core = require "luasip.core"
 local media = require "luasip.media"
+local T = require "luasip.testing"
 
--- The media layer (SDP, DTMF paths, the verbs' state machines) between two luasip agents on
--- loopback, with the RTP engine replaced by spec/peers/fake_rtp.lua (digits and output
--- lengths on a 20 ms tick, no sockets): what the verbs decide, not what the engine plays.
--- spec/media_spec.lua runs the same calls on the real engine.
+-- The media verbs (SDP, the DTMF paths, the verbs' state machines) between two luasip
+-- agents on loopback, on the C engine (luasip.rtp): real RTP, digits sent as RFC 4733
+-- events, SIP INFO or in-band tones, and what each side hears checked in a recording of
+-- the far end (short tone prompts made here; luasip.testing's tone_ms/loud_ms read them).
+-- spec/media_spec.lua checks the engine's audio with sox, spec/rtp_spec.lua the engine.
 
 local tmp = os.tmpname()
 os.remove(tmp)
 os.execute("mkdir -p " .. tmp .. "/digits")
-local function wav(name, seconds)
-  local path = tmp .. "/" .. name
-  local f = assert(io.open(path, "wb"))
-  local n = math.floor(seconds * 16000)
-  local function u32(x) return string.char(x % 256, math.floor(x / 256) % 256,
-    math.floor(x / 65536) % 256, math.floor(x / 16777216) % 256) end
-  f:write("RIFF", u32(36 + n), "WAVEfmt ", u32(16), "\1\0\1\0", u32(8000), u32(16000),
-    "\2\0\16\0", "data", u32(n), string.rep("\0", n))
-  f:close()
-  return path
-end
-local SHORT, LONG = wav("short.wav", 0.2), wav("long.wav", 3)
-for _, n in ipairs{ "0", "2", "4", "40", "hundred", "thousand", "star", "pound" } do
-  wav("digits/" .. n .. ".wav", 0.04)
+local function wav(name, hz, seconds) return T.tone_wav(tmp .. "/" .. name, hz, seconds * 1000) end
+local SHORT, LONG = wav("short.wav", 700, 0.2), wav("long.wav", 500, 3)
+local EARLY, LATER = wav("early.wav", 600, 0.4), wav("later.wav", 900, 0.4)
+-- the prompt set: each file its own frequency, 100 ms
+local SAY = { ["0"] = 400, ["2"] = 600, ["4"] = 1400, ["40"] = 800, hundred = 1600,
+  thousand = 1800, star = 1000, pound = 1200 }
+for n, hz in pairs(SAY) do wav("digits/" .. n .. ".wav", hz, 0.1) end
+
+-- heard_ms(got, want): a tone of want ms was heard (its start may be lost to the
+-- recording starting late on a loaded machine, never more than its length)
+local function heard_ms(got, want, what)
+  assert(got >= want * 0.6 and got <= want + 60,
+    ("%s: heard %d ms, %d ms played"):format(what or "tone", got, want))
 end
 
-describe("luasip media verbs (fake engine)", function()
+local function streams() return core.media_stats().streams end
+local function no_streams(what)
+  H.run_until(function() return streams() == 0 end, 5, what or "every stream closed")
+end
+
+-- listen(d) -> heard(): records what d receives (in the background) until heard() is
+-- called, which stops the recording and returns its samples
+local n_rec = 0
+local function listen(d)
+  n_rec = n_rec + 1
+  local path = ("%s/heard%d.wav"):format(tmp, n_rec)
+  local r
+  sip.spawn(function()
+    r = { d:record(path, { beep = false, max = 30, silence = false, terminators = "" }) }
+  end)
+  return function()
+    if not r then d:stop() end
+    H.run_until(function() return r end, 5, "the recording's end")
+    assert(r[1] == "stopped" or r[1] == "hangup", tostring(r[1]) .. " " .. tostring(r[2]))
+    return assert(T.wav_samples(path))
+  end
+end
+
+describe("luasip media verbs (C engine)", function()
   local a, b, uas, uas_done
   before_each(function()
-    F.install()
     a, b = H.agent(), H.agent()
     uas, uas_done = {}, false
   end)
   after_each(function()
     H.close_agents()
-    F.uninstall()
+    no_streams("every stream closed after the test")
   end)
 
   -- b answers with media and runs script(d, req) in the handler; returns the UAC dialog
@@ -70,8 +93,20 @@ describe("luasip media verbs (fake engine)", function()
     local us = uas.dialog:media_stats()
     assert.equal(s.local_port, us.remote_port)
     assert.equal(us.local_port, s.remote_port)
+    -- audio both ways: each side plays its tone, the other hears it
+    local a_heard, b_heard = listen(d), listen(uas.dialog)
+    local done = {}
+    sip.spawn(function() done.b = uas.dialog:play(SHORT) end)
+    sip.spawn(function() done.a = d:play(EARLY) end)
+    H.run_until(function() return done.a and done.b end, 5, "both prompts played")
+    assert.same({ a = "done", b = "done" }, done)
+    local ax, bx = a_heard(), b_heard()
+    heard_ms(T.tone_ms(ax, 700), 200)
+    assert.equal(0, T.tone_ms(ax, 600))
+    heard_ms(T.tone_ms(bx, 600), 400)
+    assert.equal(0, T.tone_ms(bx, 700))
     H.run(function() d:hangup() end)
-    assert.equal(0, F.open_count())
+    no_streams()
   end)
 
   it("sends on the peer's telephone-event payload type and receives on ours", function()
@@ -92,7 +127,7 @@ describe("luasip media verbs (fake engine)", function()
     assert.equal(488, code)
     assert.matches("488", err)
     assert.equal(488, uas.code)
-    assert.equal(0, F.open_count())
+    no_streams()
   end)
 
   it("fails a UAC call with 488 when the 2xx has no common codec, and hangs up", function()
@@ -111,7 +146,7 @@ describe("luasip media verbs (fake engine)", function()
     assert.matches("no common codec", err)
     wait_uas()
     assert.equal("remote bye", uas.reason)
-    assert.equal(0, F.open_count())
+    no_streams()
   end)
 
   it("collects RFC 4733 digits up to max", function()
@@ -169,14 +204,16 @@ describe("luasip media verbs (fake engine)", function()
       return d:collect{ min = 2, max = 2, tries = 3, valid = "4[0-9]", invalid_prompt = SHORT,
         timeout = 3 }
     end)
+    local heard = listen(d)
     H.run(function()
       d:send_dtmf("19")
-      sip.sleep(0.4)
       d:send_dtmf("42")
     end)
     wait_uas()
     assert.same({ "42", "max" }, uas.result)
-    assert.same({ SHORT }, media.of(uas.dialog).rtp.played)
+    -- the invalid prompt was heard once, whole or cut by the next digit
+    local ms = T.tone_ms(heard(), 700)
+    assert.is_true(ms >= 40 and ms <= 260, ms .. " ms of the invalid prompt")
     H.run(function() d:hangup() end)
   end)
 
@@ -186,7 +223,6 @@ describe("luasip media verbs (fake engine)", function()
     end)
     H.run(function()
       d:send_dtmf("5")
-      sip.sleep(0.3)
       d:send_dtmf("6")
     end)
     wait_uas()
@@ -200,6 +236,7 @@ describe("luasip media verbs (fake engine)", function()
       local r, ms, digit = d:play(LONG, { barge_in = true })
       return r, ms, digit, sip.now() - t0, d:wait_digit(1)
     end)
+    local heard = listen(d)
     H.run(function() return d:send_dtmf("5") end)
     wait_uas()
     local r = uas.result
@@ -207,6 +244,8 @@ describe("luasip media verbs (fake engine)", function()
     assert.equal("5", r[3])
     assert.is_true(r[4] < 1.5)
     assert.equal("5", r[5])
+    local ms = T.tone_ms(heard(), 500)
+    assert.is_true(ms > 0 and ms < 1500, ms .. " ms of the prompt heard")
     H.run(function() d:hangup() end)
   end)
 
@@ -224,6 +263,7 @@ describe("luasip media verbs (fake engine)", function()
       local t = {}
       local d = call(function(d)
         local t0 = sip.now()
+        t.started = true
         local r
         if verb == "play" then r = { d:play(LONG) }
         elseif verb == "collect" then r = { d:collect{ timeout = 10 } }
@@ -233,15 +273,16 @@ describe("luasip media verbs (fake engine)", function()
         t.s = sip.now() - t0
         return (table.unpack or unpack)(r, 1, 3)
       end)
+      H.run_until(function() return t.started end, 5)
       H.run(function()
-        sip.sleep(0.2)
+        sip.sleep(0.2)                 -- the verb is under way (it does not end by time)
         d:hangup()
       end)
       wait_uas()
       local reason = (verb == "collect" or verb == "wait_digit") and uas.result[2] or uas.result[1]
       assert.equal("hangup", reason)
       assert.is_true(t.s < 1)
-      assert.equal(0, F.open_count())
+      no_streams()
     end)
   end
 
@@ -290,17 +331,26 @@ describe("luasip media verbs (fake engine)", function()
   end)
 
   it("records until a terminator, after a beep", function()
-    local d = call(function(d)
-      return d:record(tmp .. "/msg.wav", { max = 10, silence = false })
-    end)
+    local path = tmp .. "/msg.wav"
+    os.remove(path)
+    local d = call(function(d) return d:record(path, { max = 10, silence = false }) end)
+    local heard = listen(d)
+    -- the file exists once the beep is over and the recording runs
+    H.run_until(function()
+      local f = io.open(path)
+      if f then f:close() end
+      return f
+    end, 5, "the recording started")
     H.run(function()
-      sip.sleep(0.5)
+      assert.equal("done", d:tone{ freqs = { 800 }, ms = 400 })
       d:send_dtmf("#")
     end)
     wait_uas()
     assert.equal("terminator", uas.result[1])
-    assert.is_true(uas.result[2] > 0)
+    assert.is_true(uas.result[2] > 300)
     assert.equal("#", uas.result[3])
+    heard_ms(T.tone_ms(heard(), 1000), 250)       -- the beep
+    heard_ms(T.tone_ms(assert(T.wav_samples(path)), 800), 400)
     H.run(function() d:hangup() end)
   end)
 
@@ -312,6 +362,7 @@ describe("luasip media verbs (fake engine)", function()
     wait_uas()
     assert.equal("max", uas.result[1][1])
     assert.equal("silence", uas.result[2][1])
+    assert.near(300, #assert(T.wav_samples(tmp .. "/a.wav")) / 8, 60)
     H.run(function() d:hangup() end)
   end)
 
@@ -335,25 +386,35 @@ describe("luasip media verbs (fake engine)", function()
   it("plays early media after a 183 and answers with the same stream", function()
     b:on("INVITE", function(req)
       local early = assert(req:progress{ media = true })
-      uas.early = { early:play(SHORT) }
+      uas.early = { early:play(EARLY) }
       local d = assert(req:answer())
       uas.same = d == early
       uas.port = d:media_stats().local_port
+      uas.later = { d:play(LATER) }
       uas_done = true
     end)
-    local prov = {}
+    local prov, early_heard = {}, nil
     local d = H.run(function()
       return assert(a:invite{ uri = b:uri("x"), media = true,
-        on_provisional = function(r) prov[#prov + 1] = r.status .. (r.body and " sdp" or "") end })
+        on_provisional = function(r, tx)
+          prov[#prov + 1] = r.status .. (r.body and " sdp" or "")
+          early_heard = listen(tx:dialog())       -- the caller's stream, before the answer
+        end })
     end)
+    local before = early_heard()                  -- what the caller heard until the 2xx
+    local after = listen(d)
     wait_uas()
     assert.same({ "183 sdp" }, prov)
     assert.equal("done", uas.early[1])
+    assert.equal("done", uas.later[1])
+    assert.is_true(T.tone_ms(before, 600) >= 300, T.tone_ms(before, 600) .. " ms early")
+    assert.equal(0, T.tone_ms(before, 900))
+    heard_ms(T.tone_ms(after(), 900), 400)
     assert.is_true(uas.same)
     assert.equal(uas.port, d:media_stats().remote_port)
-    assert.equal(2, F.open_count())
+    assert.equal(2, streams())
     H.run(function() d:hangup() end)
-    assert.equal(0, F.open_count())
+    no_streams()
   end)
 
   it("sends the 183 reliably when asked and the caller supports 100rel", function()
@@ -389,10 +450,10 @@ describe("luasip media verbs (fake engine)", function()
     wait_uas()
     assert.equal(2, #offers)
     assert.equal(offers[1], offers[2])
-    assert.equal(2, F.open_count())
+    assert.equal(2, streams())
     assert.equal(uas.dialog:media_stats().local_port, d:media_stats().remote_port)
     H.run(function() d:hangup() end)
-    assert.equal(0, F.open_count())
+    no_streams()
   end)
 
   it("says numbers and digits from the prompt set", function()
@@ -405,11 +466,19 @@ describe("luasip media verbs (fake engine)", function()
     assert.same({ "/p/digits/1.wav", "/p/digits/star.wav", "/p/digits/pound.wav" },
       media.digit_files("/p", "1*#"))
     local d = call(function(d)
+      d:wait_request("MESSAGE", 5):reply(200)    -- the caller listens
       return { d:say_number(42, { prompts = tmp }) }, { d:say_digits("0*#", { prompts = tmp }) }
     end)
+    local heard = listen(d)
+    H.run(function() d:request("MESSAGE") end)
     wait_uas()
     assert.equal("done", uas.result[1][1])
     assert.equal("done", uas.result[2][1])
+    local x = heard()
+    for _, n in ipairs{ "40", "2", "0", "star", "pound" } do
+      heard_ms(T.tone_ms(x, SAY[n]), 100, n)
+    end
+    for _, n in ipairs{ "4", "hundred", "thousand" } do assert.equal(0, T.tone_ms(x, SAY[n]), n) end
     H.run(function() d:hangup() end)
   end)
 
@@ -448,30 +517,121 @@ describe("luasip media verbs (fake engine)", function()
     H.run(function() d:hangup() end)
   end)
 
+  it("collects in-band digits (DTMF tones in the audio)", function()
+    local d = call(function(d) return d:collect{ max = 3, timeout = 8 } end,
+      { media = { dtmf = "inband" } })
+    assert.equal("done", H.run(function() return d:send_dtmf("1*9", { mode = "inband" }) end))
+    wait_uas()
+    assert.same({ "1*9", "max" }, uas.result)
+    H.run(function() d:hangup() end)
+  end)
+
+  it("echoes what the caller says until #", function()
+    local d = call(function(d) return d:echo{ timeout = 10 } end)
+    local heard = listen(d)
+    H.run(function()
+      assert.equal("done", d:tone{ freqs = { 800 }, ms = 400 })
+      d:send_dtmf("#")
+    end)
+    wait_uas()
+    assert.equal("terminator", uas.result[1])
+    assert.equal("#", uas.result[3])
+    heard_ms(T.tone_ms(heard(), 800), 400)
+    H.run(function() d:hangup() end)
+  end)
+
+  it("sends silence for its length, then plays on", function()
+    local d = call(function(d)
+      d:wait_request("MESSAGE", 5):reply(200)
+      local t0 = sip.now()
+      local r = { d:silence(0.4) }
+      r[3] = sip.now() - t0
+      r[4] = d:play(SHORT)
+      return r
+    end)
+    local heard = listen(d)
+    H.run(function() d:request("MESSAGE") end)
+    wait_uas()
+    local r = uas.result[1]
+    assert.equal("done", r[1])
+    assert.is_true(r[3] >= 0.35 and r[3] < 1.5, r[3])
+    assert.equal("done", r[4])
+    local ms, first = T.loud_ms(heard())
+    heard_ms(ms, 200, "sound")
+    assert.is_true(first >= 300, "sound after " .. tostring(first) .. " ms")
+    H.run(function() d:hangup() end)
+  end)
+
+  it("flushes the type-ahead digits", function()
+    local d = call(function(d)
+      d:wait_request("MESSAGE", 5):reply(200)
+      return d:flush_digits(), d:wait_digit(0.3)
+    end)
+    H.run(function()
+      d:send_dtmf("12")
+      d:request("MESSAGE")
+    end)
+    wait_uas()
+    assert.same({ "12", nil, "timeout" }, { uas.result[1], uas.result[2], uas.result[3] })
+    H.run(function() d:hangup() end)
+  end)
+
+  it("bridges two calls and unbridges them: each hears the other, then not", function()
+    local c = H.agent()
+    local calls = {}
+    c:on("INVITE", function(req) calls.c = assert(req:answer{ media = true }) end)
+    b:on("INVITE", function(req) calls.b = assert(req:answer{ media = true }) end)
+    local da = H.run(function() return assert(a:invite{ uri = b:uri("x"), media = true }) end)
+    -- a calls b, b's second call is to c (b is the UAC there)
+    local d2 = H.run(function() return assert(b:invite{ uri = c:uri("z"), media = true }) end)
+    H.run_until(function() return calls.b and calls.c end, 5)
+    local b1 = calls.b
+    assert.is_true(assert(b1:bridge(d2)))
+    local a_heard, c_heard = listen(da), listen(calls.c)
+    local done = {}
+    sip.spawn(function() done.a = da:play(SHORT) end)
+    sip.spawn(function() done.c = calls.c:play(EARLY) end)
+    H.run_until(function() return done.a and done.c end, 5)
+    heard_ms(T.tone_ms(a_heard(), 600), 400)
+    heard_ms(T.tone_ms(c_heard(), 700), 200)
+    assert.is_true(b1:unbridge())
+    assert.is_false(b1:media_stats().bridged)
+    c_heard = listen(calls.c)
+    H.run(function() da:play(SHORT) end)
+    assert.equal(0, T.tone_ms(c_heard(), 700))
+    H.run(function() da:hangup() end)
+    H.run(function() d2:hangup() end)
+  end)
+
   it("relays early media through a B2BUA: A gets our 183 with SDP, bridged to B's", function()
     local c = H.agent()
     local legs
     c:on("INVITE", function(req)
       local early = assert(req:progress{ media = true })
-      uas.early = { early:play(SHORT) }
+      uas.early = { early:play(EARLY) }
       uas.c = assert(req:answer())
     end)
     b:on("INVITE", function(req)
       legs = { sip.b2bua(req, c:uri("carol"), { media = "relay" }) }
     end)
-    local prov = {}
+    local prov, early_heard = {}, nil
     local d = H.run(function()
       return assert(a:invite{ uri = b:uri("carol"), media = true,
-        on_provisional = function(r) prov[#prov + 1] = r.status .. (r.body and " sdp" or "") end })
+        on_provisional = function(r, tx)
+          prov[#prov + 1] = r.status .. (r.body and " sdp" or "")
+          early_heard = early_heard or listen(tx:dialog())
+        end })
     end)
     H.run_until(function() return legs end)
     assert.same({ "183 sdp" }, prov)
     assert.equal("done", uas.early[1])
+    local ms = T.tone_ms(early_heard(), 600)      -- carol's early prompt, through b
+    assert.is_true(ms >= 300, ms .. " ms of carol's early media")
     assert.is_true(legs[1]:media_stats().bridged)
     assert.equal(legs[1]:media_stats().local_port, d:media_stats().remote_port)
-    assert.equal(4, F.open_count())
+    assert.equal(4, streams())
     H.run(function() d:hangup() end)
-    H.run_until(function() return F.open_count() == 0 end, 5, "all streams closed")
+    H.run_until(function() return streams() == 0 end, 5, "all streams closed")
   end)
 
   it("anchors media in a B2BUA: both legs have a stream, bridged", function()
@@ -492,12 +652,12 @@ describe("luasip media verbs (fake engine)", function()
     assert.is_true(lb:media_stats().bridged)
     assert.equal(la:media_stats().local_port, d:media_stats().remote_port)
     assert.equal(lb:media_stats().local_port, uas.c:media_stats().remote_port)
-    assert.equal(4, F.open_count())
+    assert.equal(4, streams())
     -- an INFO digit from A is sent on to C as RFC 4733 (RFC 4733 events pass in C)
     H.run(function() d:send_dtmf("1", { mode = "info" }) end)
     H.run_until(function() return uas.digits end, 5, "C collected")
     assert.same({ "1", "max" }, uas.digits)
     H.run(function() d:hangup() end)
-    H.run_until(function() return F.open_count() == 0 end, 5, "all streams closed")
+    H.run_until(function() return streams() == 0 end, 5, "all streams closed")
   end)
 end)

@@ -337,6 +337,83 @@ function M.analyse(x, rate)
   return out
 end
 
+-- wav_samples(path) -> samples (-1..1), rate | nil, err: a 16-bit mono PCM WAV file
+M.wav_samples = wav_samples
+
+local function le(x, n)
+  local t = {}
+  for i = 1, n do
+    t[i] = string.char(x % 256)
+    x = math.floor(x / 256)
+  end
+  return table.concat(t)
+end
+
+-- tone_wav(path, hz, ms [, level]) -> path: writes an 8 kHz mono 16-bit WAV of a sine of
+-- hz (0: silence) lasting ms, at level dBFS (default -10): short prompts made by a test
+function M.tone_wav(path, hz, ms, level)
+  local n = math.floor(ms * 8)
+  local amp = 32767 * 10 ^ ((level or -10) / 20)
+  local parts = {}
+  for i = 0, n - 1 do
+    local v = math.floor(amp * math.sin(2 * math.pi * hz * i / 8000) + 0.5)
+    parts[#parts + 1] = le(v % 65536, 2)
+  end
+  local data = table.concat(parts)
+  local f = assert(io.open(path, "wb"))
+  f:write("RIFF", le(36 + #data, 4), "WAVEfmt ", le(16, 4), le(1, 2), le(1, 2), le(8000, 4),
+    le(16000, 4), le(2, 2), le(16, 2), "data", le(#data, 4), data)
+  f:close()
+  return path
+end
+
+-- frames(x, rate, fn): fn(first, last) for each whole 20 ms frame of samples x
+local function frames(x, rate, fn)
+  local len = math.floor((rate or 8000) / 50)
+  for first = 1, #x - len + 1, len do fn(first, first + len - 1) end
+end
+
+local function energy(x, i, j)
+  local e = 0
+  for k = i, j do e = e + x[k] * x[k] end
+  return e
+end
+
+-- loud_ms(samples [, rate, level]) -> ms of the 20 ms frames louder than level (dBFS,
+-- default -45), and where the first of them starts (ms, nil when none)
+function M.loud_ms(x, rate, level)
+  local min = 10 ^ ((level or -45) / 10)
+  local ms, first, at = 0, nil, 0
+  frames(x, rate, function(i, j)
+    if energy(x, i, j) / (j - i + 1) > min then
+      ms = ms + 20
+      first = first or at
+    end
+    at = at + 20
+  end)
+  return ms, first
+end
+
+-- tone_ms(samples, hz [, rate]) -> ms of the 20 ms frames where the frequency hz holds
+-- most of the energy (Goertzel, louder than -45 dBFS), and where the first starts (ms)
+function M.tone_ms(x, hz, rate)
+  rate = rate or 8000
+  local w = 2 * math.cos(2 * math.pi * hz / rate)
+  local ms, first, at = 0, nil, 0
+  frames(x, rate, function(i, j)
+    local n, e = j - i + 1, energy(x, i, j)
+    local s1, s2 = 0, 0
+    for k = i, j do s1, s2 = x[k] + w * s1 - s2, s1 end
+    local p = s1 * s1 + s2 * s2 - w * s1 * s2      -- |X(hz)|^2: (A n / 2)^2 for a sine
+    if e / n > 10 ^ -4.5 and p / (e * n / 2) > 0.5 then
+      ms = ms + 20
+      first = first or at
+    end
+    at = at + 20
+  end)
+  return ms, first
+end
+
 -- ------------------------------------------------------------------ transactions
 
 -- Response queues: UAC calls and requests collect their responses in order; expect()
