@@ -26,8 +26,12 @@ describe("examples/deploy (Kamailio dispatcher, 2 luasip hosts, Redis, in namesp
   it_("serves every registration through either host, rides out a Redis restart and fails over"
     .. " when a host dies" .. (why and (" -- " .. why) or ""), function()
     local flavour = os.getenv("LUASIP_FLAVOUR") or "5.4"
-    local p = io.popen(("LUA=%s LUASIP_FLAVOUR=%s timeout -k 2 60 sh examples/deploy/run.sh test"
-      .. " 2>&1; echo \"exit=$?\""):format(H.shquote(H.interpreter()), H.shquote(flavour)))
+    local ns = "luasip-dep-spec" .. math.random(1e6)
+    -- run.sh removes its namespaces itself; this is for a run timeout(1) had to SIGKILL
+    finally(function() os.execute("LUASIP_DEPLOY_NS=" .. ns .. " sh examples/deploy/run.sh clean") end)
+    local p = io.popen(("LUASIP_DEPLOY_NS=%s LUA=%s LUASIP_FLAVOUR=%s timeout -k 2 60 sh "
+      .. "examples/deploy/run.sh test 2>&1; echo \"exit=$?\""):format(ns,
+      H.shquote(H.interpreter()), H.shquote(flavour)))
     local out = p:read("*a")
     p:close()
     for _, what in ipairs{ "Kamailio answers OPTIONS through a luasip host",

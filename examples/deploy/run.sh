@@ -9,7 +9,8 @@
 #   sh examples/deploy/run.sh         runs it until ^C
 #   sh examples/deploy/run.sh test    runs examples/deploy/phones.lua in `front`, then stops
 #                                     (spec/deploy_spec.lua)
-#   sh examples/deploy/run.sh clean   removes what a killed run left (namespaces luasip-dep-*)
+#   sh examples/deploy/run.sh clean   removes what a killed run left (namespaces luasip-dep-*;
+#                                     with LUASIP_DEPLOY_NS=name: name-* only)
 # Env: LUA (lua5.4), LUASIP_FLAVOUR (5.4).  Everything stops when this script ends.
 # phones.lua calls back `run.sh redis-stop|redis-start|kill-a` (with LUASIP_DEPLOY_NS and
 # LUASIP_DEPLOY_DIR set).
@@ -31,8 +32,9 @@ redis_start() {
 }
 
 case "${1:-}" in
-  clean)
-    for n in $(ip netns list | awk '/^luasip-dep-/ { print $1 }'); do
+  clean)                            # $LUASIP_DEPLOY_NS-*, or every luasip-dep-*
+    for n in $(ip netns list | awk -v p="${LUASIP_DEPLOY_NS:-luasip-dep}-" \
+                 'index($1, p) == 1 { print $1 }'); do
       ns_stop "$n"
       ip netns del "$n"
     done
