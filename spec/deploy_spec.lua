@@ -39,6 +39,7 @@ describe("examples/deploy (Kamailio dispatcher, 2 luasip hosts, Redis, in namesp
       "12/12 MESSAGEs alice %-> bob, through both hosts", "a call alice %-> bob",
       "MESSAGE while Redis is down: 503 with Retry%-After", "REGISTER while Redis is down: 503",
       "Redis restarted: requests served again, registrations kept",
+      "Kamailio's OPTIONS probes took host A out",
       "10 MESSAGEs in a row answered at once after host A died",
       "8/8 MESSAGEs bob %-> alice and carol %-> bob: every registration still served",
       "a new call bob %-> alice goes through host B" } do

@@ -41,7 +41,7 @@ case "${1:-}" in
     exit 0 ;;
   redis-stop) ns_stop "$NS-redis"; exit 0 ;;
   redis-start) W=$LUASIP_DEPLOY_DIR; redis_start; exit 0 ;;
-  kill-a) ns_stop "$NS-a"; exit 0 ;;
+  kill-a) ns_stop "$NS-a"; date +%s.%N; exit 0 ;;    # prints when (Unix seconds)
 esac
 
 W=$(mktemp -d)
@@ -96,6 +96,7 @@ if [ "${1:-}" = test ]; then
   rc=0
   LUASIP_DEPLOY_NS=$NS LUASIP_DEPLOY_DIR=$W ip netns exec "$NS-front" \
     "$LUA" examples/deploy/phones.lua 10.77.0.1:5060 10.77.0.1 || rc=$?
+  grep -h "dispatcher: host" "$W/kamailio.log" >&2 || true
   [ $rc -eq 0 ] || tail -n 20 "$W"/*.log >&2
   exit $rc
 fi
