@@ -157,13 +157,85 @@ static int send_2xx_ack(lsip_agent_t *a, sip_t const *resp, url_t const *fallbac
   return nta_msg_tsend(nta, ack, NULL, TAG_END());
 }
 
+/* ACK for a non-2xx final response to the INVITE orq (RFC 3261 17.1.1.3), for a response
+ * nta could not match: the Request-URI, Call-ID, From, CSeq number and Route of the
+ * INVITE, the To of the response, and a Via with the INVITE's branch (the key), over the
+ * INVITE's own transport (its connection) */
+int luasip_ack_non2xx(lsip_agent_t *a, nta_outgoing_t *orq, sip_t const *resp)
+{
+  nta_agent_t *nta = luasip_agent_nta(a);
+  msg_t *req = nta_outgoing_getrequest(orq), *ack = NULL;
+  sip_t const *rs = req ? sip_object(req) : NULL;
+  char const *branch = nta_outgoing_branch(orq);
+  tport_t *tp = nta_outgoing_transport(orq);
+  int rc = -1;
+  if (branch && su_casenmatch(branch, "branch=", 7))
+    branch += 7;
+  if (nta && rs && rs->sip_request && branch && resp->sip_to &&
+      (ack = nta_msg_create(nta, 0))) {
+    su_home_t *home = msg_home(ack);
+    if (sip_add_tl(ack, sip_object(ack),
+                   SIPTAG_REQUEST(sip_request_create(home, SIP_METHOD_ACK,
+                                                     (url_string_t const *)
+                                                     rs->sip_request->rq_url, NULL)),
+                   SIPTAG_ROUTE(rs->sip_route),
+                   SIPTAG_FROM(rs->sip_from),
+                   SIPTAG_TO(resp->sip_to),
+                   SIPTAG_CALL_ID(rs->sip_call_id),
+                   SIPTAG_CSEQ(sip_cseq_create(home, rs->sip_cseq->cs_seq, SIP_METHOD_ACK)),
+                   SIPTAG_MAX_FORWARDS_STR("70"),
+                   TAG_END()) < 0) {
+      msg_destroy(ack);
+    } else {
+      /* nta_msg_tsend takes ack; the next hop is the INVITE's (a flow, a Route) */
+      rc = nta_msg_tsend(nta, ack, NULL, NTATAG_BRANCH_KEY(branch),
+                         TAG_IF(tp, NTATAG_TPORT(tp)), TAG_END());
+      if (rc == 0)
+        LUASIP_COUNT_OUT(sip_method_ack);
+    }
+  }
+  tport_unref(tp);
+  if (req)
+    msg_destroy(req);
+  return rc;
+}
+
+static int client_deliver(lsip_client_t *c, nta_outgoing_t *orq, sip_t const *sip,
+                          msg_t *stray);
+
+/* The INVITE of ours, still waiting, sent with the response's Via branch */
+static lsip_client_t *client_by_branch(lsip_agent_t *a, sip_t const *sip)
+{
+  char const *v = sip->sip_via ? sip->sip_via->v_branch : NULL;
+  lsip_link_t *l;
+  for (l = a->clients.next; v && l != &a->clients; l = l->next) {
+    lsip_client_t *c = (lsip_client_t *)((char *)l - offsetof(lsip_client_t, link));
+    char const *b = c->orq && c->is_invite && c->state == CLIENT_PROCEEDING
+                    ? nta_outgoing_branch(c->orq) : NULL;
+    if (b && su_casenmatch(b, "branch=", 7))
+      b += 7;
+    if (b && su_casematch(b, v))
+      return c;
+  }
+  return NULL;
+}
+
 int luasip_client_stray(lsip_agent_t *a, msg_t *msg, sip_t *sip)
 {
-  int m;
-  if (!sip->sip_cseq || sip->sip_cseq->cs_method != sip_method_invite ||
-      sip->sip_status->st_status < 200 || sip->sip_status->st_status >= 300 ||
+  int m, status = sip->sip_status->st_status;
+  lsip_client_t *c;
+  if (!sip->sip_cseq || sip->sip_cseq->cs_method != sip_method_invite || status < 200 ||
       !sip->sip_call_id || !sip->sip_to)
     return 0;
+  if (status >= 300) {
+    /* sofia 1.12 over TCP/TLS: the 487 that follows our CANCEL matches no transaction
+     * (nta hands it to the agent); it is the INVITE's final answer all the same */
+    if (!(c = client_by_branch(a, sip)))
+      return 0;
+    luasip_ack_non2xx(a, c->orq, sip);
+    client_deliver(c, c->orq, sip, msg);
+    return 1;
+  }
   m = acks_match(a, sip);
   if (m == 1) {
     luasip_counters.rtx_core++;     /* the 2xx was retransmitted: so is our ACK */
@@ -324,13 +396,23 @@ static void name_tls_failure(nta_outgoing_t *orq, msg_t *msg)
 static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
                            sip_t const *sip)
 {
-  lsip_client_t *c = (lsip_client_t *)magic;
+  return client_deliver((lsip_client_t *)magic, orq, sip, NULL);
+}
+
+/* A response of orq (sip; NULL: none came) to Lua, then the PRACK of a reliable one.
+ * stray: the response as a message nta did not match to orq (taken), or NULL: nta's. */
+static int client_deliver(lsip_client_t *c, nta_outgoing_t *orq, sip_t const *sip,
+                          msg_t *stray)
+{
   int status = sip && sip->sip_status ? sip->sip_status->st_status : 408;
   lsip_obj_t *resp = NULL;
   msg_t *msg;
 
-  if (c->state == CLIENT_CLOSED || c->state == CLIENT_COMPLETED)
+  if (c->state == CLIENT_CLOSED || c->state == CLIENT_COMPLETED) {
+    if (stray)
+      msg_destroy(stray);
     return 0;
+  }
   if (c->want_dialog && sip && c->agent && status > 100 && status < 300 &&
       sip->sip_to && sip->sip_to->a_tag && (c->is_invite || status >= 200))
     track_dialog(c, sip, status);   /* before the ACK: the callee may BYE right after */
@@ -346,6 +428,8 @@ static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
       send_2xx_ack(c->agent, sip, NULL);
       acks_remember(c->agent, sip);
     }
+    if (stray)
+      msg_destroy(stray);
     return 0;
   }
   if (c->is_invite && status >= 200 && status < 300 && sip && c->agent) {
@@ -359,7 +443,7 @@ static int client_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
   }
   if (status > c->status || status >= 200)
     c->status = status;
-  msg = nta_outgoing_getresponse(orq);
+  msg = stray ? stray : sip ? nta_outgoing_getresponse(orq) : NULL;
   if (msg) {
     name_tls_failure(orq, msg);
     resp = luasip_response_alloc(msg);

@@ -360,19 +360,25 @@ static int rank(int status)
 }
 
 static void branch_process(branch_t *b, nta_outgoing_t *orq, msg_t *msg, int status);
+static void branch_take(branch_t *b, nta_outgoing_t *orq, msg_t *msg, int status);
 
 static int branch_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
                            sip_t const *sip)
 {
   branch_t *b = (branch_t *)magic;
-  lsip_proxy_t *p = b->p;
   int status = sip && sip->sip_status ? sip->sip_status->st_status : 408;
-  msg_t *msg = NULL;
-
   if (b->done)
     return 0;
-  if (sip)
-    msg = nta_outgoing_getresponse(orq);
+  branch_take(b, orq, sip ? nta_outgoing_getresponse(orq) : NULL, status);
+  return 0;
+}
+
+/* A response of a branch (msg, taken; NULL: none came): held for the rewrite hook, or
+ * processed now */
+static void branch_take(branch_t *b, nta_outgoing_t *orq, msg_t *msg, int status)
+{
+  lsip_proxy_t *p = b->p;
+  sip_t const *sip = msg ? sip_object(msg) : NULL;
   if (msg && p->hold && status > 100 && p->nheld < MAX_HELD &&
       (p->nheld > 0 || (sip->sip_payload && sip->sip_payload->pl_len > 0))) {
     /* held for the rewrite hook: Lua releases it (p:_release) when its body is ready */
@@ -385,10 +391,9 @@ static int branch_response(nta_outgoing_magic_t *magic, nta_outgoing_t *orq,
     luasip_bridge("proxy_hold", &p->obj, o);
     if (o && !o->born)
       o->destroy(o);
-    return 0;
+    return;
   }
   branch_process(b, orq, msg, status);
-  return 0;
 }
 
 /* A response of a branch (msg NULL: none came, Timer C), now or once released. */
@@ -840,6 +845,30 @@ static int req_forward(lua_State *L)
   return 1;
 }
 
+/* The pending INVITE branch of a proxy of ours sent with the Via branch of a non-2xx
+ * final response nta did not match */
+static branch_t *stray_branch(lsip_agent_t *a, sip_t const *sip)
+{
+  char const *v = sip->sip_via ? sip->sip_via->v_branch : NULL;
+  lsip_link_t *l;
+  int i;
+  if (!v || !sip->sip_cseq || sip->sip_cseq->cs_method != sip_method_invite ||
+      sip->sip_status->st_status < 300)
+    return NULL;
+  for (l = a->proxies.next; l != &a->proxies; l = l->next) {
+    lsip_proxy_t *p = (lsip_proxy_t *)((char *)l - offsetof(lsip_proxy_t, link));
+    for (i = 0; i < p->nbr; i++) {
+      branch_t *b = &p->br[i];
+      char const *k = b->orq && !b->done ? nta_outgoing_branch(b->orq) : NULL;
+      if (k && su_casenmatch(k, "branch=", 7))
+        k += 7;
+      if (k && su_casematch(k, v))
+        return nta_outgoing_method(b->orq) == sip_method_invite ? b : NULL;
+    }
+  }
+  return NULL;
+}
+
 /* A response matching no transaction of ours whose top Via is ours and that has
  * another Via under it: the answer to a request we forwarded statelessly (RFC 3261
  * 16.11): nta_msg_tsend pops our Via and sends it on. */
@@ -847,6 +876,15 @@ int luasip_proxy_stray(lsip_agent_t *a, msg_t *msg, sip_t *sip)
 {
   nta_agent_t *nta = luasip_agent_nta(a);
   url_t u[1];
+  branch_t *b = stray_branch(a, sip);
+  if (b) {
+    /* sofia 1.12 over TCP/TLS: the 487 that follows our CANCEL matches no transaction;
+     * it is the branch's final answer all the same, and its ACK is ours to send */
+    nta_outgoing_t *orq = b->orq;
+    luasip_ack_non2xx(a, orq, sip);
+    branch_take(b, orq, msg, sip->sip_status->st_status);
+    return 1;
+  }
   if (!nta || !sip->sip_via || !sip->sip_via->v_next || !sip->sip_via->v_host)
     return 0;
   url_init(u, url_sip);

@@ -15,7 +15,8 @@
   Metrics: $LUASIP_METRICS=host:port serves the Prometheus page at /metrics there.
   Floods: a source sending more than $PBX_FLOOD_RATE requests/s (50) is blocked for 30 s
   (loopback is exempt: the specs and benchmarks drive it from there); scanners dropped.
-  Digest nonces live $PBX_NONCE_TTL seconds (300).
+  Digest nonces live $PBX_NONCE_TTL seconds (300).  $PBX_DOMAIN: the users' domain and
+  digest realm when it is not the host (several hosts behind one front: examples/deploy).
   Reload: the handlers are examples/pbx_app.lua; SIGHUP reloads them, calls stay up.
   Workers: $PBX_WORKERS=N runs it as N worker processes behind a stateless front on
   host:port (luasip.cluster; `make run WORKERS=2`), registrations and nonce counts in
@@ -34,6 +35,7 @@ local here = (arg and arg[0] or ""):match("^(.*)[/\\]") or "."
 local users = assert(loadfile(here .. "/users.lua"))()
 local hostport = arg and arg[1] or "127.0.0.1:5060"
 local host = hostport:match("^%[?([^%]]+)%]?:%d+$") or hostport
+local domain = os.getenv("PBX_DOMAIN") or host  -- users' domain and realm (several hosts)
 
 -- PBX_WORKERS: from here on this script runs in each worker, on a port of its own
 local ringing, dialogs = {}, {}        -- calls being forked, calls connected (pbx_app)
@@ -73,15 +75,15 @@ local ivr = assert(loadfile(here .. "/ivr_menu.lua"))(here, log)
 -- calls go on; what must outlive a reload (registrations, calls being forked) is here.
 local nat = os.getenv("PBX_NAT") == "1"
 local registrar, location = sip.registrar{
-  realm = host, store = store, nat = nat,
-  authorize = sip.auth.authorizer{ realm = host, password = function(u) return users[u] end,
+  realm = domain, store = store, nat = nat,
+  authorize = sip.auth.authorizer{ realm = domain, password = function(u) return users[u] end,
     failures = true,                  -- password guessing refused (5 failures per user)
     store = store, nonce_ttl = tonumber(os.getenv("PBX_NONCE_TTL") or "") },
 }
 local vm = assert(sip.agent{ listen = { "sip:" .. host .. ":0" }, user_agent = "luasip-pbx" })
 package.path = here .. "/?.lua;" .. package.path
 assert(app:load("pbx_app", { vm = vm, vm_uri = "@" .. host .. ":" .. vm:transports()[1].port,
-  host = host, users = users, registrar = registrar, location = location, ringing = ringing,
+  host = domain, users = users, registrar = registrar, location = location, ringing = ringing,
   dialogs = dialogs, store = store,
   ivr = ivr, log = log, ring = tonumber(os.getenv("PBX_VOICEMAIL_AFTER") or "") or 20,
   nonce_ttl = tonumber(os.getenv("PBX_NONCE_TTL") or ""), nat = nat }))
@@ -93,6 +95,6 @@ end)
 for _, t in ipairs(app:transports()) do
   if t.transport == "tls" then log("TLS on port", t.port) end
 end
-log("luasip pbx listening on", app:contact(), "realm", host, "voicemail on", vm:contact(),
+log("luasip pbx listening on", app:contact(), "realm", domain, "voicemail on", vm:contact(),
   node and ("worker " .. node.index .. "/" .. node.workers .. " behind " .. node.front) or "")
 sip.run{ shutdown_timeout = node and node.drain or nil }

@@ -353,3 +353,54 @@ describe("luasip.core spawn, wait, kill", function()
     assert.same({ "exit", 127 }, { how, code })
   end)
 end)
+
+-- Over TCP the 487 that follows a CANCEL matches no transaction in sofia 1.12's nta (it
+-- comes to the agent as a stray response): the core finds the INVITE by its Via branch,
+-- ACKs the 487 over the same connection and delivers it.  The callee is a raw TCP phone
+-- (spec/peers/tcp_callee.py) that checks the ACK.
+describe("a CANCEL over TCP", function()
+  local defer = H.defer_with(function(f) finally(f) end)
+  after_each(function() H.close_agents() end)
+
+  -- callee() -> its port, its process (LISTENING once it accepts)
+  local function callee()
+    local port = H.free_port()
+    local p = H.background({ "python3", "spec/peers/tcp_callee.py", tostring(port), "15" }, 20)
+    defer(p.kill)
+    H.run_until(function() return p.log():find("LISTENING") end, 10, "tcp_callee.py")
+    return port, p
+  end
+
+  -- an INVITE over TCP to uri (through proxy), cancelled at its 180 -> its final status
+  local function cancelled_invite(uac, uri, proxy)
+    local _, _, code = H.run(function()
+      local tx = assert(uac:send{ method = "INVITE", uri = uri, proxy = proxy,
+        body = "v=0\r\n", content_type = "application/sdp" })
+      tx:on_provisional(function(p) if p.status == 180 then tx:cancel() end end)
+      return tx:wait(10)
+    end, 15)
+    return code
+  end
+
+  it("gives a UAC the 487 and the callee its ACK", function()
+    local port, phone = callee()
+    local uac = H.agent()
+    assert.equal(487, cancelled_invite(uac, "sip:callee@127.0.0.1:" .. port .. ";transport=tcp"))
+    H.run_until(function() return phone.log():find("ACK") end, 10, "the ACK")
+    assert.equal("LISTENING\nINVITE\nCANCEL\nACK ok\n", phone.log())
+  end)
+
+  it("gives the caller the 487 through a luasip proxy, and the callee its ACK", function()
+    local port, phone = callee()
+    local proxy, uac = H.agent(), H.agent()
+    local final
+    proxy:on("INVITE", function(req)
+      final = { req:proxy("sip:callee@127.0.0.1:" .. port .. ";transport=tcp") }
+    end)
+    assert.equal(487, cancelled_invite(uac, "sip:callee@127.0.0.1",
+      "sip:127.0.0.1:" .. proxy:transports()[1].port .. ";transport=tcp"))
+    H.run_until(function() return phone.log():find("ACK") and final end, 10, "the ACK")
+    assert.equal("LISTENING\nINVITE\nCANCEL\nACK ok\n", phone.log())
+    assert.same({ nil, "cancelled", "cancelled" }, final)    -- req:proxy's word for it
+  end)
+end)
