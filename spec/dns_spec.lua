@@ -153,18 +153,26 @@ describe("DNS (RFC 3263)", function()
     assert.same({ "MESSAGE tcp" }, got)
   end)
 
-  -- a proxy (resolving through a zone of SRV targets) relaying MESSAGE to
-  -- sip:bob@<domain>, and a client sending through it
+  -- a proxy (resolving through a zone of SRV targets) relaying MESSAGE and INVITE to
+  -- sip:bob@<domain>, and a client sending through it: send() a MESSAGE, call() an INVITE
   local function relay(dport, domain, agent_opts)
     local proxy = resolver_agent(dport, agent_opts)
-    proxy:on("MESSAGE", function(req) req:proxy("sip:bob@" .. domain) end)
+    for _, m in ipairs{ "MESSAGE", "INVITE" } do
+      proxy:on(m, function(req) req:proxy("sip:bob@" .. domain) end)
+    end
     local uac = H.agent()
-    return function()
+    local function send()
       return H.run(function()
         return uac:request{ method = "MESSAGE", uri = "sip:bob@" .. domain,
           proxy = proxy:contact(), body = "hi", content_type = "text/plain" }
       end, 15)
     end
+    local function call()
+      return H.run(function()
+        return uac:invite{ uri = "sip:bob@" .. domain, proxy = proxy:contact() }
+      end, 15)
+    end
+    return send, call
   end
 
   it_dns("req:proxy fails over to the next SRV target on a 503 and skips it for its Retry-After",
@@ -201,27 +209,27 @@ describe("DNS (RFC 3263)", function()
     assert.equal("second", r2.reason)
     assert.same({ "MESSAGE" }, got1)
     assert.same({ "MESSAGE udp", "MESSAGE udp" }, got2)
-    -- a final answer other than 503 or 408 is the answer: no failover
-    local dport2 = zone{
-      "--srv-host=_sip._udp.other.test,two.other.test," .. p2 .. ",10,0",
-      "--srv-host=_sip._udp.other.test,three.other.test," .. p3 .. ",20,0",
-      "--host-record=two.other.test,127.0.0.1",
-      "--host-record=three.other.test,127.0.0.1" }
-    local b = resolver_agent(dport2)
-    b:on("MESSAGE", function(req) req:proxy("sip:bob@other.test") end)
-    local nobody = H.agent()
-    nobody:on("MESSAGE", function(req) req:reply(404, "nobody") end)
-    local p4 = nobody:transports()[1].port
+    -- a final answer other than 503 or 408 is the answer: no failover (MESSAGE: 404);
+    -- an INVITE answered 503 goes on to the next target (the 503 ACKed hop by hop)
+    local four = H.agent()
+    four:on("MESSAGE", function(req) req:reply(404, "nobody") end)
+    four:on("INVITE", function(req) req:reply(503, "busy") end)
     local dport3 = zone{
-      "--srv-host=_sip._udp.gone.test,four.gone.test," .. p4 .. ",10,0",
+      "--srv-host=_sip._udp.gone.test,four.gone.test," .. four:transports()[1].port .. ",10,0",
       "--srv-host=_sip._udp.gone.test,three.gone.test," .. p3 .. ",20,0",
       "--host-record=four.gone.test,127.0.0.1",
       "--host-record=three.gone.test,127.0.0.1" }
-    local r3, err3, code3 = relay(dport3, "gone.test")()
+    local send3, call3 = relay(dport3, "gone.test")
+    local r3, err3, code3 = send3()
     assert.is_nil(r3)
     assert.equal("404 nobody", err3)
     assert.equal(404, code3)
     assert.same({}, got3)
+    local d, r4 = call3()
+    assert.is_truthy(d, r4)
+    assert.equal("third", r4.reason)
+    assert.same({ "INVITE udp" }, got3)
+    assert.is_truthy(H.run(function() return d:bye() end))
   end)
 
   it_dns("req:proxy to a name that does not resolve answers 503 Cannot Resolve Target",
