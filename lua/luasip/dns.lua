@@ -138,6 +138,12 @@ end
 -- as the next hop of a branch to uri) | false (not for failover: not a sip: URI with a host
 -- name, TLS, or a Route to follow) | nil, err (the name does not resolve)
 function M.proxy_targets(req, uri)
+  -- the usual case first, cheaply (~0.2 us, parse ~1.2): a numeric host needs no DNS
+  local tail = uri:match("^sips?:[^@;>]*@[%d%.]+(.?)") or uri:match("^sips?:[%d%.]+(.?)")
+  if (tail and (tail == "" or tail == ":" or tail == ";" or tail == ">"))
+    or uri:find("^sips?:[^@;>]*@?%[") then
+    return false
+  end
   local scheme, host, _, transport = parse(uri)
   if scheme ~= "sip" or transport == "tls" or numeric(host) then return false end
   local routes = req:headers("Route") or {}
