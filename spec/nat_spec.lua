@@ -196,6 +196,17 @@ describe("a phone behind NAT (network namespaces, nftables masquerade)", functio
         end
       end
       assert.same({ "INVITE", "ACK", "BYE" }, got, alice.report())
+      -- digest: challenged, then accepted; the PBX saw the NAT's address (received=)
+      local answers = {}
+      for _, m in ipairs(alice.messages()) do
+        if m.src == pbx_at and m.text:match("\nCSeq: %d+ REGISTER") then
+          answers[#answers + 1] = m.start
+          if m.start:match("^SIP/2%.0 200") then
+            assert.matches("\nVia: [^\n]*;received=198%.51%.100%.1", "\n" .. m.text)
+          end
+        end
+      end
+      assert.same({ "SIP/2.0 401 Unauthorized", "SIP/2.0 200 OK" }, answers, alice.report())
     end)
   end
 end)
