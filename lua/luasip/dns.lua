@@ -6,7 +6,10 @@
 -- host name (no proxy, no Route) this module resolves the URI itself (core.dns_resolve,
 -- csrc/resolve.c: asynchronous, the loop runs on) and sends to each target in order
 -- (as the request's next hop, the Request-URI unchanged) until one answers other than
--- 503 or 408. A name listed in the hosts file is used as an A/AAAA record.
+-- 503 or 408; req:proxy to one such URI gets the targets as sequential branches, each with
+-- its next hop (proxy_targets; csrc/proxy.c moves on after a 503 or a 408 only). A 503
+-- with Retry-After marks its target down for that long. A name listed in the hosts file
+-- is used as an A/AAAA record.
 local core = require "luasip.core"
 local dispatcher = require "luasip.dispatcher"
 
