@@ -81,6 +81,10 @@ typedef struct lsip_proxy {
   char key[24];               /* branch prefix: loop detection hash */
   proxy_state_t state;        /* change only through proxy_enter() */
   unsigned is_invite:1;
+  /* DNS failover (RFC 3263 4.3, lua/luasip/proxy.lua): the targets are one URI's SRV
+   * targets, each with its next hop; only a 503 or a 408 moves on to the next */
+  char *hops[MAX_BRANCHES];
+  int failover;
 } lsip_proxy_t;
 
 #define TO(s) (1u << PROXY_##s)
@@ -229,6 +233,7 @@ static void proxy_destroy(lsip_obj_t *obj)
     free(p->targets[i]);
     free(p->routes[i]);
     free(p->flows[i]);
+    free(p->hops[i]);
   }
   for (i = 0; i < p->nheld; i++)
     msg_destroy(p->held[i].msg);
@@ -482,6 +487,7 @@ static void branch_process(branch_t *b, nta_outgoing_t *orq, msg_t *msg, int sta
     if (msg)
       msg_destroy(msg);
     if (p->sequential && p->state == PROXY_FORKING && status < 600 &&
+        (!p->failover || status == 503 || status == 408) &&
         p->next < p->ntargets && start_next(p) == 0)
       return;
   }
@@ -531,6 +537,8 @@ static int start_branch(lsip_proxy_t *p, int t)
   home = msg_home(m);
   if (via_flow)
     next = url_make(home, p->flows[t]);
+  else if (p->hops[t])
+    next = url_make(home, p->hops[t]);
   msg_header_replace(m, (msg_pub_t *)sip, (msg_header_t *)sip->sip_request,
                      (msg_header_t *)sip_request_create(home, sip->sip_request->rq_method,
                                                         sip->sip_request->rq_method_name,
@@ -630,8 +638,9 @@ static int proxy_release_m(lua_State *L)
   return 1;
 }
 
-/* req:_proxy(uri | { {uri=, route=}... }, record_route, sequential, timeout, observe,
- *            add, remove, follow_redirects, body_opts, hold) -> proxy | nil, err, code
+/* req:_proxy(uri | { {uri=, route=, flow=, ob=, hop=}... }, record_route, sequential,
+ *            timeout, observe, add, remove, follow_redirects, body_opts, hold, failover)
+ *   -> proxy | nil, err, code
  * (positional: no options table to build per proxied request) */
 static int req_proxy(lua_State *L)
 {
@@ -646,7 +655,7 @@ static int req_proxy(lua_State *L)
   int i, n, record_route;
   char key[17];
 
-  lua_settop(L, 11);
+  lua_settop(L, 12);
   if (lua_type(L, 2) != LUA_TSTRING)
     luaL_checktype(L, 2, LUA_TTABLE);
   n = lua_type(L, 2) == LUA_TSTRING ? 1 : (int)luasip_rawlen(L, 2);
@@ -679,7 +688,7 @@ static int req_proxy(lua_State *L)
       return luaL_error(L, "%s: out of memory", fname);
   }
   for (i = 1; lua_type(L, 2) == LUA_TTABLE && i <= n; i++) {
-    const char *uri, *route, *flow;
+    const char *uri, *route, *flow, *hop;
     lua_rawgeti(L, 2, i);
     if (!lua_istable(L, -1))
       return luaL_error(L, "%s: target %d must be a table", fname, i);
@@ -694,9 +703,12 @@ static int req_proxy(lua_State *L)
     p->flows[i - 1] = flow ? strdup(flow) : NULL;
     lua_getfield(L, -4, "ob");
     p->obs[i - 1] = (unsigned char)lua_toboolean(L, -1);
+    lua_getfield(L, -5, "hop");
+    hop = lua_tostring(L, -1);
+    p->hops[i - 1] = hop ? strdup(hop) : NULL;
     p->ntargets = i;
-    lua_pop(L, 5);
-    if (!p->targets[i - 1])
+    lua_pop(L, 6);
+    if (!p->targets[i - 1] || (hop && !p->hops[i - 1]))
       return luaL_error(L, "%s: out of memory", fname);
   }
   record_route = lua_toboolean(L, 3);
@@ -705,6 +717,7 @@ static int req_proxy(lua_State *L)
   p->observe = lua_toboolean(L, 6);
   p->follow = lua_toboolean(L, 9);
   p->hold = lua_toboolean(L, 11);
+  p->failover = lua_toboolean(L, 12);
 
   /* the request as forwarded (RFC 3261 16.6): our Route off the top, Max-Forwards - 1,
    * Record-Route of ours; each branch then sets its target */

@@ -46,7 +46,7 @@ describe("DNS (RFC 3263)", function()
     local p = H.background(argv, 60)
     defer(p.kill)
     H.run_until(function() return p.log():find("started, version", 1, true) or p.done() end,
-      5, "dnsmasq started")
+      10, "dnsmasq started")
     assert.is_nil(p.done(), p.log())
     return port, p
   end
@@ -61,7 +61,7 @@ describe("DNS (RFC 3263)", function()
     f:close()
     local p = H.background({ "python3", script, portfile }, 40)
     defer(function() p.kill(); os.remove(script); os.remove(portfile); os.remove(portfile .. ".n") end)
-    H.run_until(function() return tonumber(H.read_file(portfile) or "") or p.done() end, 5,
+    H.run_until(function() return tonumber(H.read_file(portfile) or "") or p.done() end, 10,
       "silent socket bound")
     return tonumber(H.read_file(portfile)), function()
       return tonumber(H.read_file(portfile .. ".n") or "") or 0
@@ -151,6 +151,102 @@ describe("DNS (RFC 3263)", function()
     assert.equal(200, res.status)
     assert.equal("bob", res.reason)
     assert.same({ "MESSAGE tcp" }, got)
+  end)
+
+  -- a proxy (resolving through a zone of SRV targets) relaying MESSAGE and INVITE to
+  -- sip:bob@<domain>, and a client sending through it: send() a MESSAGE, call() an INVITE
+  local function relay(dport, domain, agent_opts)
+    local proxy = resolver_agent(dport, agent_opts)
+    for _, m in ipairs{ "MESSAGE", "INVITE" } do
+      proxy:on(m, function(req) req:proxy("sip:bob@" .. domain) end)
+    end
+    local uac = H.agent()
+    local function send()
+      return H.run(function()
+        return uac:request{ method = "MESSAGE", uri = "sip:bob@" .. domain,
+          proxy = proxy:contact(), body = "hi", content_type = "text/plain" }
+      end, 15)
+    end
+    local function call()
+      return H.run(function()
+        return uac:invite{ uri = "sip:bob@" .. domain, proxy = proxy:contact() }
+      end, 15)
+    end
+    return send, call
+  end
+
+  it_dns("req:proxy fails over to the next SRV target on a 503 and skips it for its Retry-After",
+  function()
+    local one = H.agent{ listen = { "sip:127.0.0.1:0" } }
+    local got1 = {}
+    one:on("MESSAGE", function(req)
+      got1[#got1 + 1] = req.method
+      req:reply(503, "busy", { headers = { ["Retry-After"] = #got1 == 1 and "60" or nil } })
+    end)
+    local p1 = one:transports()[1].port
+    local _, p2, got2 = uas("second")
+    local _, p3, got3 = uas("third")
+    local dport = zone{
+      "--srv-host=_sip._udp.example.test,one.example.test," .. p1 .. ",10,0",
+      "--srv-host=_sip._udp.example.test,two.example.test," .. p2 .. ",20,0",
+      "--srv-host=_sip._udp.example.test,three.example.test," .. p3 .. ",30,0",
+      "--host-record=one.example.test,127.0.0.1",
+      "--host-record=two.example.test,127.0.0.1",
+      "--host-record=three.example.test,127.0.0.1" }
+    local send = relay(dport, "example.test")
+    local down = require("luasip.dns").down
+    defer(function() for k in pairs(down) do down[k] = nil end end)
+    local res, err = send()
+    assert.is_truthy(res, err)
+    assert.equal(200, res.status)
+    assert.equal("second", res.reason)
+    assert.same({ "MESSAGE" }, got1)
+    assert.same({ "MESSAGE udp" }, got2)
+    assert.same({}, got3)                  -- the first 200 ends the failover
+    -- "Retry-After: 60": the first target is left alone meanwhile
+    local r2, err2 = send()
+    assert.is_truthy(r2, err2)
+    assert.equal("second", r2.reason)
+    assert.same({ "MESSAGE" }, got1)
+    assert.same({ "MESSAGE udp", "MESSAGE udp" }, got2)
+    -- a final answer other than 503 or 408 is the answer: no failover (MESSAGE: 404);
+    -- an INVITE answered 503 goes on to the next target (the 503 ACKed hop by hop)
+    local four = H.agent()
+    four:on("MESSAGE", function(req) req:reply(404, "nobody") end)
+    four:on("INVITE", function(req) req:reply(503, "busy") end)
+    local dport3 = zone{
+      "--srv-host=_sip._udp.gone.test,four.gone.test," .. four:transports()[1].port .. ",10,0",
+      "--srv-host=_sip._udp.gone.test,three.gone.test," .. p3 .. ",20,0",
+      "--host-record=four.gone.test,127.0.0.1",
+      "--host-record=three.gone.test,127.0.0.1" }
+    local send3, call3 = relay(dport3, "gone.test")
+    local r3, err3, code3 = send3()
+    assert.is_nil(r3)
+    assert.equal("404 nobody", err3)
+    assert.equal(404, code3)
+    assert.same({}, got3)
+    local d, r4 = call3()
+    assert.is_truthy(d, r4)
+    assert.equal("third", r4.reason)
+    assert.same({ "INVITE udp" }, got3)
+    assert.is_truthy(H.run(function() return d:bye() end))
+  end)
+
+  it_dns("req:proxy to a name that does not resolve answers 503 Cannot Resolve Target",
+  function()
+    local dport = zone{ "--host-record=other.test,127.0.0.1" }
+    local proxy = resolver_agent(dport)
+    local seen
+    proxy:on("MESSAGE", function(req) seen = { req:proxy("sip:bob@nowhere.test") } end)
+    local uac = H.agent()
+    local res, err, code = H.run(function()
+      return uac:request{ method = "MESSAGE", uri = "sip:bob@nowhere.test",
+        proxy = proxy:contact(), body = "hi", content_type = "text/plain" }
+    end)
+    assert.is_nil(res)
+    assert.equal("503 Cannot Resolve Target", err)
+    assert.equal(503, code)
+    assert.same({ nil, "cannot resolve nowhere.test: no such domain", 503 }, seen)
   end)
 
   it_dns("tries SRV targets in priority order and fails over when the first refuses", function()
@@ -260,7 +356,8 @@ describe("DNS (RFC 3263)", function()
     assert.is_nil(dns.log():find("query[", 1, true))
   end)
 
-  it_dns("fails over to the next SRV target when the first does not answer, in bounded time",
+  it_dns("agent:request and req:proxy fail over to the next SRV target when the first does "
+    .. "not answer, in bounded time",
   function()
     local _, p2, got2 = uas("second")
     local p1, heard = silent()
@@ -280,6 +377,17 @@ describe("DNS (RFC 3263)", function()
     assert.same({ "OPTIONS udp" }, got2)
     assert.is_true(heard() >= 1, "the first target got the request")
     assert.is_true(elapsed >= 3 and elapsed < 8, "one timer F, then the second: " .. elapsed)
+    -- the same through a proxy: its branch to the first times out (408), the second answers
+    local asked = heard()
+    local send = relay(dport, "example.test", { t1 = 0.05 })
+    t0 = sip.now()
+    local r2, err2 = send()
+    elapsed = sip.now() - t0
+    assert.is_truthy(r2, err2)
+    assert.equal("second", r2.reason)
+    assert.same({ "OPTIONS udp", "MESSAGE udp" }, got2)
+    assert.is_true(heard() > asked, "the proxy tried the first target")
+    assert.is_true(elapsed >= 3 and elapsed < 8, "the proxy's timer F, then the second: " .. elapsed)
   end)
 
   it_dns("a name that does not resolve: nil, 'cannot resolve ...', 503", function()

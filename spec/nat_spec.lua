@@ -5,6 +5,7 @@
 -- to the private network: alice is only reachable through the flow her REGISTER opened
 -- in the NAT.  Nothing touches the host's own interfaces.
 local H = require "spec.helper"
+local B = require "spec.peers.baresip.peer"
 
 local function sh(cmd)
   local ok = os.execute(cmd .. " >/dev/null 2>&1")
@@ -64,6 +65,10 @@ if not why_not then
 end
 
 local it_nat = why_not and function(name) pending(name .. " -- " .. why_not) end or it
+local have_baresip, no_baresip = B.available()
+local it_baresip = (why_not or not have_baresip)
+  and function(name) pending(name .. " -- " .. (why_not or no_baresip)) end or it
+local unpack = table.unpack or unpack   -- luacheck: ignore 143
 
 describe("a phone behind NAT (network namespaces, nftables masquerade)", function()
   local procs = {}
@@ -143,6 +148,65 @@ describe("a phone behind NAT (network namespaces, nftables masquerade)", functio
       assert.matches("ANSWERED", phone.log())       -- the ACK took alice's flow
       assert.matches("BYE sent", bob.log())
       assert.matches("ENDED remote bye", phone.log()) -- so did the BYE
+    end)
+  end
+
+  -- baresip (spec/peers/baresip/peer.lua) as alice's phone behind the NAT, registering
+  -- with digest to examples/pbx.lua (PBX_NAT=1, TLS on 5061 with the "server"
+  -- certificate of spec/peers/make-certs.sh: made out to 127.0.0.1, not to the PBX's
+  -- 198.51.100.2, and baresip is given no CA: that it registers over TLS at all shows
+  -- baresip 1.0.0 does not verify the server, README Limits), called by bob from the
+  -- public side
+  for _, transport in ipairs{ "tcp", "tls" } do
+    it_baresip("baresip registers over " .. transport .. " from behind the NAT to "
+      .. "examples/pbx.lua and is called through it", function()
+      local users = assert(loadfile("examples/users.lua"))()
+      local dir = os.tmpname()
+      os.remove(dir)
+      finally(function() os.execute("rm -rf " .. H.shquote(dir)) end)
+      assert(sh("mkdir -m 700 " .. H.shquote(dir) .. " && sh spec/peers/make-certs.sh "
+        .. H.shquote(dir)), "openssl: test certificates")
+      local pbx = run(NS.pub, "env", "PBX_NAT=1", "LUASIP_TLS_CERT=" .. dir .. "/server.pem",
+        "LUASIP_TLS_KEY=" .. dir .. "/server.key", H.interpreter(), "examples/pbx.lua",
+        PUB_IP .. ":5060")
+      H.run_until(function() return pbx.log():match("listening") or pbx.done() end, 15,
+        "the PBX listening")
+      assert.matches("TLS on port 5061", pbx.log())
+      local alice = B.start{ name = "alice", trace = true, address = PRIV_IP, max_seconds = 60,
+        ns = { wrap = function(argv) return { "ip", "netns", "exec", NS.priv, unpack(argv) } end },
+        context = function() return "--- pbx log\n" .. pbx.log() end }
+      finally(alice.stop)
+      alice.ready()
+      local pbx_at = PUB_IP .. (transport == "tls" and ":5061" or ":5060")
+      alice.command("uanew", B.account("alice", users.alice,
+        pbx_at .. ";transport=" .. transport, "auto", PUB_IP))
+      assert.equal("200 OK", alice.wait_event("REGISTER_OK", 15).param, alice.report())
+      local bob = in_ns(NS.pub, "spec/peers/nat_caller.lua", PUB_IP, "5060", users.bob, "sdp")
+      local inc = alice.wait_event("CALL_ESTABLISHED", 20)
+      assert.same({ "incoming", "sip:bob@" .. PUB_IP }, { inc.direction, inc.peeruri })
+      H.run_until(function() return bob.done() end, 20, "bob's call and hangup")
+      assert.matches("CALL 200\nBYE sent", bob.log())
+      assert.equal("Connection reset by peer", alice.wait_event("CALL_CLOSED").param)
+      -- INVITE, ACK and BYE all came from the PBX's port over alice's connection, through
+      -- the NAT (the public side has no route to her address)
+      local got = {}
+      for _, m in ipairs(alice.messages()) do
+        if m.src == pbx_at and m.dst:match("^" .. PRIV_IP:gsub("%.", "%%.") .. ":%d+$") then
+          got[#got + 1] = m.start:match("^(%u+) ")
+        end
+      end
+      assert.same({ "INVITE", "ACK", "BYE" }, got, alice.report())
+      -- digest: challenged, then accepted; the PBX saw the NAT's address (received=)
+      local answers = {}
+      for _, m in ipairs(alice.messages()) do
+        if m.src == pbx_at and m.text:match("\nCSeq: %d+ REGISTER") then
+          answers[#answers + 1] = m.start
+          if m.start:match("^SIP/2%.0 200") then
+            assert.matches("\nVia: [^\n]*;received=198%.51%.100%.1", "\n" .. m.text)
+          end
+        end
+      end
+      assert.same({ "SIP/2.0 401 Unauthorized", "SIP/2.0 200 OK" }, answers, alice.report())
     end)
   end
 end)

@@ -6,7 +6,10 @@
 -- host name (no proxy, no Route) this module resolves the URI itself (core.dns_resolve,
 -- csrc/resolve.c: asynchronous, the loop runs on) and sends to each target in order
 -- (as the request's next hop, the Request-URI unchanged) until one answers other than
--- 503 or 408. A name listed in the hosts file is used as an A/AAAA record.
+-- 503 or 408; req:proxy to one such URI gets the targets as sequential branches, each with
+-- its next hop (proxy_targets; csrc/proxy.c moves on after a 503 or a 408 only). A 503
+-- with Retry-After marks its target down for that long. A name listed in the hosts file
+-- is used as an A/AAAA record.
 local core = require "luasip.core"
 local dispatcher = require "luasip.dispatcher"
 
@@ -106,6 +109,62 @@ end
 
 local unpack = table.unpack or unpack   -- luacheck: ignore 143
 
+-- Targets that answered 503 with Retry-After (RFC 3263 4.3): "address port transport" ->
+-- until when (sip.now seconds) they are skipped
+M.down = {}
+
+local function key(t) return t.address .. " " .. t.port .. " " .. t.transport end
+
+-- mark_down(target, seconds): target is skipped for that long
+function M.mark_down(t, seconds)
+  M.down[key(t)] = core.now() + seconds
+end
+
+-- the seconds of a Retry-After value ("120", "120;duration=60", "120 (lunch)"), or nil
+function M.retry_after(value)
+  local n = tonumber(tostring(value or ""):match("^%s*(%d+)") or "")
+  return n and n > 0 and n or nil
+end
+
+-- usable(targets) -> the targets not marked down (all of them when every one is)
+function M.usable(targets)
+  local now, up = core.now(), {}
+  for _, t in ipairs(targets) do
+    local until_ = M.down[key(t)]
+    if until_ and until_ <= now then M.down[key(t)], until_ = nil, nil end
+    if not until_ then up[#up + 1] = t end
+  end
+  return #up > 0 and up or targets
+end
+
+-- proxy_targets(req, uri) -> { {uri=, hop=}... } (uri's RFC 3263 targets, in order, each
+-- as the next hop of a branch to uri) | false (not for failover: not a sip: URI with a host
+-- name, TLS, or a Route to follow) | nil, err (the name does not resolve)
+function M.proxy_targets(req, uri)
+  -- the usual case first, cheaply (~0.2 us, parse ~1.2): a numeric host needs no DNS
+  local tail = uri:match("^sips?:[^@;>]*@[%d%.]+(.?)") or uri:match("^sips?:[%d%.]+(.?)")
+  if (tail and (tail == "" or tail == ":" or tail == ";" or tail == ">"))
+    or uri:find("^sips?:[^@;>]*@?%[") then
+    return false
+  end
+  local scheme, host, _, transport = parse(uri)
+  if scheme ~= "sip" or transport == "tls" or numeric(host) then return false end
+  local routes = req:headers("Route") or {}
+  if #routes > 1 or (#routes == 1 and (routes[1]:find(",", 1, true) or not req:loose_route()))
+  then
+    return false
+  end
+  local agent = req.agent
+  local targets, err = M.resolve(uri, agent, agent and core.state(agent).dns_hosts)
+  if not targets then return nil, err end
+  local list = {}
+  for i, t in ipairs(M.usable(targets)) do
+    if t.transport == "tls" then return false end    -- nta keeps the name (RFC 5922)
+    list[i] = { uri = uri, hop = next_hop(t), target = t }
+  end
+  return list
+end
+
 -- applies(opts) -> whether a request with these options goes through failover: a sip:
 -- (not sips:, not TLS) Request-URI with a host name, no proxy, no Route header
 function M.applies(opts)
@@ -119,6 +178,7 @@ end
 function M.failover(agent, opts, fn)
   local targets, err = M.resolve(opts.uri, agent, core.state(agent).dns_hosts)
   if not targets then return nil, err, 503 end
+  targets = M.usable(targets)
   for _, t in ipairs(targets) do
     -- TLS checks the certificate against the name: only nta keeps it (RFC 5922)
     if t.transport == "tls" then return fn(opts) end
@@ -129,8 +189,11 @@ function M.failover(agent, opts, fn)
     for k, v in pairs(opts) do o[k] = v end
     o.proxy = next_hop(t)
     last = { fn(o) }
-    local code = last[3]
+    local code, res = last[3], last[4]
     if last[1] or (code ~= 503 and code ~= 408) then break end
+    local secs = code == 503 and type(res) == "table" and res.header
+      and M.retry_after(res:header("Retry-After"))
+    if secs then M.mark_down(t, secs) end
     dispatcher.log("info", ("%s %s -> %s: %s, trying the next target"):format(
       tostring(opts.method or "INVITE"), tostring(opts.uri), o.proxy, tostring(last[2])))
   end

@@ -5,6 +5,7 @@
 --   local res, err, code = req:proxy({ "sip:bob@127.0.0.1:5070" }, { record_route = true })
 local class = require "luasip.class"
 local dispatcher = require "luasip.dispatcher"
+local dns = require "luasip.dns"
 
 local state = class.state
 local _, _, PROXY = class.get("luasip.proxy")
@@ -95,9 +96,25 @@ function M.proxy(self, targets, opts)
     return self:forward(type(list) == "string" and list or list[1].uri)
   end
   dispatcher.current("luasip.request:proxy")
+  -- RFC 3263 4.3: one sip: URI with a host name goes to its targets in turn, on to the
+  -- next only after a 503 or a timeout (lua/luasip/dns.lua); one that does not resolve: 503
+  local failover = nil
+  local one = type(list) == "string" and list
+    or (#list == 1 and not list[1].route and not list[1].flow and list[1].uri)
+  if one then
+    local why
+    failover, why = dns.proxy_targets(self, one)
+    if failover == nil then
+      if not self:answered() then self:reply(503, "Cannot Resolve Target") end
+      return nil, why, 503
+    end
+    if failover then list = failover end
+  end
+  failover = failover or nil
   local p, err, code = class.call("luasip.request:proxy", 2, REQ._proxy, self, list,
-    opts.record_route, opts.forking == "sequential", opts.timeout, opts.on_response ~= nil,
-    add, remove, opts.follow_redirects, body, opts.rewrite ~= nil)
+    opts.record_route, failover and true or opts.forking == "sequential", opts.timeout,
+    opts.on_response ~= nil or failover ~= nil, add, remove, opts.follow_redirects, body,
+    opts.rewrite ~= nil, failover ~= nil)
   if not p then
     if code == "loop" then
       self:reply(482, "Loop Detected")
@@ -108,6 +125,7 @@ function M.proxy(self, targets, opts)
   local pst = state(p)
   pst.req = self                     -- the request outlives its proxy
   pst.on_response = opts.on_response
+  pst.failover = failover or nil
   pst.rewrite = opts.rewrite
   local res
   if pst.final_seen then
@@ -130,7 +148,16 @@ function M.proxy(self, targets, opts)
 end
 
 dispatcher.on_event("proxy_response", function(p, res)
-  local fn = p and state(p).on_response
+  local pst = p and state(p)
+  if pst and pst.failover and res and res.status == 503 then
+    -- a target busy for Retry-After seconds is skipped meanwhile (RFC 3263 4.3); which
+    -- target: the branch number our Via carries (csrc/proxy.c: one branch per target)
+    local n = tonumber((res:header("Via") or ""):match("branch=z9hG4bK%x+%.(%d+)") or "")
+    local t = n and pst.failover[n + 1]
+    local secs = t and dns.retry_after(res:header("Retry-After"))
+    if secs then dns.mark_down(t.target, secs) end
+  end
+  local fn = pst and pst.on_response
   if fn and res then
     local ok, err = pcall(fn, res)
     if not ok then dispatcher.log("error", "on_response failed: " .. tostring(err)) end

@@ -122,10 +122,11 @@ function B.netns(max_seconds)
   return ns
 end
 
--- account(user, password, registrar "host:port" [, answermode = "auto"]) -> an account line
-function B.account(user, password, registrar, answermode)
-  return ('<sip:%s@127.0.0.1>;auth_pass=%s;outbound="sip:%s";regint=300;answermode=%s')
-    :format(user, password, registrar, answermode or "auto")
+-- account(user, password, registrar "host:port[;transport=]" [, answermode = "auto"
+-- [, domain = "127.0.0.1"]]) -> an account line
+function B.account(user, password, registrar, answermode, domain)
+  return ('<sip:%s@%s>;auth_pass=%s;outbound="sip:%s";regint=300;answermode=%s')
+    :format(user, domain or "127.0.0.1", password, registrar, answermode or "auto")
 end
 
 -- the string value of key in a one-line JSON object (baresip's flat events), unescaped
@@ -159,7 +160,9 @@ end
 
 -- start{ name = "alice", max_seconds = 60, trace = false, ns = B.netns(...),
 --   source = "x.wav" (what the phone sends: an 8 kHz WAV; default a 400 Hz tone, 30 s),
---   record = true (module sndfile: each call's audio in phone.recordings()) } -> phone:
+--   record = true (module sndfile: each call's audio in phone.recordings()),
+--   address = "127.0.0.1" (its SIP and media address), config = { more config lines } }
+--   -> phone:
 -- baresip started with no account (add one with phone.command("uanew", B.account(...)) to
 -- see its REGISTER_OK event) and ctrl.py connecting to its ctrl_tcp port, both inside ns
 -- if given; register phone.stop for `finally`, then call phone.ready().  trace = true logs
@@ -191,8 +194,8 @@ function B.start(o)
   -- OS can hand out its ports without collisions; the PBX learns the UDP port from Contact
   write(dir .. "/config", table.concat({
     "poll_method epoll",
-    "sip_listen 127.0.0.1:0",
-    "net_interface 127.0.0.1",
+    "sip_listen " .. (o.address or "127.0.0.1") .. ":0",
+    "net_interface " .. (o.address or "127.0.0.1"),
     "call_local_timeout 30",
     "audio_source aufile," .. source,
     "audio_player aubridge,sink",
@@ -206,6 +209,7 @@ function B.start(o)
     "module_app ctrl_tcp.so",
     "ctrl_tcp_listen 127.0.0.1:" .. ctrl_port,
     table.concat(record, "\n"),
+    table.concat(o.config or {}, "\n"),
     "" }, "\n"))
   write(dir .. "/accounts", "# accounts are added with uanew over ctrl_tcp\n")
   local phone = { name = name, dir = dir, ctrl_port = ctrl_port }
