@@ -323,17 +323,22 @@ static int dialog_send(lua_State *L)
   luasip_set_body(L, 2, msg, sip, fname);
   if (!sip->sip_user_agent)
     sip_add_tl(msg, sip, SIPTAG_USER_AGENT_STR(d->agent->user_agent), TAG_END());
-  if (!sip->sip_contact && (method == sip_method_invite || method == sip_method_update ||
-                            method == sip_method_subscribe || method == sip_method_refer ||
-                            method == sip_method_notify))
-    sip_add_tl(msg, sip,
-               SIPTAG_CONTACT(luasip_agent_contact_for(d->agent, msg_home(msg), NULL, NULL)),
-               TAG_END());
   /* request line, From/To with tags, Call-ID, next CSeq, Route and target from the leg */
   if (nta_msg_request_complete(msg, d->leg, method,
                                method == sip_method_unknown ? method_name : NULL,
                                NULL) < 0)
     return luasip_fail(L, "cannot build request", "build");
+  /* our Contact for the transport the request leaves on (its first Route, else the
+   * remote target): sips: in a dialog over TLS (RFC 5630) */
+  if (!sip->sip_contact && (method == sip_method_invite || method == sip_method_update ||
+                            method == sip_method_subscribe || method == sip_method_refer ||
+                            method == sip_method_notify))
+    sip_add_tl(msg, sip,
+               SIPTAG_CONTACT(luasip_agent_contact_for(d->agent, msg_home(msg), NULL,
+                                                       sip->sip_route
+                                                       ? sip->sip_route->r_url
+                                                       : sip->sip_request->rq_url)),
+               TAG_END());
   return luasip_client_start(L, d->agent, msg, NULL, 0);
 }
 
