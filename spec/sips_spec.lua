@@ -77,7 +77,8 @@ describe("sips: over TLS only", function()
       assert.equal(1, got)
     end)
 
-  t("keeps sips: Contacts and TLS for the in-dialog requests of a sips: call", function()
+  t("keeps sips: Contacts and TLS for the in-dialog requests of a sips: call (secure dialog)",
+    function()
     local uas, uac = agent(), agent()
     local server, seen = nil, {}
     uas:on("INVITE", function(req)
@@ -99,9 +100,26 @@ describe("sips: over TLS only", function()
     assert.equal(200, res.status)
     assert.matches("^<?sips:127.0.0.1:" .. port_of(uac, "tls"), seen[1].contact)
     assert.matches("^SIP/2.0/TLS ", seen[1].via)
+    -- both ends hold a secure dialog (RFC 3261 12.1): a target refresh to a sip: URI
+    -- over UDP does not take it off TLS
+    assert.is_true(d.secure)
+    assert.is_true(server.secure)
+    res = H.run(function()
+      return assert(d:request("INVITE", { headers = { Contact = "<" .. udp_uri(uac) .. ">" } }))
+    end)
+    assert.equal(200, res.status)
+    local r, err, code = H.run(function() return server:request("INFO") end)
+    assert.is_nil(r)
+    assert.equal("tls", code)
+    assert.equal("a sips: request goes over TLS only, and its next hop " .. udp_uri(uac)
+      .. " is not TLS", err)
     H.run(function() assert.is_true(d:bye()) end)
-    assert.equal(2, #seen)
-    assert.matches("^SIP/2.0/TLS ", seen[2].via)
+    assert.equal(3, #seen)
+    assert.matches("^SIP/2.0/TLS ", seen[3].via)
+    -- a dialog over UDP is not secure
+    local plain = H.run(function() return assert(uac:invite{ uri = udp_uri(uas, "bob") }) end)
+    assert.is_false(plain.secure)
+    H.run(function() assert.is_true(plain:bye()) end)
   end)
 
   t("proxies a sips: request over TLS only, with a sips: Record-Route", function()
