@@ -597,7 +597,14 @@ int luasip_client_start(lua_State *L, lsip_agent_t *a, msg_t *msg, const char *p
 {
   sip_t const *sip = sip_object(msg);
   nta_outgoing_t *orq;
-  lsip_client_t *c = luasip_newobj(L, sizeof *c, LUASIP_CLIENT_TX, client_destroy);
+  lsip_client_t *c;
+  char nope[300];
+  url_t *hop = proxy ? url_make(NULL, proxy) : NULL;
+  const char *refused = luasip_sips_refusal(a, sip, hop, 0, nope, sizeof nope);
+  su_free(NULL, hop);
+  if (refused)                  /* never a sips: request over UDP or TCP (RFC 5630) */
+    return luasip_fail(L, refused, "tls");
+  c = luasip_newobj(L, sizeof *c, LUASIP_CLIENT_TX, client_destroy);
   c->agent = a;
   c->is_invite = sip->sip_request->rq_method == sip_method_invite;
   c->want_dialog = want_dialog;

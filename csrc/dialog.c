@@ -38,6 +38,7 @@ typedef struct lsip_dialog {
   lsip_obj_t **backref;       /* the client transaction's pointer to us, cleared on free */
   dialog_state_t state;       /* change only through dialog_enter() */
   unsigned uas:1, have_remote_cseq:1;
+  unsigned secure:1;          /* RFC 3261 12.1: set up over TLS with sips: -- TLS only */
 } lsip_dialog_t;
 
 /* The one transition function: a dialog only moves forward (a move to the state it is
@@ -211,6 +212,10 @@ lsip_obj_t *luasip_dialog_uac(lsip_agent_t *a, sip_t const *resp, int early)
     return NULL;
   }
   nta_leg_client_route(d->leg, resp->sip_record_route, resp->sip_contact);
+  /* secure (12.1.2): our request left over TLS (our Via) to a sips: peer (its Contact,
+   * sips: as RFC 5630 wants for a sips: request) */
+  d->secure = resp->sip_via && su_casematch(resp->sip_via->v_protocol, sip_transport_tls) &&
+              resp->sip_contact && resp->sip_contact->m_url->url_type == url_sips;
   d->state = early ? DIALOG_EARLY : DIALOG_CONFIRMED;
   snprintf(d->call_id, sizeof d->call_id, "%s", resp->sip_call_id->i_id);
   keep_tags(d);
@@ -242,6 +247,9 @@ lsip_obj_t *luasip_dialog_uas(lua_State *L, lsip_obj_t *r, int early)
   }
   nta_leg_tag(d->leg, nta_incoming_tag(irq, NULL));
   nta_leg_server_route(d->leg, sip->sip_record_route, sip->sip_contact);
+  /* secure (12.1.1): a sips: Request-URI that arrived over TLS */
+  d->secure = sip->sip_request->rq_url->url_type == url_sips && sip->sip_via &&
+              su_casematch(sip->sip_via->v_protocol, sip_transport_tls);
   d->remote_cseq = sip->sip_cseq->cs_seq;
   d->have_remote_cseq = 1;
   d->state = early ? DIALOG_EARLY : DIALOG_CONFIRMED;
@@ -323,17 +331,28 @@ static int dialog_send(lua_State *L)
   luasip_set_body(L, 2, msg, sip, fname);
   if (!sip->sip_user_agent)
     sip_add_tl(msg, sip, SIPTAG_USER_AGENT_STR(d->agent->user_agent), TAG_END());
-  if (!sip->sip_contact && (method == sip_method_invite || method == sip_method_update ||
-                            method == sip_method_subscribe || method == sip_method_refer ||
-                            method == sip_method_notify))
-    sip_add_tl(msg, sip,
-               SIPTAG_CONTACT(luasip_agent_contact_for(d->agent, msg_home(msg), NULL, NULL)),
-               TAG_END());
   /* request line, From/To with tags, Call-ID, next CSeq, Route and target from the leg */
   if (nta_msg_request_complete(msg, d->leg, method,
                                method == sip_method_unknown ? method_name : NULL,
                                NULL) < 0)
     return luasip_fail(L, "cannot build request", "build");
+  if (d->secure) {                /* a secure dialog stays on TLS, whatever its target */
+    char buf[300];
+    const char *why = luasip_sips_refusal(d->agent, sip, NULL, 1, buf, sizeof buf);
+    if (why)
+      return luasip_fail(L, why, "tls");
+  }
+  /* our Contact for the transport the request leaves on (its first Route, else the
+   * remote target): sips: in a dialog over TLS (RFC 5630) */
+  if (!sip->sip_contact && (method == sip_method_invite || method == sip_method_update ||
+                            method == sip_method_subscribe || method == sip_method_refer ||
+                            method == sip_method_notify))
+    sip_add_tl(msg, sip,
+               SIPTAG_CONTACT(luasip_agent_contact_for(d->agent, msg_home(msg), NULL,
+                                                       sip->sip_route
+                                                       ? sip->sip_route->r_url
+                                                       : sip->sip_request->rq_url)),
+               TAG_END());
   return luasip_client_start(L, d->agent, msg, NULL, 0);
 }
 
@@ -391,6 +410,10 @@ static int dialog_fields(lua_State *L)
     return 0;
   if (!strcmp(k, "call_id")) {
     lua_pushstring(L, d->call_id);
+    return 1;
+  }
+  if (!strcmp(k, "secure")) {
+    lua_pushboolean(L, d->secure);
     return 1;
   }
   if (!strcmp(k, "role")) {

@@ -196,6 +196,9 @@ int luasip_flood_stats(lua_State *L, lsip_agent_t *a);
 #define LUASIP_TLS_DIR_MAX 256
 int luasip_tls_dir(lua_State *L, int idx, char *dir, unsigned *policy);
 void luasip_tls_dir_remove(const char *dir);
+/* RFC 3261 26.2 / RFC 5630: why a sips: request may not go to hop (NULL: it may) */
+const char *luasip_sips_refusal(lsip_agent_t *a, sip_t const *sip, url_t const *hop,
+                                int secure, char *buf, size_t size);
 
 /* server_tx.c: incoming requests */
 void luasip_request_open(lua_State *L);

@@ -85,6 +85,10 @@ typedef struct lsip_proxy {
    * targets, each with its next hop; only a 503 or a 408 moves on to the next */
   char *hops[MAX_BRANCHES];
   int failover;
+  /* sips: (RFC 3261 26.2, RFC 5630): the request came to a sips: URI, so every branch
+   * goes over TLS; a branch that cannot is not started, and why is kept for Lua */
+  unsigned sips:1;
+  char sips_refused[300];
 } lsip_proxy_t;
 
 #define TO(s) (1u << PROXY_##s)
@@ -560,9 +564,13 @@ static int start_branch(lsip_proxy_t *p, int t)
            sip_method_cancel ? "c" : "");
   p->nbr++;
   p->pending++;
-  b->orq = nta_outgoing_mcreate(nta, branch_response, (nta_outgoing_magic_t *)b,
-                                (url_string_t const *)next, m,
-                                NTATAG_BRANCH_KEY(key), TAG_END());
+  if (luasip_sips_refusal(p->agent, sip, next, p->sips, p->sips_refused,
+                          sizeof p->sips_refused))
+    b->orq = NULL;                /* a sips: request never leaves over UDP or TCP */
+  else
+    b->orq = nta_outgoing_mcreate(nta, branch_response, (nta_outgoing_magic_t *)b,
+                                  (url_string_t const *)next, m,
+                                  NTATAG_BRANCH_KEY(key), TAG_END());
   if (!b->orq) {
     msg_destroy(m);               /* nta took m only if it made the transaction */
     p->pending--;
@@ -638,6 +646,16 @@ static int proxy_release_m(lua_State *L)
   return 1;
 }
 
+/* No branch could start: the fail tuple, code "tls" when a sips: request had no TLS
+ * route to any target (RFC 5630; proxy.lua answers 480), else "send". */
+static int proxy_not_started(lua_State *L, lsip_proxy_t *p)
+{
+  char why[sizeof p->sips_refused];
+  memcpy(why, p->sips_refused, sizeof why);   /* p may go with proxy_finished */
+  proxy_finished(p);
+  return why[0] ? luasip_fail(L, why, "tls") : luasip_fail(L, "cannot forward", "send");
+}
+
 /* req:_proxy(uri | { {uri=, route=, flow=, ob=, hop=}... }, record_route, sequential,
  *            timeout, observe, add, remove, follow_redirects, body_opts, hold, failover)
  *   -> proxy | nil, err, code
@@ -679,6 +697,7 @@ static int req_proxy(lua_State *L)
   p->agent = a;
   p->req = r;
   p->is_invite = sip->sip_request->rq_method == sip_method_invite;
+  p->sips = sip->sip_request->rq_url->url_type == url_sips;
   memcpy(p->key, key, sizeof key);
   if (lua_type(L, 2) == LUA_TSTRING) {   /* one target, no route of its own */
     p->targets[0] = strdup(luasip_uri_arg(L, 2, fname));
@@ -750,7 +769,13 @@ static int req_proxy(lua_State *L)
   luasip_add_headers(L, 7, p->base, bs, fname);
   replace_body(L, 10, p->base, fname);
   if (record_route) {
-    sip_contact_t *m = luasip_agent_contact_for(a, home, NULL, sip->sip_request->rq_url);
+    /* sips: when the request is (RFC 5630) or came over TLS: the dialog's requests
+     * then reach us over TLS, as this one did */
+    url_t rr_dest = *sip->sip_request->rq_url;
+    sip_contact_t *m;
+    if (sip->sip_via && su_casematch(sip->sip_via->v_protocol, sip_transport_tls))
+      rr_dest.url_type = url_sips, rr_dest.url_scheme = "sips";
+    m = luasip_agent_contact_for(a, home, NULL, &rr_dest);
     if (m) {
       url_t *u = url_hdup(home, m->m_url);
       sip_record_route_t *rr;
@@ -766,18 +791,14 @@ static int req_proxy(lua_State *L)
   luasip_request_set_proxy(r, &p->obj);
   luasip_anchor(L, &p->obj, -1);
   luasip_link_add(&a->proxies, &p->link);
-  if (p->sequential ? start_next(p) < 0 : 0) {
-    proxy_finished(p);
-    return luasip_fail(L, "cannot forward", "send");
-  }
+  if (p->sequential ? start_next(p) < 0 : 0)
+    return proxy_not_started(L, p);
   if (!p->sequential) {
     for (i = 0; i < p->ntargets; i++)
       start_branch(p, i);
     p->next = p->ntargets;
-    if (p->pending == 0) {
-      proxy_finished(p);
-      return luasip_fail(L, "cannot forward", "send");
-    }
+    if (p->pending == 0)
+      return proxy_not_started(L, p);
   }
   return 1;
 }
@@ -848,6 +869,17 @@ static int req_forward(lua_State *L)
                                                           sip->sip_request->rq_method,
                                                           sip->sip_request->rq_method_name,
                                                           URL_STRING_MAKE(uri), NULL));
+  {                               /* a sips: request never leaves over UDP or TCP */
+    char buf[300];
+    url_t *h = hop ? url_make(NULL, hop) : NULL;
+    const char *why = luasip_sips_refusal(a, sip, h, luasip_request_sip(r)->sip_request
+                                          ->rq_url->url_type == url_sips, buf, sizeof buf);
+    su_free(NULL, h);
+    if (why) {
+      msg_destroy(m);
+      return luasip_fail(L, why, "tls");
+    }
+  }
   method = sip->sip_request->rq_method;
   /* nta_msg_tsend takes m: once sent (at once to an address) it may be freed already */
   if (nta_msg_tsend(nta, m, hop ? URL_STRING_MAKE(hop) : NULL, TAG_END()) < 0)

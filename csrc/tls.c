@@ -6,6 +6,8 @@
  * user gives, checks the PEM files with libcrypto first so a bad file is a clear error,
  * and removes the directory as soon as the transports are bound (sofia has loaded
  * everything by then: nothing is left on disk while the agent runs).
+ * Also the sips: rule of RFC 3261 26.2 / RFC 5630 for what the agent sends: a request to
+ * (or routed through) a sips: URI leaves over TLS or not at all.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +18,10 @@
 #include <sys/stat.h>
 
 #include <sofia-sip/tport_tag.h>
+#include <sofia-sip/nta_tport.h>
+#include <sofia-sip/sip_protos.h>
+#include <sofia-sip/su_string.h>
+#include <sofia-sip/url.h>
 #ifdef LUASIP_HAVE_LIBCRYPTO
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -196,4 +202,47 @@ int luasip_tls_dir(lua_State *L, int idx, char *dir, unsigned *policy)
    * certificate asked for */
   *policy = verify ? TPTLS_VERIFY_SUBJECTS_OUT : TPTLS_VERIFY_NONE;
   return 0;
+}
+
+/* ---------------------------------------------------------------- sips: needs TLS */
+
+/* u names a TLS hop: a sips: URI, or a sip: one with transport=tls */
+static int url_is_tls(url_t const *u)
+{
+  char proto[8];
+  if (u->url_type == url_sips)
+    return 1;
+  return u->url_params && url_param(u->url_params, "transport", proto, sizeof proto) > 0 &&
+         su_casematch(proto, "tls");
+}
+
+/* Why the request sip may not be sent (RFC 3261 26.2, RFC 5630: a sips: Request-URI is
+ * TLS on every hop, and a sips: next hop is reached over TLS), written into buf; NULL
+ * when it may.  hop: the next hop nta is given (NULL: the top Route, else the
+ * Request-URI); secure: the request must go over TLS whatever its URIs say (a proxy
+ * forwarding a request that came to a sips: URI). */
+const char *luasip_sips_refusal(lsip_agent_t *a, sip_t const *sip, url_t const *hop,
+                                int secure, char *buf, size_t size)
+{
+  nta_agent_t *nta = luasip_agent_nta(a);
+  tport_t *tp;
+  char where[200];
+  if (!sip->sip_request)
+    return NULL;
+  secure = secure || sip->sip_request->rq_url->url_type == url_sips;
+  if (!hop)
+    hop = sip->sip_route ? sip->sip_route->r_url : sip->sip_request->rq_url;
+  if (secure && !url_is_tls(hop)) {
+    issize_t n = url_e(where, sizeof where, hop);
+    snprintf(buf, size, "a sips: request goes over TLS only, and its next hop %s is not TLS",
+             n > 0 && (size_t)n < sizeof where ? where : "");
+    return buf;
+  }
+  if (!url_is_tls(hop))
+    return NULL;
+  for (tp = nta ? tport_primaries(nta_agent_tports(nta)) : NULL; tp; tp = tport_next(tp))
+    if (tport_has_tls(tp))
+      return NULL;
+  snprintf(buf, size, "a sips: request needs a TLS transport (listen on a sips: URI)");
+  return buf;
 }

@@ -159,6 +159,24 @@ end
 local function shquote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 H.shquote = shquote
 
+-- have(cmd) -> boolean: cmd is on PATH (an external peer a spec needs)
+function H.have(cmd)
+  local ok = os.execute("command -v " .. shquote(cmd) .. " >/dev/null 2>&1")
+  return ok == true or ok == 0
+end
+
+-- test_certs() -> dir: a private directory (0700) with the certificates of
+-- spec/peers/make-certs.sh (ca, server, wrong, expired: .pem and .key), made by the
+-- openssl CLI; the caller removes it (os.execute("rm -rf " .. H.shquote(dir)))
+function H.test_certs()
+  local dir = os.tmpname()
+  os.remove(dir)
+  local ok = os.execute("mkdir -m 700 " .. shquote(dir) .. " && sh spec/peers/make-certs.sh "
+    .. shquote(dir) .. " >/dev/null 2>&1")
+  assert(ok == true or ok == 0, "openssl could not make the test certificates")
+  return dir
+end
+
 -- background(argv, max_seconds) -> proc: runs a command (list of words) in the
 -- background, bounded by timeout(1) (luasip.testing.process).  proc:done() -> exit code
 -- or nil; proc:log(); proc:kill().  Always kill in `finally` (busted keeps only the last

@@ -36,7 +36,8 @@ local M = {}
 
 local OPTIONS = { listen = true, user_agent = true, t1 = true, in_dialog = true, stateless = true,
   supported = true, handler_timeout = true, invite_timeout = true, overload = true,
-  media = true, max_message_size = true, tls = true, flood = true, dns = true }
+  media = true, max_message_size = true, tls = true, flood = true, dns = true,
+  sips_without_tls = true }
 
 local FLOOD_OPTIONS = { rate = true, burst = true, block = true, status = true, exempt = true,
   scanners = true, max_headers = true, limit = true }
@@ -136,7 +137,7 @@ end
 -- agent{ listen = uri | {uri...}, user_agent =, t1 =, in_dialog = "481" | "handler",
 --   supported = {tag...}, handler_timeout = { invite =, other = } | false,
 --   invite_timeout = seconds, max_message_size = bytes, overload = {...},
---   tls = { cert = pem, key = pem, ca = pem, verify = true },
+--   tls = { cert = pem, key = pem, ca = pem, verify = true }, sips_without_tls = false,
 --   media = { address =, ports = { min, max }, prompts = dir } } -> agent | nil, err, code
 function M.new(opts)
   if type(opts) ~= "table" then error("luasip.agent: options table expected", 2) end
@@ -167,6 +168,9 @@ function M.new(opts)
     error("luasip.agent: max_message_size must be an integer of bytes in [1024, 16777216]", 2)
   end
   local tls = check_tls(opts.tls, listen)
+  if opts.sips_without_tls ~= nil and type(opts.sips_without_tls) ~= "boolean" then
+    error("luasip.agent: sips_without_tls must be a boolean", 2)
+  end
   if type(opts.dns) == "table" then
     class.check_options(opts.dns, DNS_OPTIONS, "luasip.agent: dns", 2)
     if opts.dns.hosts ~= nil and type(opts.dns.hosts) ~= "string" then
@@ -191,6 +195,9 @@ function M.new(opts)
   -- method's handler sees them: proxies and stateless applications)
   st.in_dialog = in_dialog
   st.stateless = opts.stateless == true
+  -- RFC 5630: a sips: Request-URI that came over UDP/TCP is answered 416, unless the
+  -- application opts out (behind a front that ends TLS)
+  st.sips_without_tls = opts.sips_without_tls == true
   if limits == false then
     st.handler_timeout = false
   else

@@ -1,5 +1,5 @@
 -- luasip.auth: digest authentication for SIP (RFC 3261 22, RFC 2617 and RFC 7616 / RFC
--- 8760 with MD5, SHA-256 and SHA-512-256, qop=auth).  Server side: check(req, opts)
+-- 8760 with MD5, SHA-256 and SHA-512-256, qop=auth and auth-int).  Server side: check(req, opts)
 -- answers a 401/407 challenge itself and returns the authenticated user; authorizer{...}
 -- is a registrar authorize hook.  Client
 -- side: agent:request{..., auth = {username =, password = | ha1 =}}, agent:invite{...} and
@@ -300,6 +300,18 @@ local function check_opts(opts, fname)
     end
     algs[i], offered[name] = name, true
   end
+  local qops, qop_list = {}, {}
+  local given_qop = opts.qop or { "auth" }
+  if type(given_qop) ~= "table" or #given_qop == 0 then
+    error(fname .. ': qop must be a non-empty list ("auth", "auth-int")', 3)
+  end
+  for i, q in ipairs(given_qop) do
+    if q ~= "auth" and q ~= "auth-int" then
+      error(fname .. ": qop[" .. i .. ']: "auth" or "auth-int" expected, got ' .. tostring(q), 3)
+    end
+    if not qops[q] then qop_list[#qop_list + 1] = q end
+    qops[q] = true
+  end
   if not default_secret then default_secret = core.random_hex(16) end
   if not store and not default_store then default_store = memory.new() end
   local secret = opts.secret
@@ -310,7 +322,7 @@ local function check_opts(opts, fname)
     nonce_ttl = ttl or 300, secret = secret, store = store or default_store,
     clock = opts.clock or wall_clock,
     opaque = secret and md5("opaque:" .. secret .. ":" .. opts.realm),
-    algorithms = algs, offered = offered,
+    algorithms = algs, offered = offered, qops = qops, qop = table.concat(qop_list, ","),
     failures = failures_opts(opts.failures, fname),
   }
 end
@@ -351,7 +363,7 @@ local function challenge(req, cfg, why, stale)
     .. '", opaque="' .. cfg.opaque .. '"' .. (stale and ", stale=true" or "")
   local values = {}
   for i, alg in ipairs(cfg.algorithms) do
-    values[i] = head .. ", algorithm=" .. alg .. ', qop="auth"'
+    values[i] = head .. ", algorithm=" .. alg .. ', qop="' .. cfg.qop .. '"'
   end
   req:reply(status, reason, { headers = { [header] = values } })
   return nil, status, why
@@ -408,7 +420,8 @@ local function verify(req, cfg)
   end
   local alg = algorithm(p.algorithm)
   if not alg or not cfg.offered[alg] then return challenge(req, cfg, "algorithm") end
-  if p.qop ~= "auth" then return challenge(req, cfg, "qop") end
+  local qop = p.qop and p.qop:lower()
+  if not cfg.qops[qop] then return challenge(req, cfg, "qop") end
   if not p.cnonce or not p.nc or not p.nc:match("^%x%x%x%x%x%x%x%x$") then
     return bad_request(req, "Incomplete Authorization", "malformed")
   end
@@ -437,8 +450,9 @@ local function verify(req, cfg)
     return challenge(req, cfg, "unknown user")
   end
   -- computed and compared in C (csrc/digest.c), without building the strings here
-  if not digest.check(p.response, alg, ha1, p.nonce, p.nc, p.cnonce, "auth", req.method,
-    p.uri) then
+  -- (auth-int: the digest covers H(entity-body) too, RFC 7616 3.4.3)
+  if not digest.check(p.response, alg, ha1, p.nonce, p.nc, p.cnonce, qop, req.method,
+    p.uri, qop == "auth-int" and (req.body or "") or nil) then
     count_failure(cfg, req, p.username, core.now())
     return challenge(req, cfg, "bad response")
   end
@@ -453,8 +467,8 @@ end
 
 -- check(req, { realm =, password = fn(user, realm) | ha1 = fn(user, realm),
 --   proxy = false, nonce_ttl = 300, secret = (per process; the store's when a store is
---   given), store = (per process),
---   clock = (wall clock, seconds) })
+--   given), store = (per process), qop = { "auth" } (and/or "auth-int": the digest
+--   covers the body too), clock = (wall clock, seconds) })
 --   -> user | nil, status, why
 -- Answers req itself unless it returns a user: 401/407 with a fresh nonce when the
 -- credentials are missing, for another realm or algorithm, wrong (an unknown user and a

@@ -453,6 +453,15 @@ local function on_request(req, agent)
   if checks % 2 == 1 then
     return req:reply(416, "Unsupported URI Scheme", { stateless = true })
   end
+  -- RFC 3261 26.2 / RFC 5630: sips: is TLS on every hop, the last one too ("sips:" has
+  -- an s where "sip:" has its colon)
+  if not ast.sips_without_tls and req.transport ~= "tls" then
+    local uri = req.uri
+    local s = uri and uri:byte(4)
+    if s == 115 or s == 83 then
+      return req:reply(416, "SIPS Request-URI Needs TLS", { stateless = true })
+    end
+  end
   if checks % 4 >= 2 then
     -- RFC 6665 4.1.2.4: a NOTIFY may come before the 2xx of its SUBSCRIBE
     local early = ast.early and ast.early[req.call_id]

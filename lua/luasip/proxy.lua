@@ -120,6 +120,12 @@ function M.proxy(self, targets, opts)
       self:reply(482, "Loop Detected")
       return nil, "482 Loop Detected", 482
     end
+    if code == "tls" then
+      -- RFC 5630: a sips: request with no TLS route to any target
+      dispatcher.log("info", "req:proxy: " .. err, self.call_id)
+      self:reply(480, "No TLS Route For SIPS Request")
+      return nil, "480 No TLS Route For SIPS Request", 480
+    end
     return nil, err, code
   end
   local pst = state(p)

@@ -212,6 +212,15 @@ function M.new(opts)
     local call_id, cseq = req.call_id, req.cseq
     local path = split_list(req:headers("Path"))
     if #path == 0 then path = nil end
+    -- RFC 5630: a sips: Contact is reached over TLS; the UA's own hop (no Path: no edge
+    -- proxy in between) shows whether it speaks TLS
+    if changes and not path and req.transport ~= "tls" then
+      for _, ch in ipairs(changes) do
+        if ch.expires > 0 and ch.uri:sub(1, 5):lower() == "sips:" then
+          return req:reply(400, "SIPS Contact Needs TLS")
+        end
+      end
+    end
     -- RFC 5626 6: outbound applies to Contacts with +sip.instance and reg-id when the UA
     -- supports it; the first hop (the edge proxy of the Path, or us) must too
     local outbound = changes and supports(req, "outbound") or false
