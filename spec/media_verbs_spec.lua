@@ -21,11 +21,14 @@ local SAY = { ["0"] = 400, ["2"] = 600, ["4"] = 1400, ["40"] = 800, hundred = 16
   thousand = 1800, star = 1000, pound = 1200 }
 for n, hz in pairs(SAY) do wav("digits/" .. n .. ".wav", hz, 0.1) end
 
--- heard_ms(got, want): a tone of want ms was heard (its start may be lost to the
--- recording starting late on a loaded machine, never more than its length)
+-- heard_ms(got, want): a tone of want ms was heard: not more than its length, and most
+-- of it, less what a loaded machine cost (the engine skips the 20 ms ticks it missed:
+-- core.media_stats().skipped_ticks since the test began)
+local skipped0 = 0
 local function heard_ms(got, want, what)
-  assert(got >= want * 0.6 and got <= want + 60,
-    ("%s: heard %d ms, %d ms played"):format(what or "tone", got, want))
+  local skipped = (core.media_stats().skipped_ticks - skipped0) * 20
+  assert(got >= math.max(20, want * 0.6 - skipped) and got <= want + 60,
+    ("%s: heard %d ms, %d ms played, %d ms skipped"):format(what or "tone", got, want, skipped))
 end
 
 local function streams() return core.media_stats().streams end
@@ -54,6 +57,7 @@ end
 describe("luasip media verbs (C engine)", function()
   local a, b, uas, uas_done
   before_each(function()
+    skipped0 = core.media_stats().skipped_ticks
     a, b = H.agent(), H.agent()
     uas, uas_done = {}, false
   end)
@@ -149,13 +153,17 @@ describe("luasip media verbs (C engine)", function()
     no_streams()
   end)
 
-  it("collects RFC 4733 digits up to max", function()
-    local d = call(function(d) return d:collect{ max = 4, terminators = "#" } end)
-    assert.equal("done", H.run(function() return d:send_dtmf("1234") end))
-    wait_uas()
-    assert.same({ "1234", "max" }, uas.result)
-    H.run(function() d:hangup() end)
-  end)
+  -- in-band: DTMF tones in the audio, detected by the callee's stream
+  for _, mode in ipairs{ "rfc4733", "inband" } do
+    it("collects " .. mode .. " digits up to max", function()
+      local d = call(function(d) return d:collect{ max = 4, terminators = "#", timeout = 8 } end,
+        { media = { dtmf = mode } })
+      assert.equal("done", H.run(function() return d:send_dtmf("1*94", { mode = mode }) end))
+      wait_uas()
+      assert.same({ "1*94", "max" }, uas.result)
+      H.run(function() d:hangup() end)
+    end)
+  end
 
   it("ends collect at a terminator, not included in the digits", function()
     local d = call(function(d) return d:collect{ max = 6 } end)
@@ -407,7 +415,7 @@ describe("luasip media verbs (C engine)", function()
     assert.same({ "183 sdp" }, prov)
     assert.equal("done", uas.early[1])
     assert.equal("done", uas.later[1])
-    assert.is_true(T.tone_ms(before, 600) >= 300, T.tone_ms(before, 600) .. " ms early")
+    heard_ms(T.tone_ms(before, 600), 400, "early media")
     assert.equal(0, T.tone_ms(before, 900))
     heard_ms(T.tone_ms(after(), 900), 400)
     assert.is_true(uas.same)
@@ -517,15 +525,6 @@ describe("luasip media verbs (C engine)", function()
     H.run(function() d:hangup() end)
   end)
 
-  it("collects in-band digits (DTMF tones in the audio)", function()
-    local d = call(function(d) return d:collect{ max = 3, timeout = 8 } end,
-      { media = { dtmf = "inband" } })
-    assert.equal("done", H.run(function() return d:send_dtmf("1*9", { mode = "inband" }) end))
-    wait_uas()
-    assert.same({ "1*9", "max" }, uas.result)
-    H.run(function() d:hangup() end)
-  end)
-
   it("echoes what the caller says until #", function()
     local d = call(function(d) return d:echo{ timeout = 10 } end)
     local heard = listen(d)
@@ -589,11 +588,11 @@ describe("luasip media verbs (C engine)", function()
     assert.is_true(assert(b1:bridge(d2)))
     local a_heard, c_heard = listen(da), listen(calls.c)
     local done = {}
-    sip.spawn(function() done.a = da:play(SHORT) end)
+    sip.spawn(function() done.a = da:play(LATER) end)
     sip.spawn(function() done.c = calls.c:play(EARLY) end)
     H.run_until(function() return done.a and done.c end, 5)
-    heard_ms(T.tone_ms(a_heard(), 600), 400)
-    heard_ms(T.tone_ms(c_heard(), 700), 200)
+    heard_ms(T.tone_ms(a_heard(), 600), 400, "a hears c")
+    heard_ms(T.tone_ms(c_heard(), 900), 400, "c hears a")
     assert.is_true(b1:unbridge())
     assert.is_false(b1:media_stats().bridged)
     c_heard = listen(calls.c)
@@ -625,8 +624,7 @@ describe("luasip media verbs (C engine)", function()
     H.run_until(function() return legs end)
     assert.same({ "183 sdp" }, prov)
     assert.equal("done", uas.early[1])
-    local ms = T.tone_ms(early_heard(), 600)      -- carol's early prompt, through b
-    assert.is_true(ms >= 300, ms .. " ms of carol's early media")
+    heard_ms(T.tone_ms(early_heard(), 600), 400, "carol's early media, through b")
     assert.is_true(legs[1]:media_stats().bridged)
     assert.equal(legs[1]:media_stats().local_port, d:media_stats().remote_port)
     assert.equal(4, streams())

@@ -367,51 +367,44 @@ function M.tone_wav(path, hz, ms, level)
   return path
 end
 
--- frames(x, rate, fn): fn(first, last) for each whole 20 ms frame of samples x
-local function frames(x, rate, fn)
-  local len = math.floor((rate or 8000) / 50)
-  for first = 1, #x - len + 1, len do fn(first, first + len - 1) end
-end
-
 local function energy(x, i, j)
   local e = 0
   for k = i, j do e = e + x[k] * x[k] end
   return e
 end
 
+-- count_frames(x, rate, pred) -> ms of the 20 ms frames of samples x where pred(first,
+-- last, energy) holds, and where the first of them starts (ms, nil when none)
+local function count_frames(x, rate, pred)
+  local len = math.floor((rate or 8000) / 50)
+  local ms, first = 0, nil
+  for i = 1, #x - len + 1, len do
+    if pred(i, i + len - 1, energy(x, i, i + len - 1)) then
+      first = first or (i - 1) * 20 / len
+      ms = ms + 20
+    end
+  end
+  return ms, first
+end
+
 -- loud_ms(samples [, rate, level]) -> ms of the 20 ms frames louder than level (dBFS,
 -- default -45), and where the first of them starts (ms, nil when none)
 function M.loud_ms(x, rate, level)
   local min = 10 ^ ((level or -45) / 10)
-  local ms, first, at = 0, nil, 0
-  frames(x, rate, function(i, j)
-    if energy(x, i, j) / (j - i + 1) > min then
-      ms = ms + 20
-      first = first or at
-    end
-    at = at + 20
-  end)
-  return ms, first
+  return count_frames(x, rate, function(i, j, e) return e / (j - i + 1) > min end)
 end
 
 -- tone_ms(samples, hz [, rate]) -> ms of the 20 ms frames where the frequency hz holds
 -- most of the energy (Goertzel, louder than -45 dBFS), and where the first starts (ms)
 function M.tone_ms(x, hz, rate)
-  rate = rate or 8000
-  local w = 2 * math.cos(2 * math.pi * hz / rate)
-  local ms, first, at = 0, nil, 0
-  frames(x, rate, function(i, j)
-    local n, e = j - i + 1, energy(x, i, j)
+  local w = 2 * math.cos(2 * math.pi * hz / (rate or 8000))
+  return count_frames(x, rate, function(i, j, e)
+    local n = j - i + 1
     local s1, s2 = 0, 0
     for k = i, j do s1, s2 = x[k] + w * s1 - s2, s1 end
     local p = s1 * s1 + s2 * s2 - w * s1 * s2      -- |X(hz)|^2: (A n / 2)^2 for a sine
-    if e / n > 10 ^ -4.5 and p / (e * n / 2) > 0.5 then
-      ms = ms + 20
-      first = first or at
-    end
-    at = at + 20
+    return e / n > 10 ^ -4.5 and p / (e * n / 2) > 0.5
   end)
-  return ms, first
 end
 
 -- ------------------------------------------------------------------ transactions
