@@ -354,7 +354,7 @@ describe("luasip.core spawn, wait, kill", function()
   end)
 end)
 
--- Over TCP the 487 that follows a CANCEL matches no transaction in sofia 1.12's nta (it
+-- Over TCP and TLS the 487 that follows a CANCEL matches no transaction in sofia 1.12's nta (it
 -- comes to the agent as a stray response): the core finds the INVITE by its Via branch,
 -- ACKs the 487 over the same connection and delivers it.  The callee is a raw TCP phone
 -- (spec/peers/tcp_callee.py) that checks the ACK.
@@ -388,6 +388,33 @@ describe("a CANCEL over TCP", function()
     assert.equal(487, cancelled_invite(uac, "sip:callee@127.0.0.1:" .. port .. ";transport=tcp"))
     H.run_until(function() return phone.log():find("ACK") end, 10, "the ACK")
     assert.equal("LISTENING\nINVITE\nCANCEL\nACK ok\n", phone.log())
+  end)
+
+  local function quiet(cmd)
+    local ok = os.execute(cmd .. " >/dev/null 2>&1")
+    return ok == true or ok == 0
+  end
+  ;(quiet("command -v openssl") and it or pending)("gives a UAC the 487 over TLS too", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(quiet("mkdir -m 700 " .. H.shquote(dir)))
+    defer(function() os.execute("rm -rf " .. H.shquote(dir)) end)
+    assert(quiet("sh spec/peers/make-certs.sh " .. H.shquote(dir)), "openssl: test certificates")
+    local function agent()
+      return H.agent{ listen = { "sip:127.0.0.1:0", "sips:127.0.0.1:0" }, tls = {
+        cert = dir .. "/server.pem", key = dir .. "/server.key", ca = dir .. "/ca.pem" } }
+    end
+    local uas, uac = agent(), agent()
+    local ringing
+    uas:on("INVITE", function(req)
+      ringing = req
+      req:reply(180)
+      sip.sleep(10)
+    end)
+    local port
+    for _, t in ipairs(uas:transports()) do if t.transport == "tls" then port = t.port end end
+    assert.equal(487, cancelled_invite(uac, "sips:callee@127.0.0.1:" .. port))
+    assert.is_true(ringing:cancelled())
   end)
 
   it("gives the caller the 487 through a luasip proxy, and the callee its ACK", function()
