@@ -327,14 +327,18 @@ static int req_needs_answer(lua_State *L)
 
 /* req:_uas_checks() -> flags for the UAS checks of RFC 3261 8.2.2 the dispatcher makes
  * on every request, from what sofia parsed: 1 the Request-URI scheme is neither sip nor
- * sips (416), 2 a To tag (12.2.2), 4 a Require header (420 check) */
+ * sips (416), 2 a To tag (12.2.2), 4 a Require header (420 check), 8 a sips:
+ * Request-URI that did not come over TLS (416, RFC 5630) */
 static int req_uas_checks(lua_State *L)
 {
-  sip_t const *sip = req_check(L, 1)->m.sip;
+  lsip_req_t *r = req_check(L, 1);
+  sip_t const *sip = r->m.sip;
   url_t const *u = sip->sip_request->rq_url;
   int flags = 0;
   if (u->url_type != url_sip && u->url_type != url_sips)
     flags |= 1;
+  if (u->url_type == url_sips && !su_casematch(r->transport, "tls"))
+    flags |= 8;
   if (sip->sip_to && sip->sip_to->a_tag)
     flags |= 2;
   if (sip->sip_require)

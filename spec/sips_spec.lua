@@ -124,13 +124,18 @@ describe("sips: over TLS only", function()
 
   t("proxies a sips: request over TLS only, with a sips: Record-Route", function()
     local proxy, callee, caller = agent(), agent(), agent()
-    local rr, target
+    local rr, target, vias
     callee:on("INVITE", function(req)
       rr = req:headers("Record-Route")
+      vias = vias or {}
+      vias[#vias + 1] = req:header("Via")
       req:reply(200)
     end)
     callee:on("ACK", function() end)
-    proxy:on("INVITE", function(req) req:proxy(target, { record_route = true }) end)
+    local forking
+    proxy:on("INVITE", function(req)
+      req:proxy(target, { record_route = true, forking = forking })
+    end)
     -- the target the location gave is a sip: URI over UDP: not for a sips: request
     target = udp_uri(callee, "bob")
     local d, err, code = H.run(function()
@@ -146,6 +151,19 @@ describe("sips: over TLS only", function()
     end)
     assert.same({ "<" .. sips_uri(proxy) .. ";lr>" }, rr)
     H.run(function() assert.is_true(d:bye()) end)
+    -- a target that is not TLS is skipped, in parallel and in sequence
+    for _, how in ipairs{ "parallel", "sequential" } do
+      forking, target, rr, vias = how, { { uri = udp_uri(callee, "bob") },
+        { uri = sips_uri(callee, "bob") } }, nil, nil
+      d = H.run(function()
+        return assert(caller:invite{ uri = sips_uri(callee, "bob"), proxy = sips_uri(proxy) })
+      end)
+      assert.same({ "<" .. sips_uri(proxy) .. ";lr>" }, rr)
+      assert.equal(1, #vias)
+      assert.matches("^SIP/2.0/TLS ", vias[1])
+      H.run(function() assert.is_true(d:bye()) end)
+    end
+    forking, target = nil, sips_uri(callee, "bob")
     -- a sip: request that came over TLS is Record-Routed sips: too (its dialog's
     -- requests come back over TLS)
     d = H.run(function()

@@ -448,19 +448,17 @@ local function on_request(req, agent)
     return
   end
   -- UAS checks of RFC 3261 8.2.2: scheme, then extensions (flags: 1 scheme not sip or
-  -- sips, 2 a To tag, 4 a Require header)
+  -- sips, 2 a To tag, 4 a Require header, 8 a sips: Request-URI not over TLS)
   local checks = uas_checks(req)
   if checks % 2 == 1 then
     return req:reply(416, "Unsupported URI Scheme", { stateless = true })
   end
-  -- RFC 3261 26.2 / RFC 5630: sips: is TLS on every hop, the last one too ("sips:" has
-  -- an s where "sip:" has its colon)
-  if not ast.sips_without_tls and req.transport ~= "tls" then
-    local uri = req.uri
-    local s = uri and uri:byte(4)
-    if s == 115 or s == 83 then
+  -- RFC 3261 26.2 / RFC 5630: sips: is TLS on every hop, the last one too
+  if checks >= 8 then
+    if not ast.sips_without_tls then
       return req:reply(416, "SIPS Request-URI Needs TLS", { stateless = true })
     end
+    checks = checks - 8
   end
   if checks % 4 >= 2 then
     -- RFC 6665 4.1.2.4: a NOTIFY may come before the 2xx of its SUBSCRIBE
