@@ -346,6 +346,30 @@ static int recurse(lsip_proxy_t *p, sip_t const *sip)
   return added;
 }
 
+/* What goes upstream for the best final response (a reference for
+ * luasip_request_forward): the response itself, except that a 503 becomes a 500 (RFC
+ * 3261 16.7 step 6: the 503 said the next hop is unavailable, not this proxy; the rest
+ * of the response, Retry-After included, as it came). Lua still gets the 503 as the
+ * best response (proxy_final). */
+static msg_t *upstream_final(lsip_proxy_t *p)
+{
+  msg_t *up;
+  sip_t *us;
+  sip_status_t *st;
+  if (p->best_status != 503)
+    return msg_ref_create(p->best);
+  up = msg_dup(p->best);
+  us = up ? sip_object(up) : NULL;
+  st = us ? sip_status_create(msg_home(up), 500, "Server Internal Error", NULL) : NULL;
+  if (!st || msg_header_replace(up, (msg_pub_t *)us, (msg_header_t *)us->sip_status,
+                                (msg_header_t *)st) < 0) {
+    if (up)
+      msg_destroy(up);
+    return msg_ref_create(p->best);   /* out of memory: the 503 as it came */
+  }
+  return up;
+}
+
 /* All branches ended: the best final response goes upstream if nothing did yet. */
 static void proxy_finished(lsip_proxy_t *p)
 {
@@ -353,7 +377,7 @@ static void proxy_finished(lsip_proxy_t *p)
     proxy_enter(p, PROXY_ANSWERED);
     if (p->best && p->req) {
       merge_challenges(p);
-      luasip_request_forward(p->req, msg_ref_create(p->best));
+      luasip_request_forward(p->req, upstream_final(p));
       proxy_final(p, p->best);
     } else {
       proxy_final(p, NULL);         /* every branch failed without a response: Lua answers */

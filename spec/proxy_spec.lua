@@ -94,6 +94,27 @@ describe("luasip proxy (req:proxy)", function()
     assert.equal(404, got[3])
   end)
 
+  it("sends a 500 upstream when the best response is a 503 (RFC 3261 16.7), Lua gets the 503", function()
+    local a, b = H.agent(), H.agent()
+    a:on("MESSAGE", function(req) req:reply(503, "Overloaded", { headers = { ["Retry-After"] = "30" } }) end)
+    b:on("MESSAGE", function(req) req:reply(503, "Overloaded", { headers = { ["Retry-After"] = "30" } }) end)
+    local got
+    proxy:on("MESSAGE", function(req)
+      got = { req:proxy({ a:uri("x"), b:uri("x") }) }
+    end)
+    local res, err, code, resp = H.run(function()
+      return uac:request{ method = "MESSAGE", uri = "sip:x@example.test", proxy = proxy:contact(),
+        body = "hi", content_type = "text/plain" }
+    end)
+    assert.is_nil(res)
+    assert.equal(500, code, err)
+    assert.equal("500 Server Internal Error", err)
+    assert.equal("30", resp and resp:header("Retry-After"))
+    H.run_until(function() return got end)
+    assert.equal(503, got[3])
+    assert.equal("503 Overloaded", got[2])
+  end)
+
   it("propagates CANCEL to a ringing branch", function()
     local callee = H.agent()
     local callee_result
