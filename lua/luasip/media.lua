@@ -1008,9 +1008,12 @@ local function bridge(self, other)
   if not om then error(fname .. ": the other call has no media", 2) end
   if om == m then error(fname .. ": a call cannot be bridged to itself", 2) end
   if m.closed or om.closed then return nil, "call ended", "terminated" end
-  if m.peer then m.rtp:unbridge() end
   local r, err = class.call(fname, 2, m.rtp.bridge, m.rtp, om.rtp)
   if not r then return nil, err, "error" end
+  -- the engine unbridged either stream's previous peer: so do we
+  for _, x in ipairs{ m, om } do
+    if x.peer and x.peer.peer == x then x.peer.peer = nil end
+  end
   m.peer, om.peer = om, m
   return true
 end
