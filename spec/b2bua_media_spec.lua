@@ -2,6 +2,7 @@ local H = require "spec.helper"
 local sip = H.sip
 local core = require "luasip.core"
 local T = require "luasip.testing"
+local dispatcher = require "luasip.dispatcher"
 
 -- sip.b2bua with media: caller agent A -> B2BUA agent -> callee agent C, luasip on
 -- loopback with real RTP on the C engine.  media = "relay" anchors the audio (a stream
@@ -122,6 +123,50 @@ describe("sip.b2bua media (C engine)", function()
         -- plain: A's stream faces C's directly; it heard C's early media all the same
         assert.is_true(T.tone_ms(x, EARLY_HZ) > 0, "C's early media heard")
       end
+      H.run(function() d:hangup() end)
+    end)
+  end
+
+  for _, rel in ipairs{ false, true } do
+    it("follows a later fork's early media behind a forking proxy, and its answer ("
+      .. (rel and "reliable" or "unreliable") .. " 183s)", function()
+      -- two phones (one agent would take the second branch for a merged request: 482)
+      local p, c2 = H.agent(), H.agent()
+      p:on("INVITE", function(req) req:proxy({ c:uri("one"), c2:uri("two") }) end)
+      local st = {}
+      local function phone(req)
+        local user = req.ruri.user
+        if user == "two" and not st.one then                   -- one's early media first
+          st.ready = dispatcher.new_slot("fork one's early media")
+          dispatcher.wait(st.ready, 5)
+        end
+        local early, err = req:progress{ media = true, reliable = rel }
+        st[user .. "_progress"] = err
+        if not early then return end
+        if user == "one" then
+          st.one = early:play(tone(EARLY_HZ, 400))
+          if st.ready then dispatcher.fill(st.ready, true) end
+          st.one_end = { early:wait_end(10) }
+          return
+        end
+        st.two = early:play(tone(LATER_HZ, 400))
+        local callee = assert(req:answer())
+        st.talk = callee:play(tone(C_HZ, 400))
+      end
+      c:on("INVITE", phone)
+      c2:on("INVITE", phone)
+      b2bua(p:uri("carol"), { media = "relay" })
+      local d, _, early = call()
+      assert.is_nil(st.one_progress)
+      assert.is_nil(st.two_progress)
+      assert.equal("done", st.one)
+      assert.equal("done", st.two)
+      local x = early()
+      heard_ms(T.tone_ms(x, EARLY_HZ), 400, "fork one's early media")
+      heard_ms(T.tone_ms(x, LATER_HZ), 400, "fork two's early media")
+      local after = T.listen(d)
+      H.run_until(function() return st.talk end, 5, "fork two talked")
+      heard_ms(T.tone_ms(after(), C_HZ), 400, "fork two after the answer")
       H.run(function() d:hangup() end)
     end)
   end

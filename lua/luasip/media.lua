@@ -349,7 +349,14 @@ end)
 
 class.hook("luasip.dialog", "ended", function(d)
   local m = M.of(d)
-  if m then M.close(m) end
+  if not m then return end
+  if m.inviting and m.dialog == d then
+    -- an early dialog of our INVITE that another fork's response replaced: the stream
+    -- is the INVITE's (agent:invite closes it when the INVITE fails)
+    state(d).media, m.dialog = nil, nil
+    return
+  end
+  M.close(m)
 end)
 
 -- take(m, after) -> the first buffered digit pressed after seq `after` (any when nil), removed
