@@ -19,6 +19,7 @@ local function tone(hz, ms) return T.tone_wav(("%s/%d-%d.wav"):format(tmp, hz, m
 
 describe("sip.b2bua media (C engine)", function()
   local a, bx, c, result, skipped0
+  teardown(function() os.execute("rm -rf " .. H.shquote(tmp)) end)
   before_each(function()
     a, bx, c = H.agent(), H.agent(), H.agent()
     result = nil

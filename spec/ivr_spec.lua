@@ -118,6 +118,7 @@ local describe_engine = REAL and describe or function(name) pending(name .. " --
 describe_engine("examples/ivr_menu.lua (in this process, C engine)", function()
   local ivr, lines, server, caller, st, rec
   local SHORT, LONG = prompt_set(), prompt_set{ welcome = 3, ["enter-number"] = 3 }
+  teardown(function() os.execute("rm -rf " .. H.shquote(SHORT) .. " " .. H.shquote(LONG)) end)
 
   before_each(function()
     lines = {}

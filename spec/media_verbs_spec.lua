@@ -40,6 +40,7 @@ local listen = T.listen
 
 describe("luasip media verbs (C engine)", function()
   local a, b, uas, uas_done
+  teardown(function() os.execute("rm -rf " .. H.shquote(tmp)) end)
   before_each(function()
     skipped0 = core.media_stats().skipped_ticks
     a, b = H.agent(), H.agent()
