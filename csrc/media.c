@@ -101,6 +101,10 @@ struct lsip_rtp {
   struct sockaddr_storage remote;
   socklen_t remote_len;
   int have_remote, latched;
+  /* the address set_remote last gave, and the one latched before it changed (a peer
+   * replaced -- another fork, a failover target -- that may still be sending) */
+  struct sockaddr_storage signalled, stale;
+  int have_signalled, have_stale;
   /* codecs and direction */
   int send_pt, send_codec, te_send_pt, te_recv_pt, can_send, can_recv, inband;
   long timeout_ticks, idle_ticks;
@@ -771,9 +775,9 @@ static void rtp_packet(lsip_rtp_t *s, const uint8_t *b, size_t n, int trunc,
     s->st.bad_packets++;
     return;
   }
-  if (s->latched) {
-    if (!same_addr(from, &s->remote)) {
-      s->st.strangers++;
+  if (s->latched || (s->have_stale && same_addr(from, &s->stale))) {
+    if (!s->latched || !same_addr(from, &s->remote)) {
+      s->st.strangers++;            /* (the replaced peer does not latch again) */
       return;
     }
   } else {                          /* symmetric RTP: send where it comes from */
@@ -1250,7 +1254,8 @@ static int rtp_remote(lua_State *L)
 }
 
 /* rtp:set_remote(address, port) -> true  (re-arms latching: the next valid packet's
- * source becomes the destination) */
+ * source becomes the destination -- but not the source latched before, when the address
+ * changed: the peer it replaced, another fork, may still be sending) */
 static int rtp_set_remote(lua_State *L)
 {
   lsip_rtp_t *s = rtp_check(L);
@@ -1265,6 +1270,13 @@ static int rtp_set_remote(lua_State *L)
   if (ss.ss_family != s->family)
     return luaL_error(L, "luasip.rtp:set_remote: address family differs from the "
                       "local address");
+  if (!s->have_signalled || !same_addr(&ss, &s->signalled)) {
+    s->have_stale = s->latched && !same_addr(&s->remote, &ss);
+    if (s->have_stale)
+      s->stale = s->remote;
+  }
+  s->signalled = ss;
+  s->have_signalled = 1;
   s->remote = ss;
   s->remote_len = len;
   s->have_remote = 1;

@@ -440,7 +440,7 @@ static int prack_callback(nta_reliable_magic_t *magic, nta_reliable_t *rel,
 {
   lsip_req_t *r = (lsip_req_t *)magic;
   lsip_obj_t *pr;
-  (void)rel; (void)sip;
+  (void)sip;
   if (!pr_irq || !r->agent)
     return 0;
   LUASIP_COUNT_IN(sip_method_prack);
@@ -450,6 +450,10 @@ static int prack_callback(nta_reliable_magic_t *magic, nta_reliable_t *rel,
   reply_plain((lsip_req_t *)pr, SIP_200_OK);
   luasip_request_dispatched(pr, luasip_bridge("prack", r->m.obj.alive ? &r->m.obj : NULL,
                                               pr));
+  /* done with: nta queues a later reliable 1xx while the INVITE's newest reliable one is
+   * still listed, PRACKed or not, and sends the queue only on a PRACK -- one sent after
+   * this callback returned would wait for ever.  nta reads the list again after us. */
+  nta_reliable_destroy(rel);
   return 0;
 }
 

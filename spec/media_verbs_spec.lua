@@ -36,26 +36,11 @@ local function no_streams(what)
   H.run_until(function() return streams() == 0 end, 5, what or "every stream closed")
 end
 
--- listen(d) -> heard(): records what d receives (in the background) until heard() is
--- called, which stops the recording and returns its samples
-local n_rec = 0
-local function listen(d)
-  n_rec = n_rec + 1
-  local path = ("%s/heard%d.wav"):format(tmp, n_rec)
-  local r
-  sip.spawn(function()
-    r = { d:record(path, { beep = false, max = 30, silence = false, terminators = "" }) }
-  end)
-  return function()
-    if not r then d:stop() end
-    H.run_until(function() return r end, 5, "the recording's end")
-    assert(r[1] == "stopped" or r[1] == "hangup", tostring(r[1]) .. " " .. tostring(r[2]))
-    return assert(T.wav_samples(path))
-  end
-end
+local listen = T.listen
 
 describe("luasip media verbs (C engine)", function()
   local a, b, uas, uas_done
+  teardown(function() os.execute("rm -rf " .. H.shquote(tmp)) end)
   before_each(function()
     skipped0 = core.media_stats().skipped_ticks
     a, b = H.agent(), H.agent()

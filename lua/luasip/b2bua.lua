@@ -144,8 +144,28 @@ end
 
 local install                         -- (call, dialog, leg): relay handlers, defined below
 
--- 18x from B go to A in order; a reliable one (B required 100rel and A supports it) waits
--- for A's PRACK before the next goes out (RFC 3262 3), so those run in a coroutine.
+-- relay_early(call, item): A's 18x for B's early media (media = "relay"): the first one
+-- opens A's stream (req:progress, our SDP), later ones reuse it; A's stream is bridged to
+-- the stream of the B leg that sent it (a later target's, after a failover).  -> true, or
+-- nil when A's stream could not be set up (the 18x then goes without SDP)
+local function relay_early(call, item)
+  local req, o = call.req, item.o
+  local ad = req:progress{ media = true, status = o.status, reason = o.reason,
+    headers = o.headers, reliable = item.reliable, timeout = PRACK_WAIT }
+  if not ad then return nil end
+  call.early_a = ad
+  local bm = item.early
+  if bm:state() ~= "terminated" and not req:answered() and not req:cancelled() then
+    local ok, err = ad:bridge(bm)
+    if not ok then dispatcher.log("warn", "b2bua: early media not bridged: " .. tostring(err)) end
+  end
+  return true
+end
+
+-- 18x from B go to A in order; a reliable one waits for A's PRACK before the next goes
+-- out (RFC 3262 3), so those run in a coroutine.  An 18x goes to A reliably when A
+-- supports 100rel and B's was reliable or it carries SDP (an answer: RFC 3262 5); one that
+-- arrives while an earlier one waits for its PRACK keeps its SDP (queued whole).
 local function relay_provisional(call, res, tx)
   local req = call.req
   if req:answered() or req:cancelled() then return end
@@ -159,33 +179,28 @@ local function relay_provisional(call, res, tx)
     end
   end
   local o = shape(call.opts, res, "b")
+  local item = { o = o }
   if call.opts.media then
     -- media = "relay": leg B's SDP is not for A; B's early media reaches A through our
     -- streams, bridged (A's 18x carries our answer, and the 2xx the same one)
     o.body, o.content_type = nil, nil
-    local bm = bd and bd:has_media() and bd
-    if bm and not call.early_media and not call.pumping and req.body then
-      call.early_media = true
-      local ad = req:progress{ media = true, status = res.status, reason = res.reason,
-        headers = o.headers }
-      if ad then
-        ad:bridge(bm)
-        return
-      end
-    end
+    if bd and bd:has_media() and req.body then item.early = bd end
   end
-  local reliable = call.a_100rel and (res:header("RSeq") ~= nil or has_tag(res, "100rel"))
+  item.reliable = call.a_100rel and (res:header("RSeq") ~= nil or has_tag(res, "100rel")
+    or o.body ~= nil or item.early ~= nil)
   local q = call.queue
-  if not call.pumping and not reliable then return reply(req, o) end
-  q[#q + 1] = { o = o, reliable = reliable }
+  if not call.pumping and not item.reliable and not item.early then return reply(req, o) end
+  q[#q + 1] = item
   if call.pumping then return end
   call.pumping = true
   dispatcher.spawn(function()
     while #q > 0 do
-      local item = table.remove(q, 1)
+      local it = table.remove(q, 1)
       if not req:answered() and not req:cancelled() then
-        local ok, err = reply(req, item.o, item.reliable and { reliable = true,
-          timeout = PRACK_WAIT } or nil)
+        local ok, err = it.early and relay_early(call, it)
+        if not ok then
+          ok, err = reply(req, it.o, it.reliable and { reliable = true, timeout = PRACK_WAIT } or nil)
+        end
         if not ok and err then dispatcher.log("info", "b2bua: 18x not relayed: " .. err) end
       end
     end

@@ -203,11 +203,13 @@ function M.invite_media(agent, opts, fname)
     if prov then return prov(res, tx) end
   end
   local d, res, code, fres
+  m.inviting = true
   if o.auth ~= nil then
     d, res, code, fres = require("luasip.auth").send_with_auth(agent, o, M.invite, "INVITE", fname)
   else
     d, res, code, fres = M.invite(agent, o, 3)
   end
+  m.inviting = nil
   if not d then
     media.close(m)
     return nil, res, code, fres

@@ -349,7 +349,14 @@ end)
 
 class.hook("luasip.dialog", "ended", function(d)
   local m = M.of(d)
-  if m then M.close(m) end
+  if not m then return end
+  if m.inviting and m.dialog == d then
+    -- an early dialog of our INVITE that another fork's response replaced: the stream
+    -- is the INVITE's (agent:invite closes it when the INVITE fails)
+    state(d).media, m.dialog = nil, nil
+    return
+  end
+  M.close(m)
 end)
 
 -- take(m, after) -> the first buffered digit pressed after seq `after` (any when nil), removed
@@ -1008,9 +1015,12 @@ local function bridge(self, other)
   if not om then error(fname .. ": the other call has no media", 2) end
   if om == m then error(fname .. ": a call cannot be bridged to itself", 2) end
   if m.closed or om.closed then return nil, "call ended", "terminated" end
-  if m.peer then m.rtp:unbridge() end
   local r, err = class.call(fname, 2, m.rtp.bridge, m.rtp, om.rtp)
   if not r then return nil, err, "error" end
+  -- the engine unbridged either stream's previous peer: so do we
+  for _, x in ipairs{ m, om } do
+    if x.peer and x.peer.peer == x then x.peer.peer = nil end
+  end
   m.peer, om.peer = om, m
   return true
 end

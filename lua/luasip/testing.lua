@@ -407,6 +407,31 @@ function M.tone_ms(x, hz, rate)
   end)
 end
 
+-- listen(dialog [, path]) -> heard: records what a media call receives (dialog:record in
+-- the background: no beep, no terminators, up to 60 s) into path (a temporary file by
+-- default); heard() ends the recording (dialog:stop(), which ends the call's other verbs
+-- too) and returns its samples and rate.  For the test body: heard() turns the loop.
+function M.listen(d, path)
+  local own = not path
+  path = path or os.tmpname()
+  local box = go(function()
+    return d:record(path, { beep = false, max = 60, silence = false, terminators = "" })
+  end)
+  return function()
+    if not box.done then d:stop() end
+    turn(function() return box.done end, M.timeout)
+    local why = box.r and box.r[1]
+    if why ~= "stopped" and why ~= "hangup" and why ~= "max" then
+      if own then os.remove(path) end
+      fail(2, "listen: the recording ended with " .. tostring(why or box.err or "no result"))
+    end
+    local x, rate = wav_samples(path)
+    if own then os.remove(path) end
+    if not x then fail(2, "listen: " .. tostring(rate)) end
+    return x, rate
+  end
+end
+
 -- ------------------------------------------------------------------ transactions
 
 -- Response queues: UAC calls and requests collect their responses in order; expect()
