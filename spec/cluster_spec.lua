@@ -5,6 +5,17 @@ local cluster = require "luasip.cluster"
 local have_redis = os.execute("command -v redis-server >/dev/null 2>&1")
 have_redis = have_redis == true or have_redis == 0
 
+-- rings(agent) -> fn() -> the INVITE agent rings for (180, then 10 s with no answer)
+local function rings(agent)
+  local ringing
+  agent:on("INVITE", function(req)
+    ringing = req
+    req:reply(180)
+    sip.sleep(10)
+  end)
+  return function() return ringing end
+end
+
 -- examples/workers.lua as 2 workers behind luasip's stateless front (sip.cluster), with
 -- registrations, subscriptions and publications in a redis-server the spec starts on a
 -- Unix socket; luasip agents are the phones.
@@ -126,12 +137,7 @@ describe("luasip.cluster (examples/workers.lua, 2 workers)", function()
   it_("sends the CANCEL and the ACK of a failure that come to the front to the worker of the INVITE", function()
     local alice, bob = H.agent(), H.agent()
     H.run(function() assert(register(bob, "bob", 2)) end)
-    local ringing
-    bob:on("INVITE", function(req)
-      req:reply(180)
-      ringing = req
-      sip.sleep(10)
-    end)
+    local ringing = rings(bob)
     local tx
     local res, err, code = H.run(function()
       tx = assert(alice:send{ method = "INVITE", uri = aor("bob"), proxy = front(),
@@ -141,7 +147,7 @@ describe("luasip.cluster (examples/workers.lua, 2 workers)", function()
     end)
     assert.is_nil(res, err)
     assert.equal(487, code)
-    H.run_until(function() return ringing and ringing:cancelled() end, 5, "bob's INVITE cancelled")
+    H.run_until(function() return ringing() and ringing():cancelled() end, 5, "bob's INVITE cancelled")
     H.run(function() assert(register(bob, "bob", 2, 0)) end)
   end)
 
@@ -296,12 +302,7 @@ describe("a stateless agent forwarding with req:forward{ next_hop }", function()
       assert(req:forward(nil, { next_hop = hop }))
     end
     for _, m in ipairs{ "INVITE", "CANCEL", "ACK" } do front:on(m, pass) end
-    local ringing
-    uas:on("INVITE", function(req)
-      ringing = req
-      req:reply(180)
-      sip.sleep(10)
-    end)
+    local ringing = rings(uas)
     local provisional = {}
     local _, _, code = H.run(function()
       local tx = assert(uac:send{ method = "INVITE", uri = "sip:bob@127.0.0.1", body = "v=0\r\n",
@@ -314,8 +315,8 @@ describe("a stateless agent forwarding with req:forward{ next_hop }", function()
       return tx:wait(10)
     end)
     assert.equal(487, code)
-    assert.equal("sip:bob@127.0.0.1", ringing.uri)
-    H.run_until(function() return ringing:cancelled() and #seen >= 3 end, 5, "CANCEL and ACK")
+    assert.equal("sip:bob@127.0.0.1", ringing().uri)
+    H.run_until(function() return ringing():cancelled() and #seen >= 3 end, 5, "CANCEL and ACK")
     assert.same({ "INVITE", "CANCEL", "ACK" }, seen)
     assert.same({ 180 }, provisional)              -- no 100 Trying of the front's own
   end)
@@ -390,31 +391,19 @@ describe("a CANCEL over TCP", function()
     assert.equal("LISTENING\nINVITE\nCANCEL\nACK ok\n", phone.log())
   end)
 
-  local function quiet(cmd)
-    local ok = os.execute(cmd .. " >/dev/null 2>&1")
-    return ok == true or ok == 0
-  end
-  ;(quiet("command -v openssl") and it or pending)("gives a UAC the 487 over TLS too", function()
-    local dir = os.tmpname()
-    os.remove(dir)
-    assert(quiet("mkdir -m 700 " .. H.shquote(dir)))
+  ;(H.have("openssl") and it or pending)("gives a UAC the 487 over TLS too", function()
+    local dir = H.test_certs()
     defer(function() os.execute("rm -rf " .. H.shquote(dir)) end)
-    assert(quiet("sh spec/peers/make-certs.sh " .. H.shquote(dir)), "openssl: test certificates")
     local function agent()
       return H.agent{ listen = { "sip:127.0.0.1:0", "sips:127.0.0.1:0" }, tls = {
         cert = dir .. "/server.pem", key = dir .. "/server.key", ca = dir .. "/ca.pem" } }
     end
     local uas, uac = agent(), agent()
-    local ringing
-    uas:on("INVITE", function(req)
-      ringing = req
-      req:reply(180)
-      sip.sleep(10)
-    end)
+    local ringing = rings(uas)
     local port
     for _, t in ipairs(uas:transports()) do if t.transport == "tls" then port = t.port end end
     assert.equal(487, cancelled_invite(uac, "sips:callee@127.0.0.1:" .. port))
-    assert.is_true(ringing:cancelled())
+    assert.is_true(ringing():cancelled())
   end)
 
   it("gives the caller the 487 through a luasip proxy, and the callee its ACK", function()

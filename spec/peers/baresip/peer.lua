@@ -46,29 +46,10 @@ function B.available()
   return true
 end
 
-local function le(n, bytes)
-  local t = {}
-  for i = 1, bytes do
-    t[i] = string.char(n % 256)
-    n = math.floor(n / 256)
-  end
-  return table.concat(t)
-end
-
 -- tone(path, seconds): writes a 400 Hz tone as 8 kHz mono 16-bit PCM WAV (aufile ends the
 -- call when the file ends, so make it longer than the call)
 function B.tone(path, seconds)
-  local period = {}
-  for i = 0, 19 do
-    local v = math.floor(6000 * math.sin(2 * math.pi * i / 20) + 0.5)
-    period[#period + 1] = le(v < 0 and v + 65536 or v, 2)
-  end
-  local periods = 400 * seconds
-  local data = string.rep(table.concat(period), periods)
-  local f = assert(io.open(path, "wb"))
-  f:write("RIFF", le(36 + #data, 4), "WAVE", "fmt ", le(16, 4), le(1, 2), le(1, 2),
-    le(8000, 4), le(16000, 4), le(2, 2), le(16, 2), "data", le(#data, 4), data)
-  f:close()
+  require("luasip.testing").tone_wav(path, 400, seconds * 1000, -14.7)   -- (amplitude ~6000)
 end
 
 local function write(path, text)
