@@ -110,19 +110,39 @@ static int acks_match(lsip_agent_t *a, sip_t const *resp)
   return found;
 }
 
+/* Fills ack (a new message) as an ACK to target along route, with these From, To,
+ * Call-ID and CSeq number: the parts both kinds of ACK share.  -1 on failure. */
+static int ack_fill(lsip_agent_t *a, msg_t *ack, url_t const *target,
+                    sip_route_t const *route, sip_from_t const *from, sip_to_t const *to,
+                    sip_call_id_t const *call_id, uint32_t seq)
+{
+  su_home_t *home = msg_home(ack);
+  if (!target)
+    return -1;
+  return sip_add_tl(ack, sip_object(ack),
+                    SIPTAG_REQUEST(sip_request_create(home, SIP_METHOD_ACK,
+                                                      (url_string_t const *)target, NULL)),
+                    SIPTAG_ROUTE(route),
+                    SIPTAG_FROM(from),
+                    SIPTAG_TO(to),
+                    SIPTAG_CALL_ID(call_id),
+                    SIPTAG_CSEQ(sip_cseq_create(home, seq, SIP_METHOD_ACK)),
+                    SIPTAG_MAX_FORWARDS_STR("70"),
+                    SIPTAG_USER_AGENT_STR(a->user_agent),
+                    TAG_END()) < 0 ? -1 : 0;
+}
+
 /* ACK for a 2xx, built from the response (RFC 3261 13.2.2.4): Request-URI from Contact,
  * Route from the reversed Record-Route, same Call-ID/From/To and CSeq number. */
 static int send_2xx_ack(lsip_agent_t *a, sip_t const *resp, url_t const *fallback)
 {
   nta_agent_t *nta = luasip_agent_nta(a);
   msg_t *ack;
-  sip_t *as;
   su_home_t *home;
   url_t const *target;
   sip_route_t *route = NULL;
   if (!nta || !(ack = nta_msg_create(nta, 0)))
     return -1;
-  as = sip_object(ack);
   home = msg_home(ack);
   target = resp->sip_contact ? resp->sip_contact->m_url : fallback;
   if (resp->sip_record_route)
@@ -139,22 +159,20 @@ static int send_2xx_ack(lsip_agent_t *a, sip_t const *resp, url_t const *fallbac
     target = first;
     route = route->r_next;
   }
-  if (!target ||
-      sip_add_tl(ack, as,
-                 SIPTAG_REQUEST(sip_request_create(home, SIP_METHOD_ACK,
-                                                   (url_string_t const *)target, NULL)),
-                 SIPTAG_ROUTE(route),
-                 SIPTAG_FROM(resp->sip_from),
-                 SIPTAG_TO(resp->sip_to),
-                 SIPTAG_CALL_ID(resp->sip_call_id),
-                 SIPTAG_CSEQ(sip_cseq_create(home, resp->sip_cseq->cs_seq, SIP_METHOD_ACK)),
-                 SIPTAG_MAX_FORWARDS_STR("70"),
-                 SIPTAG_USER_AGENT_STR(a->user_agent),
-                 TAG_END()) < 0) {
+  if (ack_fill(a, ack, target, route, resp->sip_from, resp->sip_to, resp->sip_call_id,
+               resp->sip_cseq->cs_seq) < 0) {
     msg_destroy(ack);
     return -1;
   }
   return nta_msg_tsend(nta, ack, NULL, TAG_END());
+}
+
+/* The value of orq's Via branch parameter (nta_outgoing_branch gives "branch=..."), or
+ * NULL */
+const char *luasip_orq_branch(nta_outgoing_t *orq)
+{
+  char const *b = nta_outgoing_branch(orq);
+  return b && su_casenmatch(b, "branch=", 7) ? b + 7 : b;
 }
 
 /* ACK for a non-2xx final response to the INVITE orq (RFC 3261 17.1.1.3), for a response
@@ -166,25 +184,13 @@ int luasip_ack_non2xx(lsip_agent_t *a, nta_outgoing_t *orq, sip_t const *resp)
   nta_agent_t *nta = luasip_agent_nta(a);
   msg_t *req = nta_outgoing_getrequest(orq), *ack = NULL;
   sip_t const *rs = req ? sip_object(req) : NULL;
-  char const *branch = nta_outgoing_branch(orq);
+  char const *branch = luasip_orq_branch(orq);
   tport_t *tp = nta_outgoing_transport(orq);
   int rc = -1;
-  if (branch && su_casenmatch(branch, "branch=", 7))
-    branch += 7;
-  if (nta && rs && rs->sip_request && branch && resp->sip_to &&
+  if (nta && rs && rs->sip_request && rs->sip_cseq && branch && resp->sip_to &&
       (ack = nta_msg_create(nta, 0))) {
-    su_home_t *home = msg_home(ack);
-    if (sip_add_tl(ack, sip_object(ack),
-                   SIPTAG_REQUEST(sip_request_create(home, SIP_METHOD_ACK,
-                                                     (url_string_t const *)
-                                                     rs->sip_request->rq_url, NULL)),
-                   SIPTAG_ROUTE(rs->sip_route),
-                   SIPTAG_FROM(rs->sip_from),
-                   SIPTAG_TO(resp->sip_to),
-                   SIPTAG_CALL_ID(rs->sip_call_id),
-                   SIPTAG_CSEQ(sip_cseq_create(home, rs->sip_cseq->cs_seq, SIP_METHOD_ACK)),
-                   SIPTAG_MAX_FORWARDS_STR("70"),
-                   TAG_END()) < 0) {
+    if (ack_fill(a, ack, rs->sip_request->rq_url, rs->sip_route, rs->sip_from, resp->sip_to,
+                 rs->sip_call_id, rs->sip_cseq->cs_seq) < 0) {
       msg_destroy(ack);
     } else {
       /* nta_msg_tsend takes ack; the next hop is the INVITE's (a flow, a Route) */
@@ -211,9 +217,7 @@ static lsip_client_t *client_by_branch(lsip_agent_t *a, sip_t const *sip)
   for (l = a->clients.next; v && l != &a->clients; l = l->next) {
     lsip_client_t *c = (lsip_client_t *)((char *)l - offsetof(lsip_client_t, link));
     char const *b = c->orq && c->is_invite && c->state == CLIENT_PROCEEDING
-                    ? nta_outgoing_branch(c->orq) : NULL;
-    if (b && su_casenmatch(b, "branch=", 7))
-      b += 7;
+                    ? luasip_orq_branch(c->orq) : NULL;
     if (b && su_casematch(b, v))
       return c;
   }

@@ -212,6 +212,7 @@ void luasip_add_methods(lua_State *L, const char *tname, const luaL_Reg *l);
 int luasip_client_stray(lsip_agent_t *a, msg_t *msg, sip_t *sip);
 /* the ACK of a non-2xx final response (resp) to the INVITE orq, for one nta did not match */
 int luasip_ack_non2xx(lsip_agent_t *a, nta_outgoing_t *orq, sip_t const *resp);
+const char *luasip_orq_branch(nta_outgoing_t *orq);
 int luasip_client_start(lua_State *L, lsip_agent_t *a, msg_t *msg, const char *proxy,
                         int want_dialog);
 

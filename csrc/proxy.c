@@ -928,9 +928,7 @@ static branch_t *stray_branch(lsip_agent_t *a, sip_t const *sip)
     lsip_proxy_t *p = (lsip_proxy_t *)((char *)l - offsetof(lsip_proxy_t, link));
     for (i = 0; i < p->nbr; i++) {
       branch_t *b = &p->br[i];
-      char const *k = b->orq && !b->done ? nta_outgoing_branch(b->orq) : NULL;
-      if (k && su_casenmatch(k, "branch=", 7))
-        k += 7;
+      char const *k = b->orq && !b->done ? luasip_orq_branch(b->orq) : NULL;
       if (k && su_casematch(k, v))
         return nta_outgoing_method(b->orq) == sip_method_invite ? b : NULL;
     }
