@@ -270,6 +270,34 @@ describe("DNS (RFC 3263)", function()
     assert.same({}, got2)
   end)
 
+  it_dns("agent:request skips a target for the Retry-After of its 503", function()
+    local one = H.agent{ listen = { "sip:127.0.0.1:0" } }
+    local got1 = 0
+    one:on("MESSAGE", function(req)
+      got1 = got1 + 1
+      req:reply(503, "busy", { headers = { ["Retry-After"] = "60" } })
+    end)
+    local _, p2, got2 = uas("second")
+    local dport = zone{
+      "--srv-host=_sip._udp.example.test,one.example.test," .. one:transports()[1].port .. ",10,0",
+      "--srv-host=_sip._udp.example.test,two.example.test," .. p2 .. ",20,0",
+      "--host-record=one.example.test,127.0.0.1",
+      "--host-record=two.example.test,127.0.0.1" }
+    local a = resolver_agent(dport)
+    local down = require("luasip.dns").down
+    defer(function() for k in pairs(down) do down[k] = nil end end)
+    for _ = 1, 2 do
+      local res, err = H.run(function()
+        return a:request{ method = "MESSAGE", uri = "sip:bob@example.test", body = "hi",
+          content_type = "text/plain" }
+      end)
+      assert.is_truthy(res, err)
+      assert.equal("second", res.reason)
+    end
+    assert.equal(1, got1)                  -- the second request went straight to two
+    assert.same({ "MESSAGE udp", "MESSAGE udp" }, got2)
+  end)
+
   it_dns("fails over to the next SRV target when the first answers 503 (request and INVITE)",
   function()
     local _, p1, got1 = uas("busy", 503)

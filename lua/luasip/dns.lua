@@ -115,15 +115,14 @@ M.down = {}
 
 local function key(t) return t.address .. " " .. t.port .. " " .. t.transport end
 
--- mark_down(target, seconds): target is skipped for that long
-function M.mark_down(t, seconds)
-  M.down[key(t)] = core.now() + seconds
-end
-
--- the seconds of a Retry-After value ("120", "120;duration=60", "120 (lunch)"), or nil
-function M.retry_after(value)
+-- busy(target, res): a 503 from target with Retry-After (RFC 3263 4.3: "120",
+-- "120;duration=60", "120 (lunch)") skips it for that many seconds
+function M.busy(t, res)
+  local kind = type(res)
+  local value = (kind == "userdata" or kind == "table") and res.status == 503
+    and res:header("Retry-After")
   local n = tonumber(tostring(value or ""):match("^%s*(%d+)") or "")
-  return n and n > 0 and n or nil
+  if n and n > 0 then M.down[key(t)] = core.now() + n end
 end
 
 -- usable(targets) -> the targets not marked down (all of them when every one is)
@@ -191,9 +190,7 @@ function M.failover(agent, opts, fn)
     last = { fn(o) }
     local code, res = last[3], last[4]
     if last[1] or (code ~= 503 and code ~= 408) then break end
-    local secs = code == 503 and type(res) == "table" and res.header
-      and M.retry_after(res:header("Retry-After"))
-    if secs then M.mark_down(t, secs) end
+    M.busy(t, res)
     dispatcher.log("info", ("%s %s -> %s: %s, trying the next target"):format(
       tostring(opts.method or "INVITE"), tostring(opts.uri), o.proxy, tostring(last[2])))
   end

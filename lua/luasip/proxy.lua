@@ -131,7 +131,7 @@ function M.proxy(self, targets, opts)
   local pst = state(p)
   pst.req = self                     -- the request outlives its proxy
   pst.on_response = opts.on_response
-  pst.failover = failover or nil
+  pst.failover = failover
   pst.rewrite = opts.rewrite
   local res
   if pst.final_seen then
@@ -160,8 +160,7 @@ dispatcher.on_event("proxy_response", function(p, res)
     -- target: the branch number our Via carries (csrc/proxy.c: one branch per target)
     local n = tonumber((res:header("Via") or ""):match("branch=z9hG4bK%x+%.(%d+)") or "")
     local t = n and pst.failover[n + 1]
-    local secs = t and dns.retry_after(res:header("Retry-After"))
-    if secs then dns.mark_down(t.target, secs) end
+    if t then dns.busy(t.target, res) end
   end
   local fn = pst and pst.on_response
   if fn and res then
