@@ -82,6 +82,14 @@ describe("DNS (RFC 3263)", function()
     return a, a:transports()[1].port, got
   end
 
+  -- message(agent) -> agent:request's results for a MESSAGE to sip:bob@example.test
+  local function message(a)
+    return H.run(function()
+      return a:request{ method = "MESSAGE", uri = "sip:bob@example.test", body = "hi",
+        content_type = "text/plain" }
+    end)
+  end
+
   local function resolver_agent(dns_port, opts)
     opts = opts or {}
     opts.dns = { servers = { "127.0.0.1:" .. dns_port } }
@@ -287,10 +295,7 @@ describe("DNS (RFC 3263)", function()
     local down = require("luasip.dns").down
     defer(function() for k in pairs(down) do down[k] = nil end end)
     for _ = 1, 2 do
-      local res, err = H.run(function()
-        return a:request{ method = "MESSAGE", uri = "sip:bob@example.test", body = "hi",
-          content_type = "text/plain" }
-      end)
+      local res, err = message(a)
       assert.is_truthy(res, err)
       assert.equal("second", res.reason)
     end
@@ -309,10 +314,7 @@ describe("DNS (RFC 3263)", function()
       "--host-record=one.example.test,127.0.0.1",
       "--host-record=two.example.test,127.0.0.1" }
     local a = resolver_agent(dport)
-    local res, err = H.run(function()
-      return a:request{ method = "MESSAGE", uri = "sip:bob@example.test", body = "hi",
-        content_type = "text/plain" }
-    end)
+    local res, err = message(a)
     assert.is_truthy(res, err)
     assert.equal("second", res.reason)
     assert.same({ "MESSAGE udp" }, got1)
