@@ -83,11 +83,14 @@ test: deps
 # targets that install deps and then build run the build in a new make: the sofia and
 # media flags above are read when make starts, before deps installed the packages
 # make run WORKERS=2: the PBX as 2 worker processes behind a stateless front, its state
-# in Redis on 127.0.0.1:6379 (started for the run when none answers there)
+# in Redis on 127.0.0.1:6379 (started for the run when none answers there).  The PBX
+# runs on jemalloc (README: Memory allocator); MALLOC=glibc keeps glibc's malloc.
 WORKERS ?=
+MALLOC ?=
 run: deps
 	@$(MAKE) -s --no-print-directory build
 	IVR_PROMPTS=build/prompts LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/5.4/?.so;;" \
+	  $(if $(filter glibc,$(MALLOC)),,LD_PRELOAD="$$(sh scripts/jemalloc.sh)") \
 	  $(if $(WORKERS),PBX_WORKERS=$(WORKERS) sh scripts/with-redis.sh) lua5.4 examples/pbx.lua $(ARGS)
 
 bench: deps

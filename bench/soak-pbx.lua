@@ -1,8 +1,11 @@
 -- bench/soak-pbx.lua: examples/pbx.lua with a sampler, for bench/soak.sh.  Every
 -- SOAK_SAMPLE seconds (5) it appends one line to $SOAK_SAMPLES:
---   seconds rss_kb fds lua_kb objects requests dialogs client_txs cpu_s lag_ms
+--   seconds rss_kb fds lua_kb objects requests dialogs client_txs cpu_s lag_ms gc_ms
 -- (lag_ms: the longest the loop was late for a 10 ms timer since the last sample; each
--- lateness over 100 ms is also logged with the Lua heap before and after)
+-- lateness over 100 ms is also logged with the Lua heap.  lua_kb and the objects are
+-- counted after a full collection, which took gc_ms: what is live, not how far the
+-- incremental collector happens to be in its cycle (between two cycles the garbage
+-- userdata double or halve the count).  That pause is not counted in lag_ms.)
 -- (objects: every live C object of sip.stats(); the process's RSS and open descriptors
 -- from /proc/self).  Usage: lua bench/soak-pbx.lua host:port
 local sip = require "luasip"
@@ -44,10 +47,12 @@ local function cpu_s()                 -- utime + stime of this process, seconds
   return (tonumber(fields[12]) + tonumber(fields[13])) / 100   -- (fields 14, 15; USER_HZ)
 end
 
-local max_lag, tick_due = 0, nil
+local max_lag, tick_due, skip_lag = 0, nil, false
 local function tick()
   local now = sip.now()
-  if tick_due then
+  if tick_due and skip_lag then
+    skip_lag = false
+  elseif tick_due then
     local lag = (now - tick_due) * 1000
     if lag > max_lag then max_lag = lag end
     if lag > 100 then
@@ -61,12 +66,16 @@ end
 tick()
 
 local function sample()
+  local g0 = sip.now()
+  collectgarbage("collect")
+  local gc_ms = (sip.now() - g0) * 1000
+  skip_lag = true                 -- the next tick is late by this collection: not counted
   local st, objects = sip.stats(), 0
   for _, n in pairs(st) do objects = objects + n end
   local f = assert(io.open(out, "a"))
-  f:write(("%.1f %d %d %d %d %d %d %d %.2f %.0f\n"):format(sip.now() - t0, rss_kb(), fds(),
-    math.floor(collectgarbage("count")), objects, st["luasip.request"] or 0,
-    st["luasip.dialog"] or 0, st["luasip.client_tx"] or 0, cpu_s(), max_lag))
+  f:write(("%.1f %d %d %d %d %d %d %d %.2f %.0f %.1f\n"):format(sip.now() - t0, rss_kb(),
+    fds(), math.floor(collectgarbage("count")), objects, st["luasip.request"] or 0,
+    st["luasip.dialog"] or 0, st["luasip.client_tx"] or 0, cpu_s(), max_lag, gc_ms))
   max_lag = 0
   f:close()
   if os.getenv("SOAK_STATS") then              -- every class, to the PBX's log

@@ -19,9 +19,15 @@
 #
 # The PBX's digest nonces live SOAK_NONCE_TTL s (60; pbx.lua's default is 300): the nonce
 # counts kept for replay protection reach their steady state after one lifetime.
+# The PBX runs on jemalloc (LD_PRELOAD of Debian's libjemalloc2), as README advises for
+# a long-running server: under glibc's malloc the heap that ~80,000 transactions kept
+# for 32 s fragment makes malloc itself a third of the CPU and stalls the loop 100-200 ms
+# every few seconds, which the overload control then answers with 503s (README:
+# Memory allocator).  SOAK_MALLOC=glibc runs it on glibc's malloc instead.
 # Env: SOAK_CALLS (1000000), SOAK_RATE (250), SOAK_HOLD_MS (1000), SOAK_LUA (lua5.4;
-# luajit), SOAK_SAMPLE (5), SOAK_WARMUP (20), SOAK_TOLERANCE (5), KEEP=1 keeps the work
-# directory (samples, logs).  The curve is printed (one line per ~1/20 of the run).
+# luajit), SOAK_SAMPLE (5), SOAK_WARMUP (20), SOAK_TOLERANCE (5), SOAK_MALLOC (jemalloc;
+# glibc), KEEP=1 keeps the work directory (samples, logs).  The curve is printed (one
+# line per ~1/20 of the run).
 set -u
 source "$(dirname "$0")/lib.sh"
 cd "$BENCH_DIR/.."
@@ -39,6 +45,12 @@ for v in "$CALLS" "$RATE" "$HOLD" "$SAMPLE" "$WARMUP" "$TOL"; do require_uint "$
 (( RATE >= 20 )) || die "SOAK_RATE must be at least 20"
 case "$LUA" in luajit) FLAVOUR=luajit ;; lua5.*) FLAVOUR=${LUA#lua} ;; *) die "SOAK_LUA: lua5.x or luajit" ;; esac
 [[ -f build/$FLAVOUR/luasip/core.so ]] || die "build/$FLAVOUR/luasip/core.so missing: make build"
+MALLOC=${SOAK_MALLOC:-jemalloc}
+case "$MALLOC" in
+  glibc) PRELOAD="" ;;
+  jemalloc) PRELOAD=$(sh scripts/jemalloc.sh) || die "SOAK_MALLOC=jemalloc: libjemalloc2 missing (make deps)" ;;
+  *) die "SOAK_MALLOC: jemalloc or glibc" ;;
+esac
 
 DURATION=$(( CALLS / RATE ))
 (( DURATION >= 30 )) || die "SOAK_CALLS / SOAK_RATE must be at least 30 s"
@@ -63,7 +75,7 @@ mkdir -p "$WORK/recordings"
 NONCE_TTL=${SOAK_NONCE_TTL:-60}
 require_uint "$NONCE_TTL"
 SOAK_SAMPLES="$WORK/samples" SOAK_SAMPLE=$SAMPLE IVR_RECORDINGS="$WORK/recordings" \
-  PBX_NONCE_TTL=$NONCE_TTL \
+  PBX_NONCE_TTL=$NONCE_TTL LD_PRELOAD="$PRELOAD" \
   LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/$FLAVOUR/?.so;;" \
   timeout "$BOUND" "$LUA" bench/soak-pbx.lua "$HOST:$PBX_PORT" >"$WORK/pbx.log" 2>&1 &
 PBX=$!
@@ -116,7 +128,7 @@ uac() {  # name scenario auth_uri rate count
   UACS+=("$1")
 }
 UACS=()
-log "soak: $CALLS calls at $RATE/s (~$(( DURATION / 60 )) min) through pbx.lua ($LUA, port $PBX_PORT)"
+log "soak: $CALLS calls at $RATE/s (~$(( DURATION / 60 )) min) through pbx.lua ($LUA, $MALLOC, port $PBX_PORT)"
 uac calls "$SOAK/call-uac.xml" "bob@$HOST" "$RATE" "$CALLS"
 uac cancels "$SOAK/cancel-uac.xml" "carol@$HOST" $(( RATE / 10 )) $(( CALLS / 10 ))
 uac messages "$SOAK/message-uac.xml" "alice@$HOST" $(( RATE / 4 )) $(( CALLS / 4 ))
@@ -151,13 +163,15 @@ import sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
 warm, tol = float(sys.argv[2]) / 100, float(sys.argv[3])
 names = ["rss_kb", "fds", "lua_kb", "objects", "requests", "dialogs", "client_txs", "cpu_pct",
-         "lag_ms"]
+         "lag_ms", "gc_ms"]
 # column 9 is the CPU seconds used so far: shown as % of one core since the last sample;
-# column 10 the loop's longest lateness in that interval (ms)
+# column 10 the loop's longest lateness in that interval (ms), 11 the sampler's own full
+# collection (ms; lua_kb and the objects are counted after it)
 prev = None
 for r in rows:
-    t, c, lag = r[0], r[8] if len(r) > 8 else 0, r[9] if len(r) > 9 else 0
-    r[8:] = [100 * (c - prev[1]) / (t - prev[0]) if prev and t > prev[0] else 0, lag]
+    t, c = r[0], r[8] if len(r) > 8 else 0
+    lag, gc = r[9] if len(r) > 9 else 0, r[10] if len(r) > 10 else 0
+    r[8:] = [100 * (c - prev[1]) / (t - prev[0]) if prev and t > prev[0] else 0, lag, gc]
     prev = (t, c)
 print("\n%7s " % "s" + " ".join("%10s" % n for n in names))
 step = max(1, len(rows) // 20)
@@ -166,6 +180,9 @@ for r in rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else []):
 lags = [r[9] for r in rows]
 print("loop lateness: max %.0f ms; samples with a lateness over 100 ms: %d of %d"
       % (max(lags) if lags else 0, sum(1 for x in lags if x > 100), len(lags)))
+gcs = [r[10] for r in rows]
+print("sampler's full collection: max %.0f ms, mean %.0f ms" % (max(gcs) if gcs else 0,
+      sum(gcs) / len(gcs) if gcs else 0))
 # the load ends before the last samples: judge the loaded part only
 load = [r for r in rows if r[0] <= rows[-1][0] - 2 * (rows[1][0] - rows[0][0])] if len(rows) > 3 else rows
 n = len(load)

@@ -3,7 +3,7 @@
 # Idempotent: does nothing when every package is present.  Usage: install-deps.sh [extra...]
 set -eu
 
-PKGS="gcc make pkg-config libsofia-sip-ua-dev libssl-dev openssl
+PKGS="gcc make pkg-config libsofia-sip-ua-dev libssl-dev openssl libjemalloc2
 lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev lua5.4 liblua5.4-dev luajit libluajit-5.1-dev
 clang libclang-rt-14-dev dnsmasq-base
 lua-busted lua-check luarocks lua-cqueues lua-luv sip-tester valgrind iproute2 util-linux procps python3-minimal redis-server
