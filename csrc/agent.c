@@ -394,6 +394,8 @@ static int agent_message(nta_agent_magic_t *magic, nta_agent_t *nta, msg_t *msg,
       }
       return 0;
     }
+    if (a->spread && luasip_spread(a, nta, msg, sip))
+      return 0;
     if (m == sip_method_ack) {
       if (overload_is_our_ack(a, sip)) {
         a->overload->acks_dropped++;

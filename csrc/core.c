@@ -1079,6 +1079,7 @@ int luaopen_luasip_core(lua_State *L)
     luasip_client_open(L);
     luasip_dialog_open(L);
     luasip_proxy_open(L);
+    luasip_front_open(L);
     luasip_stream_open(L);
     luasip_dns_open(L);
     luasip_media_open(L);

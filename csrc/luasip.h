@@ -314,6 +314,12 @@ void luasip_proxy_open(lua_State *L);
 void luasip_proxy_cancel(lsip_obj_t *proxy);
 void luasip_proxy_forget(lsip_obj_t *proxy);
 void luasip_proxies_detach(lsip_agent_t *a);
+int luasip_forward(lsip_agent_t *a, msg_t *m, const char *uri, const char *hop,
+                   const char **why, const char **code);
+
+/* front.c: agent:spread, the stateless front of luasip.cluster */
+void luasip_front_open(lua_State *L);
+int luasip_spread(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_t *sip);
 #define LUASIP_DIALOG "luasip.dialog"
 sip_t const *luasip_request_sip(lsip_obj_t *req);
 msg_t *luasip_request_msg(lsip_obj_t *req);
@@ -340,6 +346,7 @@ struct lsip_agent {
   unsigned t1, t2;          /* RFC 3261 timers in ms (defaults 500 / 4000) */
   struct lsip_overload *overload;  /* agent.c: load shedding at the entry point */
   struct lsip_flood *flood;        /* flood.c: per-source limits, scanners (NULL: none) */
+  struct lsip_spread *spread;      /* front.c: requests spread over workers (NULL: off) */
   su_timer_t *dnsconf_timer;  /* re-checks the name servers sres may use (dnsconf.c) */
   int stateless;            /* agent option stateless: no server transaction of its own
                                (no 100 Trying), a CANCEL matching no INVITE goes to Lua */

@@ -847,10 +847,62 @@ static int proxy_cancel_m(lua_State *L)
   return 1;
 }
 
+/* Stateless forwarding (RFC 3261 16.11) of m, which it takes in every case: our Route
+ * off, Max-Forwards - 1, a Via of ours (nta's); uri: a new Request-URI (NULL: as it is);
+ * hop: where to send it instead of its Route or Request-URI (NULL: there).  0: sent;
+ * 483: Max-Forwards was 0 (not sent); -1: not sent, *why says why and *code names it. */
+int luasip_forward(lsip_agent_t *a, msg_t *m, const char *uri, const char *hop,
+                   const char **why, const char **code)
+{
+  nta_agent_t *nta = luasip_agent_nta(a);
+  sip_t *sip = sip_object(m);
+  sip_method_t method;
+  static char buf[300];
+  int secure;
+  if (!nta || !sip || !sip->sip_request) {
+    msg_destroy(m);
+    *why = *code = nta ? "not a request" : "closed";
+    return -1;
+  }
+  if (sip->sip_max_forwards && sip->sip_max_forwards->mf_count == 0) {
+    msg_destroy(m);
+    return 483;
+  }
+  secure = sip->sip_request->rq_url->url_type == url_sips;
+  if (sip->sip_max_forwards)
+    sip->sip_max_forwards->mf_count--, msg_fragment_clear(sip->sip_max_forwards->mf_common);
+  if (sip->sip_route && url_is_us(a, sip->sip_route->r_url))
+    msg_header_remove(m, (msg_pub_t *)sip, (msg_header_t *)sip->sip_route);
+  if (uri)
+    msg_header_replace(m, (msg_pub_t *)sip, (msg_header_t *)sip->sip_request,
+                       (msg_header_t *)sip_request_create(msg_home(m),
+                                                          sip->sip_request->rq_method,
+                                                          sip->sip_request->rq_method_name,
+                                                          URL_STRING_MAKE(uri), NULL));
+  {                               /* a sips: request never leaves over UDP or TCP */
+    url_t *h = hop ? url_make(NULL, hop) : NULL;
+    const char *w = luasip_sips_refusal(a, sip, h, secure, buf, sizeof buf);
+    su_free(NULL, h);
+    if (w) {
+      msg_destroy(m);
+      *why = w, *code = "tls";
+      return -1;
+    }
+  }
+  method = sip->sip_request->rq_method;
+  /* nta_msg_tsend takes m: once sent (at once to an address) it may be freed already */
+  if (nta_msg_tsend(nta, m, hop ? URL_STRING_MAKE(hop) : NULL, TAG_END()) < 0) {
+    *why = "cannot forward", *code = "send";
+    return -1;
+  }
+  LUASIP_COUNT_OUT(method);
+  return 0;
+}
+
 /* req:forward([uri] [, next_hop | { next_hop = uri }]) -> true | nil, err, code:
- * stateless forwarding (ACK for 2xx, RFC 3261 16.11): our Route off, Max-Forwards - 1, a
- * Via of ours; next_hop: where to send it instead of its Route or Request-URI, which is
- * left alone (a flow a target registered from, behind NAT; a worker behind a front) */
+ * stateless forwarding (ACK for 2xx, RFC 3261 16.11, luasip_forward); next_hop: where to
+ * send it instead of its Route or Request-URI, which is left alone (a flow a target
+ * registered from, behind NAT; a worker behind a front) */
 static int req_forward(lua_State *L)
 {
   lsip_obj_t *r = luasip_checkobj(L, 1, LUASIP_REQUEST);
@@ -858,10 +910,9 @@ static int req_forward(lua_State *L)
   nta_agent_t *nta = a ? luasip_agent_nta(a) : NULL;
   const char *uri = lua_isnoneornil(L, 2) ? NULL
                     : luasip_uri_arg(L, 2, "luasip.request:forward");
-  const char *hop = NULL;
-  sip_method_t method;
+  const char *hop = NULL, *why = NULL, *code = NULL;
   msg_t *m;
-  sip_t *sip;
+  int rc;
   if (lua_istable(L, 3)) {
     lua_getfield(L, 3, "next_hop");
     hop = lua_isnil(L, -1) ? NULL : luasip_uri_arg(L, -1, "luasip.request:forward");
@@ -875,40 +926,15 @@ static int req_forward(lua_State *L)
   m = msg_dup(luasip_request_msg(r));
   if (!m)
     return luasip_fail(L, "out of memory", "memory");
-  sip = sip_object(m);
-  if (sip->sip_max_forwards && sip->sip_max_forwards->mf_count == 0) {
-    msg_destroy(m);
+  rc = luasip_forward(a, m, uri, hop, &why, &code);
+  if (rc == 483) {
     lua_pushnil(L);
     lua_pushliteral(L, "483 Too Many Hops");
     lua_pushinteger(L, 483);
     return 3;
   }
-  if (sip->sip_max_forwards)
-    sip->sip_max_forwards->mf_count--, msg_fragment_clear(sip->sip_max_forwards->mf_common);
-  if (sip->sip_route && url_is_us(a, sip->sip_route->r_url))
-    msg_header_remove(m, (msg_pub_t *)sip, (msg_header_t *)sip->sip_route);
-  if (uri)
-    msg_header_replace(m, (msg_pub_t *)sip, (msg_header_t *)sip->sip_request,
-                       (msg_header_t *)sip_request_create(msg_home(m),
-                                                          sip->sip_request->rq_method,
-                                                          sip->sip_request->rq_method_name,
-                                                          URL_STRING_MAKE(uri), NULL));
-  {                               /* a sips: request never leaves over UDP or TCP */
-    char buf[300];
-    url_t *h = hop ? url_make(NULL, hop) : NULL;
-    const char *why = luasip_sips_refusal(a, sip, h, luasip_request_sip(r)->sip_request
-                                          ->rq_url->url_type == url_sips, buf, sizeof buf);
-    su_free(NULL, h);
-    if (why) {
-      msg_destroy(m);
-      return luasip_fail(L, why, "tls");
-    }
-  }
-  method = sip->sip_request->rq_method;
-  /* nta_msg_tsend takes m: once sent (at once to an address) it may be freed already */
-  if (nta_msg_tsend(nta, m, hop ? URL_STRING_MAKE(hop) : NULL, TAG_END()) < 0)
-    return luasip_fail(L, "cannot forward", "send");
-  LUASIP_COUNT_OUT(method);
+  if (rc < 0)
+    return luasip_fail(L, why, code);
   luasip_request_forwarded(r);
   lua_pushboolean(L, 1);
   return 1;

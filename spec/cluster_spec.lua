@@ -336,6 +336,134 @@ describe("a stateless agent forwarding with req:forward{ next_hop }", function()
   end)
 end)
 
+describe("agent:spread, the front in C", function()
+  after_each(function() H.close_agents() end)
+
+  -- a front spreading over two UASs that answer MESSAGE 200 and note each Call-ID
+  local function setup_front()
+    local front = H.agent{ stateless = true, in_dialog = "handler" }
+    local got, uas = { {}, {} }, {}
+    for i = 1, 2 do
+      uas[i] = H.agent()
+      uas[i]:on("MESSAGE", function(req) got[i][#got[i] + 1] = req.call_id; req:reply(200) end)
+    end
+    local lua_ran = false
+    for _, m in ipairs{ "MESSAGE", "INVITE", "OPTIONS" } do
+      front:on(m, function(req) lua_ran = true; req:reply(599) end)
+    end
+    local hops = {}
+    for i = 1, 2 do hops[i] = "sip:127.0.0.1:" .. uas[i]:transports()[1].port end
+    return front, hops, got, function() return lua_ran end
+  end
+  local function message(uac, front, call_id, extra)
+    local headers = { ["Call-ID"] = call_id }
+    for k, v in pairs(extra or {}) do headers[k] = v end
+    return uac:request{ method = "MESSAGE", uri = "sip:bob@127.0.0.1", body = "hi",
+      content_type = "text/plain", headers = headers, timeout = 5,
+      proxy = "sip:127.0.0.1:" .. front:transports()[1].port }
+  end
+
+  it("sends each request to its Call-ID's hash slot, as luasip.cluster hashes, without Lua", function()
+    local front, hops, got, lua_ran = setup_front()
+    assert.is_true(front:spread(hops))
+    local uac = H.agent()
+    local want = { {}, {} }
+    H.run(function()
+      for k = 1, 12 do
+        local id = "spread-" .. k .. "@test"
+        local res = assert(message(uac, front, id))
+        assert.equal(200, res.status)
+        local slot = cluster.hash(id) % 2 + 1
+        want[slot][#want[slot] + 1] = id
+      end
+    end)
+    assert.same(want, got)
+    assert.is_true(#want[1] > 0 and #want[2] > 0)
+    assert.is_false(lua_ran())
+    local st = front:spread()
+    assert.equal(2, st.slots)
+    assert.equal(12, st.forwarded)
+  end)
+
+  it("passes an INVITE, its CANCEL and the ACK of the 487 to the slot's worker", function()
+    local front = H.agent{ stateless = true, in_dialog = "handler" }
+    local uas, uac = H.agent(), H.agent()
+    local hop = "sip:127.0.0.1:" .. uas:transports()[1].port
+    front:spread({ hop, hop })
+    local ringing = rings(uas)
+    local _, _, code = H.run(function()
+      local tx = assert(uac:send{ method = "INVITE", uri = "sip:bob@127.0.0.1", body = "v=0\r\n",
+        content_type = "application/sdp",
+        proxy = "sip:127.0.0.1:" .. front:transports()[1].port })
+      tx:on_provisional(function(p) if p.status == 180 then tx:cancel() end end)
+      return tx:wait(10)
+    end)
+    assert.equal(487, code)
+    H.run_until(function() return ringing() and ringing():cancelled() end, 5, "CANCEL")
+    -- INVITE, CANCEL, ACK of the 487
+    H.run_until(function() return front:spread().forwarded >= 3 end, 5, "the ACK")
+    assert.equal(3, front:spread().forwarded)
+  end)
+
+  it("answers 503 + Retry-After for a slot with no worker, and while draining for new requests only", function()
+    local front, hops, got = setup_front()
+    local id1, id2 = "slot-a", "slot-b"          -- one Call-ID for each slot
+    for k = 1, 100 do
+      local id = "slot-" .. k
+      if cluster.hash(id) % 2 == 0 then id1 = id else id2 = id end
+    end
+    assert.are_not.equal(cluster.hash(id1) % 2, cluster.hash(id2) % 2)
+    front:spread({ false, hops[2] })
+    local uac = H.agent()
+    H.run(function()
+      local res, _, code, r = message(uac, front, id1)
+      assert.is_nil(res)
+      assert.equal(503, code)
+      assert.equal("5", r:header("Retry-After"))
+      assert.equal(200, assert(message(uac, front, id2)).status)
+      front:spread(hops, { draining = true })
+      local _, _, code2 = message(uac, front, id2)
+      assert.equal(503, code2)
+    end)
+    assert.same({ id2 }, got[2])
+    assert.is_true(front:spread().draining)
+    assert.equal(2, front:spread().refused)
+    -- in a dialog (a To tag): still forwarded while draining (the worker's answer: it
+    -- knows no such dialog)
+    local forwarded = front:spread().forwarded
+    local port = front:transports()[1].port
+    local line = H.send_raw(port, table.concat({
+      "MESSAGE sip:bob@127.0.0.1 SIP/2.0",
+      "Via: SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bK-spread-indialog",
+      "From: <sip:a@127.0.0.1>;tag=1", "To: <sip:bob@127.0.0.1>;tag=2", "Call-ID: " .. id2,
+      "CSeq: 2 MESSAGE", "Max-Forwards: 70", "Content-Length: 0", "", "" }, "\r\n"))
+    assert.equal("SIP/2.0 481 Call/Transaction Does Not Exist", line)
+    assert.equal(forwarded + 1, front:spread().forwarded)
+    -- Max-Forwards 0: 483
+    line = H.send_raw(port, table.concat({
+      "OPTIONS sip:bob@127.0.0.1 SIP/2.0",
+      "Via: SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bK-spread-mf0",
+      "From: <sip:a@127.0.0.1>;tag=1", "To: <sip:bob@127.0.0.1>;tag=3", "Call-ID: " .. id2,
+      "CSeq: 1 OPTIONS", "Max-Forwards: 0", "Content-Length: 0", "", "" }, "\r\n"))
+    assert.equal("SIP/2.0 483 Too Many Hops", line)
+  end)
+
+  it("goes back to the handlers with spread(false), and refuses bad arguments by name", function()
+    local front, hops = setup_front()
+    front:spread(hops)
+    assert.is_true(front:spread(false))
+    assert.is_nil(front:spread())
+    local uac = H.agent()
+    local _, _, code = H.run(function() return message(uac, front, "back-to-lua") end)
+    assert.equal(599, code)
+    assert.has_error(function() front:spread({}) end, "luasip.agent:spread: 1-64 slots expected")
+    assert.has_error(function() front:spread("x") end)
+    local ok, err = pcall(front.spread, front, { "not a uri" })
+    assert.is_false(ok)
+    assert.matches("luasip.agent:spread", err)
+  end)
+end)
+
 describe("luasip.core spawn, wait, kill", function()
   local core = require "luasip.core"
   it("starts a child with extra environment, signals it and reaps it", function()

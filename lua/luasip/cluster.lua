@@ -3,7 +3,7 @@
   application's script.  In the process started by the user (the launcher) it never
   returns: it re-runs the same script N times as workers, each on a port of its own on
   the same address, and serves the public port itself as a stateless front (RFC 3261
-  16.11: req:forward, no transaction) that spreads requests over the workers by a hash
+  16.11: no transaction, no Lua: agent:spread in C) that spreads requests over the workers by a hash
   of their Call-ID, so a CANCEL, the ACK of a non-2xx or an in-dialog request that comes
   to the front reaches the worker that has the INVITE or the dialog.  Each worker's Via,
   Record-Route and Contact carry its own port: responses and requests along the route set
@@ -18,7 +18,6 @@
 local core = require "luasip.core"
 local dispatcher = require "luasip.dispatcher"
 local class = require "luasip.class"
-local sipmethods = require "luasip.sipmethods"
 
 local M = {}
 
@@ -132,34 +131,24 @@ local function launcher(opts)
     log("info", "worker", w.index, "started, pid", pid, "on", w.uri)
   end
 
-  -- the worker for a Call-ID: its hash slot, or the next one taking requests
-  local function pick(call_id)
-    local first = hash(call_id or "") % n
-    for k = 0, n - 1 do
-      local w = workers[(first + k) % n + 1]
-      if w.state == "up" then return w end
+  -- The front forwards in C (agent:spread, csrc/front.c): slot k's requests go to
+  -- worker k, or the next one taking requests when it is not; none: 503 + Retry-After.
+  -- Set again whenever a worker goes in or out of rotation and when draining starts.
+  local function spread()
+    local slots = {}
+    for k = 1, n do
+      slots[k] = false
+      for j = 0, n - 1 do
+        local w = workers[(k - 1 + j) % n + 1]
+        if w.state == "up" then slots[k] = w.uri; break end
+      end
     end
+    front:spread(slots, { draining = draining })
   end
-
-  local RETRY = { headers = { ["Retry-After"] = "5" }, stateless = true }
-  local function route(req)
-    local m = req.method
-    if draining and not req.to_tag and m ~= "ACK" and m ~= "CANCEL" then
-      return req:reply(503, "Service Unavailable", RETRY)
-    end
-    local w = pick(req.call_id)
-    if not w then
-      if m ~= "ACK" then req:reply(503, "Service Unavailable", RETRY) end
-      return
-    end
-    local ok, err, code = req:forward(nil, { next_hop = w.uri })
-    if not ok and m ~= "ACK" and code == 483 then
-      req:reply(483, "Too Many Hops", { stateless = true })
-    elseif not ok and m ~= "ACK" then
-      log("warn", "forward to worker", w.index, "failed:", tostring(err))
-    end
+  local function set_state(w, state)
+    if w.state ~= state then w.state = state; spread() end
   end
-  for _, m in ipairs(sipmethods.list) do front:on(m, route) end
+  spread()
 
   -- supervision: reap and restart (0.1 s), probe each worker until it answers
   local function probe_loop(w)
@@ -171,10 +160,11 @@ local function launcher(opts)
         if w.pid == pid then
           if alive and w.state ~= "up" then
             log("info", "worker", w.index, "ready")
-            w.state, w.backoff = "up", 0.5
+            w.backoff = 0.5
+            set_state(w, "up")
           elseif not alive and w.state == "up" then
             log("warn", "worker", w.index, "does not answer: out of rotation")
-            w.state = "starting"
+            set_state(w, "starting")
           end
         end
       end
@@ -192,7 +182,8 @@ local function launcher(opts)
               tostring(how), tostring(code))
             -- died young: wait longer before the next start (up to 30 s)
             if core.now() - w.started < 5 then w.backoff = math.min(w.backoff * 2, 30) end
-            w.pid, w.state, w.restart_at = nil, "down", core.now() + w.backoff
+            w.pid, w.restart_at = nil, core.now() + w.backoff
+            set_state(w, "down")
           end
         end
         if not w.pid and not draining and core.now() >= w.restart_at then start(w) end
@@ -206,6 +197,7 @@ local function launcher(opts)
   sip.on_shutdown(function(signal)
     log("info", "draining on", tostring(signal))
     draining = true
+    spread()
     for _, w in ipairs(workers) do if w.pid then core.kill(w.pid, "TERM") end end
     local deadline = core.now() + drain + 2
     local function live()
@@ -215,7 +207,8 @@ local function launcher(opts)
         if w.pid then how, code = core.wait(w.pid) end
         if how then
           log("info", "worker", w.index, "pid", w.pid, "ended:", how, tostring(code))
-          w.pid, w.state = nil, "down"
+          w.pid = nil
+          set_state(w, "down")
         end
         if w.pid then n_live = n_live + 1 end
       end
