@@ -790,6 +790,24 @@ static int core_time(lua_State *L)
   return 1;
 }
 
+/* allocator() -> "jemalloc" | "mimalloc" | "tcmalloc" | "glibc": whose malloc the
+ * process runs on (sofia-sip allocates through it; README: Memory allocator) */
+static int core_allocator(lua_State *L)
+{
+  static const struct { const char *sym, *name; } probes[] = {
+    { "mallctl", "jemalloc" }, { "mi_malloc", "mimalloc" }, { "tc_malloc", "tcmalloc" },
+  };
+  const char *name = "glibc";
+  size_t i;
+  for (i = 0; i < sizeof probes / sizeof probes[0]; i++)
+    if (dlsym(RTLD_DEFAULT, probes[i].sym)) {
+      name = probes[i].name;
+      break;
+    }
+  lua_pushstring(L, name);
+  return 1;
+}
+
 /* now() -> seconds (monotonic, with fractions) */
 static int core_now(lua_State *L)
 {
@@ -883,6 +901,7 @@ static const luaL_Reg core_funcs[] = {
   {"run", core_run},
   {"stop", core_stop},
   {"now", core_now},
+  {"allocator", core_allocator},
   {"time", core_time},
   {"timer", core_timer},
   {"log_level", core_log_level},

@@ -107,6 +107,7 @@ local sip = {
   stop = core.stop,
   now = core.now,
   time = core.time,
+  allocator = core.allocator,
   spawn = dispatcher.spawn,
   sleep = dispatcher.sleep,
   timer = dispatcher.timer,

@@ -79,4 +79,21 @@ describe("luasip helpers", function()
     assert.not_equal(a, b)
     assert.has_error(function() sip.random_hex(0) end)
   end)
+
+  it("names the process's allocator: glibc, or jemalloc when preloaded", function()
+    local function allocator(preload)
+      local p = assert(io.popen(table.concat({ "env",
+        preload and ("LD_PRELOAD=" .. preload) or "-u LD_PRELOAD",
+        "LUA_PATH='lua/?.lua;lua/?/init.lua;;'",
+        "LUA_CPATH='build/" .. (os.getenv("LUASIP_FLAVOUR") or "5.4") .. "/?.so;;'",
+        H.interpreter(), "-e", "'io.write(require(\"luasip\").allocator())'" }, " ")))
+      local out = p:read("*a")
+      p:close()
+      return out
+    end
+    assert.equal("glibc", allocator(nil))
+    local jemalloc = io.popen("sh scripts/jemalloc.sh"):read("*l")
+    if not jemalloc then return pending("libjemalloc2 not installed") end
+    assert.equal("jemalloc", allocator(jemalloc))
+  end)
 end)
