@@ -45,7 +45,9 @@
 #   BENCH_LUA="lua5.4 luajit"  interpreters for the luasip rows (lua5.4 -> build/5.4,
 #                              luajit -> build/luajit); BENCH_LUA=luajit for luajit only;
 #                              "lua5.4:quiet" runs bench/uas-quiet.lua (uas.lua with its
-#                              per-request stdout log discarded) to show what logging costs
+#                              per-request stdout log discarded) to show what logging costs;
+#                              "lua5.4:jemalloc" preloads libjemalloc2 (README: Memory
+#                              allocator; with BENCH_SUSTAIN for its steady state)
 #   BENCH_KINDS="calls options"
 #   BENCH_QUICK=1              ~1 minute smoke: 2 s steps, rates 1000 and 4000, no bisection
 #   BENCH_DURATION (s/step, default 5), START_RATE (1000), MAX_RATE (32000), REFINE (2),
@@ -119,7 +121,8 @@ command -v sipp >/dev/null || die "sipp not found (apt-get install sip-tester)"
 command -v ss >/dev/null || die "ss not found (iproute2)"
 for W in $BENCH_LUA; do
   L=${W%%:*}
-  [[ $W == "$L" || $W == "$L:quiet" ]] || die "BENCH_LUA: '$W' (INTERP or INTERP:quiet)"
+  [[ $W == "$L" || $W == "$L:quiet" || $W == "$L:jemalloc" ]] || die "BENCH_LUA: '$W' (INTERP, INTERP:quiet or INTERP:jemalloc)"
+  [[ $W != *:jemalloc ]] || sh "$ROOT/scripts/jemalloc.sh" >/dev/null || die "BENCH_LUA: $W needs libjemalloc2 (make deps)"
   case $L in
     lua5.4) F=5.4 ;; luajit) F=luajit ;; lua5.1) F=5.1 ;; lua5.3) F=5.3 ;;
     *) die "BENCH_LUA: unknown interpreter '$L' (lua5.4, luajit, lua5.3, lua5.1)" ;;
@@ -205,6 +208,7 @@ start_responder() {
       *) [[ $who == *:quiet ]] && script=bench/uas-quiet.lua
          [[ $who == *:metrics ]] && script=bench/uas-metrics.lua menv=(LUASIP_METRICS="$HOST:$METRICS_PORT") ;;
     esac
+    [[ $who == *:jemalloc ]] && menv+=(LD_PRELOAD="$(sh "$ROOT/scripts/jemalloc.sh")")
     case $interp in lua5.4) flavour=5.4 ;; luajit) flavour=luajit ;; lua5.1) flavour=5.1 ;; lua5.3) flavour=5.3 ;; esac
     [[ ${BENCH_UAS_LOG:-file} == null ]] && dest=/dev/null
     ( cd "$ROOT" && exec timeout --kill-after=5 "$RESP_MAX" \
