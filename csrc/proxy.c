@@ -31,6 +31,14 @@
 
 struct lsip_proxy;
 
+typedef struct target {
+  char *uri;
+  char *route;                /* Path / extra Route, comma-separated */
+  char *flow;                 /* the next hop: where it registered from */
+  char *hop;                  /* the next hop of a DNS failover target */
+  unsigned char obs;          /* its flow is an RFC 5626 one: no flow, no branch */
+} target_t;
+
 typedef struct branch {
   struct lsip_proxy *p;
   nta_outgoing_t *orq;
@@ -58,11 +66,11 @@ typedef struct lsip_proxy {
   lsip_agent_t *agent;
   lsip_obj_t *req;            /* kept alive by the userdata's uservalue (Lua side) */
   msg_t *base;                /* the request as forwarded, before the target is set */
-  int ntargets, next;
-  char *targets[MAX_BRANCHES];
-  char *routes[MAX_BRANCHES]; /* Path / extra Route of a target, comma-separated */
-  char *flows[MAX_BRANCHES];  /* the next hop of a target: where it registered from */
-  unsigned char obs[MAX_BRANCHES]; /* its flow is an RFC 5626 one: no flow, no branch */
+  /* The arrays below are allocated to size (most proxies have one target): a 3 KB
+   * object of fixed arrays cost glibc's malloc a large-chunk search per proxied request
+   * (the largest single caller of _int_malloc in the soak's profile). */
+  target_t *t;                /* ntargets of them, room for tcap; recurse() adds more */
+  int ntargets, tcap, next;
   unsigned timer_c_ms;
   int sequential, observe, follow, hold;
   struct held {                 /* responses waiting for Lua's rewrite, oldest first */
@@ -70,12 +78,12 @@ typedef struct lsip_proxy {
     nta_outgoing_t *orq;
     msg_t *msg;
     int status;
-  } held[MAX_HELD];
-  int nheld;
-  msg_t *challenges[MAX_BRANCHES]; /* 401/407 answers, merged into the one forwarded */
-  int nchallenges;
-  branch_t br[MAX_BRANCHES];
-  int nbr, pending;
+  } *held;
+  int nheld, hcap;
+  msg_t **challenges;         /* 401/407 answers, merged into the one forwarded */
+  int nchallenges, ccap;
+  branch_t **br;              /* each its own allocation: nta and Timer C hold it */
+  int nbr, bcap, pending;
   msg_t *best;
   int best_status;
   char key[24];               /* branch prefix: loop detection hash */
@@ -83,13 +91,32 @@ typedef struct lsip_proxy {
   unsigned is_invite:1;
   /* DNS failover (RFC 3263 4.3, lua/luasip/proxy.lua): the targets are one URI's SRV
    * targets, each with its next hop; only a 503 or a 408 moves on to the next */
-  char *hops[MAX_BRANCHES];
   int failover;
   /* sips: (RFC 3261 26.2, RFC 5630): the request came to a sips: URI, so every branch
    * goes over TLS; a branch that cannot is not started, and why is kept for Lua */
   unsigned sips:1;
-  char sips_refused[300];
+  char *sips_refused;         /* why the last branch was refused, or NULL */
 } lsip_proxy_t;
+
+/* Makes room for need items in *arr (of *cap, each size bytes; new room zeroed).
+ * 0: done; -1: out of memory (nothing changed). */
+static int grow(void *arr, int *cap, int need, size_t size)
+{
+  void **a = (void **)arr;
+  int n = *cap ? *cap : 1;
+  void *bigger;
+  if (need <= *cap)
+    return 0;
+  while (n < need)
+    n *= 2;
+  bigger = realloc(*a, (size_t)n * size);
+  if (!bigger)
+    return -1;
+  memset((char *)bigger + (size_t)*cap * size, 0, (size_t)(n - *cap) * size);
+  *a = bigger;
+  *cap = n;
+  return 0;
+}
 
 #define TO(s) (1u << PROXY_##s)
 static const unsigned proxy_transitions[PROXY_NSTATES] = {
@@ -187,10 +214,10 @@ static void proxy_release(lsip_proxy_t *p)
 {
   int i;
   for (i = 0; i < p->nbr; i++) {
-    branch_stop_timer(&p->br[i]);
-    if (p->br[i].orq) {
-      nta_outgoing_destroy(p->br[i].orq);
-      p->br[i].orq = NULL;
+    branch_stop_timer(p->br[i]);
+    if (p->br[i]->orq) {
+      nta_outgoing_destroy(p->br[i]->orq);
+      p->br[i]->orq = NULL;
     }
   }
   p->pending = 0;
@@ -233,14 +260,21 @@ static void proxy_destroy(lsip_obj_t *obj)
     msg_destroy(p->best);
   for (i = 0; i < p->nchallenges; i++)
     msg_destroy(p->challenges[i]);
+  free(p->challenges);
   for (i = 0; i < p->ntargets; i++) {
-    free(p->targets[i]);
-    free(p->routes[i]);
-    free(p->flows[i]);
-    free(p->hops[i]);
+    free(p->t[i].uri);
+    free(p->t[i].route);
+    free(p->t[i].flow);
+    free(p->t[i].hop);
   }
+  free(p->t);
   for (i = 0; i < p->nheld; i++)
     msg_destroy(p->held[i].msg);
+  free(p->held);
+  for (i = 0; i < p->bcap; i++)
+    free(p->br[i]);
+  free(p->br);
+  free(p->sips_refused);
   luasip_freeobj(obj);
 }
 
@@ -272,7 +306,7 @@ static void cancel_others(lsip_proxy_t *p, branch_t *except, int elsewhere)
 {
   int i;
   for (i = 0; i < p->nbr; i++) {
-    branch_t *b = &p->br[i];
+    branch_t *b = p->br[i];
     if (b != except && !b->done && b->orq && p->is_invite) {
       /* RFC 3326: a phone that lost to another tells "answered elsewhere", not missed */
       LUASIP_COUNT_OUT(sip_method_cancel);
@@ -336,11 +370,12 @@ static int recurse(lsip_proxy_t *p, sip_t const *sip)
     if (url_e(buf, sizeof buf, m->m_url) <= 0 || strlen(buf) >= sizeof buf - 1)
       continue;
     for (i = 0; i < p->ntargets; i++)
-      if (!strcmp(p->targets[i], buf))
+      if (!strcmp(p->t[i].uri, buf))
         dup = 1;                    /* a target already tried is not tried again */
-    if (dup || !(p->targets[p->ntargets] = strdup(buf)))
+    if (dup || grow(&p->t, &p->tcap, p->ntargets + 1, sizeof *p->t) < 0 ||
+        !(p->t[p->ntargets].uri = strdup(buf)))
       continue;
-    p->routes[p->ntargets++] = NULL;
+    p->ntargets++;
     added++;
   }
   return added;
@@ -413,7 +448,8 @@ static void branch_take(branch_t *b, nta_outgoing_t *orq, msg_t *msg, int status
   lsip_proxy_t *p = b->p;
   sip_t const *sip = msg ? sip_object(msg) : NULL;
   if (msg && p->hold && status > 100 && p->nheld < MAX_HELD &&
-      (p->nheld > 0 || (sip->sip_payload && sip->sip_payload->pl_len > 0))) {
+      (p->nheld > 0 || (sip->sip_payload && sip->sip_payload->pl_len > 0)) &&
+      grow(&p->held, &p->hcap, p->nheld + 1, sizeof *p->held) == 0) {
     /* held for the rewrite hook: Lua releases it (p:_release) when its body is ready */
     lsip_obj_t *o = response_for_lua(msg);
     struct held *h = &p->held[p->nheld++];
@@ -498,7 +534,8 @@ static void branch_process(branch_t *b, nta_outgoing_t *orq, msg_t *msg, int sta
         msg = NULL;
       }
     }
-    if ((status == 401 || status == 407) && msg && p->nchallenges < MAX_BRANCHES)
+    if ((status == 401 || status == 407) && msg && p->nchallenges < MAX_BRANCHES &&
+        grow(&p->challenges, &p->ccap, p->nchallenges + 1, sizeof *p->challenges) == 0)
       p->challenges[p->nchallenges++] = msg_ref_create(msg);
     if (!p->best || rank(status) < rank(p->best_status) ||
         (status == 407 && p->best_status == 401)) {
@@ -535,19 +572,27 @@ static int start_branch(lsip_proxy_t *p, int t)
   nta_agent_t *nta = p->agent ? luasip_agent_nta(p->agent) : NULL;
   url_t *next = NULL;
   int via_flow = 0;
+  target_t *tg = &p->t[t];
+  char refused[300];
   if (!nta || p->nbr >= MAX_BRANCHES)
     return -1;
-  if (p->flows[t] && !p->routes[t]) {
+  if (tg->flow && !tg->route) {
     /* NAT: the request goes to the address (the connection) the target registered
      * from; without it, an outbound binding is unreachable (RFC 5626 5.3), another
      * falls back to its Contact */
-    url_t *f = url_make(NULL, p->flows[t]);
+    url_t *f = url_make(NULL, tg->flow);
     via_flow = f && luasip_agent_flow_alive(p->agent, f);
     su_free(NULL, f);
-    if (!via_flow && p->obs[t])
+    if (!via_flow && tg->obs)
       return -1;
   }
-  b = &p->br[p->nbr];
+  /* counted in nbr below, once it is started; one left from a start that failed
+   * before that is used again */
+  if (grow(&p->br, &p->bcap, p->nbr + 1, sizeof *p->br) < 0)
+    return -1;
+  if (!p->br[p->nbr] && !(p->br[p->nbr] = calloc(1, sizeof *b)))
+    return -1;
+  b = p->br[p->nbr];
   memset(b, 0, sizeof *b);
   b->p = p;
   /* the only branch there can ever be (one target, no redirects followed) takes base
@@ -564,17 +609,17 @@ static int start_branch(lsip_proxy_t *p, int t)
   sip = sip_object(m);
   home = msg_home(m);
   if (via_flow)
-    next = url_make(home, p->flows[t]);
-  else if (p->hops[t])
-    next = url_make(home, p->hops[t]);
+    next = url_make(home, tg->flow);
+  else if (tg->hop)
+    next = url_make(home, tg->hop);
   msg_header_replace(m, (msg_pub_t *)sip, (msg_header_t *)sip->sip_request,
                      (msg_header_t *)sip_request_create(home, sip->sip_request->rq_method,
                                                         sip->sip_request->rq_method_name,
-                                                        URL_STRING_MAKE(p->targets[t]),
+                                                        URL_STRING_MAKE(tg->uri),
                                                         NULL));
-  if (p->routes[t]) {
+  if (tg->route) {
     /* the target's Path (RFC 3327) goes in front of any Route left */
-    sip_route_t *r = sip_route_make(home, p->routes[t]);
+    sip_route_t *r = sip_route_make(home, tg->route);
     if (r) {
       sip_route_t *last = r;
       while (last->r_next)
@@ -588,9 +633,11 @@ static int start_branch(lsip_proxy_t *p, int t)
            sip_method_cancel ? "c" : "");
   p->nbr++;
   p->pending++;
-  if (luasip_sips_refusal(p->agent, sip, next, p->sips, p->sips_refused,
-                          sizeof p->sips_refused))
+  if (luasip_sips_refusal(p->agent, sip, next, p->sips, refused, sizeof refused)) {
     b->orq = NULL;                /* a sips: request never leaves over UDP or TCP */
+    free(p->sips_refused);
+    p->sips_refused = strdup(refused);
+  }
   else
     b->orq = nta_outgoing_mcreate(nta, branch_response, (nta_outgoing_magic_t *)b,
                                   (url_string_t const *)next, m,
@@ -674,8 +721,9 @@ static int proxy_release_m(lua_State *L)
  * route to any target (RFC 5630; proxy.lua answers 480), else "send". */
 static int proxy_not_started(lua_State *L, lsip_proxy_t *p)
 {
-  char why[sizeof p->sips_refused];
-  memcpy(why, p->sips_refused, sizeof why);   /* p may go with proxy_finished */
+  char why[300] = "";
+  if (p->sips_refused)            /* p may go with proxy_finished */
+    snprintf(why, sizeof why, "%s", p->sips_refused);
   proxy_finished(p);
   return why[0] ? luasip_fail(L, why, "tls") : luasip_fail(L, "cannot forward", "send");
 }
@@ -723,11 +771,12 @@ static int req_proxy(lua_State *L)
   p->is_invite = sip->sip_request->rq_method == sip_method_invite;
   p->sips = sip->sip_request->rq_url->url_type == url_sips;
   memcpy(p->key, key, sizeof key);
+  if (grow(&p->t, &p->tcap, n, sizeof *p->t) < 0)
+    return luaL_error(L, "%s: out of memory", fname);
   if (lua_type(L, 2) == LUA_TSTRING) {   /* one target, no route of its own */
-    p->targets[0] = strdup(luasip_uri_arg(L, 2, fname));
-    p->routes[0] = NULL;
+    p->t[0].uri = strdup(luasip_uri_arg(L, 2, fname));
     p->ntargets = 1;
-    if (!p->targets[0])
+    if (!p->t[0].uri)
       return luaL_error(L, "%s: out of memory", fname);
   }
   for (i = 1; lua_type(L, 2) == LUA_TTABLE && i <= n; i++) {
@@ -739,19 +788,19 @@ static int req_proxy(lua_State *L)
     uri = luasip_uri_arg(L, -1, fname);
     lua_getfield(L, -2, "route");
     route = lua_tostring(L, -1);
-    p->targets[i - 1] = strdup(uri);
-    p->routes[i - 1] = route ? strdup(route) : NULL;
+    p->t[i - 1].uri = strdup(uri);
+    p->t[i - 1].route = route ? strdup(route) : NULL;
     lua_getfield(L, -3, "flow");
     flow = lua_tostring(L, -1);
-    p->flows[i - 1] = flow ? strdup(flow) : NULL;
+    p->t[i - 1].flow = flow ? strdup(flow) : NULL;
     lua_getfield(L, -4, "ob");
-    p->obs[i - 1] = (unsigned char)lua_toboolean(L, -1);
+    p->t[i - 1].obs = (unsigned char)lua_toboolean(L, -1);
     lua_getfield(L, -5, "hop");
     hop = lua_tostring(L, -1);
-    p->hops[i - 1] = hop ? strdup(hop) : NULL;
+    p->t[i - 1].hop = hop ? strdup(hop) : NULL;
     p->ntargets = i;
     lua_pop(L, 6);
-    if (!p->targets[i - 1] || (hop && !p->hops[i - 1]))
+    if (!p->t[i - 1].uri || (hop && !p->t[i - 1].hop))
       return luaL_error(L, "%s: out of memory", fname);
   }
   record_route = lua_toboolean(L, 3);
@@ -953,7 +1002,7 @@ static branch_t *stray_branch(lsip_agent_t *a, sip_t const *sip)
   for (l = a->proxies.next; l != &a->proxies; l = l->next) {
     lsip_proxy_t *p = (lsip_proxy_t *)((char *)l - offsetof(lsip_proxy_t, link));
     for (i = 0; i < p->nbr; i++) {
-      branch_t *b = &p->br[i];
+      branch_t *b = p->br[i];
       char const *k = b->orq && !b->done ? luasip_orq_branch(b->orq) : NULL;
       if (k && su_casematch(k, v))
         return nta_outgoing_method(b->orq) == sip_method_invite ? b : NULL;
