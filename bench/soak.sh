@@ -131,9 +131,11 @@ uac() {  # name scenario auth_uri rate count
 UACS=()
 log "soak: $CALLS calls at $RATE/s (~$(( DURATION / 60 )) min) through pbx.lua ($LUA, $MALLOC, port $PBX_PORT)"
 uac calls "$SOAK/call-uac.xml" "bob@$HOST" "$RATE" "$CALLS"
-uac cancels "$SOAK/cancel-uac.xml" "carol@$HOST" $(( RATE / 10 )) $(( CALLS / 10 ))
-uac messages "$SOAK/message-uac.xml" "alice@$HOST" $(( RATE / 4 )) $(( CALLS / 4 ))
-uac failures "$SOAK/fail-uac.xml" "nobody@$HOST" $(( RATE / 20 )) $(( CALLS / 20 ))
+# (each count is its rate times the duration, so that every load ends with the calls:
+# RATE / 20 rounds down, and CALLS / 20 at that rate outlasted the others by minutes)
+uac cancels "$SOAK/cancel-uac.xml" "carol@$HOST" $(( RATE / 10 )) $(( RATE / 10 * DURATION ))
+uac messages "$SOAK/message-uac.xml" "alice@$HOST" $(( RATE / 4 )) $(( RATE / 4 * DURATION ))
+uac failures "$SOAK/fail-uac.xml" "nobody@$HOST" $(( RATE / 20 )) $(( RATE / 20 * DURATION ))
 
 # wait for every UAC (bounded), the PBX must stay up
 while :; do
@@ -159,7 +161,7 @@ echo "REGISTER refresh rounds failed: $regf"
 (( regf == 0 )) || status=1
 kill -0 "$PBX" 2>/dev/null || { echo "the PBX is gone:"; tail -20 "$WORK/pbx.log"; status=1; }
 
-python3 - "$WORK/samples" "$WARMUP" "$TOL" "$NONCE_TTL" <<'PY' || status=1
+python3 - "$WORK/samples" "$WARMUP" "$TOL" "$NONCE_TTL" "$DURATION" <<'PY' || status=1
 import sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
 warm, tol = float(sys.argv[2]) / 100, float(sys.argv[3])
@@ -186,6 +188,8 @@ print("sampler's full collection: max %.0f ms, mean %.0f ms" % (max(gcs) if gcs 
       sum(gcs) / len(gcs) if gcs else 0))
 # the load ends before the last samples: judge the loaded part only
 load = [r for r in rows if r[0] <= rows[-1][0] - 2 * (rows[1][0] - rows[0][0])] if len(rows) > 3 else rows
+if len(sys.argv) > 5:                  # and the loads' own span (the PBX started first)
+    load = [r for r in load if r[0] <= float(sys.argv[5])] or load
 n = len(load)
 # warm-up: a share of the run, and at least 45 s (sofia keeps each finished transaction
 # 32 s, 64*T1, and a call lasts 2 * SOAK_HOLD_MS) and 1.5 nonce lifetimes (the digest
