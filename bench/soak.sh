@@ -16,7 +16,8 @@
 # after the warm-up (SOAK_WARMUP % of the run, 20, and at least 45 s: sofia keeps
 # finished transactions 32 s): the least-squares line through those samples rises by
 # at most SOAK_TOLERANCE % (5) of their mean over the span (objects and descriptors
-# also pass within +8 absolute).  `make soak SOAK_CALLS=20000` takes ~2 minutes.
+# also pass within +8 absolute).  `make soak SOAK_CALLS=45000` takes ~3 minutes: the
+# shortest run that leaves a minute of samples after the warm-up.
 #
 # The PBX's digest nonces live SOAK_NONCE_TTL s (60; pbx.lua's default is 300): the nonce
 # counts kept for replay protection reach their steady state after one lifetime.
@@ -54,7 +55,12 @@ case "$MALLOC" in
 esac
 
 DURATION=$(( CALLS / RATE ))
-(( DURATION >= 30 )) || die "SOAK_CALLS / SOAK_RATE must be at least 30 s"
+NONCE_TTL=${SOAK_NONCE_TTL:-60}
+require_uint "$NONCE_TTL"
+# the warm-up the verdict skips (see the verdict below), then at least a minute to judge
+SETTLE=$(( NONCE_TTL * 3 / 2 > 45 ? NONCE_TTL * 3 / 2 : 45 ))
+(( DURATION >= SETTLE + 60 )) ||
+  die "SOAK_CALLS / SOAK_RATE must be at least $(( SETTLE + 60 )) s (a ${SETTLE}-s warm-up, then a minute to judge): e.g. SOAK_CALLS=45000"
 BOUND=$(( DURATION + 180 ))
 WORK=$(mktemp -d)
 PIDS=()
@@ -73,8 +79,6 @@ media_base() { echo $(( 16384 + 4 * (RANDOM % 4000) )); }
 # the PBX
 PBX_PORT=$(free_udp_port)
 mkdir -p "$WORK/recordings"
-NONCE_TTL=${SOAK_NONCE_TTL:-60}
-require_uint "$NONCE_TTL"
 SOAK_SAMPLES="$WORK/samples" SOAK_SAMPLE=$SAMPLE IVR_RECORDINGS="$WORK/recordings" \
   PBX_NONCE_TTL=$NONCE_TTL LD_PRELOAD="$PRELOAD" \
   LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/$FLAVOUR/?.so;;" \
