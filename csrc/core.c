@@ -808,6 +808,13 @@ static int core_allocator(lua_State *L)
   return 1;
 }
 
+/* call_id_hash(s) -> integer: the slot hash of agent:spread and luasip.cluster */
+static int core_call_id_hash(lua_State *L)
+{
+  lua_pushinteger(L, (lua_Integer)luasip_spread_hash(luaL_checkstring(L, 1)));
+  return 1;
+}
+
 /* now() -> seconds (monotonic, with fractions) */
 static int core_now(lua_State *L)
 {
@@ -916,6 +923,7 @@ static const luaL_Reg core_funcs[] = {
   {"kill", luasip_process_kill},
   {"getpid", luasip_process_getpid},
   {"md5", core_md5},
+  {"call_id_hash", core_call_id_hash},
   {"random_hex", core_random_hex},
   {"stream_connect", luasip_stream_connect},
   {"dns_resolve", luasip_dns_resolve},

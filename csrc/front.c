@@ -28,8 +28,8 @@ typedef struct lsip_spread {
   unsigned long long forwarded, refused, dropped;
 } lsip_spread_t;
 
-/* The hash of luasip.cluster (lua/luasip/cluster.lua: the same slot either way) */
-static unsigned long spread_hash(const char *s)
+/* The slot hash of a Call-ID (luasip.cluster.hash is this function) */
+unsigned long luasip_spread_hash(const char *s)
 {
   uint64_t h = 5381;
   for (; s && *s; s++)
@@ -68,13 +68,13 @@ int luasip_spread(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_t *sip)
     spread_refuse(a, nta, msg, m, 503, "Service Unavailable");
     return 1;
   }
-  hop = s->hops[spread_hash(sip->sip_call_id ? sip->sip_call_id->i_id : "") % s->n];
+  hop = s->hops[luasip_spread_hash(sip->sip_call_id ? sip->sip_call_id->i_id : "") % s->n];
   if (!hop) {
     spread_refuse(a, nta, msg, m, 503, "Service Unavailable");
     return 1;
   }
   if (sip->sip_max_forwards && sip->sip_max_forwards->mf_count == 0) {
-    spread_refuse(a, nta, msg, m, 483, "Too Many Hops");
+    spread_refuse(a, nta, msg, m, 483, "Too Many Hops");   /* luasip_forward would drop it */
     return 1;
   }
   rc = luasip_forward(a, msg, NULL, hop, &why, &code);

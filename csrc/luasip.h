@@ -320,6 +320,7 @@ int luasip_forward(lsip_agent_t *a, msg_t *m, const char *uri, const char *hop,
 /* front.c: agent:spread, the stateless front of luasip.cluster */
 void luasip_front_open(lua_State *L);
 int luasip_spread(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_t *sip);
+unsigned long luasip_spread_hash(const char *s);
 #define LUASIP_DIALOG "luasip.dialog"
 sip_t const *luasip_request_sip(lsip_obj_t *req);
 msg_t *luasip_request_msg(lsip_obj_t *req);

@@ -48,13 +48,8 @@ local function own_command()
   return argv
 end
 
--- a hash of the Call-ID (the same in 5.1, LuaJIT and 5.4: integers below 2^31)
-local function hash(s)
-  local h = 5381
-  for i = 1, #s do h = (h * 33 + s:byte(i)) % 2147483647 end
-  return h
-end
-M.hash = hash
+-- the slot hash of a Call-ID: the one agent:spread uses (csrc/front.c)
+M.hash = core.call_id_hash
 
 -- ----------------------------------------------------------------- worker side
 
