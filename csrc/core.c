@@ -815,6 +815,68 @@ static int core_call_id_hash(lua_State *L)
   return 1;
 }
 
+/* copy_value(v) -> a deep copy of a serialisable value (strings, numbers, booleans and
+ * tables of them keyed by strings or numbers, nested at most COPY_DEPTH deep) | nil, why:
+ * the memory store's copy in and out (luasip.store.memory), ~4x faster than in Lua */
+#define COPY_DEPTH 32
+typedef struct {
+  const char *why;  /* a format with one %s (a type name) or none */
+  const char *type;
+} copy_err;
+
+/* pushes a copy of the value at absolute index idx, or pushes nothing and fills e */
+static int copy_value(lua_State *L, int idx, int depth, copy_err *e)
+{
+  int t = lua_type(L, idx), c;
+  if (t == LUA_TSTRING || t == LUA_TNUMBER || t == LUA_TBOOLEAN) {
+    lua_pushvalue(L, idx);
+    return 1;
+  }
+  if (t != LUA_TTABLE) {
+    e->why = "values must be strings, numbers, booleans or tables, got %s";
+    e->type = lua_typename(L, t);
+    return 0;
+  }
+  if (depth > COPY_DEPTH) {
+    e->why = "value nested too deep (a cycle?)";
+    return 0;
+  }
+  luaL_checkstack(L, 6, "luasip.store: value nested too deep");
+  lua_createtable(L, (int)luasip_rawlen(L, idx), 0);
+  c = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {            /* c, key, value */
+    int kt = lua_type(L, -2);
+    if (kt != LUA_TSTRING && kt != LUA_TNUMBER) {
+      e->why = "table keys must be strings or numbers, got %s";
+      e->type = lua_typename(L, kt);
+      lua_settop(L, c - 1);
+      return 0;
+    }
+    if (!copy_value(L, c + 2, depth + 1, e)) {
+      lua_settop(L, c - 1);
+      return 0;
+    }
+    lua_pushvalue(L, c + 1);            /* c, key, value, copy, key */
+    lua_insert(L, -2);                  /* c, key, value, key, copy */
+    lua_rawset(L, c);                   /* c, key, value */
+    lua_pop(L, 1);
+  }
+  return 1;
+}
+
+static int core_copy_value(lua_State *L)
+{
+  copy_err e = {NULL, NULL};
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  if (copy_value(L, 1, 1, &e))
+    return 1;
+  lua_pushnil(L);
+  lua_pushfstring(L, e.why, e.type);
+  return 2;
+}
+
 /* now() -> seconds (monotonic, with fractions) */
 static int core_now(lua_State *L)
 {
@@ -924,6 +986,7 @@ static const luaL_Reg core_funcs[] = {
   {"getpid", luasip_process_getpid},
   {"md5", core_md5},
   {"call_id_hash", core_call_id_hash},
+  {"copy_value", core_copy_value},
   {"random_hex", core_random_hex},
   {"stream_connect", luasip_stream_connect},
   {"dns_resolve", luasip_dns_resolve},

@@ -116,6 +116,36 @@ describe("luasip.store.redis", function()
       "luasip.store.redis: unknown option 'prefx'")
   end)
 
+  it("memory store: values are copied in and out, and what cannot be stored raises", function()
+    local st = sip.store.memory()
+    local v = { a = "x", n = 1, ok = true, list = { 1, 2, { deep = "y" } } }
+    H.run(function()
+      assert.is_true(st:set("k", v))
+      v.list[3].deep = "changed"              -- the caller's table is not the stored one
+      local got = st:get("k")
+      assert.same({ a = "x", n = 1, ok = true, list = { 1, 2, { deep = "y" } } }, got)
+      got.list[1] = 99                        -- nor is what get returned
+      assert.equal(1, st:get("k").list[1])
+      assert.is_true(st:update("k", function(old) old.n = old.n + 1; return old end))
+      assert.equal(2, st:get("k").n)
+    end)
+    local cycle = {}
+    cycle.self = cycle
+    local ok, err = pcall(st.set, st, "k", cycle)
+    assert.is_false(ok)
+    assert.matches("^luasip%.store:set: value nested too deep", err)
+    ok, err = pcall(st.set, st, "k", { f = print })
+    assert.is_false(ok)
+    assert.matches("luasip.store:set: values must be strings, numbers, booleans or tables, got function", err, 1, true)
+    ok, err = pcall(function() st:set("k", { [true] = 1 }) end)   -- points at the caller
+    assert.is_false(ok)
+    assert.matches("redis_spec.lua:%d+: luasip.store:set: table keys must be strings or numbers, got boolean", err)
+    ok, err = pcall(function() st:update("k", function() return { co = coroutine.create(function() end) } end) end)
+    assert.is_false(ok)
+    assert.matches("redis_spec.lua:%d+: luasip.store:update: values must be .* got thread", err)
+    assert.equal(2, st:get("k").n)            -- a refused write leaves the old value
+  end)
+
   -- the same semantics on both stores
   local n = 0
   for _, kind in ipairs{ "memory", "redis" } do

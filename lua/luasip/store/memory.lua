@@ -31,24 +31,12 @@ local M = {}
 local Store = {}
 Store.__index = Store
 
-local MAX_DEPTH = 32
-
--- copy(v) -> deep copy of a serialisable value; raises on anything else
-local function copy(v, fname, depth)
-  local t = type(v)
-  if t == "string" or t == "number" or t == "boolean" then return v end
-  if t ~= "table" then
-    error(fname .. ": values must be strings, numbers, booleans or tables, got " .. t, 4)
-  end
-  if depth > MAX_DEPTH then error(fname .. ": value nested too deep (a cycle?)", 4) end
-  local c = {}
-  for k, x in pairs(v) do
-    local kt = type(k)
-    if kt ~= "string" and kt ~= "number" then
-      error(fname .. ": table keys must be strings or numbers, got " .. kt, 4)
-    end
-    c[k] = copy(x, fname, depth + 1)
-  end
+-- copy(v, fname) -> deep copy of a serialisable value (core.copy_value, in C); raises on
+-- anything else, or on a table nested more than 32 deep (a cycle?)
+local copy_value = core.copy_value
+local function copy(v, fname)
+  local c, why = copy_value(v)
+  if c == nil then error(fname .. ": " .. why, 3) end
   return c
 end
 
@@ -106,14 +94,14 @@ function Store:get(key)
   check.key(key, "luasip.store:get")
   local v = live(self, key, self._clock())
   if v == nil then return nil end
-  return copy(v, "luasip.store:get", 1)
+  return copy(v, "luasip.store:get")
 end
 
 function Store:set(key, value, ttl)
   check.key(key, "luasip.store:set")
   check.ttl(ttl, "luasip.store:set")
   if value == nil then error("luasip.store:set: value expected (use store:del)", 2) end
-  write(self, key, copy(value, "luasip.store:set", 1), ttl, self._clock())
+  write(self, key, copy(value, "luasip.store:set"), ttl, self._clock())
   return true
 end
 
@@ -128,7 +116,7 @@ function Store:update(key, fn)
   if type(fn) ~= "function" then error("luasip.store:update: function expected", 2) end
   local now = self._clock()
   local old = live(self, key, now)
-  if old ~= nil then old = copy(old, "luasip.store:update", 1) end
+  if old ~= nil then old = copy(old, "luasip.store:update") end
   local new, ttl = fn(old, now)
   if new == false then return true end
   if new == nil then
@@ -136,7 +124,7 @@ function Store:update(key, fn)
     return true
   end
   check.ttl(ttl, "luasip.store:update")
-  write(self, key, copy(new, "luasip.store:update", 1), ttl, now)
+  write(self, key, copy(new, "luasip.store:update"), ttl, now)
   return true
 end
 
