@@ -176,6 +176,11 @@ const char *luasip_uri_arg(lua_State *L, int idx, const char *fname);
 #define LUASIP_DIGEST "luasip.digest"
 void luasip_digest_open(lua_State *L);
 
+/* uri.c: the location service's SIP URI parse, AOR and equality (core.uri_*) */
+int luasip_uri_parse(lua_State *L);
+int luasip_uri_aor(lua_State *L);
+int luasip_uri_equal(lua_State *L);
+
 /* agent.c */
 typedef struct lsip_agent lsip_agent_t;
 void luasip_agent_open(lua_State *L);

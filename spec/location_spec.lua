@@ -51,4 +51,50 @@ describe("luasip.location URI helpers", function()
     assert.equal("1", location.parse_uri("sip:a@h;p=1").params.p)
     assert.is_true(location.uri_equal("sip:a@h;p=1", "sip:a@h;p=1"))
   end)
+
+  it("parses a SIP URI into its parts (escapes, IPv6, port, parameters, headers)", function()
+    assert.same({ scheme = "sips", user = "A b", password = "p:w", host = "[::1]", port = 5061,
+      params = { transport = "tcp", lr = true, maddr = "x" }, headers = { subject = "Hi%", x = "" } },
+      location.parse_uri(" <SIPS:A%20b:p:w@[::1]:0005061;Transport=TCP;lr;maddr=y;MADDR=X"
+        .. "?Subject=Hi%25&x> "))
+    assert.same({ scheme = "tel", opaque = "+1-234" }, location.parse_uri("TEL:+1-%32%33%34"))
+    assert.same({ scheme = "sip", user = "", host = "h", params = {}, headers = {} },
+      location.parse_uri("sip:@h"))
+    assert.equal("5060", tostring(location.parse_uri("sip:h:5060").port))
+    for uri, why in pairs{ ["sip:"] = "not a URI", ["sip:a@"] = "no host in URI",
+      ["sip:[::1"] = "no host in URI", ["sip:h:x"] = "bad URI after host", [""] = "not a URI",
+      ["sip:h" .. (";p"):rep(65)] = "too many URI parameters" } do
+      local u, err = location.parse_uri(uri)
+      assert.is_nil(u, uri)
+      assert.equal(why, err, uri)
+    end
+    assert.same({ nil, "URI expected" }, { location.parse_uri(42) })
+    -- longer than the parser's stack scratch
+    local long = "sip:" .. ("%41"):rep(400) .. "@H;p=" .. ("%42"):rep(300)
+    local u = location.parse_uri(long)
+    assert.equal(("A"):rep(400), u.user)
+    assert.equal(("b"):rep(300), u.params.p)
+    assert.equal("sip:" .. ("A"):rep(400) .. "@h", location.aor(long))
+    assert.is_true(location.uri_equal(long, long:gsub("@H", "@h")))
+  end)
+
+  it("escapes what a user part may not carry in the canonical AOR, and keeps the port", function()
+    assert.equal("sip:a%22%20b;c@h:5060", location.aor("sip:a%22 b;c@H:05060;x"))
+    assert.equal("sip:h", location.aor("sip:@h"))
+  end)
+
+  it("compares parameters as 19.1.4 says: user, ttl, method, maddr must be in both", function()
+    assert.is_true(location.uri_equal("sip:a@h;foo=1", "sip:a@h"))
+    assert.is_false(location.uri_equal("sip:a@h", "sip:a@h;maddr=x"))
+    assert.is_false(location.uri_equal("sip:a@h;foo=1", "sip:a@h;foo=2"))
+    assert.is_true(location.uri_equal("sip:a@h;foo=1;foo=2", "sip:a@h;foo=2"))   -- the last counts
+    assert.is_false(location.uri_equal("sip:a@h;lr", "sip:a@h;lr="))
+    assert.is_false(location.uri_equal("sip:a@h?x=1", "sip:a@h"))
+    assert.is_false(location.uri_equal("sip:a@h?x=A", "sip:a@h?x=a"))
+    assert.is_false(location.uri_equal("sip:a@h:5060", "sip:a@h"))
+    assert.is_true(location.uri_equal("sip:a@h:5060", "sip:a@h:05060"))
+    assert.is_false(location.uri_equal("sip:A@h", "sip:a@h"))
+    assert.is_false(location.uri_equal("sip:h:x", "sip:h:x;a"))                 -- not URIs
+    assert.is_false(location.uri_equal(5060, 5060.5))
+  end)
 end)

@@ -7,6 +7,7 @@
 local sip = require "luasip"
 local core = require "luasip.core"
 local refer = require "luasip.refer"
+local location = require "luasip.location"
 
 local digest = select(3, core.class("luasip.digest"))
 
@@ -77,7 +78,17 @@ local targets = {
         tostring(ls), tostring(cs))
     end
   end,
-  function(s) refer.parse_refer_to(s) end,
+  function(s)                                     -- URIs: Refer-To; csrc/uri.c
+    refer.parse_refer_to(s)
+    local u = location.parse_uri(s)
+    local aor = location.aor(s)
+    if u and not location.uri_equal(s, s) then
+      return ("uri_equal(%q, itself) is false"):format(s)
+    end
+    if aor and not u then return ("%q has an AOR (%q) but does not parse"):format(s, aor) end
+    local half = s:sub(1, math.floor(#s / 2))
+    location.uri_equal(s, half)
+  end,
   function(s) refer.parse_replaces(s) end,
   function(s)
     parse_sipfrag(s)

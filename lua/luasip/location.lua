@@ -9,7 +9,10 @@
 -- ob = true (an RFC 5626 outbound flow), nat = true (the registrar's nat option) }.
 -- Also the URI helpers of RFC 3261 19.1.4 used by the registrar: parse, AOR canonical
 -- form (10.3 step 5) and URI equality.
+local core = require "luasip.core"
 local memory = require "luasip.store.memory"
+
+local uri_aor = core.uri_aor
 
 local M = {}
 
@@ -29,48 +32,11 @@ end
 
 -- parse(uri) -> { scheme, user, password, host, port, params = {name = value | true},
 --   headers = {name = value} } | nil, err.  Names and host lowercased, %HH unescaped
---   (the user part keeps its case).  Non-SIP URIs: { scheme, opaque }.
+--   (the user part keeps its case).  Non-SIP URIs: { scheme, opaque }.  In C
+--   (csrc/uri.c), as are the AOR of a URI string and URI equality below.
 function M.parse_uri(s)
   if type(s) ~= "string" then return nil, "URI expected" end
-  s = s:match("^%s*<?(.-)>?%s*$")
-  local scheme, rest = s:match("^([%a][%w%+%-%.]*):(.+)$")
-  if not scheme then return nil, "not a URI" end
-  scheme = scheme:lower()
-  if scheme ~= "sip" and scheme ~= "sips" then
-    return { scheme = scheme, opaque = unescape(rest):lower() }
-  end
-  local u = { scheme = scheme, params = {}, headers = {} }
-  local at = rest:find("@", 1, true)
-  if at then
-    local userinfo = rest:sub(1, at - 1)
-    rest = rest:sub(at + 1)
-    local user, password = userinfo:match("^([^:]*):(.*)$")
-    u.user = unescape(user or userinfo)
-    u.password = password and unescape(password)
-  end
-  local host, after
-  if rest:sub(1, 1) == "[" then
-    host, after = rest:match("^(%[[^%]]*%])(.*)$")
-  else
-    host, after = rest:match("^([^:;%?]*)(.*)$")
-  end
-  if not host or host == "" then return nil, "no host in URI" end
-  u.host = unescape(host):lower()
-  local port
-  port, after = after:match("^:?(%d*)(.*)$")
-  if port ~= "" then u.port = tonumber(port) end
-  local params, headers = after:match("^([^%?]*)%??(.*)$")
-  if params:sub(1, 1) ~= ";" and params ~= "" then return nil, "bad URI after host" end
-  for p in params:gmatch("[^;]+") do
-    local k, v = p:match("^([^=]*)=(.*)$")
-    if k then u.params[unescape(k):lower()] = unescape(v):lower()
-    else u.params[unescape(p):lower()] = true end
-  end
-  for h in headers:gmatch("[^&]+") do
-    local k, v = h:match("^([^=]*)=(.*)$")
-    u.headers[unescape(k or h):lower()] = unescape(v or "")
-  end
-  return u
+  return core.uri_parse(s)
 end
 
 -- URIs seen again and again (a user's To, From and AOR on each REGISTER, the AOR of each
@@ -102,28 +68,21 @@ end
 -- RFC 3261 10.3 step 5: parameters removed, escapes undone (re-escaped where needed),
 -- scheme and host in lower case.  parts is a table as req.ruri.
 function M.aor(uri)
-  local u, err
   if type(uri) == "string" then
     local canon = aor_cache[uri]
     if canon then return canon end
-    u = parsed(uri)
-    if u and (u.scheme == "sip" or u.scheme == "sips") and u.host and u.host ~= "" then
-      canon = u.scheme .. ":" .. (u.user and u.user ~= "" and escape_user(u.user) .. "@" or "")
-        .. u.host .. (u.port and ":" .. u.port or "")
-      if aor_n >= CACHE_MAX then aor_cache, aor_n = {}, 0 end
-      aor_cache[uri] = canon
-      aor_n = aor_n + 1
-      return canon
-    end
+    local err
+    canon, err = uri_aor(uri)
+    if not canon then return nil, err end
+    if aor_n >= CACHE_MAX then aor_cache, aor_n = {}, 0 end
+    aor_cache[uri] = canon
+    aor_n = aor_n + 1
+    return canon
   end
-  if type(uri) == "table" then
-    u = { scheme = uri.scheme and uri.scheme:lower(), user = uri.user,
-      host = uri.host and uri.host:lower(), port = uri.port }
-    if u.user then u.user = unescape(u.user) end
-  else
-    u, err = M.parse_uri(uri)
-    if not u then return nil, err end
-  end
+  if type(uri) ~= "table" then return nil, "URI expected" end
+  local u = { scheme = uri.scheme and uri.scheme:lower(), user = uri.user,
+    host = uri.host and uri.host:lower(), port = uri.port }
+  if u.user then u.user = unescape(u.user) end
   if u.scheme ~= "sip" and u.scheme ~= "sips" then
     return nil, "an address-of-record must be a sip: or sips: URI"
   end
@@ -132,37 +91,9 @@ function M.aor(uri)
     .. u.host .. (u.port and ":" .. u.port or "")
 end
 
-local ONLY_ONE_NEVER_MATCHES = { user = true, ttl = true, method = true, maddr = true }
-
--- uri_equal(a, b) -> boolean: URI equality of RFC 3261 19.1.4
-function M.uri_equal(a, b)
-  local x, y = parsed(a), parsed(b)
-  if not x or not y then return a == b end
-  if x.scheme ~= y.scheme then return false end
-  if x.opaque or y.opaque then return x.opaque == y.opaque end
-  if x.user ~= y.user or x.password ~= y.password or x.host ~= y.host
-    or x.port ~= y.port then
-    return false
-  end
-  for k, v in pairs(x.params) do
-    local w = y.params[k]
-    if w == nil then
-      if ONLY_ONE_NEVER_MATCHES[k] then return false end
-    elseif w ~= v then
-      return false
-    end
-  end
-  for k in pairs(y.params) do
-    if x.params[k] == nil and ONLY_ONE_NEVER_MATCHES[k] then return false end
-  end
-  for k, v in pairs(x.headers) do
-    if y.headers[k] ~= v then return false end
-  end
-  for k in pairs(y.headers) do
-    if x.headers[k] == nil then return false end
-  end
-  return true
-end
+-- uri_equal(a, b) -> boolean: URI equality of RFC 3261 19.1.4 (what is not a URI string
+-- equals only itself)
+M.uri_equal = core.uri_equal
 
 -- ------------------------------------------------------------------ location
 
