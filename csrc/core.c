@@ -842,7 +842,16 @@ static int copy_value(lua_State *L, int idx, int depth, copy_err *e)
     return 0;
   }
   luaL_checkstack(L, 6, "luasip.store: value nested too deep");
-  lua_createtable(L, (int)luasip_rawlen(L, idx), 0);
+  {
+    /* sized up front: growing a table key by key rehashes it at every power of two */
+    int narr = (int)luasip_rawlen(L, idx), nrec = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+      nrec++;
+      lua_pop(L, 1);
+    }
+    lua_createtable(L, narr, nrec > narr ? nrec - narr : 0);
+  }
   c = lua_gettop(L);
   lua_pushnil(L);
   while (lua_next(L, idx)) {            /* c, key, value */
