@@ -285,7 +285,7 @@ static int digest_parse(lua_State *L)
     return 1;
   }
   lua_pushlstring(L, t, (size_t)(p - t));
-  lua_newtable(L);
+  lua_createtable(L, 0, 10);        /* a response's usual parameters: no rehash */
   for (;;) {
     char name[64];
     size_t nl, i;
@@ -315,7 +315,11 @@ static int digest_parse(lua_State *L)
       lua_insert(L, -2);
       lua_call(L, 1, 1);
     }
-    if (p < end && *p == '"') {
+    if (p < end && *p == '"' && (t = memchr(p + 1, '"', (size_t)(end - p - 1))) &&
+        !memchr(p + 1, '\\', (size_t)(t - p - 1))) {
+      lua_pushlstring(L, p + 1, (size_t)(t - p - 1));   /* no escapes: as it is */
+      p = t + 1;
+    } else if (p < end && *p == '"') {
       luaL_buffinit(L, &B);
       for (p++;; p++) {
         if (p >= end) {
