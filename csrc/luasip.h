@@ -329,6 +329,7 @@ unsigned long luasip_spread_hash(const char *s);
 #define LUASIP_DIALOG "luasip.dialog"
 sip_t const *luasip_request_sip(lsip_obj_t *req);
 msg_t *luasip_request_msg(lsip_obj_t *req);
+tport_t *luasip_request_tport(lsip_obj_t *req);   /* where it came in (or NULL) */
 void luasip_clients_detach(lsip_agent_t *a);
 
 /* links the live transactions of an agent, so closing it detaches them */

@@ -96,6 +96,13 @@ typedef struct lsip_proxy {
    * goes over TLS; a branch that cannot is not started, and why is kept for Lua */
   unsigned sips:1;
   char *sips_refused;         /* why the last branch was refused, or NULL */
+  /* Record-Route (RFC 3261 16.6 step 4), added to each branch as it starts: the URI of
+   * the transport the branch leaves on, and under it, when the request came in on
+   * another one (UDP and TCP, IPv4 and IPv6, TLS and not), the URI of that one (RFC 5658
+   * double Record-Route): each side of the dialog then reaches us the way it can */
+  unsigned record_route:1;
+  char *rr_user;              /* a flow token (RFC 5626 5.3) as the user part, or NULL */
+  char *rr_in;                /* the URI of the transport the request came in on */
 } lsip_proxy_t;
 
 /* Makes room for need items in *arr (of *cap, each size bytes; new room zeroed).
@@ -275,7 +282,64 @@ static void proxy_destroy(lsip_obj_t *obj)
     free(p->br[i]);
   free(p->br);
   free(p->sips_refused);
+  free(p->rr_user);
+  free(p->rr_in);
   luasip_freeobj(obj);
+}
+
+/* Takes our Route off the top of m (RFC 3261 16.4), and the one under it too when both
+ * are the two halves of a double Record-Route of ours (RFC 5658: "r2=on" on both, as
+ * Kamailio marks them) */
+static void remove_our_routes(lsip_agent_t *a, msg_t *m, sip_t *sip)
+{
+  int doubled;
+  if (!sip->sip_route || !url_is_us(a, sip->sip_route->r_url))
+    return;
+  doubled = url_has_param(sip->sip_route->r_url, "r2");
+  msg_header_remove(m, (msg_pub_t *)sip, (msg_header_t *)sip->sip_route);
+  if (doubled && sip->sip_route && url_is_us(a, sip->sip_route->r_url) &&
+      url_has_param(sip->sip_route->r_url, "r2"))
+    msg_header_remove(m, (msg_pub_t *)sip, (msg_header_t *)sip->sip_route);
+}
+
+/* One Record-Route URI of ours: u (copied) with the flow token as its user, lr, and r2=on
+ * when it is half of a double one */
+static sip_record_route_t *our_record_route(su_home_t *home, url_t const *u,
+                                            const char *user, int doubled)
+{
+  url_t *c = url_hdup(home, u);
+  if (!c)
+    return NULL;
+  if (user)
+    c->url_user = su_strdup(home, user);
+  url_param_add(home, c, "lr");
+  if (doubled)
+    url_param_add(home, c, "r2=on");
+  return sip_record_route_create(home, c, NULL);
+}
+
+/* The branch's Record-Route (see lsip_proxy_t): next is where nta sends m (a flow or a
+ * DNS failover hop), else its top Route, else its Request-URI */
+static void add_record_route(lsip_proxy_t *p, msg_t *m, sip_t *sip, url_t const *next)
+{
+  su_home_t *home = msg_home(m);
+  url_t const *dest = next ? next : sip->sip_route ? sip->sip_route->r_url
+                      : sip->sip_request->rq_url;
+  sip_contact_t *out = luasip_agent_contact_for(p->agent, home, NULL, dest);
+  url_t *in = NULL;
+  sip_record_route_t *rr;
+  char *out_s;
+  if (!out)
+    return;
+  out_s = url_as_string(home, out->m_url);
+  if (p->rr_in && out_s && strcmp(out_s, p->rr_in))
+    in = url_make(home, p->rr_in);
+  if (in && (rr = our_record_route(home, in, p->rr_user, 1)))
+    msg_header_prepend(m, (msg_pub_t *)sip, (msg_header_t **)&sip->sip_record_route,
+                       (msg_header_t *)rr);
+  if ((rr = our_record_route(home, out->m_url, p->rr_user, in != NULL)))
+    msg_header_prepend(m, (msg_pub_t *)sip, (msg_header_t **)&sip->sip_record_route,
+                       (msg_header_t *)rr);
 }
 
 /* ---------------------------------------------------------------- branches */
@@ -629,6 +693,8 @@ static int start_branch(lsip_proxy_t *p, int t)
       msg_header_insert(m, (msg_pub_t *)sip, (msg_header_t *)r);
     }
   }
+  if (p->record_route)
+    add_record_route(p, m, sip, next);
   snprintf(key, sizeof key, "z9hG4bK%s.%d%s", p->key, p->nbr, sip->sip_request->rq_method ==
            sip_method_cancel ? "c" : "");
   p->nbr++;
@@ -818,8 +884,7 @@ static int req_proxy(lua_State *L)
     return luasip_fail(L, "out of memory", "memory");
   bs = sip_object(p->base);
   home = msg_home(p->base);
-  if (bs->sip_route && url_is_us(a, bs->sip_route->r_url))
-    msg_header_remove(p->base, (msg_pub_t *)bs, (msg_header_t *)bs->sip_route);
+  remove_our_routes(a, p->base, bs);
   if (bs->sip_max_forwards) {
     char buf[16];
     unsigned long mf = bs->sip_max_forwards->mf_count;
@@ -842,24 +907,16 @@ static int req_proxy(lua_State *L)
   luasip_add_headers(L, 7, p->base, bs, fname);
   replace_body(L, 10, p->base, fname);
   if (record_route) {
-    /* sips: when the request is (RFC 5630) or came over TLS: the dialog's requests
-     * then reach us over TLS, as this one did */
-    url_t rr_dest = *sip->sip_request->rq_url;
-    sip_contact_t *m;
-    if (sip->sip_via && su_casematch(sip->sip_via->v_protocol, sip_transport_tls))
-      rr_dest.url_type = url_sips, rr_dest.url_scheme = "sips";
-    m = luasip_agent_contact_for(a, home, NULL, &rr_dest);
-    if (m) {
-      url_t *u = url_hdup(home, m->m_url);
-      sip_record_route_t *rr;
-      if (lua_type(L, 3) == LUA_TSTRING)   /* a flow token (RFC 5626 5.3) as the user */
-        u->url_user = su_strdup(home, lua_tostring(L, 3));
-      url_param_add(home, u, "lr");
-      rr = sip_record_route_create(home, u, NULL);
-      if (rr)
-        msg_header_prepend(p->base, (msg_pub_t *)bs, (msg_header_t **)&bs->sip_record_route,
-                           (msg_header_t *)rr);
-    }
+    /* each branch adds it as it starts (add_record_route): here what they share */
+    tport_t *in_tp = luasip_request_tport(r);
+    sip_contact_t *in = in_tp ? luasip_agent_contact_for(a, home, in_tp, NULL) : NULL;
+    char *in_s = in ? url_as_string(home, in->m_url) : NULL;
+    p->record_route = 1;
+    if (in_s && !(p->rr_in = strdup(in_s)))
+      return luaL_error(L, "%s: out of memory", fname);
+    if (lua_type(L, 3) == LUA_TSTRING &&   /* a flow token (RFC 5626 5.3) as the user */
+        !(p->rr_user = strdup(lua_tostring(L, 3))))
+      return luaL_error(L, "%s: out of memory", fname);
   }
   luasip_request_set_proxy(r, &p->obj);
   luasip_anchor(L, &p->obj, -1);
@@ -920,8 +977,7 @@ int luasip_forward(lsip_agent_t *a, msg_t *m, const char *uri, const char *hop,
   secure = sip->sip_request->rq_url->url_type == url_sips;
   if (sip->sip_max_forwards)
     sip->sip_max_forwards->mf_count--, msg_fragment_clear(sip->sip_max_forwards->mf_common);
-  if (sip->sip_route && url_is_us(a, sip->sip_route->r_url))
-    msg_header_remove(m, (msg_pub_t *)sip, (msg_header_t *)sip->sip_route);
+  remove_our_routes(a, m, sip);
   if (uri)
     msg_header_replace(m, (msg_pub_t *)sip, (msg_header_t *)sip->sip_request,
                        (msg_header_t *)sip_request_create(msg_home(m),

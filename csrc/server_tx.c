@@ -738,6 +738,11 @@ msg_t *luasip_request_msg(lsip_obj_t *obj)
   return ((lsip_req_t *)obj)->m.msg;
 }
 
+tport_t *luasip_request_tport(lsip_obj_t *obj)
+{
+  return ((lsip_req_t *)obj)->tport;
+}
+
 sip_t const *luasip_request_sip(lsip_obj_t *obj)
 {
   return ((lsip_req_t *)obj)->m.sip;

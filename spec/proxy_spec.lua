@@ -41,6 +41,68 @@ describe("luasip proxy (req:proxy)", function()
     assert.equal(200, seen.proxied[1].status)
   end)
 
+  it("puts a double Record-Route (RFC 5658) when a call changes transport, and routes both ways", function()
+    -- the proxy on UDP and on TCP; the caller reaches it over TCP, the callee over UDP
+    local both = H.agent{ listen = { "sip:127.0.0.1:0", "sip:127.0.0.1:0;transport=tcp" },
+      in_dialog = "handler" }
+    local tp = both:transports()
+    local udp = "sip:127.0.0.1:" .. tp[1].port
+    local tcp = "sip:127.0.0.1:" .. tp[2].port .. ";transport=tcp"
+    assert.equal("tcp", tp[2].transport:lower())
+    local callee, caller = H.agent(), H.agent{ listen = { "sip:127.0.0.1:0;transport=tcp" } }
+    local seen, byes = {}, {}
+    both:on("INVITE", function(req) req:proxy(callee:uri("bob"), { record_route = true }) end)
+    both:on("ACK", function(ack) if ack:loose_route() then ack:forward() end end)
+    both:on("BYE", function(req)
+      byes[#byes + 1] = { transport = req.transport:lower(), routes = req:headers("Route") }
+      if req:loose_route() then req:proxy(req.uri) else req:reply(404) end
+    end)
+    local ended = {}
+    callee:on("INVITE", function(req)
+      seen.rr = req:headers("Record-Route")
+      local d = assert(req:answer())
+      seen.dialogs = seen.dialogs or {}
+      seen.dialogs[#seen.dialogs + 1] = d
+      ended.callee = d:wait_end(5)
+    end)
+    callee:on("ACK", function() end)
+    local d, res = H.run(function()
+      return caller:invite{ uri = callee:uri("bob"), proxy = tcp }
+    end)
+    assert.equal(200, res.status)
+    -- the callee's side on top (it sends there), the caller's under it, both marked r2
+    assert.same({ "<" .. udp .. ";lr;r2=on>", "<" .. tcp .. ";lr;r2=on>" }, seen.rr)
+    assert.same(seen.rr, res:headers("Record-Route"))
+    -- the caller hangs up: over TCP to the proxy, which takes both Routes off
+    H.run(function() assert.is_true(d:bye()) end)
+    H.run_until(function() return ended.callee end)
+    assert.equal("remote bye", ended.callee)
+    assert.equal("tcp", byes[1].transport)
+    assert.same({ "<" .. tcp .. ";lr;r2=on>", "<" .. udp .. ";lr;r2=on>" }, byes[1].routes)
+    -- a second call, the callee hangs up: over UDP to the proxy, and on to the caller
+    d = H.run(function() return assert(caller:invite{ uri = callee:uri("bob"), proxy = tcp }) end)
+    local ended_caller
+    sip.spawn(function() ended_caller = d:wait_end(5) end)
+    H.run_until(function() return seen.dialogs and #seen.dialogs == 2 end)
+    H.run(function() assert.is_true(seen.dialogs[2]:bye()) end)
+    H.run_until(function() return ended_caller end)
+    assert.equal("remote bye", ended_caller)
+    assert.equal("udp", byes[2].transport)
+    assert.same({ "<" .. udp .. ";lr;r2=on>", "<" .. tcp .. ";lr;r2=on>" }, byes[2].routes)
+  end)
+
+  it("puts one Record-Route when the call stays on one transport, and a flow token in it", function()
+    local callee = H.agent()
+    local rr
+    callee:on("INVITE", function(req) rr = req:headers("Record-Route"); req:reply(486) end)
+    proxy:on("INVITE", function(req) req:proxy(callee:uri("bob"), { record_route = "ob-7f" }) end)
+    local _, _, code = H.run(function()
+      return uac:invite{ uri = "sip:bob@example.test", proxy = proxy:contact() }
+    end)
+    assert.equal(486, code)
+    assert.same({ "<" .. proxy:contact():gsub("^sip:", "sip:ob-7f@") .. ";lr>" }, rr)
+  end)
+
   it("forks in parallel: the first 200 wins and the other branch is cancelled", function()
     local a, b = H.agent(), H.agent()
     local b_result

@@ -171,6 +171,15 @@ describe("sips: over TLS only", function()
     end)
     assert.same({ "<" .. sips_uri(proxy) .. ";lr>" }, rr)
     H.run(function() assert.is_true(d:bye()) end)
+    -- ... and when it goes on over UDP, the callee's side is UDP: a double Record-Route
+    -- (RFC 5658), so a UDP-only callee can still reach the proxy, and the caller's
+    -- requests still come over TLS (the caller's hang-up goes through it)
+    target = udp_uri(callee, "bob")
+    d = H.run(function()
+      return assert(caller:invite{ uri = udp_uri(callee, "bob"), proxy = sips_uri(proxy) })
+    end)
+    assert.same({ "<" .. udp_uri(proxy) .. ";lr;r2=on>", "<" .. sips_uri(proxy) .. ";lr;r2=on>" }, rr)
+    H.run(function() assert.is_true(d:bye()) end)
   end)
 
   t("forwards a sips: request statelessly over TLS only", function()
