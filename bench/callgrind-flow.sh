@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# bench/callgrind-flow.sh proxy|register [INTERP...]  — instructions per call (proxy) or per
-# REGISTER flow (register) of the measured process of a `make bench` row, under callgrind.
+# bench/callgrind-flow.sh proxy|register|uas [INTERP...]  — instructions per call (proxy,
+# uas) or per REGISTER flow (register) of the measured process of a `make bench` row, under
+# callgrind.
 #
 #   proxy     sipp scenarios/uac.xml -rsa -> bench/proxy.lua -> sipp scenarios/uas.xml:
 #             INVITE, 100/180/200, ACK, BYE, 200 through the record-routing proxy
 #   register  sipp scenarios/reg-auth.xml -> bench/registrar.lua: REGISTER, 401,
 #             REGISTER + Authorization, 200 (users u<N>/pw<N>)
+#   uas       sipp scenarios/uac.xml -> examples/uas.lua (UAS_QUIET=1): INVITE, 100, 180,
+#             200 with an SDP answer, ACK, BYE, 200
 # The responder runs twice under valgrind --tool=callgrind, for N1 and N2 calls at CG_RATE/s
 # (fresh process each, stopped by SIGTERM: sip.run() returns and valgrind writes its
 # profile), so start-up and exit cancel out: Ir per call = (Ir(N2) - Ir(N1)) / (N2 - N1).
@@ -23,7 +26,8 @@ ROOT=$(cd "$HERE/.." && pwd)
 HOST=127.0.0.1
 require_loopback "$HOST"
 KIND=${1:-}; shift || true
-[[ $KIND == proxy || $KIND == register ]] || die "usage: callgrind-flow.sh proxy|register [INTERP...]"
+[[ $KIND == proxy || $KIND == register || $KIND == uas ]] ||
+  die "usage: callgrind-flow.sh proxy|register|uas [INTERP...]"
 N1=${N1:-100} N2=${N2:-400} CG_RATE=${CG_RATE:-30}
 for v in "$N1" "$N2" "$CG_RATE"; do require_uint "$v"; done
 (( N2 > N1 )) || die "N2 must be > N1"
@@ -54,7 +58,8 @@ run() {
   local interp=$1 n=$2 out=$3 port dport script args st i
   port=$(free_udp_port)
   script=bench/proxy.lua; [[ $KIND == register ]] && script=bench/registrar.lua
-  ( cd "$ROOT" && exec timeout --kill-after=5 900 env LUA_PATH="lua/?.lua;lua/?/init.lua;;" \
+  [[ $KIND == uas ]] && script=examples/uas.lua
+  ( cd "$ROOT" && exec timeout --kill-after=5 900 env LUA_PATH="lua/?.lua;lua/?/init.lua;;" UAS_QUIET=1 \
       LUA_CPATH="build/$(flavour "$interp")/?.so;;" valgrind --tool=callgrind \
       --callgrind-out-file="$out" --dump-instr=no "$interp" "$script" "$HOST:$port" \
       >>"$WORK/responder.log" 2>&1 ) &
@@ -67,6 +72,8 @@ run() {
     DPID=$!
     wait_udp_port "$dport" 10 || die "the downstream UAS did not bind"
     args=("$HOST:$dport" -sf "$SCEN_DIR/uac.xml" -rsa "$HOST:$port")
+  elif [[ $KIND == uas ]]; then
+    args=("$HOST:$port" -sf "$SCEN_DIR/uac.xml")
   else
     args=("$HOST:$port" -sf "$SCEN_DIR/reg-auth.xml" -inf "$WORK/users.csv")
   fi
