@@ -5,6 +5,8 @@
 #ifndef LUASIP_COMPAT_H
 #define LUASIP_COMPAT_H
 
+#include <stdlib.h>
+
 #include <lua.h>
 #include <lauxlib.h>
 #include <lualib.h>
@@ -40,12 +42,12 @@
 #elif LUA_VERSION_NUM == 503
 #define LUASIP_WEAK_API(X) X(lua_getuservalue) X(lua_newuserdata) X(lua_setuservalue) \
   X(luaL_checkversion_) X(luaL_prepbuffsize) X(lua_callk) X(lua_pcallk) X(lua_rawlen) \
-  X(lua_rotate) LUASIP_WEAK_52(X)
+  X(lua_rotate) X(lua_stringtonumber) LUASIP_WEAK_52(X)
 #define LUASIP_BUILT_FOR "Lua 5.3"
 #else
 #define LUASIP_WEAK_API(X) X(lua_getiuservalue) X(lua_newuserdatauv) X(lua_setiuservalue) \
   X(luaL_checkversion_) X(luaL_prepbuffsize) X(lua_callk) X(lua_pcallk) X(lua_rawlen) \
-  X(lua_rotate) LUASIP_WEAK_52(X)
+  X(lua_rotate) X(lua_stringtonumber) LUASIP_WEAK_52(X)
 #define LUASIP_BUILT_FOR "Lua 5.4"
 #endif
 #define LUASIP_CHECKVERSION(L) luaL_checkversion(L)
@@ -53,6 +55,15 @@
 
 LUASIP_WEAK_API(LUASIP_WEAK)
 #define LUASIP_API_MISSING() (LUASIP_WEAK_API(LUASIP_ISNULL) 0)
+
+/* luasip_pushnumeral(L, s): pushes the number a string of decimal digits is, as tonumber
+ * would (an integer where the Lua has them and it fits) */
+#if LUA_VERSION_NUM >= 503
+#define luasip_pushnumeral(L, s) \
+  ((void)(lua_stringtonumber((L), (s)) || (lua_pushnumber((L), strtod((s), NULL)), 0)))
+#else
+#define luasip_pushnumeral(L, s) lua_pushnumber((L), strtod((s), NULL))
+#endif
 
 #if LUA_VERSION_NUM < 502
 #define luasip_getuv(L, i) lua_getfenv((L), (i))

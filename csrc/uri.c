@@ -241,10 +241,7 @@ static void push_port(lua_State *L, slice_t port)
   }
   memcpy(digits, port.p, port.n);
   digits[port.n] = '\0';
-#if LUA_VERSION_NUM >= 503
-  if (lua_stringtonumber(L, digits)) return;
-#endif
-  lua_pushnumber(L, strtod(digits, NULL));
+  luasip_pushnumeral(L, digits);
 }
 
 static void push_pairs(lua_State *L, const pair_t *list, int count)
