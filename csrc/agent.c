@@ -719,6 +719,13 @@ static tport_t *primary_for(lsip_agent_t *a, tport_t *hint, url_t const *dest)
   return tport_primaries(nta_agent_tports(a->nta));
 }
 
+/* The primary transport a message to dest goes out on, or the primary of hint (a
+ * connection it came in on); NULL once the agent is closed */
+tport_t *luasip_agent_primary(lsip_agent_t *a, tport_t *hint, url_t const *dest)
+{
+  return a->nta ? primary_for(a, hint, dest) : NULL;
+}
+
 /* A Contact for the transport a message goes out on: with IPv4 and IPv6 (or UDP and
  * TCP) on one agent, nta_agent_contact() would name only the first. */
 sip_contact_t *luasip_agent_contact_for(lsip_agent_t *a, su_home_t *home, tport_t *hint,

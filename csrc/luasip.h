@@ -188,6 +188,7 @@ int luasip_agent_new(lua_State *L);
 nta_agent_t *luasip_agent_nta(lsip_agent_t *a);
 int luasip_agent_flow_alive(lsip_agent_t *a, url_t const *u);
 lsip_agent_t *luasip_agent_check(lua_State *L, int idx);
+tport_t *luasip_agent_primary(lsip_agent_t *a, tport_t *hint, url_t const *dest);
 sip_contact_t *luasip_agent_contact_for(lsip_agent_t *a, su_home_t *home, tport_t *hint,
                                         url_t const *dest);
 

@@ -102,7 +102,7 @@ typedef struct lsip_proxy {
    * double Record-Route): each side of the dialog then reaches us the way it can */
   unsigned record_route:1;
   char *rr_user;              /* a flow token (RFC 5626 5.3) as the user part, or NULL */
-  char *rr_in;                /* the URI of the transport the request came in on */
+  tport_t *rr_in;             /* the primary transport the request came in on, or NULL */
 } lsip_proxy_t;
 
 /* Makes room for need items in *arr (of *cap, each size bytes; new room zeroed).
@@ -283,7 +283,6 @@ static void proxy_destroy(lsip_obj_t *obj)
   free(p->br);
   free(p->sips_refused);
   free(p->rr_user);
-  free(p->rr_in);
   luasip_freeobj(obj);
 }
 
@@ -325,16 +324,14 @@ static void add_record_route(lsip_proxy_t *p, msg_t *m, sip_t *sip, url_t const 
   su_home_t *home = msg_home(m);
   url_t const *dest = next ? next : sip->sip_route ? sip->sip_route->r_url
                       : sip->sip_request->rq_url;
-  sip_contact_t *out = luasip_agent_contact_for(p->agent, home, NULL, dest);
-  url_t *in = NULL;
+  tport_t *out_tp = luasip_agent_primary(p->agent, NULL, dest);
+  sip_contact_t *out = luasip_agent_contact_for(p->agent, home, out_tp, NULL);
+  sip_contact_t *in = p->rr_in && out_tp && p->rr_in != out_tp
+                      ? luasip_agent_contact_for(p->agent, home, p->rr_in, NULL) : NULL;
   sip_record_route_t *rr;
-  char *out_s;
   if (!out)
     return;
-  out_s = url_as_string(home, out->m_url);
-  if (p->rr_in && out_s && strcmp(out_s, p->rr_in))
-    in = url_make(home, p->rr_in);
-  if (in && (rr = our_record_route(home, in, p->rr_user, 1)))
+  if (in && (rr = our_record_route(home, in->m_url, p->rr_user, 1)))
     msg_header_prepend(m, (msg_pub_t *)sip, (msg_header_t **)&sip->sip_record_route,
                        (msg_header_t *)rr);
   if ((rr = our_record_route(home, out->m_url, p->rr_user, in != NULL)))
@@ -909,11 +906,8 @@ static int req_proxy(lua_State *L)
   if (record_route) {
     /* each branch adds it as it starts (add_record_route): here what they share */
     tport_t *in_tp = luasip_request_tport(r);
-    sip_contact_t *in = in_tp ? luasip_agent_contact_for(a, home, in_tp, NULL) : NULL;
-    char *in_s = in ? url_as_string(home, in->m_url) : NULL;
     p->record_route = 1;
-    if (in_s && !(p->rr_in = strdup(in_s)))
-      return luaL_error(L, "%s: out of memory", fname);
+    p->rr_in = in_tp ? luasip_agent_primary(a, in_tp, NULL) : NULL;
     if (lua_type(L, 3) == LUA_TSTRING &&   /* a flow token (RFC 5626 5.3) as the user */
         !(p->rr_user = strdup(lua_tostring(L, 3))))
       return luaL_error(L, "%s: out of memory", fname);

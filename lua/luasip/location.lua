@@ -39,28 +39,14 @@ function M.parse_uri(s)
   return core.uri_parse(s)
 end
 
--- URIs seen again and again (a user's To, From and AOR on each REGISTER, the AOR of each
--- lookup) are parsed once: parsed(s) -> the parse of s, shared (read it, never change
--- it) | nil; aor_cache[s] = aor(s).  Both are bounded: emptied when CACHE_MAX is reached.
+-- The AOR of a URI seen again and again (a user's To and From on each REGISTER, the AOR
+-- of each lookup) is made once: aor_cache[s] = aor(s), emptied when CACHE_MAX is reached.
 local CACHE_MAX = 4096
-local parse_cache, parse_n = {}, 0
 local aor_cache, aor_n = {}, 0
-
-local function parsed(s)
-  if type(s) ~= "string" then return (M.parse_uri(s)) end
-  local u = parse_cache[s]
-  if u == nil then
-    u = M.parse_uri(s) or false
-    if parse_n >= CACHE_MAX then parse_cache, parse_n = {}, 0 end
-    parse_cache[s] = u
-    parse_n = parse_n + 1
-  end
-  return u or nil
-end
 
 -- uri_user(uri) -> the user part of a URI (unescaped) or nil
 function M.uri_user(uri)
-  local u = type(uri) == "string" and parsed(uri)
+  local u = type(uri) == "string" and core.uri_parse(uri)
   return u and u.user or nil
 end
 
