@@ -42,12 +42,12 @@
 #elif LUA_VERSION_NUM == 503
 #define LUASIP_WEAK_API(X) X(lua_getuservalue) X(lua_newuserdata) X(lua_setuservalue) \
   X(luaL_checkversion_) X(luaL_prepbuffsize) X(lua_callk) X(lua_pcallk) X(lua_rawlen) \
-  X(lua_rotate) X(lua_stringtonumber) LUASIP_WEAK_52(X)
+  X(lua_rotate) X(lua_stringtonumber) X(lua_isinteger) LUASIP_WEAK_52(X)
 #define LUASIP_BUILT_FOR "Lua 5.3"
 #else
 #define LUASIP_WEAK_API(X) X(lua_getiuservalue) X(lua_newuserdatauv) X(lua_setiuservalue) \
   X(luaL_checkversion_) X(luaL_prepbuffsize) X(lua_callk) X(lua_pcallk) X(lua_rawlen) \
-  X(lua_rotate) X(lua_stringtonumber) LUASIP_WEAK_52(X)
+  X(lua_rotate) X(lua_stringtonumber) X(lua_isinteger) LUASIP_WEAK_52(X)
 #define LUASIP_BUILT_FOR "Lua 5.4"
 #endif
 #define LUASIP_CHECKVERSION(L) luaL_checkversion(L)

@@ -999,6 +999,8 @@ static const luaL_Reg core_funcs[] = {
   {"uri_parse", luasip_uri_parse},
   {"uri_aor", luasip_uri_aor},
   {"uri_equal", luasip_uri_equal},
+  {"sdp_parse", luasip_sdp_parse},
+  {"sdp_build", luasip_sdp_build},
   {"random_hex", core_random_hex},
   {"stream_connect", luasip_stream_connect},
   {"dns_resolve", luasip_dns_resolve},

@@ -181,6 +181,10 @@ int luasip_uri_parse(lua_State *L);
 int luasip_uri_aor(lua_State *L);
 int luasip_uri_equal(lua_State *L);
 
+/* sdp.c: SDP parse and build (core.sdp_*, behind luasip.sdp.parse and build) */
+int luasip_sdp_parse(lua_State *L);
+int luasip_sdp_build(lua_State *L);
+
 /* agent.c */
 typedef struct lsip_agent lsip_agent_t;
 void luasip_agent_open(lua_State *L);

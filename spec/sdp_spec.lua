@@ -342,6 +342,60 @@ a=sendonly
       sdp.build{ origin = { sess_id = "1", sess_version = "1", address = "h" },
         media = { { media = "audio", port = 1, formats = { "0" }, direction = "sideways" } } }
     end, "luasip.sdp.build: bad direction sideways")
+    assert.has_error(function()
+      sdp.build{ origin = { sess_id = "1", sess_version = "1", address = "h" }, emails = "a@b" }
+    end, "luasip.sdp.build: emails must be a list")
+    assert.has_error(function()
+      sdp.build{ origin = { sess_id = "1", sess_version = "1", address = "h" },
+        media = { { media = "audio", port = 1, formats = { "0" }, rtpmap = { ["0"] = "PCMU" } } } }
+    end, "luasip.sdp.build: rtpmap entries must be tables")
+  end)
+
+  it("names the caller's line in its errors", function()
+    local ok, err = pcall(sdp.build, { origin = { sess_id = "1", sess_version = "1" } })
+    assert.is_false(ok)
+    assert.equal("luasip.sdp.build: origin.address missing", err)  -- pcall: no caller line
+    local line = debug.getinfo(1, "l").currentline + 1
+    ok, err = pcall(function() sdp.build{ origin = { sess_id = "1", sess_version = "1" } } end)
+    assert.is_false(ok)
+    assert.matches("sdp_spec.lua:" .. line .. ": luasip.sdp.build: origin.address missing", err, 1, true)
+  end)
+
+  it("writes each rtpmap once when the formats are numbers", function()
+    local out = sdp.build{ origin = { sess_id = "1", sess_version = "1", address = "h" },
+      media = { { media = "audio", port = 1, formats = { 0, 101 },
+        rtpmap = { [101] = { encoding = "telephone-event", clock_rate = 8000 } },
+        fmtp = { [101] = "0-16" } } } }
+    local _, rtpmaps = out:gsub("a=rtpmap:101 telephone%-event/8000\r\n", "")
+    local _, fmtps = out:gsub("a=fmtp:101 0%-16\r\n", "")
+    assert.equal(1, rtpmaps)
+    assert.equal(1, fmtps)
+    assert.matches("m=audio 1 RTP/AVP 0 101\r\n", out, 1, true)
+  end)
+
+  it("writes whole numbers beyond 2^53 with all their digits, so they parse back", function()
+    local p = assert(sdp.parse(crlf [[
+v=0
+o=- 1 1 IN IP4 h
+s=-
+t=0 123456789012345678901234567890
+m=audio 5004 RTP/AVP 0
+a=rtpmap:0 PCMU/80000000000000000000000000
+]]))
+    local once = sdp.build(p)
+    assert.not_matches("e%+", once)
+    local again = assert(sdp.parse(once))
+    assert.equal(p.times[1].stop, again.times[1].stop)
+    assert.equal(p.media[1].rtpmap["0"].clock_rate, again.media[1].rtpmap["0"].clock_rate)
+    assert.equal(once, sdp.build(again))
+  end)
+
+  it("writes back what it parsed, whatever it was given (build of parse is stable)", function()
+    for name, s in pairs { sipp = SIPP, baresip = BARESIP, linphone = LINPHONE, ipv6 = IPV6,
+      hold = HOLD, full = FULL } do
+      local once = sdp.build(assert(sdp.parse(s), name))
+      assert.equal(once, sdp.build(assert(sdp.parse(once), name)), name)
+    end
   end)
 end)
 

@@ -56,6 +56,11 @@ local function sdp_all(s)
     sip.sdp.codecs(m)
     sip.sdp.attribute(m, "rtcp")
   end
+  -- csrc/sdp.c: what parse made, build writes, and that parses to the same text again
+  local once = sip.sdp.build(t)
+  local back, err = sip.sdp.parse(once)
+  if not back then return ("sdp.parse refuses sdp.build's %q: %s"):format(once, err) end
+  if sip.sdp.build(back) ~= once then return ("sdp.build of %q is not stable"):format(s) end
 end
 
 local targets = {
