@@ -40,7 +40,6 @@ end
 local pt_meta = { __index = function(t, k)
   if type(k) == "number" then return rawget(t, tostring(k)) end
 end }
-local function pt_map() return setmetatable({}, pt_meta) end
 local function pt_get(map, pt)
   if not map then return nil end
   local v = map[pt]
@@ -149,21 +148,33 @@ end
 
 local function addrtype(address) return address:find(":", 1, true) and "IP6" or "IP4" end
 
+-- capability codecs ("PCMU/8000" or tables) as { encoding, clock_rate, channels, fmtp,
+-- lower = the encoding in lower case }; strings parsed once (a script's caps are a few
+-- constant strings: the cache is cleared if it ever holds more than 256)
+local cap_cache, cap_cached = {}, 0
+
 local function parse_cap(c, fname)
   if type(c) == "table" then
     if type(c.encoding) ~= "string" then error(fname .. ": codec tables need an encoding", 3) end
-    return c
+    return { encoding = c.encoding, clock_rate = c.clock_rate, channels = c.channels,
+      fmtp = c.fmtp, lower = c.encoding:lower() }
   end
+  local hit = cap_cache[c]
+  if hit then return hit end
   if type(c) ~= "string" then error(fname .. ": codecs are strings like \"PCMU/8000\"", 3) end
   local enc, rate, ch = c:match("^([^/]+)/?(%d*)/?(%d*)$")
   if not enc then error(fname .. ": bad codec '" .. c .. "'", 3) end
-  return { encoding = enc, clock_rate = tonumber(rate), channels = tonumber(ch) }
+  hit = { encoding = enc, clock_rate = tonumber(rate), channels = tonumber(ch), lower = enc:lower() }
+  if cap_cached >= 256 then cap_cache, cap_cached = {}, 0 end
+  cap_cache[c], cap_cached = hit, cap_cached + 1
+  return hit
 end
 
-local function codec_matches(cap, offered, media)
-  if not offered.encoding or cap.encoding:lower() ~= offered.encoding:lower() then return false end
-  if cap.clock_rate and cap.clock_rate ~= offered.clock_rate then return false end
-  if media == "audio" and cap.channels and cap.channels ~= (offered.channels or 1) then
+-- does capability cap take the offered codec (encoding in lower case: lower)?
+local function codec_matches(cap, lower, rate, channels, media)
+  if cap.lower ~= lower then return false end
+  if cap.clock_rate and cap.clock_rate ~= rate then return false end
+  if media == "audio" and cap.channels and cap.channels ~= (channels or 1) then
     return false
   end
   return true
@@ -197,26 +208,36 @@ function sdp.answer(offer, caps)
   local used, accepted = {}, 0
   for _, m in ipairs(o.media) do
     local cap = caps.media[m.media]
-    local a = { media = m.media, port = 0, proto = m.proto, formats = {}, bandwidths = {},
-      attributes = {}, rtpmap = pt_map(), fmtp = pt_map() }
+    -- rtpmap and fmtp keyed by the offer's format strings: build() needs no pt_meta
+    local a = { media = m.media, port = 0, proto = m.proto, formats = {}, attributes = {},
+      rtpmap = {}, fmtp = {} }
     local protos = cap and cap.protos or { "RTP/AVP" }
     local proto_ok = false
     for _, p in ipairs(protos) do proto_ok = proto_ok or p:upper() == m.proto:upper() end
     if cap and m.port ~= 0 and proto_ok and not used[m.media] then
       if type(cap.port) ~= "number" then error(fname .. ": media." .. m.media .. ".port expected", 2) end
-      local want = {}
-      for i, c in ipairs(cap.codecs or {}) do want[i] = parse_cap(c, fname) end
+      local want, nwant = {}, 0
+      for i, c in ipairs(cap.codecs or {}) do want[i], nwant = parse_cap(c, fname), i end
       local real = false
-      for _, offered in ipairs(sdp.codecs(m)) do
-        for _, c in ipairs(want) do
-          if codec_matches(c, offered, m.media) then
-            local pt = offered.pt
+      -- the offered codecs in the m= order (sdp.codecs without its tables)
+      for _, pt in ipairs(m.formats) do
+        local enc, rate, ch
+        local r = pt_get(m.rtpmap, pt)
+        if r then
+          enc, rate, ch = r.encoding, r.clock_rate, r.channels
+        else
+          local st = STATIC[pt]
+          if st then enc, rate, ch = st[1], st[2], st[3] end
+        end
+        local lower = enc and enc:lower()
+        for i = 1, lower and nwant or 0 do
+          local c = want[i]
+          if codec_matches(c, lower, rate, ch, m.media) then
             a.formats[#a.formats + 1] = pt
-            a.rtpmap[pt] = { encoding = offered.encoding, clock_rate = offered.clock_rate,
-              channels = offered.channels }
-            local fmtp = c.fmtp or offered.fmtp
+            a.rtpmap[pt] = { encoding = enc, clock_rate = rate, channels = ch }
+            local fmtp = c.fmtp or pt_get(m.fmtp, pt)
             if fmtp then a.fmtp[pt] = fmtp end
-            real = real or not AUXILIARY[offered.encoding:lower()]
+            real = real or not AUXILIARY[lower]
             break
           end
         end
