@@ -309,7 +309,9 @@ static int media_attribute(lua_State *L, int m, desc_t *d, span_t name, span_t v
     return 1;
   }
   if (has_value && (span_is(name, "ptime") || span_is(name, "maxptime"))) {
-    if (!push_tonumber(L, value) || !(lua_tonumber(L, -1) > 0)) {
+    /* finite: build must be able to write it back (tostring(1e400) is "inf") */
+    if (!push_tonumber(L, value) || !(lua_tonumber(L, -1) > 0) ||
+        lua_tonumber(L, -1) - lua_tonumber(L, -1) != 0) {
       lua_pop(L, 1);
       *why = name.n == 5 ? "a=ptime needs a positive number" : "a=maxptime needs a positive number";
       return -1;
@@ -1266,13 +1268,16 @@ static void put_media(out_t *o, int m)
   }
   lua_settop(L, top);
   put_pairs(o, m, &ATTRIBUTES);
-  /* a rejected stream (port 0) needs no direction; sendrecv is what parse() fills in */
+  /* a rejected stream (port 0) needs no direction when it has the one parse() fills in:
+   * the session's, else sendrecv */
   get(L, m, "direction");
   get(L, m, "port");
+  get(L, 1, "direction");
   if (truthy(L, top + 1)) {
     int rejected = lua_type(L, top + 2) == LUA_TNUMBER && lua_tonumber(L, top + 2) == 0;
-    int sendrecv = lua_type(L, top + 1) == LUA_TSTRING && strcmp(lua_tostring(L, top + 1), "sendrecv") == 0;
-    if (!(rejected && sendrecv)) put_direction(o, top + 1);
+    const char *dflt = lua_type(L, top + 3) == LUA_TSTRING ? lua_tostring(L, top + 3) : "sendrecv";
+    int implied = lua_type(L, top + 1) == LUA_TSTRING && strcmp(lua_tostring(L, top + 1), dflt) == 0;
+    if (!(rejected && implied)) put_direction(o, top + 1);
   }
   lua_settop(L, top);
 }

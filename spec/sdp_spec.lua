@@ -260,6 +260,9 @@ describe("luasip.sdp.parse", function()
       -- found by the lua_parsers fuzz target: build could not write these back
       { "v=0\no=- 1 1 IN IP4 h\ns=-\nt=0 0\nm=au\0dio 9 RTP/AVP 0\n", "line 5: NUL or CR" },
       { "v=0\r\no=- 1 1 IN IP4 h\r\ns=a\rb\r\n", "line 3: NUL or CR inside a line" },
+      -- a ptime build could not write back ("inf")
+      { "v=0\no=- 1 1 IN IP4 h\ns=-\nt=0 0\nm=audio 9 RTP/AVP 0\na=ptime:1e400\n",
+        "line 6: a=ptime needs a positive number" },
     }
     for _, c in ipairs(cases) do
       local s, err = sdp.parse(c[1])
@@ -388,6 +391,24 @@ a=rtpmap:0 PCMU/80000000000000000000000000
     assert.equal(p.times[1].stop, again.times[1].stop)
     assert.equal(p.media[1].rtpmap["0"].clock_rate, again.media[1].rtpmap["0"].clock_rate)
     assert.equal(once, sdp.build(again))
+  end)
+
+  it("leaves out a rejected stream's direction only when parse would fill the same in", function()
+    local p = assert(sdp.parse(crlf [[
+v=0
+o=- 1 1 IN IP4 h
+s=-
+t=0 0
+a=inactive
+m=audio 0 RTP/AVP 0
+a=sendrecv
+m=audio 0 RTP/AVP 0
+]]))
+    local out = sdp.build(p)
+    assert.matches("m=audio 0 RTP/AVP 0\r\na=sendrecv\r\nm=audio 0 RTP/AVP 0\r\n$", out)
+    local back = assert(sdp.parse(out))
+    assert.equal("sendrecv", back.media[1].direction)
+    assert.equal("inactive", back.media[2].direction)
   end)
 
   it("writes back what it parsed, whatever it was given (build of parse is stable)", function()
