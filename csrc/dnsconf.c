@@ -259,7 +259,7 @@ lsip_dnsconf_t *luasip_dnsconf_new(lua_State *L, int idx, const char *who)
   char text[1024];
   size_t len;
   unsigned port = 0;
-  int i, n;
+  int i, n = 0;
   if (lua_isnil(L, idx))
     return NULL;
   if (idx < 0)
