@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# bench/callgrind-flow.sh proxy|register|uas [INTERP...]  — instructions per call (proxy,
-# uas) or per REGISTER flow (register) of the measured process of a `make bench` row, under
-# callgrind.
+# bench/callgrind-flow.sh proxy|register|uas|b2bua [INTERP...]  — instructions per call
+# (proxy, uas, b2bua) or per REGISTER flow (register) of the measured process of a
+# `make bench` row, under callgrind.
 #
 #   proxy     sipp scenarios/uac.xml -rsa -> bench/proxy.lua -> sipp scenarios/uas.xml:
 #             INVITE, 100/180/200, ACK, BYE, 200 through the record-routing proxy
@@ -9,6 +9,8 @@
 #             REGISTER + Authorization, 200 (users u<N>/pw<N>)
 #   uas       sipp scenarios/uac.xml -> examples/uas.lua (UAS_QUIET=1): INVITE, 100, 180,
 #             200 with an SDP answer, ACK, BYE, 200
+#   b2bua     sipp scenarios/uac.xml -> examples/b2bua.lua (its log discarded) -> sipp
+#             scenarios/uas.xml: the same call on each leg, the B2BUA in the middle
 # The responder runs twice under valgrind --tool=callgrind, for N1 and N2 calls at CG_RATE/s
 # (fresh process each, stopped by SIGTERM: sip.run() returns and valgrind writes its
 # profile), so start-up and exit cancel out: Ir per call = (Ir(N2) - Ir(N1)) / (N2 - N1).
@@ -16,7 +18,8 @@
 # timers for those older than 32 s), so the figure includes their destruction.
 # CG_FUNCS=1 (default) adds the instructions per call by function (bench/cg-diff.py).
 # A row with failed calls is marked INVALID (they do less work): lower CG_RATE on a loaded
-# machine.  Env: N1 (100) N2 (400) CG_RATE (30), KEEP=1 keeps the callgrind files.  Loopback only,
+# machine.  Env: N1 (100) N2 (400) CG_RATE (30), KEEP=1 keeps the callgrind files,
+# CG_SCRIPT=file.lua runs that responder instead (same arguments: host:port).  Loopback only,
 # every process bounded by `timeout` and stopped by PID.
 if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -u
@@ -26,8 +29,8 @@ ROOT=$(cd "$HERE/.." && pwd)
 HOST=127.0.0.1
 require_loopback "$HOST"
 KIND=${1:-}; shift || true
-[[ $KIND == proxy || $KIND == register || $KIND == uas ]] ||
-  die "usage: callgrind-flow.sh proxy|register|uas [INTERP...]"
+[[ $KIND == proxy || $KIND == register || $KIND == uas || $KIND == b2bua ]] ||
+  die "usage: callgrind-flow.sh proxy|register|uas|b2bua [INTERP...]"
 N1=${N1:-100} N2=${N2:-400} CG_RATE=${CG_RATE:-30}
 for v in "$N1" "$N2" "$CG_RATE"; do require_uint "$v"; done
 (( N2 > N1 )) || die "N2 must be > N1"
@@ -55,23 +58,30 @@ fi
 
 # run INTERP N OUT: one responder under callgrind serving N calls; prints the sipp status
 run() {
-  local interp=$1 n=$2 out=$3 port dport script args st i
+  local interp=$1 n=$2 out=$3 port dport script args sargs st i
   port=$(free_udp_port)
   script=bench/proxy.lua; [[ $KIND == register ]] && script=bench/registrar.lua
   [[ $KIND == uas ]] && script=examples/uas.lua
+  [[ $KIND == b2bua ]] && script=examples/b2bua.lua
+  script=${CG_SCRIPT:-$script}
+  sargs=("$HOST:$port")
+  if [[ $KIND == proxy || $KIND == b2bua ]]; then
+    dport=$(free_udp_port)
+    [[ $KIND == b2bua ]] && sargs+=("$HOST:$dport")
+  fi
   ( cd "$ROOT" && exec timeout --kill-after=5 900 env LUA_PATH="lua/?.lua;lua/?/init.lua;;" UAS_QUIET=1 \
       LUA_CPATH="build/$(flavour "$interp")/?.so;;" valgrind --tool=callgrind \
-      --callgrind-out-file="$out" --dump-instr=no "$interp" "$script" "$HOST:$port" \
+      --callgrind-out-file="$out" --dump-instr=no "$interp" "$script" "${sargs[@]}" \
       >>"$WORK/responder.log" 2>&1 ) &
   RPID=$!
   wait_udp_port "$port" 60 || die "the responder did not bind $HOST:$port (see $WORK/responder.log)"
-  if [[ $KIND == proxy ]]; then
-    dport=$(free_udp_port)
+  if [[ $KIND == proxy || $KIND == b2bua ]]; then
     ( cd "$WORK" && exec timeout --kill-after=5 900 sipp -sf "$SCEN_DIR/uas.xml" -i "$HOST" \
         -mi "$HOST" -bind_local -p "$dport" -t u1 -nostdin >>"$WORK/down.log" 2>&1 ) &
     DPID=$!
     wait_udp_port "$dport" 10 || die "the downstream UAS did not bind"
     args=("$HOST:$dport" -sf "$SCEN_DIR/uac.xml" -rsa "$HOST:$port")
+    [[ $KIND == b2bua ]] && args=("$HOST:$port" -sf "$SCEN_DIR/uac.xml")
   elif [[ $KIND == uas ]]; then
     args=("$HOST:$port" -sf "$SCEN_DIR/uac.xml")
   else

@@ -569,13 +569,11 @@ void luasip_request_incoming(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_
     snprintf(r->transport, sizeof r->transport, "%s", tport_name(tp)->tpn_proto);
   }
   luasip_link_add(&a->requests, &r->link);
-  /* a stateless agent (a front forwarding everything) makes no transaction itself */
-  if (sip->sip_request->rq_method == sip_method_invite && !a->stateless &&
-      luasip_req_make_irq(r)) {
-    luasip_count_reply(sip_method_invite, 100);
-    nta_incoming_treply(r->irq, SIP_100_TRYING, TAG_END());
-    r->status = 100;
-  }
+  /* a stateless agent (a front forwarding everything) makes no transaction itself; an
+   * INVITE's transaction absorbs retransmissions while its handler runs (its 100 Trying:
+   * luasip_request_dispatched) */
+  if (sip->sip_request->rq_method == sip_method_invite && !a->stateless)
+    luasip_req_make_irq(r);
   /* the agent goes along: the dispatcher needs its handlers for every request */
   luasip_request_dispatched(&r->m.obj, luasip_bridge("request", &r->m.obj, &a->obj));
 }
@@ -593,6 +591,14 @@ void luasip_request_dispatched(lsip_obj_t *obj, int rc)
     if (r->proxy)
       luasip_proxy_cancel(r->proxy);  /* its branches end (Lua hears proxy_final) */
     reply_plain(r, SIP_500_INTERNAL_SERVER_ERROR);  /* unless that answered it */
+  }
+  /* RFC 3261 17.2.1: an INVITE's 100 Trying, unless the handler's first run already
+   * answered it (a UAS replying 180 or 200 at once spares the message) */
+  if (r->state == LSIP_RQ_PROCEEDING && r->status < 100 && r->irq &&
+      r->m.sip->sip_request->rq_method == sip_method_invite) {
+    luasip_count_reply(sip_method_invite, 100);
+    nta_incoming_treply(r->irq, SIP_100_TRYING, TAG_END());
+    r->status = 100;
   }
   if (!r->m.obj.born) {             /* Lua never saw it: nobody else will free it */
     if (!final_state(r->state))

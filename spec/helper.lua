@@ -185,16 +185,17 @@ function H.background(argv, max_seconds)
   return testing.process(argv, { max_seconds = max_seconds or 30 })
 end
 
--- send_raw(port, bytes [, proto = "udp", timeout = 3]) -> the status line of the first
--- final answer to bytes sent to 127.0.0.1:port by spec/peers/rawsip.py (the last
--- provisional one when no final came), or "NONE" when none came within timeout seconds
-function H.send_raw(port, msg, proto, timeout)
+-- send_raw(port, bytes [, proto = "udp", timeout = 3, all]) -> the status line of the
+-- first final answer to bytes sent to 127.0.0.1:port by spec/peers/rawsip.py (the last
+-- provisional one when no final came), or "NONE" when none came within timeout seconds;
+-- with all, the status lines of every answer up to the final one, joined by " | "
+function H.send_raw(port, msg, proto, timeout, all)
   local file = os.tmpname()
   local f = assert(io.open(file, "wb"))
   f:write(msg)
   f:close()
   local p = H.background({ "python3", "spec/peers/rawsip.py", tostring(port), file,
-    proto or "udp", tostring(timeout or 3) }, 10)
+    proto or "udp", tostring(timeout or 3), all and "all" or nil }, 10)
   local ok, err = pcall(H.run_until, function() return p.done() end, 10, "rawsip.py")
   local line = p.log():gsub("%s+$", "")
   p.kill()

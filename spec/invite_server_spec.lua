@@ -26,6 +26,49 @@ describe("luasip INVITE server duties (sipp peer)", function()
     assert.is_true(received_200 >= 5, "only " .. received_200 .. " copies of the 200")
   end)
 
+  -- an INVITE sent as one raw datagram; the status lines of every answer up to the final
+  local n = 0
+  local function invite(a, user)
+    n = n + 1
+    local id = ("%d-%d-trying"):format(os.time(), n)
+    return H.send_raw(a:transports()[1].port, table.concat{
+      "INVITE sip:", user, "@127.0.0.1 SIP/2.0\r\n",
+      "Via: SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bK", id:gsub("[^%w]", ""), "\r\n",
+      "From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:", user, "@127.0.0.1>\r\n",
+      "Call-ID: ", id, "\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n",
+      "Contact: <sip:a@127.0.0.1:9>\r\nContent-Length: 0\r\n\r\n" }, "udp", 3, true)
+  end
+
+  it("sends 100 Trying when the INVITE's handler waits before its first answer", function()
+    local uas = H.agent()
+    uas:on("INVITE", function(req)
+      sip.sleep(0.05)
+      req:reply(486)
+    end)
+    assert.equal("SIP/2.0 100 Trying | SIP/2.0 486 Busy Here", invite(uas, "wait"))
+  end)
+
+  it("spares the 100 Trying when the handler answers in its first run (RFC 3261 17.2.1)",
+    function()
+      local uas = H.agent()
+      uas:on("INVITE", function(req)
+        req:reply(180)
+        sip.sleep(0.05)
+        req:reply(486)
+      end)
+      assert.equal("SIP/2.0 180 Ringing | SIP/2.0 486 Busy Here", invite(uas, "ring"))
+      uas:on("INVITE", function(req) req:reply(603) end)
+      assert.equal("SIP/2.0 603 Decline", invite(uas, "decline"))
+      -- req:reply(100) in the first run sends it (once)
+      uas:on("INVITE", function(req)
+        req:reply(100)
+        req:reply(100)
+        sip.sleep(0.05)
+        req:reply(486)
+      end)
+      assert.equal("SIP/2.0 100 Trying | SIP/2.0 486 Busy Here", invite(uas, "hundred"))
+    end)
+
   it("runs the handler once for a retransmitted MESSAGE and resends its 200", function()
     local uas = H.agent()
     local deliveries = 0

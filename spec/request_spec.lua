@@ -138,7 +138,7 @@ describe("luasip.request", function()
     end)).status)
   end)
 
-  it("answers INVITE with 100 Trying at once, then the handler's responses", function()
+  it("answers INVITE with the handler's provisional and final responses", function()
     local provisional = {}
     uas:on("INVITE", function(req)
       req:reply(183, { body = "v=0\r\n", content_type = "application/sdp" })

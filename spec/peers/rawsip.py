@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Sends the bytes of a file as one UDP datagram (or over TCP) to 127.0.0.1:PORT and
 prints the status line of the first final reply (the last provisional one when no final
-came), or NONE when nothing came within the timeout.
-Usage: rawsip.py PORT FILE [udp|tcp] [timeout_s]"""
+came), or NONE when nothing came within the timeout; with "all", the status line of
+every reply up to the first final one, joined by " | ".
+Usage: rawsip.py PORT FILE [udp|tcp] [timeout_s] [all]"""
 import socket
 import sys
 
 port, path = int(sys.argv[1]), sys.argv[2]
 proto = sys.argv[3] if len(sys.argv) > 3 else "udp"
 timeout = float(sys.argv[4]) if len(sys.argv) > 4 else 3.0
+every = len(sys.argv) > 5 and sys.argv[5] == "all"
 data = open(path, "rb").read()
 if proto == "tcp":
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
@@ -21,15 +23,16 @@ else:
     s.settimeout(timeout)
     s.sendto(data, ("127.0.0.1", port))
     get = lambda: s.recvfrom(65535)[0]
-line = "NONE"
+line, lines = "NONE", []
 try:
     while True:
         reply = get()
         if not reply:
             break
         line = reply.split(b"\r\n")[0].decode("latin-1")
+        lines.append(line)
         if not line.startswith("SIP/2.0 1"):
             break
 except socket.timeout:
     pass
-print(line)
+print(" | ".join(lines) if every and lines else line)
