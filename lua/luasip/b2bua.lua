@@ -96,20 +96,23 @@ local function quote(display)
   return '"' .. display:gsub('[\\"]', "\\%0") .. '"'
 end
 
+-- headers[name] = every value of header name in res, if it has any (res:header first:
+-- most responses carry none of PASSED, and headers() makes a list each time)
+local function pass(res, headers, name)
+  if res:header(name) then
+    local v = res:headers(name)
+    if #v > 0 then headers[name] = v end
+  end
+end
+
 -- what goes back for response res (from leg `leg`): { status, reason, headers, body,
 -- content_type }, after opts.on_answer(res, o, leg) -> nil (o as edited) | table | body
 -- string | false (no body)
 local function shape(opts, res, leg)
   local o = { status = res.status, reason = res.reason, headers = {} }
   o.body, o.content_type = body_of(res)
-  for _, name in ipairs(PASSED) do
-    local v = res:headers(name)
-    if #v > 0 then o.headers[name] = v end
-  end
-  if res.status >= 300 and res.status < 400 then
-    local v = res:headers("Contact")
-    if #v > 0 then o.headers.Contact = v end
-  end
+  for _, name in ipairs(PASSED) do pass(res, o.headers, name) end
+  if o.status >= 300 and o.status < 400 then pass(res, o.headers, "Contact") end
   if opts.on_answer then
     local r = opts.on_answer(res, o, leg)
     if type(r) == "table" then
