@@ -45,7 +45,8 @@
 #   BENCH_LUA="lua5.4 luajit"  interpreters for the luasip rows (lua5.4 -> build/5.4,
 #                              luajit -> build/luajit); BENCH_LUA=luajit for luajit only;
 #                              "lua5.4:quiet" runs bench/uas-quiet.lua (uas.lua with its
-#                              per-request stdout log discarded) to show what logging costs;
+#                              per-request stdout log discarded) to show what logging costs
+#                              (kind b2bua: bench/b2bua-quiet.lua, the same for b2bua.lua);
 #                              "lua5.4:jemalloc" preloads libjemalloc2 (README: Memory
 #                              allocator; with BENCH_SUSTAIN for its steady state)
 #   BENCH_KINDS="calls options"
@@ -200,7 +201,8 @@ start_responder() {
   else
     local interp=${who%%:*} dest=$logf args=("$HOST:$port") script=examples/uas.lua menv=()
     case $kind in
-      b2bua) script=examples/b2bua.lua; args+=("$HOST:$dport") ;;
+      b2bua) script=examples/b2bua.lua; [[ $who == *:quiet ]] && script=bench/b2bua-quiet.lua
+             args+=("$HOST:$dport") ;;
       pbx) script=examples/pbx.lua; STEP_ARGS="-auth_uri bob@$HOST" ;;
       # the Request-URI names the downstream UAS (sipp's remote host), the proxy is -rsa
       proxy) script=bench/proxy.lua; STEP_PORT=$dport; STEP_SCEN=uac.xml; STEP_ARGS="-rsa $HOST:$port" ;;

@@ -281,9 +281,8 @@ function install(call, d, leg)
     -- the callee's BYE before the caller's ACK: sip.b2bua ends the caller's leg after it
     if to and (call.bridged or leg == "a") then to:bye() end
   end)
-  for _, m in ipairs(call.relay) do
-    d:on(m, function(r) relay_request(call, r, d, leg) end)
-  end
+  local function relay(r) relay_request(call, r, d, leg) end
+  for _, m in ipairs(call.relay) do d:on(m, relay) end
 end
 
 -- ------------------------------------------------------------------ the call

@@ -30,6 +30,9 @@ local methods, getters, C = class.get("luasip.dialog")
 
 local M = {}
 
+local WEAK_KEYS = { __mode = "k" }
+local NONE = {}   -- an empty list to walk, never written
+
 -- init(d) -> d: a dialog ready for the Lua layer (kept alive while its leg lives)
 function M.init(d)
   local st = state(d)
@@ -37,7 +40,7 @@ function M.init(d)
     C._keep(d)
     st.handlers = {}
     st.pending = {}
-    st.txs = setmetatable({}, { __mode = "k" })
+    st.txs = setmetatable({}, WEAK_KEYS)
   end
   return d
 end
@@ -49,9 +52,9 @@ function M.ended(d, reason)
   st.ended = reason or "terminated"
   st_timer.stop(d)
   C.terminate(d)
-  for _, slot in ipairs(st.end_slots or {}) do dispatcher.fill(slot, st.ended) end
+  for _, slot in ipairs(st.end_slots or NONE) do dispatcher.fill(slot, st.ended) end
   st.end_slots = nil
-  for _, w in ipairs(st.waiters or {}) do dispatcher.fill(w.slot, nil, "terminated", "terminated") end
+  for _, w in ipairs(st.waiters or NONE) do dispatcher.fill(w.slot, nil, "terminated", "terminated") end
   st.waiters = nil
   local fn = st.on_end
   if fn then
@@ -59,10 +62,16 @@ function M.ended(d, reason)
     if not ok then dispatcher.log("error", "dialog on_end failed: " .. tostring(err)) end
   end
   -- anything waiting on an in-dialog transaction learns the dialog is gone
-  for slot in pairs(st.pending or {}) do dispatcher.fill(slot, nil, "terminated", "terminated") end
-  st.pending = {}
-  local client_tx = require "luasip.client_tx"
-  for tx in pairs(st.txs or {}) do client_tx.abort(tx, nil, "terminated", "terminated") end
+  local pending = st.pending
+  if pending and next(pending) ~= nil then
+    for slot in pairs(pending) do dispatcher.fill(slot, nil, "terminated", "terminated") end
+    st.pending = {}
+  end
+  local txs = st.txs
+  if txs and next(txs) ~= nil then
+    local client_tx = require "luasip.client_tx"
+    for tx in pairs(txs) do client_tx.abort(tx, nil, "terminated", "terminated") end
+  end
   class.run("luasip.dialog", "ended", d, st.ended)
 end
 
@@ -202,7 +211,7 @@ function methods.wait_request(self, method, timeout)
   st.waiters = st.waiters or {}
   st.waiters[#st.waiters + 1] = w
   local req, err, code = dispatcher.wait(slot, timeout)
-  for i, x in ipairs(st.waiters or {}) do
+  for i, x in ipairs(st.waiters or NONE) do
     if x == w then table.remove(st.waiters, i) break end
   end
   return req, err, code
@@ -274,7 +283,7 @@ end)
 
 -- the first waiter for this method (or any method) takes the request
 local function take_waiter(st, method)
-  for i, w in ipairs(st.waiters or {}) do
+  for i, w in ipairs(st.waiters or NONE) do
     if w.method == nil or w.method == method then
       table.remove(st.waiters, i)
       return w
