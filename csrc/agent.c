@@ -448,6 +448,7 @@ static void agent_free_nta(lsip_agent_t *a)
     luasip_metrics_agent(a, 0);     /* its counters stay on the page */
     nta_agent_destroy(a->nta);
     a->nta = NULL;
+    a->ncontacts = 0;               /* their transports are gone (the copies stay in home) */
   }
 }
 
@@ -727,24 +728,38 @@ tport_t *luasip_agent_primary(lsip_agent_t *a, tport_t *hint, url_t const *dest)
 }
 
 /* A Contact for the transport a message goes out on: with IPv4 and IPv6 (or UDP and
- * TCP) on one agent, nta_agent_contact() would name only the first. */
-sip_contact_t *luasip_agent_contact_for(lsip_agent_t *a, su_home_t *home, tport_t *hint,
-                                        url_t const *dest)
+ * TCP) on one agent, nta_agent_contact() would name only the first.  Made once per
+ * primary transport and kept in the agent's home (callers copy it into their message,
+ * SIPTAG_CONTACT, or read it); NULL once the agent is closed or out of memory. */
+sip_contact_t const *luasip_agent_contact_for(lsip_agent_t *a, tport_t *hint,
+                                              url_t const *dest)
 {
   tport_t *tp = a->nta ? primary_for(a, hint, dest) : NULL;
   tp_name_t const *tpn;
   const char *host, *lb = "", *rb = "";
+  sip_contact_t *m;
+  int i;
   if (!tp)
-    return a->nta ? sip_contact_dup(home, nta_agent_contact(a->nta)) : NULL;
+    return a->nta ? nta_agent_contact(a->nta) : NULL;
+  for (i = 0; i < a->ncontacts; i++)
+    if (a->contacts[i].tp == tp)
+      return a->contacts[i].m;
   tpn = tport_name(tp);
   host = tpn->tpn_host;
   if (strchr(host, ':') && host[0] != '[')
     lb = "[", rb = "]";
   if (su_casematch(tpn->tpn_proto, "tls"))   /* RFC 5630: TLS hop, sips: Contact */
-    return sip_contact_format(home, "<sips:%s%s%s:%s>", lb, host, rb, tpn->tpn_port);
-  return sip_contact_format(home, "<sip:%s%s%s:%s%s%s>", lb, host, rb, tpn->tpn_port,
-                            su_casematch(tpn->tpn_proto, "udp") ? "" : ";transport=",
-                            su_casematch(tpn->tpn_proto, "udp") ? "" : tpn->tpn_proto);
+    m = sip_contact_format(a->home, "<sips:%s%s%s:%s>", lb, host, rb, tpn->tpn_port);
+  else
+    m = sip_contact_format(a->home, "<sip:%s%s%s:%s%s%s>", lb, host, rb, tpn->tpn_port,
+                           su_casematch(tpn->tpn_proto, "udp") ? "" : ";transport=",
+                           su_casematch(tpn->tpn_proto, "udp") ? "" : tpn->tpn_proto);
+  if (m && a->ncontacts < (int)(sizeof a->contacts / sizeof a->contacts[0])) {
+    a->contacts[a->ncontacts].tp = tp;
+    a->contacts[a->ncontacts].m = m;
+    a->ncontacts++;
+  }
+  return m;
 }
 
 /* agent:close() -> true (idempotent) */

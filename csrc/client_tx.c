@@ -545,7 +545,7 @@ static int agent_send(lua_State *L)
       if (sip_add_make(msg, sip, sip_from_class, lua_tostring(L, -1)) < 0)
         return luaL_error(L, "%s: bad from '%s'", fname, lua_tostring(L, -1));
     } else {
-      sip_contact_t const *m = luasip_agent_contact_for(a, home, NULL, dest);
+      sip_contact_t const *m = luasip_agent_contact_for(a, NULL, dest);
       char buf[300];
       snprintf(buf, sizeof buf, "<sip:luasip@%s%s%s>", m->m_url->url_host,
                m->m_url->url_port ? ":" : "", m->m_url->url_port ? m->m_url->url_port : "");
@@ -578,7 +578,7 @@ static int agent_send(lua_State *L)
   if (method == sip_method_invite && !sip->sip_supported)
     sip_add_tl(msg, sip, SIPTAG_SUPPORTED_STR("100rel"), TAG_END());  /* we PRACK */
   if (!sip->sip_contact && dialog_creating(method))
-    sip_add_tl(msg, sip, SIPTAG_CONTACT(luasip_agent_contact_for(a, home, NULL, dest)),
+    sip_add_tl(msg, sip, SIPTAG_CONTACT(luasip_agent_contact_for(a, NULL, dest)),
                TAG_END());
   if (!sip->sip_call_id || !sip->sip_cseq)
     return luasip_fail(L, "out of memory", "memory");

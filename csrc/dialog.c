@@ -348,7 +348,7 @@ static int dialog_send(lua_State *L)
                             method == sip_method_subscribe || method == sip_method_refer ||
                             method == sip_method_notify))
     sip_add_tl(msg, sip,
-               SIPTAG_CONTACT(luasip_agent_contact_for(d->agent, msg_home(msg), NULL,
+               SIPTAG_CONTACT(luasip_agent_contact_for(d->agent, NULL,
                                                        sip->sip_route
                                                        ? sip->sip_route->r_url
                                                        : sip->sip_request->rq_url)),

@@ -193,8 +193,8 @@ nta_agent_t *luasip_agent_nta(lsip_agent_t *a);
 int luasip_agent_flow_alive(lsip_agent_t *a, url_t const *u);
 lsip_agent_t *luasip_agent_check(lua_State *L, int idx);
 tport_t *luasip_agent_primary(lsip_agent_t *a, tport_t *hint, url_t const *dest);
-sip_contact_t *luasip_agent_contact_for(lsip_agent_t *a, su_home_t *home, tport_t *hint,
-                                        url_t const *dest);
+sip_contact_t const *luasip_agent_contact_for(lsip_agent_t *a, tport_t *hint,
+                                              url_t const *dest);
 
 /* flood.c: the per-source policy at the entry point (agent option flood) */
 int luasip_flood_check(lsip_agent_t *a, nta_agent_t *nta, msg_t *msg, sip_t *sip);
@@ -365,6 +365,10 @@ struct lsip_agent {
   lsip_dnsconf_t *dnsconf;    /* the dns option's configuration (NULL: the system's) */
   struct sres_cache *dns_cache;  /* the hosts file's names for nta's resolver, or NULL */
   int closed;
+  /* agent.c: the Contact of each primary transport, made once (a reply to an INVITE
+   * formatted and parsed one each time) */
+  struct { tport_t const *tp; sip_contact_t *m; } contacts[8];
+  int ncontacts;
 };
 
 #endif

@@ -325,9 +325,9 @@ static void add_record_route(lsip_proxy_t *p, msg_t *m, sip_t *sip, url_t const 
   url_t const *dest = next ? next : sip->sip_route ? sip->sip_route->r_url
                       : sip->sip_request->rq_url;
   tport_t *out_tp = luasip_agent_primary(p->agent, NULL, dest);
-  sip_contact_t *out = luasip_agent_contact_for(p->agent, home, out_tp, NULL);
-  sip_contact_t *in = p->rr_in && out_tp && p->rr_in != out_tp
-                      ? luasip_agent_contact_for(p->agent, home, p->rr_in, NULL) : NULL;
+  sip_contact_t const *out = luasip_agent_contact_for(p->agent, out_tp, NULL);
+  sip_contact_t const *in = p->rr_in && out_tp && p->rr_in != out_tp
+                            ? luasip_agent_contact_for(p->agent, p->rr_in, NULL) : NULL;
   sip_record_route_t *rr;
   if (!out)
     return;

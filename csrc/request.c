@@ -209,8 +209,7 @@ static msg_t *reply_build(lua_State *L, lsip_req_t *r, reply_args_t const *a)
   if (!rs->sip_server && !rs->sip_user_agent)
     sip_add_tl(resp, rs, SIPTAG_SERVER_STR(r->agent->user_agent), TAG_END());
   if (!rs->sip_contact && needs_contact(r->m.sip, a->status))
-    sip_add_tl(resp, rs, SIPTAG_CONTACT(luasip_agent_contact_for(r->agent, msg_home(resp),
-                                                                 r->tport, NULL)),
+    sip_add_tl(resp, rs, SIPTAG_CONTACT(luasip_agent_contact_for(r->agent, r->tport, NULL)),
                TAG_END());
   if ((a->status == 405 || a->status == 501) && !rs->sip_allow)
     sip_add_tl(resp, rs, SIPTAG_ALLOW_STR(luasip_methods_allow), TAG_END());
