@@ -381,16 +381,37 @@ void *luasip_newobj(lua_State *L, size_t size, const char *tname, lsip_destroy_f
   return obj;
 }
 
+/* The box of the object at idx if it is of class tname, else NULL: luaL_testudata, with
+ * the metatable compared by address when tname is the pointer the class was made with. */
+static lsip_obj_t **test_box(lua_State *L, int idx, const char *tname)
+{
+  void *p = lua_touserdata(L, idx);
+  int i, n = luasip_S ? luasip_S->nclasses : 0;
+  for (i = 0; i < n; i++) {
+    if (luasip_S->classes[i].tname == tname) {
+      int same;
+      if (!p || !lua_getmetatable(L, idx))
+        return NULL;
+      same = lua_topointer(L, -1) == luasip_S->classes[i].mt;
+      lua_pop(L, 1);
+      return same ? (lsip_obj_t **)p : NULL;
+    }
+  }
+  return (lsip_obj_t **)luaL_testudata(L, idx, tname);
+}
+
 lsip_obj_t *luasip_testobj(lua_State *L, int idx, const char *tname)
 {
-  lsip_obj_t **box = (lsip_obj_t **)luaL_testudata(L, idx, tname);
+  lsip_obj_t **box = test_box(L, idx, tname);
   LUASIP_EMBED_TOUCH();
   return box ? *box : NULL;
 }
 
 lsip_obj_t *luasip_checkobj(lua_State *L, int idx, const char *tname)
 {
-  lsip_obj_t **box = (lsip_obj_t **)luaL_checkudata(L, idx, tname);
+  lsip_obj_t **box = test_box(L, idx, tname);
+  if (!box)
+    box = (lsip_obj_t **)luaL_checkudata(L, idx, tname);   /* raises the usual error */
   LUASIP_EMBED_TOUCH();
   if (!*box)
     luaL_error(L, "attempt to use a closed %s", tname);
@@ -559,6 +580,11 @@ void luasip_newclass(lua_State *L, const char *tname, const luaL_Reg *methods,
                      lua_CFunction fields)
 {
   luaL_newmetatable(L, tname);
+  if (luasip_S && luasip_S->nclasses < LUASIP_CLASSES) {
+    luasip_S->classes[luasip_S->nclasses].tname = tname;
+    luasip_S->classes[luasip_S->nclasses].mt = lua_topointer(L, -1);
+    luasip_S->nclasses++;
+  }
   lua_pushstring(L, tname);
   lua_setfield(L, -2, "__name");
   lua_pushcfunction(L, luasip_obj__gc);

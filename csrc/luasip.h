@@ -55,6 +55,11 @@ typedef struct lsip_state {
   int closing;              /* lua_close in progress: Lua must not be entered */
   unsigned long entries;    /* bridge entries so far: "did this loop step do work?" */
   lsip_obj_t *deferred;     /* objects to destroy at the next safe point */
+  /* core.c: each class's metatable by the address of its name, so that checking an
+   * object's class is a pointer compare (luaL_testudata looks the name up each time) */
+#define LUASIP_CLASSES 24
+  struct { const char *tname; const void *mt; } classes[LUASIP_CLASSES];
+  int nclasses;
 } lsip_state_t;
 
 extern lsip_state_t *luasip_S;
