@@ -37,6 +37,7 @@ end
 --      proc.report() (exit code, output, error and message traces)
 function S.run(o)
   local port = o.port or H.free_port()
+  local mp = H.media_port()
   local timeout = o.timeout or 15
   local argv = o.scenario and { "sipp", "-sf", DIR .. o.scenario .. ".xml" }
     or { "sipp", "-sn", (assert(o.sn, "scenario or sn")) }
@@ -44,7 +45,7 @@ function S.run(o)
   os.remove(traces)
   assert(os.execute("mkdir -p " .. H.shquote(traces)))
   for _, w in ipairs{ "-i", "127.0.0.1", "-p", tostring(port),
-    "-mp", tostring(H.media_port()), "-m", tostring(o.calls or 1), "-nostdin",
+    "-mp", tostring(mp), "-m", tostring(o.calls or 1), "-nostdin",
     "-timeout", tostring(timeout), "-timeout_error",
     "-trace_err", "-error_file", traces .. "/errors.log",
     "-trace_msg", "-message_file", traces .. "/messages.log" } do
@@ -53,7 +54,7 @@ function S.run(o)
   for _, w in ipairs(o.extra or {}) do argv[#argv + 1] = w end
   argv[#argv + 1] = o.target
   local p = H.background(argv, timeout + 5)
-  p.port = port
+  p.port, p.mp = port, mp
   local kill = p.kill
   function p.kill()
     kill()
@@ -89,9 +90,15 @@ function S.wait(p, timeout)
   return p.done()
 end
 
--- wait_bound(proc [, timeout=5]): steps the loop until proc's UDP port is bound
+-- wait_bound(proc [, timeout=5]): steps the loop until proc's UDP port is bound, and
+-- for a sipp of S.run its media sockets too: sipp 3.6 binds its SIP port first, then
+-- media base and base+2, and exits when one of those is taken -- a request sent in
+-- between got an ICMP port unreachable, which nta reports as a 503 of its own
 function S.wait_bound(p, timeout)
-  H.run_until(function() return p.done() ~= nil or S.udp_bound(p.port) end, timeout or 5,
+  local function bound()
+    return S.udp_bound(p.port) and (not p.mp or S.udp_bound(p.mp + 2))
+  end
+  H.run_until(function() return p.done() ~= nil or bound() end, timeout or 5,
     "UDP port " .. p.port .. " bound")
   assert(p.done() == nil, "exited before binding its port\n" .. (p.report and p.report()
     or p.log()))
@@ -107,11 +114,22 @@ function S.uac(a, scenario, o)
   return p
 end
 
--- uas(scenario [, {timeout =}]) -> proc, its URI: sipp answers, once its port is bound
+-- uas(scenario [, {timeout =}]) -> proc, its URI: sipp answers, once its ports are
+-- bound; a sipp that exits before (one of its randomly chosen media ports was taken) is
+-- started again on other ports, twice at most
 function S.uas(scenario, o)
   o = o or {}
-  local p = S.run{ scenario = scenario, timeout = o.timeout or 10 }
-  H.defer(function() S.stop(p) end)
+  local p
+  for attempt = 1, 3 do
+    local q = S.run{ scenario = scenario, timeout = o.timeout or 10 }
+    H.defer(function() S.stop(q) end)
+    p = q
+    if attempt == 3 then break end
+    H.run_until(function()
+      return q.done() ~= nil or (S.udp_bound(q.port) and S.udp_bound(q.mp + 2))
+    end, 5, "UDP port " .. q.port .. " bound")
+    if q.done() == nil then break end
+  end
   S.wait_bound(p)
   return p, "sip:sipp@127.0.0.1:" .. p.port
 end
