@@ -729,8 +729,9 @@ tport_t *luasip_agent_primary(lsip_agent_t *a, tport_t *hint, url_t const *dest)
 
 /* A Contact for the transport a message goes out on: with IPv4 and IPv6 (or UDP and
  * TCP) on one agent, nta_agent_contact() would name only the first.  Made once per
- * primary transport and kept in the agent's home (callers copy it into their message,
- * SIPTAG_CONTACT, or read it); NULL once the agent is closed or out of memory. */
+ * primary transport (a finite set) and kept in the agent's home (callers copy it into
+ * their message, SIPTAG_CONTACT, or read it); NULL once the agent is closed or out of
+ * memory. */
 sip_contact_t const *luasip_agent_contact_for(lsip_agent_t *a, tport_t *hint,
                                               url_t const *dest)
 {
@@ -754,11 +755,19 @@ sip_contact_t const *luasip_agent_contact_for(lsip_agent_t *a, tport_t *hint,
     m = sip_contact_format(a->home, "<sip:%s%s%s:%s%s%s>", lb, host, rb, tpn->tpn_port,
                            su_casematch(tpn->tpn_proto, "udp") ? "" : ";transport=",
                            su_casematch(tpn->tpn_proto, "udp") ? "" : tpn->tpn_proto);
-  if (m && a->ncontacts < (int)(sizeof a->contacts / sizeof a->contacts[0])) {
-    a->contacts[a->ncontacts].tp = tp;
-    a->contacts[a->ncontacts].m = m;
-    a->ncontacts++;
+  if (!m)
+    return NULL;
+  if (a->ncontacts == a->contacts_cap) {
+    int cap = a->contacts_cap ? 2 * a->contacts_cap : 4;
+    struct lsip_contact_of *c = su_realloc(a->home, a->contacts, cap * sizeof *c);
+    if (!c)
+      return m;                     /* out of memory: made again next time */
+    a->contacts = c;
+    a->contacts_cap = cap;
   }
+  a->contacts[a->ncontacts].tp = tp;
+  a->contacts[a->ncontacts].m = m;
+  a->ncontacts++;
   return m;
 }
 

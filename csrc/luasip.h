@@ -371,9 +371,9 @@ struct lsip_agent {
   struct sres_cache *dns_cache;  /* the hosts file's names for nta's resolver, or NULL */
   int closed;
   /* agent.c: the Contact of each primary transport, made once (a reply to an INVITE
-   * formatted and parsed one each time) */
-  struct { tport_t const *tp; sip_contact_t *m; } contacts[8];
-  int ncontacts;
+   * formatted and parsed one each time); grown in home, one entry per primary */
+  struct lsip_contact_of { tport_t const *tp; sip_contact_t *m; } *contacts;
+  int ncontacts, contacts_cap;
 };
 
 #endif
