@@ -204,6 +204,21 @@ function H.send_raw(port, msg, proto, timeout, all)
   return line
 end
 
+-- raw_request(method, uri [, extra, content_length = "0", body]) -> the bytes of a request
+-- for send_raw: a unique Call-ID and branch, From/To/CSeq/Max-Forwards, then the extra
+-- header lines (each ending in CRLF), Content-Length and the body
+local raw_n = 0
+function H.raw_request(method, uri, extra, content_length, body)
+  raw_n = raw_n + 1
+  local id = ("%d-%d@raw"):format(os.time(), raw_n)
+  return table.concat{
+    method, " ", uri, " SIP/2.0\r\n",
+    "Via: SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bK", (id:gsub("[^%w]", "")), "\r\n",
+    "From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\n",
+    "Call-ID: ", id, "\r\nCSeq: 1 ", method, "\r\nMax-Forwards: 70\r\n",
+    extra or "", "Content-Length: ", content_length or "0", "\r\n\r\n", body or "" }
+end
+
 -- a base port for sipp's media sockets (-mp): sipp binds base..base+3 (audio and video
 -- RTP/RTCP), so an OS-chosen single free port can collide on base+2; take them below
 -- the kernel's ephemeral range (32768-60999), where nothing else on loopback binds

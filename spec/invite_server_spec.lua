@@ -27,16 +27,9 @@ describe("luasip INVITE server duties (sipp peer)", function()
   end)
 
   -- an INVITE sent as one raw datagram; the status lines of every answer up to the final
-  local n = 0
   local function invite(a, user)
-    n = n + 1
-    local id = ("%d-%d-trying"):format(os.time(), n)
-    return H.send_raw(a:transports()[1].port, table.concat{
-      "INVITE sip:", user, "@127.0.0.1 SIP/2.0\r\n",
-      "Via: SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bK", id:gsub("[^%w]", ""), "\r\n",
-      "From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:", user, "@127.0.0.1>\r\n",
-      "Call-ID: ", id, "\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n",
-      "Contact: <sip:a@127.0.0.1:9>\r\nContent-Length: 0\r\n\r\n" }, "udp", 3, true)
+    return H.send_raw(a:transports()[1].port, H.raw_request("INVITE",
+      "sip:" .. user .. "@127.0.0.1", "Contact: <sip:a@127.0.0.1:9>\r\n"), "udp", 3, true)
   end
 
   it("sends 100 Trying when the INVITE's handler waits before its first answer", function()

@@ -22,19 +22,8 @@ describe("luasip.agent malformed requests", function()
     return H.send_raw((agent or uas):transports()[1].port, msg, proto, timeout)
   end
 
-  local n = 0
-  -- a request built from the parts given
-  local function build(method, uri, extra, content_length, body)
-    n = n + 1
-    local id = ("%d-%d@malformed"):format(os.time(), n)
-    local msg = table.concat{
-      method, " ", uri, " SIP/2.0\r\n",
-      "Via: SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bK", id:gsub("[^%w]", ""), "\r\n",
-      "From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\n",
-      "Call-ID: ", id, "\r\nCSeq: 1 ", method, "\r\nMax-Forwards: 70\r\n",
-      extra or "", "Content-Length: ", content_length or "0", "\r\n\r\n", body or "" }
-    return msg
-  end
+  -- a request built from the parts given (spec/helper.lua)
+  local build = H.raw_request
   -- the status line of the answer to a request built from the parts given, or "NONE"
   local function send(...) return send_raw(build(...)) end
 

@@ -90,17 +90,22 @@ function S.wait(p, timeout)
   return p.done()
 end
 
--- wait_bound(proc [, timeout=5]): steps the loop until proc's UDP port is bound, and
--- for a sipp of S.run its media sockets too: sipp 3.6 binds its SIP port first, then
--- media base and base+2, and exits when one of those is taken -- a request sent in
--- between got an ICMP port unreachable, which nta reports as a 503 of its own
-function S.wait_bound(p, timeout)
+-- settle(proc [, timeout=5]) -> true once proc's UDP port is bound (and, for a sipp of
+-- S.run, its media sockets too: sipp 3.6 binds its SIP port first, then media base and
+-- base+2, and exits when one of those is taken -- a request sent in between got an ICMP
+-- port unreachable, which nta reports as a 503 of its own); false if proc ended first
+local function settle(p, timeout)
   local function bound()
     return S.udp_bound(p.port) and (not p.mp or S.udp_bound(p.mp + 2))
   end
   H.run_until(function() return p.done() ~= nil or bound() end, timeout or 5,
     "UDP port " .. p.port .. " bound")
-  assert(p.done() == nil, "exited before binding its port\n" .. (p.report and p.report()
+  return p.done() == nil
+end
+
+-- wait_bound(proc [, timeout=5]): steps the loop until proc's ports are bound (settle)
+function S.wait_bound(p, timeout)
+  assert(settle(p, timeout), "exited before binding its port\n" .. (p.report and p.report()
     or p.log()))
 end
 
@@ -124,11 +129,7 @@ function S.uas(scenario, o)
     local q = S.run{ scenario = scenario, timeout = o.timeout or 10 }
     H.defer(function() S.stop(q) end)
     p = q
-    if attempt == 3 then break end
-    H.run_until(function()
-      return q.done() ~= nil or (S.udp_bound(q.port) and S.udp_bound(q.mp + 2))
-    end, 5, "UDP port " .. q.port .. " bound")
-    if q.done() == nil then break end
+    if attempt == 3 or settle(q) then break end
   end
   S.wait_bound(p)
   return p, "sip:sipp@127.0.0.1:" .. p.port
