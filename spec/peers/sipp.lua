@@ -37,7 +37,12 @@ end
 --      proc.report() (exit code, output, error and message traces)
 function S.run(o)
   local port = o.port or H.free_port()
+  -- media base and base+2 (what sipp binds) must be free: sipp exits when one is taken
   local mp = H.media_port()
+  for _ = 1, 20 do
+    if not (S.udp_bound(mp) or S.udp_bound(mp + 2)) then break end
+    mp = H.media_port()
+  end
   local timeout = o.timeout or 15
   local argv = o.scenario and { "sipp", "-sf", DIR .. o.scenario .. ".xml" }
     or { "sipp", "-sn", (assert(o.sn, "scenario or sn")) }
