@@ -332,14 +332,17 @@ static int core_md5(lua_State *L)
 static int core_random_hex(lua_State *L)
 {
   lua_Integer n = luaL_checkinteger(L, 1);
+  static const char digits[] = "0123456789abcdef";
   unsigned char buf[64];
   char hex[129];
   int i;
   if (n < 1 || n > 64)
     return luaL_argerror(L, 1, "luasip.random_hex: 1-64 bytes");
   su_randmem(buf, (size_t)n);
-  for (i = 0; i < n; i++)
-    snprintf(hex + 2 * i, 3, "%02x", buf[i]);
+  for (i = 0; i < n; i++) {           /* (snprintf per byte cost ~170 instructions) */
+    hex[2 * i] = digits[buf[i] >> 4];
+    hex[2 * i + 1] = digits[buf[i] & 15];
+  }
   lua_pushlstring(L, hex, (size_t)(2 * n));
   return 1;
 }
@@ -518,10 +521,13 @@ static int obj__index(lua_State *L)
   if (!lua_isnil(L, -1) || !fields)
     return 1;
   lua_settop(L, 3);                 /* ud key uv */
-  lua_pushcfunction(L, fields);
-  lua_pushvalue(L, 1);
-  lua_pushvalue(L, 2);
-  lua_call(L, 2, 1);
+  /* called directly, not through lua_call: a fields function reads only its arguments
+   * 1 and 2 (ud, key), which are ours too, and pushes its result (~300 instructions
+   * less per field computed) */
+  if (fields(L) < 1) {
+    lua_settop(L, 3);
+    lua_pushnil(L);
+  }
   if (!lua_isnil(L, -1)) {          /* cache: the message is immutable */
     lua_pushvalue(L, 2);
     lua_pushvalue(L, -2);
@@ -1024,6 +1030,7 @@ static const luaL_Reg core_funcs[] = {
   {"copy_value", core_copy_value},
   {"uri_parse", luasip_uri_parse},
   {"uri_aor", luasip_uri_aor},
+  {"uri_user", luasip_uri_user},
   {"uri_equal", luasip_uri_equal},
   {"sdp_parse", luasip_sdp_parse},
   {"sdp_build", luasip_sdp_build},

@@ -122,6 +122,9 @@ void luasip_anchor(lua_State *L, lsip_obj_t *obj, int idx);
 void luasip_unanchor(lua_State *L, lsip_obj_t *obj);
 void luasip_defer(lsip_obj_t *obj);
 void luasip_drain(void);
+/* fields(L): the computed fields of a class, called by its __index with the object at 1
+ * and the key (a string) at 2; pushes the value and returns 1, or returns 0.  Called
+ * directly, not through lua_call: it must not rely on the stack above index 2. */
 void luasip_newclass(lua_State *L, const char *tname, const luaL_Reg *methods,
                      lua_CFunction fields);
 int luasip_obj__gc(lua_State *L);
@@ -184,6 +187,7 @@ void luasip_digest_open(lua_State *L);
 /* uri.c: the location service's SIP URI parse, AOR and equality (core.uri_*) */
 int luasip_uri_parse(lua_State *L);
 int luasip_uri_aor(lua_State *L);
+int luasip_uri_user(lua_State *L);
 int luasip_uri_equal(lua_State *L);
 
 /* sdp.c: SDP parse and build (core.sdp_*, behind luasip.sdp.parse and build) */

@@ -300,6 +300,19 @@ int luasip_uri_parse(lua_State *L)
   return 1;
 }
 
+/* uri_user(s) -> the user part of a sip:/sips: URI, unescaped, or nil (no user, another
+ * scheme, not a URI): uri_parse(s).user without the table */
+int luasip_uri_user(lua_State *L)
+{
+  work_t w;
+  const char *why = parse_arg(L, 1, &w, &w.u);
+  if (why || !w.u.sip || !w.u.has_user)
+    lua_pushnil(L);
+  else
+    push_slice(L, w.u.user);
+  return 1;
+}
+
 /* characters a user part keeps unescaped in the canonical AOR (RFC 3261 25.1) */
 static int user_plain(int c)
 {

@@ -242,6 +242,25 @@ describe("luasip.auth", function()
     assert.same({ nil, 401, "bad nonce" }, results[3])
   end)
 
+  it("takes back its nonce whatever the case of its mac, and nothing longer",
+    function()
+    serve{}
+    local uri = uas:contact()
+    local _, _, _, res = request{ uri = uri }
+    local ch = res:header("WWW-Authenticate")
+    local nonce = challenge_of(res).nonce
+    assert.equal(53, #nonce)              -- 13 digits of time, 8 random hex, 32 of mac
+    local upper = ch:gsub(nonce, nonce:sub(1, 21) .. nonce:sub(22):upper(), 1)
+    local creds = sip.auth.credentials(upper, ALICE, "OPTIONS", uri)
+    local ok = assert(request{ uri = uri, headers = { Authorization = creds } })
+    assert.equal("alice", ok:header("X-User"))
+    local longer = ch:gsub(nonce, nonce .. "0", 1)
+    creds = sip.auth.credentials(longer, ALICE, "OPTIONS", uri)
+    local _, _, code = request{ uri = uri, headers = { Authorization = creds } }
+    assert.equal(401, code)
+    assert.same({ nil, 401, "bad nonce" }, results[3])
+  end)
+
   it("answers 400 when the digest uri is not the Request-URI or fields are missing",
     function()
     serve{}

@@ -43,6 +43,10 @@ describe("luasip.location URI helpers", function()
     assert.equal("a b", location.uri_user("sip:a%20b@h"))
     assert.is_nil(location.uri_user("sip:h"))
     assert.is_nil(location.uri_user(nil))
+    assert.is_nil(location.uri_user("tel:+15551234"))
+    assert.is_nil(location.uri_user("not a uri"))
+    assert.equal("a@b", location.uri_user("sips:a%40b@h:5061;transport=tls"))
+    assert.equal("a b", location.uri_user("sip:a%20b@h"))   -- memoised: the same again
   end)
 
   it("parse_uri hands out a table of the caller's own", function()

@@ -30,11 +30,21 @@ local STRENGTH = { ["MD5"] = 1, ["SHA-256"] = 2, ["SHA-512-256"] = 3 }
 
 -- canonical name of a supported algorithm (nil: MD5), and its base without "-sess"; nil
 -- when unsupported
+local alg_cache, alg_n = {}, 0     -- name as given -> { canonical, base } | false
 local function algorithm(name)
-  name = (name or "MD5"):upper()
-  local base = name:gsub("%-SESS$", "")
-  if not STRENGTH[base] or not digest.supports(name) then return nil end
-  return (name:gsub("%-SESS$", "-sess")), base
+  name = name or "MD5"
+  local hit = alg_cache[name]
+  if hit then return hit[1], hit[2] end
+  if hit == false then return nil end
+  local up = name:upper()
+  local base = up:gsub("%-SESS$", "")
+  local canon = STRENGTH[base] and digest.supports(up) and (up:gsub("%-SESS$", "-sess"))
+  if alg_n < 64 then                  -- names come from requests: a bounded memo
+    alg_n = alg_n + 1
+    alg_cache[name] = canon and { canon, base } or false
+  end
+  if not canon then return nil end
+  return canon, base
 end
 
 -- parse(value) -> scheme, params | nil: one WWW-Authenticate, Proxy-Authenticate,
@@ -330,19 +340,19 @@ end
 -- nonce = issue time in ms (13 decimal digits) .. 8 hex random digits
 --   .. md5(secret:time:random:realm)
 local function make_nonce(cfg)
-  local ts = ("%013.0f"):format(math.floor(cfg.clock() * 1000))
+  -- (an integer format: "%013.0f" of a float cost ~9,000 instructions in glibc)
+  local ts = ("%013d"):format(math.floor(cfg.clock() * 1000))
   local rnd = core.random_hex(4)
   return ts .. rnd .. md5(cfg.secret .. ":" .. ts .. ":" .. rnd .. ":" .. cfg.realm)
 end
 
 -- nonce_time(cfg, nonce) -> issue time in seconds, or nil when we did not make it
-local NONCE_PATTERN = "^(" .. ("%d"):rep(13) .. ")(" .. ("%x"):rep(8) .. ")(%x+)$"
+-- (no pattern: a nonce whose mac is right is one we made, digits and hex digits as above)
 local function nonce_time(cfg, nonce)
-  local ts, rnd, mac = nonce:match(NONCE_PATTERN)
-  if not ts then return nil end
-  if mac:lower() ~= md5(cfg.secret .. ":" .. ts .. ":" .. rnd .. ":" .. cfg.realm) then
-    return nil
-  end
+  if #nonce ~= 53 then return nil end
+  local ts, rnd, mac = nonce:sub(1, 13), nonce:sub(14, 21), nonce:sub(22)
+  local want = md5(cfg.secret .. ":" .. ts .. ":" .. rnd .. ":" .. cfg.realm)
+  if mac ~= want and mac:lower() ~= want then return nil end
   return tonumber(ts) / 1000
 end
 
@@ -375,11 +385,21 @@ local function bad_request(req, reason, why)
 end
 
 -- our credentials in req: the first Digest ones for our realm, parsed
+local function ours(v, cfg)
+  local scheme, p = digest.parse(v)      -- M.parse's contract, in C
+  return scheme and scheme:lower() == "digest" and p.realm == cfg.realm and p or nil
+end
+
 local function find_credentials(req, cfg)
   local _, _, _, header = names(cfg)
-  for _, v in ipairs(req:headers(header)) do
-    local scheme, p = digest.parse(v)    -- M.parse's contract, in C
-    if scheme and scheme:lower() == "digest" and p.realm == cfg.realm then return p end
+  local first = req:header(header)       -- the usual single one: no list made
+  if not first then return nil end
+  local p = ours(first, cfg)
+  if p then return p end
+  local list = req:headers(header)
+  for i = 2, #list do
+    p = ours(list[i], cfg)
+    if p then return p end
   end
   return nil
 end

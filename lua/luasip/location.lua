@@ -44,10 +44,18 @@ end
 local CACHE_MAX = 4096
 local aor_cache, aor_n = {}, 0
 
--- uri_user(uri) -> the user part of a URI (unescaped) or nil
+-- uri_user(uri) -> the user part of a URI (unescaped) or nil; memoised like aor below
+-- (the digest authorizer asks it for every REGISTER's AOR)
+local user_cache, user_n = {}, 0
 function M.uri_user(uri)
-  local u = type(uri) == "string" and core.uri_parse(uri)
-  return u and u.user or nil
+  if type(uri) ~= "string" then return nil end
+  local user = user_cache[uri]
+  if user ~= nil then return user or nil end
+  user = core.uri_user(uri) or false
+  if user_n >= CACHE_MAX then user_cache, user_n = {}, 0 end
+  user_cache[uri] = user
+  user_n = user_n + 1
+  return user or nil
 end
 
 -- aor(uri | parts) -> canonical AOR "scheme:user@host[:port]" | nil, err
@@ -113,17 +121,23 @@ end
 
 -- live bindings of a record at time now, sorted: q descending (no q counts as 1), then the
 -- most recently updated first
+local function before(x, y)
+  local qx, qy = x.q or 1, y.q or 1
+  if qx ~= qy then return qx > qy end
+  if x.updated_at ~= y.updated_at then return x.updated_at > y.updated_at end
+  return x.uri < y.uri
+end
+
 local function live(record, now)
-  local list, expired = {}, false
-  for _, b in ipairs(record and record.bindings or {}) do
-    if b.expires_at > now then list[#list + 1] = b else expired = true end
+  local list, n, expired = {}, 0, false
+  local all = record and record.bindings
+  if all then
+    for i = 1, #all do
+      local b = all[i]
+      if b.expires_at > now then n = n + 1; list[n] = b else expired = true end
+    end
+    if n > 1 then table.sort(list, before) end
   end
-  table.sort(list, function(x, y)
-    local qx, qy = x.q or 1, y.q or 1
-    if qx ~= qy then return qx > qy end
-    if x.updated_at ~= y.updated_at then return x.updated_at > y.updated_at end
-    return x.uri < y.uri
-  end)
   return list, expired
 end
 

@@ -35,7 +35,9 @@ local function split_list(values)
   return out
 end
 
+-- (header(), nil when absent, before the lists: most REGISTERs have no Supported or Path)
 local function supports(req, tag)
+  if not req:header("Supported") then return false end
   for _, t in ipairs(split_list(req:headers("Supported"))) do
     if t:lower() == tag then return true end
   end
@@ -210,8 +212,8 @@ function M.new(opts)
     end
 
     local call_id, cseq = req.call_id, req.cseq
-    local path = split_list(req:headers("Path"))
-    if #path == 0 then path = nil end
+    local path = req:header("Path") and split_list(req:headers("Path"))
+    if path and #path == 0 then path = nil end
     -- RFC 5630: a sips: Contact is reached over TLS; the UA's own hop (no Path: no edge
     -- proxy in between) shows whether it speaks TLS
     if changes and not path and req.transport ~= "tls" then
