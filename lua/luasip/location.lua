@@ -62,9 +62,9 @@ end
 -- RFC 3261 10.3 step 5: parameters removed, escapes undone (re-escaped where needed),
 -- scheme and host in lower case.  parts is a table as req.ruri.
 function M.aor(uri)
+  local canon = aor_cache[uri]          -- (before type(): the usual case, a hit)
+  if canon then return canon end
   if type(uri) == "string" then
-    local canon = aor_cache[uri]
-    if canon then return canon end
     local err
     canon, err = uri_aor(uri)
     if not canon then return nil, err end
