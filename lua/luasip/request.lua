@@ -31,8 +31,9 @@ local M = {}
 
 local c_reply = C.reply
 
+-- (type() only where needed: ~400 instructions a call in Lua 5.4, on every reply)
 local function options_of(reason, opts)
-  if type(reason) == "table" then return reason end
+  if reason ~= nil and type(reason) == "table" then return reason end
   return opts
 end
 
@@ -51,15 +52,15 @@ end
 -- -> prack | nil, "timeout" | nil, "cancelled"
 function methods.reply(self, status, reason, opts)
   local o = options_of(reason, opts)
-  local reliable = type(o) == "table" and o.reliable
+  local reliable = o ~= nil and type(o) == "table" and o.reliable
   local result, err, code
   local st = state(self, false)
   if not reliable then
     result, err, code = call("luasip.request:reply", 2, c_reply, self, status, reason, opts)
     if not st then
       -- the common case: a request the Lua layer keeps nothing about
-      if result ~= nil then
-        if type(status) == "number" and status >= 200 then dispatcher.answered(self) end
+      if result ~= nil then           -- (sent: status is a number c_reply checked)
+        if status >= 200 then dispatcher.answered(self) end
         class.run("luasip.request", "replied", self, status, result)
       end
       return result, err, code
@@ -92,7 +93,7 @@ function methods.reply(self, status, reason, opts)
     if ob or self.body then require("luasip.call").settled(st.in_dialog, ob, self.body) end
   end
   if result ~= nil then
-    if type(status) == "number" and status >= 200 then dispatcher.answered(self) end
+    if status >= 200 then dispatcher.answered(self) end
     class.run("luasip.request", "replied", self, status, result)
   end
   return result, err, code
