@@ -894,13 +894,12 @@ static int copy_value(lua_State *L, int idx, int depth, copy_err *e)
       lua_settop(L, c - 1);
       return 0;
     }
+    lua_pushvalue(L, c + 1);            /* c, key, value, key */
     if (!copy_value(L, c + 2, depth + 1, e)) {
       lua_settop(L, c - 1);
       return 0;
     }
-    lua_pushvalue(L, c + 1);            /* c, key, value, copy, key */
-    lua_insert(L, -2);                  /* c, key, value, key, copy */
-    lua_rawset(L, c);                   /* c, key, value */
+    lua_rawset(L, c);                   /* c, key, value (key, copy set) */
     lua_pop(L, 1);
   }
   return 1;

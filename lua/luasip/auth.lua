@@ -424,7 +424,8 @@ local function load_secret(cfg)
 end
 
 local function verify(req, cfg)
-  if req.method == "ACK" then return nil, nil, "an ACK cannot be challenged" end
+  local method = req.method
+  if method == "ACK" then return nil, nil, "an ACK cannot be challenged" end
   if not cfg.secret then
     local ok, err, code = load_secret(cfg)
     if not ok then return outage.reply(req, "Authentication", err, code) end
@@ -471,7 +472,7 @@ local function verify(req, cfg)
   end
   -- computed and compared in C (csrc/digest.c), without building the strings here
   -- (auth-int: the digest covers H(entity-body) too, RFC 7616 3.4.3)
-  if not digest.check(p.response, alg, ha1, p.nonce, p.nc, p.cnonce, qop, req.method,
+  if not digest.check(p.response, alg, ha1, p.nonce, p.nc, p.cnonce, qop, method,
     p.uri, qop == "auth-int" and (req.body or "") or nil) then
     count_failure(cfg, req, p.username, core.now())
     return challenge(req, cfg, "bad response")

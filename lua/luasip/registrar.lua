@@ -94,9 +94,10 @@ local function deny() return false end
 
 -- Reads the Contact header fields of req into changes: { uri, expires, q, instance,
 -- reg_id, params }.  -> changes | nil, status, reason, headers
-local function read_contacts(req, cfg)
+local function read_contacts(req, contacts, cfg)
   local changes, too_brief = {}, false
-  for _, c in ipairs(req.contact) do
+  local req_expires = req.expires
+  for _, c in ipairs(contacts) do
     local params = c.params or {}
     local e = params.expires
     if e ~= nil then
@@ -104,8 +105,8 @@ local function read_contacts(req, cfg)
         return nil, 400, "Invalid Contact expires"
       end
       e = tonumber(e)
-    elseif req.expires then
-      e = req.expires
+    elseif req_expires then
+      e = req_expires
     else
       e = cfg.default_expires
     end
@@ -183,13 +184,15 @@ function M.new(opts)
 
   local function handler(req)
     -- step 5 (parsed first: the hooks get the AOR): AOR = To URI, canonical
-    local to_aor = location.aor(req.to and req.to.uri)
+    local to = req.to                  -- (each field read is a call into the core)
+    local to_aor = location.aor(to and to.uri)
     if not to_aor then return req:reply(400, "To Must Be A SIP Or SIPS URI") end
     -- steps 3 and 4: authentication and authorisation (the hook may answer itself)
     local identity = authorize(req, to_aor)
     if req:answered() then return end
     if not identity then return req:reply(403, "Forbidden") end
-    local from_aor = location.aor(req.from and req.from.uri)
+    local from = req.from
+    local from_aor = location.aor(from and from.uri)
     if from_aor ~= to_aor and not third_party(req, from_aor, to_aor, identity) then
       return req:reply(403, "Third-Party Registration Forbidden")
     end
@@ -207,7 +210,7 @@ function M.new(opts)
       end
     elseif #contacts > 0 then
       local status, reason, headers
-      changes, status, reason, headers = read_contacts(req, cfg)
+      changes, status, reason, headers = read_contacts(req, contacts, cfg)
       if not changes then return req:reply(status, reason, { headers = headers }) end
     end
 
