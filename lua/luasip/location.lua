@@ -41,9 +41,7 @@ end
 
 -- The AOR of a URI seen again and again (a user's To and From on each REGISTER, the AOR
 -- of each lookup) is made once: aor_cache[s] = aor(s), emptied when CACHE_MAX is reached.
--- Only URIs up to CACHE_KEY_MAX bytes are kept: a request's To may be ~64 KB, and 4096
--- of those would hold a quarter of a gigabyte.
-local CACHE_MAX, CACHE_KEY_MAX = 4096, 256
+local CACHE_MAX = 4096
 local aor_cache, aor_n = {}, 0
 
 -- uri_user(uri) -> the user part of a URI (unescaped) or nil; memoised like aor below
@@ -54,11 +52,9 @@ function M.uri_user(uri)
   local user = user_cache[uri]
   if user ~= nil then return user or nil end
   user = core.uri_user(uri) or false
-  if #uri <= CACHE_KEY_MAX then
-    if user_n >= CACHE_MAX then user_cache, user_n = {}, 0 end
-    user_cache[uri] = user
-    user_n = user_n + 1
-  end
+  if user_n >= CACHE_MAX then user_cache, user_n = {}, 0 end
+  user_cache[uri] = user
+  user_n = user_n + 1
   return user or nil
 end
 
@@ -72,11 +68,9 @@ function M.aor(uri)
     local err
     canon, err = uri_aor(uri)
     if not canon then return nil, err end
-    if #uri <= CACHE_KEY_MAX then
-      if aor_n >= CACHE_MAX then aor_cache, aor_n = {}, 0 end
-      aor_cache[uri] = canon
-      aor_n = aor_n + 1
-    end
+    if aor_n >= CACHE_MAX then aor_cache, aor_n = {}, 0 end
+    aor_cache[uri] = canon
+    aor_n = aor_n + 1
     return canon
   end
   if type(uri) ~= "table" then return nil, "URI expected" end
