@@ -29,6 +29,25 @@ describe("luasip.location URI helpers", function()
     assert.equal("u7", location.uri_user("sip:u7@H;x=7"))
   end)
 
+  it("does not keep long URIs in its caches (300 To URIs of 2 KB)", function()
+    collectgarbage()
+    collectgarbage()
+    local before = collectgarbage("count")
+    local pad = ("x"):rep(2000)
+    for i = 1, 300 do
+      local uri = "sip:long" .. i .. "@h;p=" .. pad
+      assert.equal("sip:long" .. i .. "@h", location.aor(uri))
+      assert.equal("long" .. i, location.uri_user(uri))
+    end
+    collectgarbage()
+    collectgarbage()
+    -- kept, the 300 keys would hold ~600 KB
+    local kept = collectgarbage("count") - before
+    assert.is_true(kept < 200, ("%.0f KB kept"):format(kept))
+    -- short ones are still answered from the cache, and answered the same
+    assert.equal("sip:u1@h", location.aor("sip:u1@H;x=1"))
+  end)
+
   it("compares URIs by RFC 3261 19.1.4, again and again", function()
     for _ = 1, 2 do
       assert.is_true(location.uri_equal("sip:a@H;transport=udp", "sip:a@h;transport=UDP"))

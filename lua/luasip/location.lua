@@ -39,40 +39,40 @@ function M.parse_uri(s)
   return core.uri_parse(s)
 end
 
--- The AOR of a URI seen again and again (a user's To and From on each REGISTER, the AOR
--- of each lookup) is made once: aor_cache[s] = aor(s), emptied when CACHE_MAX is reached.
-local CACHE_MAX = 4096
-local aor_cache, aor_n = {}, 0
-
--- uri_user(uri) -> the user part of a URI (unescaped) or nil; memoised like aor below
--- (the digest authorizer asks it for every REGISTER's AOR)
-local user_cache, user_n = {}, 0
-function M.uri_user(uri)
-  if type(uri) ~= "string" then return nil end
-  local user = user_cache[uri]
-  if user ~= nil then return user or nil end
-  user = core.uri_user(uri) or false
-  if user_n >= CACHE_MAX then user_cache, user_n = {}, 0 end
-  user_cache[uri] = user
-  user_n = user_n + 1
-  return user or nil
+-- memoise(fn) -> fn with its answers kept: a URI seen again and again (a user's To and
+-- From on each REGISTER, the AOR of each lookup) is worked out once.  Only string
+-- arguments of at most CACHE_KEY_MAX bytes with a non-nil answer are kept (a request's
+-- To may be ~64 KB: 4096 of those would hold a quarter of a gigabyte), up to CACHE_MAX
+-- of them; then the cache starts again.
+local CACHE_MAX, CACHE_KEY_MAX = 4096, 256
+local function memoise(fn)
+  local cache, n = {}, 0
+  return function(uri)
+    local v = cache[uri]                -- (before type(): the usual case, a hit)
+    if v ~= nil then return v end
+    local err
+    v, err = fn(uri)
+    if v ~= nil and type(uri) == "string" and #uri <= CACHE_KEY_MAX then
+      if n >= CACHE_MAX then cache, n = {}, 0 end
+      cache[uri] = v
+      n = n + 1
+    end
+    return v, err
+  end
 end
+
+-- uri_user(uri) -> the user part of a URI (unescaped) or nil (the digest authorizer asks
+-- it for every REGISTER's AOR)
+M.uri_user = memoise(function(uri)
+  if type(uri) ~= "string" then return nil end
+  return core.uri_user(uri)
+end)
 
 -- aor(uri | parts) -> canonical AOR "scheme:user@host[:port]" | nil, err
 -- RFC 3261 10.3 step 5: parameters removed, escapes undone (re-escaped where needed),
 -- scheme and host in lower case.  parts is a table as req.ruri.
-function M.aor(uri)
-  local canon = aor_cache[uri]          -- (before type(): the usual case, a hit)
-  if canon then return canon end
-  if type(uri) == "string" then
-    local err
-    canon, err = uri_aor(uri)
-    if not canon then return nil, err end
-    if aor_n >= CACHE_MAX then aor_cache, aor_n = {}, 0 end
-    aor_cache[uri] = canon
-    aor_n = aor_n + 1
-    return canon
-  end
+M.aor = memoise(function(uri)
+  if type(uri) == "string" then return uri_aor(uri) end
   if type(uri) ~= "table" then return nil, "URI expected" end
   local u = { scheme = uri.scheme and uri.scheme:lower(), user = uri.user,
     host = uri.host and uri.host:lower(), port = uri.port }
@@ -83,7 +83,7 @@ function M.aor(uri)
   if not u.host or u.host == "" then return nil, "no host in URI" end
   return u.scheme .. ":" .. (u.user and u.user ~= "" and escape_user(u.user) .. "@" or "")
     .. u.host .. (u.port and ":" .. u.port or "")
-end
+end)
 
 -- uri_equal(a, b) -> boolean: URI equality of RFC 3261 19.1.4 (what is not a URI string
 -- equals only itself)
