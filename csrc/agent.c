@@ -565,7 +565,7 @@ static int uri_is_tls(const char *u)
 int luasip_agent_new(lua_State *L)
 {
   lsip_agent_t *a;
-  int i, n;
+  int i, n, stun;
   const char *first;
   lsip_overload_t ovl;
   usize_t maxsize;
@@ -633,6 +633,7 @@ int luasip_agent_new(lua_State *L)
   lua_pop(L, 1);
   lua_rawgeti(L, -2, 1);
   first = lua_tostring(L, -1);
+  stun = luasip_stun_plug_in();
   a->nta = nta_agent_create(luasip_S->root, (url_string_t const *)first, agent_message,
                             (nta_agent_magic_t *)a,
                             NTATAG_UA(0),
@@ -656,6 +657,9 @@ int luasip_agent_new(lua_State *L)
                             TAG_IF(uri_is_tls(first), TPTAG_SDWN_ERROR(1)),
                             /* RFC 5626 4.4.1: a CRLF "ping" on a connection gets a CRLF pong */
                             TPTAG_PONG2PING(1),
+                            /* STUN Binding answered by csrc/stun.c, or by nobody when
+                             * another plug-in came first (not sofia's leaking one) */
+                            TAG_IF(!stun, TPTAG_STUN_SERVER(0)),
                             TAG_END());
   if (!a->nta) {
     a->closed = 1;

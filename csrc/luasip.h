@@ -184,6 +184,10 @@ const char *luasip_uri_arg(lua_State *L, int idx, const char *fname);
 #define LUASIP_DIGEST "luasip.digest"
 void luasip_digest_open(lua_State *L);
 
+/* stun.c: the STUN Binding answers on SIP UDP ports (RFC 5389, RFC 5626 keep-alives),
+ * plugged into tport once per process before the first agent; 1 when it is in place */
+int luasip_stun_plug_in(void);
+
 /* uri.c: the location service's SIP URI parse, AOR and equality (core.uri_*) */
 int luasip_uri_parse(lua_State *L);
 int luasip_uri_aor(lua_State *L);
