@@ -39,20 +39,22 @@ function M.parse_uri(s)
   return core.uri_parse(s)
 end
 
--- memoise(fn) -> fn with its answers kept: a URI seen again and again (a user's To and
--- From on each REGISTER, the AOR of each lookup) is worked out once.  Only string
--- arguments of at most CACHE_KEY_MAX bytes with a non-nil answer are kept (a request's
--- To may be ~64 KB: 4096 of those would hold a quarter of a gigabyte), up to CACHE_MAX
--- of them; then the cache starts again.
+-- memoise(of_string, of_other) -> a function of a URI: of_string(uri) for a string, its
+-- answers kept (a URI seen again and again -- a user's To and From on each REGISTER, the
+-- AOR of each lookup -- is worked out once), of_other(uri) for anything else.  Only
+-- strings of at most CACHE_KEY_MAX bytes with a non-nil answer are kept (a request's To
+-- may be ~64 KB: 4096 of those would hold a quarter of a gigabyte), up to CACHE_MAX of
+-- them; then the cache starts again.
 local CACHE_MAX, CACHE_KEY_MAX = 4096, 256
-local function memoise(fn)
+local function memoise(of_string, of_other)
   local cache, n = {}, 0
   return function(uri)
     local v = cache[uri]                -- (before type(): the usual case, a hit)
     if v ~= nil then return v end
+    if type(uri) ~= "string" then return of_other(uri) end
     local err
-    v, err = fn(uri)
-    if v ~= nil and type(uri) == "string" and #uri <= CACHE_KEY_MAX then
+    v, err = of_string(uri)
+    if v ~= nil and #uri <= CACHE_KEY_MAX then
       if n >= CACHE_MAX then cache, n = {}, 0 end
       cache[uri] = v
       n = n + 1
@@ -63,16 +65,12 @@ end
 
 -- uri_user(uri) -> the user part of a URI (unescaped) or nil (the digest authorizer asks
 -- it for every REGISTER's AOR)
-M.uri_user = memoise(function(uri)
-  if type(uri) ~= "string" then return nil end
-  return core.uri_user(uri)
-end)
+M.uri_user = memoise(core.uri_user, function() return nil end)
 
 -- aor(uri | parts) -> canonical AOR "scheme:user@host[:port]" | nil, err
 -- RFC 3261 10.3 step 5: parameters removed, escapes undone (re-escaped where needed),
 -- scheme and host in lower case.  parts is a table as req.ruri.
-M.aor = memoise(function(uri)
-  if type(uri) == "string" then return uri_aor(uri) end
+M.aor = memoise(uri_aor, function(uri)
   if type(uri) ~= "table" then return nil, "URI expected" end
   local u = { scheme = uri.scheme and uri.scheme:lower(), user = uri.user,
     host = uri.host and uri.host:lower(), port = uri.port }
