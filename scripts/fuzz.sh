@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 [ $# -gt 0 ] || set -- sip_path lua_parsers
 secs=${FUZZ_SECONDS:-180}
 out=${FUZZ_OUT:-build/fuzz}
-# sofia-sip's own debug lines ("stun garbage from ...") would drown libFuzzer's
+# sofia-sip's own debug lines would drown libFuzzer's
 export TPORT_DEBUG=0 NTA_DEBUG=0 NUA_DEBUG=0 SOFIA_DEBUG=0
 export ASAN_OPTIONS="detect_leaks=1:fast_unwind_on_malloc=0:malloc_context_size=20:${ASAN_OPTIONS:-}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
