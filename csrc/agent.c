@@ -63,8 +63,6 @@ lsip_agent_t *luasip_agent_check(lua_State *L, int idx)
   return a;
 }
 
-#define PRELOAD 1024
-
 /* ---------------------------------------------------------------- overload
  * The signal is the queueing delay of each new initial request: the time between the
  * kernel's receive timestamp of its datagram (SIOCGSTAMP on the UDP socket it was read
@@ -564,6 +562,9 @@ static int uri_is_tls(const char *u)
  *   | false,
  *   dns = { servers = {"addr[:port]"...} } | { resolv_conf = path } (dnsconf.c) }
  *   -> agent | nil, err, code */
+/* bytes preloaded into each message's memory home beyond its size (NTATAG_PRELOAD) */
+#define PRELOAD 1024
+
 int luasip_agent_new(lua_State *L)
 {
   lsip_agent_t *a;
