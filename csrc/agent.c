@@ -654,6 +654,14 @@ int luasip_agent_new(lua_State *L)
                              * each (bench/profiles/README.md: 2-5 % fewer instructions
                              * per call, no more memory than at 0; 2048 and up hold more) */
                             NTATAG_PRELOAD(PRELOAD),
+                            /* the parser copies each header's text and keeps the
+                             * original: a header copied unchanged into a response or
+                             * a relayed message is sent as it came, not encoded again
+                             * through sofia's printf-based encoders (proxied call
+                             * -3 %, UAS call -2 %, REGISTER floor -4 % instructions).
+                             * C that changes a parsed header in place must clear its
+                             * kept text (msg_fragment_clear), or the old one is sent */
+                            NTATAG_SIPFLAGS(MSG_DO_CANONIC | MSG_DO_EXTRACT_COPY),
                             TAG_IF(resolv_conf, SRESTAG_RESOLV_CONF(resolv_conf)),
                             TAG_IF(a->dns_cache, SRESTAG_CACHE(a->dns_cache)),
                             /* bursts of calls overflow the kernel's default ~200 KB */

@@ -550,6 +550,57 @@ static const luaL_Reg response_methods[] = {
 
 /* ---------------------------------------------------------------- building */
 
+/* A copy of msg to send on (a proxied or forwarded request, a relayed response) that
+ * shares msg's strings and keeps it alive (msg_set_parent): each header is copied
+ * shallowly, with the text it was received as (the agent parses with
+ * MSG_DO_EXTRACT_COPY), so sofia sends the headers left unchanged as they came instead
+ * of encoding them again (msg_dup drops that text).  Not msg_copy: on a parsed message
+ * it copies the fragment chain too, and headers parsed into a message with a chain are
+ * appended after its body.  Like msg_dup, extra instances of a single header go to the
+ * error list and a list header's first object is taken. */
+#define COPY_PRELOAD 1024
+msg_t *luasip_msg_copy(msg_t *orig)
+{
+  msg_mclass_t const *mc = msg_mclass(orig);
+  msg_pub_t const *src = msg_object(orig);
+  msg_t *copy = msg_create(mc, src->msg_flags);
+  msg_pub_t *dst = copy ? msg_object(copy) : NULL;
+  msg_header_t *const *ssh, *const *end;
+  if (!copy)
+    return NULL;
+  /* the header structs in one block (like nta's NTATAG_PRELOAD), not a malloc each */
+  su_home_preload(msg_home(copy), 1, COPY_PRELOAD);
+  end = (msg_header_t *const *)((char const *)src + src->msg_size);
+  for (ssh = &src->msg_request; ssh < end; ssh++) {
+    msg_header_t const *sh = *ssh;
+    msg_header_t **hh = sh ? msg_hclass_offset(mc, dst, sh->sh_class) : NULL;
+    if (sh && !hh)
+      goto fail;
+    for (; sh; sh = sh->sh_next) {
+      msg_header_t *h = msg_header_copy_one(msg_home(copy), sh);
+      if (!h)
+        goto fail;
+      if (*hh && h->sh_class->hc_kind == msg_kind_single) {
+        msg_error_t **e = &dst->msg_error;
+        while (*e)
+          e = &(*e)->er_next;
+        *e = (msg_error_t *)h;
+        continue;
+      }
+      while (*hh)
+        hh = &(*hh)->sh_next;
+      *hh = h;
+      if (sh->sh_class->hc_kind == msg_kind_list)
+        break;
+    }
+  }
+  msg_set_parent(copy, orig);
+  return copy;
+fail:
+  msg_destroy(copy);
+  return NULL;
+}
+
 static int add_one_header(msg_t *msg, sip_t *sip, const char *name, const char *value)
 {
   msg_mclass_t const *mc = msg_mclass(msg);

@@ -286,6 +286,34 @@ static void proxy_destroy(lsip_obj_t *obj)
   luasip_freeobj(obj);
 }
 
+/* Sets uri as m's Request-URI (RFC 3261 16.6 step 2) with a new request line, except
+ * when it is the one the line already has: the line is then sent as it came (its
+ * received text is kept), not encoded again (~5k instructions a request). */
+static void set_request_uri(msg_t *m, sip_t *sip, const char *uri)
+{
+  sip_request_t *rq = sip->sip_request;
+  const char *t = rq->rq_common->h_data, *name = rq->rq_method_name;
+  size_t len = strlen(uri), nlen = name ? strlen(name) : 0;
+  static const char tail[] = " SIP/2.0\r\n";
+  if (t && name && rq->rq_common->h_len == nlen + 1 + len + sizeof tail - 1 &&
+      !memcmp(t, name, nlen) && t[nlen] == ' ' && !memcmp(t + nlen + 1, uri, len) &&
+      !memcmp(t + nlen + 1 + len, tail, sizeof tail - 1))
+    return;
+  msg_header_replace(m, (msg_pub_t *)sip, (msg_header_t *)rq,
+                     (msg_header_t *)sip_request_create(msg_home(m), rq->rq_method, name,
+                                                        URL_STRING_MAKE(uri), NULL));
+}
+
+/* Where nta sends m: hop when given; else, when m has no Route, its Request-URI given
+ * explicitly, which nta resolves the same way but without clearing the request line's
+ * received text (its Request-URI branch does: the line would be encoded again) */
+static url_string_t const *next_hop(sip_t const *sip, url_t const *hop)
+{
+  if (hop)
+    return (url_string_t const *)hop;
+  return sip->sip_route ? NULL : (url_string_t const *)sip->sip_request->rq_url;
+}
+
 /* Takes our Route off the top of m (RFC 3261 16.4), and the one under it too when both
  * are the two halves of a double Record-Route of ours (RFC 5658: "r2=on" on both, as
  * Kamailio marks them) */
@@ -454,7 +482,7 @@ static msg_t *upstream_final(lsip_proxy_t *p)
   sip_status_t *st;
   if (p->best_status != 503)
     return msg_ref_create(p->best);
-  up = msg_dup(p->best);
+  up = luasip_msg_copy(p->best);
   us = up ? sip_object(up) : NULL;
   st = us ? sip_status_create(msg_home(up), 500, "Server Internal Error", NULL) : NULL;
   if (!st || msg_header_replace(up, (msg_pub_t *)us, (msg_header_t *)us->sip_status,
@@ -657,13 +685,12 @@ static int start_branch(lsip_proxy_t *p, int t)
   memset(b, 0, sizeof *b);
   b->p = p;
   /* the only branch there can ever be (one target, no redirects followed) takes base
-   * itself: one copy of the request per call fewer.  (Not msg_copy: headers added to a
-   * shallow copy did not reach the wire, spec "adds and removes headers".) */
+   * itself: one copy of the request per call fewer */
   if (p->ntargets == 1 && !p->follow && p->nbr == 0) {
     m = p->base;
     p->base = NULL;
   } else {
-    m = msg_dup(p->base);
+    m = luasip_msg_copy(p->base);
   }
   if (!m)
     return -1;
@@ -673,11 +700,7 @@ static int start_branch(lsip_proxy_t *p, int t)
     next = url_make(home, tg->flow);
   else if (tg->hop)
     next = url_make(home, tg->hop);
-  msg_header_replace(m, (msg_pub_t *)sip, (msg_header_t *)sip->sip_request,
-                     (msg_header_t *)sip_request_create(home, sip->sip_request->rq_method,
-                                                        sip->sip_request->rq_method_name,
-                                                        URL_STRING_MAKE(tg->uri),
-                                                        NULL));
+  set_request_uri(m, sip, tg->uri);
   if (tg->route) {
     /* the target's Path (RFC 3327) goes in front of any Route left */
     sip_route_t *r = sip_route_make(home, tg->route);
@@ -703,7 +726,7 @@ static int start_branch(lsip_proxy_t *p, int t)
   }
   else
     b->orq = nta_outgoing_mcreate(nta, branch_response, (nta_outgoing_magic_t *)b,
-                                  (url_string_t const *)next, m,
+                                  next_hop(sip, next), m,
                                   NTATAG_BRANCH_KEY(key), TAG_END());
   if (!b->orq) {
     msg_destroy(m);               /* nta took m only if it made the transaction */
@@ -767,7 +790,7 @@ static int proxy_release_m(lua_State *L)
   m = h.msg;
   if (lua_istable(L, 2)) {
     /* a copy of our own: nta keeps the one it received for its transaction */
-    m = msg_dup(h.msg);
+    m = luasip_msg_copy(h.msg);
     msg_destroy(h.msg);
     if (!m)
       return luasip_fail(L, "out of memory", "memory");
@@ -876,7 +899,7 @@ static int req_proxy(lua_State *L)
 
   /* the request as forwarded (RFC 3261 16.6): our Route off the top, Max-Forwards - 1,
    * Record-Route of ours; each branch then sets its target */
-  p->base = msg_dup(luasip_request_msg(r));
+  p->base = luasip_msg_copy(luasip_request_msg(r));
   if (!p->base)
     return luasip_fail(L, "out of memory", "memory");
   bs = sip_object(p->base);
@@ -973,11 +996,7 @@ int luasip_forward(lsip_agent_t *a, msg_t *m, const char *uri, const char *hop,
     sip->sip_max_forwards->mf_count--, msg_fragment_clear(sip->sip_max_forwards->mf_common);
   remove_our_routes(a, m, sip);
   if (uri)
-    msg_header_replace(m, (msg_pub_t *)sip, (msg_header_t *)sip->sip_request,
-                       (msg_header_t *)sip_request_create(msg_home(m),
-                                                          sip->sip_request->rq_method,
-                                                          sip->sip_request->rq_method_name,
-                                                          URL_STRING_MAKE(uri), NULL));
+    set_request_uri(m, sip, uri);
   {                               /* a sips: request never leaves over UDP or TCP */
     url_t *h = hop ? url_make(NULL, hop) : NULL;
     const char *w = luasip_sips_refusal(a, sip, h, secure, buf, sizeof buf);
@@ -990,7 +1009,8 @@ int luasip_forward(lsip_agent_t *a, msg_t *m, const char *uri, const char *hop,
   }
   method = sip->sip_request->rq_method;
   /* nta_msg_tsend takes m: once sent (at once to an address) it may be freed already */
-  if (nta_msg_tsend(nta, m, hop ? URL_STRING_MAKE(hop) : NULL, TAG_END()) < 0) {
+  if (nta_msg_tsend(nta, m, hop ? URL_STRING_MAKE(hop) : next_hop(sip, NULL),
+                    TAG_END()) < 0) {
     *why = "cannot forward", *code = "send";
     return -1;
   }
@@ -1022,7 +1042,7 @@ static int req_forward(lua_State *L)
     return luasip_fail(L, "agent closed", "closed");
   if (luasip_request_irq(r) && luasip_request_sip(r)->sip_request->rq_method != sip_method_ack)
     return luasip_fail(L, "the request has a transaction: use req:proxy", "stateful");
-  m = msg_dup(luasip_request_msg(r));
+  m = luasip_msg_copy(luasip_request_msg(r));
   if (!m)
     return luasip_fail(L, "out of memory", "memory");
   rc = luasip_forward(a, m, uri, hop, &why, &code);

@@ -188,16 +188,18 @@ end
 -- send_raw(port, bytes [, proto = "udp", timeout = 3, all]) -> the status line of the
 -- first final answer to bytes sent to 127.0.0.1:port by spec/peers/rawsip.py (the last
 -- provisional one when no final came), or "NONE" when none came within timeout seconds;
--- with all, the status lines of every answer up to the final one, joined by " | "
+-- with all, the status lines of every answer up to the final one, joined by " | "; with
+-- all = "reply", the whole final answer (its CRLFs kept)
 function H.send_raw(port, msg, proto, timeout, all)
   local file = os.tmpname()
   local f = assert(io.open(file, "wb"))
   f:write(msg)
   f:close()
   local p = H.background({ "python3", "spec/peers/rawsip.py", tostring(port), file,
-    proto or "udp", tostring(timeout or 3), all and "all" or nil }, 10)
+    proto or "udp", tostring(timeout or 3), all == "reply" and "reply" or all and "all" or nil },
+    10)
   local ok, err = pcall(H.run_until, function() return p.done() end, 10, "rawsip.py")
-  local line = p.log():gsub("%s+$", "")
+  local line = all == "reply" and p.log() or p.log():gsub("%s+$", "")
   p.kill()
   os.remove(file)
   if not ok then error(err, 2) end

@@ -232,6 +232,24 @@ describe("luasip proxy (req:proxy)", function()
     assert.same({ "yes" }, got)
   end)
 
+  it("relays a response with the header lines the caller wrote, not re-encoded", function()
+    -- RFC 3261 16.7: a proxy passes a response on unchanged but for its own Via; From,
+    -- Call-ID and CSeq come back as written (no <> added, spacing and compact form kept)
+    local callee = H.agent()
+    callee:on("MESSAGE", function(req) req:reply(200) end)
+    proxy:on("MESSAGE", function(req) req:proxy(callee:uri("x")) end)
+    local lines = { "f: sip:a@127.0.0.1;tag=odd1", "i:   odd-call-id@raw", "CSeq:  7   MESSAGE" }
+    local reply = H.send_raw(proxy:transports()[1].port, table.concat{
+      "MESSAGE sip:x@127.0.0.1 SIP/2.0\r\n",
+      "Via: SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bKrelaytext", os.time(), "\r\n",
+      lines[1], "\r\n", "To: <sip:x@127.0.0.1>\r\n", lines[2], "\r\n", lines[3], "\r\n",
+      "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n" }, "udp", 3, "reply")
+    assert.matches("^SIP/2.0 200 ", reply)
+    for _, line in ipairs(lines) do
+      assert.truthy(reply:find("\r\n" .. line .. "\r\n", 1, true), line .. " in:\n" .. reply)
+    end
+  end)
+
   it("follows a 3xx to its Contacts when asked", function()
     local mover, final = H.agent(), H.agent()
     mover:on("INVITE", function(req)
