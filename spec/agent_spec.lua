@@ -41,6 +41,9 @@ describe("luasip.agent", function()
       "luasip.agent: listen[1] must be a sip: URI")
     assert.has_error(function() sip.agent{ t1 = -1 } end,
       "luasip.agent: t1 must be a number of seconds in (0, 60]")
+    -- the Server / User-Agent header of every message: no header injection through it
+    assert.has_error(function() sip.agent{ user_agent = "x\r\nX-Injected: 1" } end,
+      "luasip.agent: user_agent must be a string without CR or LF")
   end)
 
   it("returns the previous handler from on()", function()

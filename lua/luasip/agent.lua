@@ -143,8 +143,9 @@ function M.new(opts)
   if type(opts) ~= "table" then error("luasip.agent: options table expected", 2) end
   class.check_options(opts, OPTIONS, "luasip.agent")
   local listen = check_listen(opts.listen or { "sip:127.0.0.1:0" })
-  if opts.user_agent ~= nil and type(opts.user_agent) ~= "string" then
-    error("luasip.agent: user_agent must be a string", 2)
+  if opts.user_agent ~= nil and (type(opts.user_agent) ~= "string"
+      or opts.user_agent:find("[\r\n]")) then
+    error("luasip.agent: user_agent must be a string without CR or LF", 2)
   end
   if opts.t1 ~= nil and (type(opts.t1) ~= "number" or opts.t1 <= 0 or opts.t1 > 60) then
     error("luasip.agent: t1 must be a number of seconds in (0, 60]", 2)
