@@ -675,6 +675,12 @@ static int client_prack_body(lua_State *L)
   lsip_client_t *c = (lsip_client_t *)luasip_checkobj(L, 1, LUASIP_CLIENT_TX);
   const char *body = luaL_checkstring(L, 2);
   const char *type = luaL_optstring(L, 3, "application/sdp");
+  su_home_t home[1] = { SU_HOME_INIT(home) };
+  /* checked now: a type sofia cannot parse would cost the PRACK itself later */
+  int ok = sip_content_type_make(home, type) != NULL;
+  su_home_deinit(home);
+  if (!ok)
+    return luaL_error(L, "luasip.client_tx:prack_body: bad content_type '%s'", type);
   free(c->prack_body);
   free(c->prack_type);
   c->prack_body = strdup(body);

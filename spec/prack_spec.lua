@@ -40,6 +40,28 @@ describe("luasip 100rel / PRACK", function()
     H.run(function() d:bye() end)
   end)
 
+  it("raises on a PRACK body type sofia cannot parse, and the PRACK still goes", function()
+    local got
+    uas:on("INVITE", function(req)
+      local p = assert(req:reply(183, { reliable = true, body = OFFER, content_type = "application/sdp" }))
+      got = p.body
+      req:answer()
+    end)
+    local err
+    local d, res = H.run(function()
+      return uac:invite{ uri = uas:uri("x"), on_provisional = function(r, tx)
+        if r.body then
+          err = select(2, pcall(tx.prack_body, tx, ANSWER, "application/sdp\r\nX-Injected: 1"))
+          tx:prack_body(ANSWER)
+        end
+      end }
+    end)
+    assert.matches("^luasip.client_tx:prack_body: bad content_type", err)
+    assert.equal(200, res.status)
+    assert.equal(ANSWER, got)
+    H.run(function() d:bye() end)
+  end)
+
   it("refuses a reliable response to a caller without 100rel support", function()
     local got
     uas:on("INVITE", function(req)
