@@ -562,9 +562,6 @@ static int uri_is_tls(const char *u)
  *   | false,
  *   dns = { servers = {"addr[:port]"...} } | { resolv_conf = path } (dnsconf.c) }
  *   -> agent | nil, err, code */
-/* bytes preloaded into each message's memory home beyond its size (NTATAG_PRELOAD) */
-#define PRELOAD 1024
-
 int luasip_agent_new(lua_State *L)
 {
   lsip_agent_t *a;
@@ -650,10 +647,10 @@ int luasip_agent_new(lua_State *L)
                             NTATAG_CANCEL_2543(0),
                             NTATAG_MAXSIZE(maxsize),
                             /* each message's home starts with one block of its size +
-                             * PRELOAD: its headers are parsed into it, not one malloc
+                             * LUASIP_PRELOAD: its headers are parsed into it, not one malloc
                              * each (bench/profiles/README.md: 2-5 % fewer instructions
                              * per call, no more memory than at 0; 2048 and up hold more) */
-                            NTATAG_PRELOAD(PRELOAD),
+                            NTATAG_PRELOAD(LUASIP_PRELOAD),
                             /* the parser copies each header's text and keeps the
                              * original: a header copied unchanged into a response or
                              * a relayed message is sent as it came, not encoded again

@@ -176,6 +176,8 @@ lsip_obj_t *luasip_response_alloc(msg_t *msg);
 int luasip_add_headers(lua_State *L, int idx, msg_t *msg, sip_t *sip,
                        const char *fname);
 void luasip_remove_header(msg_t *msg, sip_t *sip, const char *name);
+/* bytes preloaded into a message's memory home (nta's messages: beyond their size) */
+#define LUASIP_PRELOAD 1024
 msg_t *luasip_msg_copy(msg_t *orig);
 int luasip_set_body(lua_State *L, int idx, msg_t *msg, sip_t *sip, const char *fname);
 const char *luasip_uri_arg(lua_State *L, int idx, const char *fname);

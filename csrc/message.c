@@ -558,7 +558,6 @@ static const luaL_Reg response_methods[] = {
  * it copies the fragment chain too, and headers parsed into a message with a chain are
  * appended after its body.  Like msg_dup, extra instances of a single header go to the
  * error list and a list header's first object is taken. */
-#define COPY_PRELOAD 1024
 msg_t *luasip_msg_copy(msg_t *orig)
 {
   msg_mclass_t const *mc = msg_mclass(orig);
@@ -568,8 +567,8 @@ msg_t *luasip_msg_copy(msg_t *orig)
   msg_header_t *const *ssh, *const *end;
   if (!copy)
     return NULL;
-  /* the header structs in one block (like nta's NTATAG_PRELOAD), not a malloc each */
-  su_home_preload(msg_home(copy), 1, COPY_PRELOAD);
+  /* the header structs in one block (as nta's messages: NTATAG_PRELOAD), not a malloc each */
+  su_home_preload(msg_home(copy), 1, LUASIP_PRELOAD);
   end = (msg_header_t *const *)((char const *)src + src->msg_size);
   for (ssh = &src->msg_request; ssh < end; ssh++) {
     msg_header_t const *sh = *ssh;

@@ -307,10 +307,10 @@ static void set_request_uri(msg_t *m, sip_t *sip, const char *uri)
 /* Where nta sends m: hop when given; else, when m has no Route, its Request-URI given
  * explicitly, which nta resolves the same way but without clearing the request line's
  * received text (its Request-URI branch does: the line would be encoded again) */
-static url_string_t const *next_hop(sip_t const *sip, url_t const *hop)
+static url_string_t const *next_hop(sip_t const *sip, url_string_t const *hop)
 {
   if (hop)
-    return (url_string_t const *)hop;
+    return hop;
   return sip->sip_route ? NULL : (url_string_t const *)sip->sip_request->rq_url;
 }
 
@@ -726,7 +726,7 @@ static int start_branch(lsip_proxy_t *p, int t)
   }
   else
     b->orq = nta_outgoing_mcreate(nta, branch_response, (nta_outgoing_magic_t *)b,
-                                  next_hop(sip, next), m,
+                                  next_hop(sip, (url_string_t const *)next), m,
                                   NTATAG_BRANCH_KEY(key), TAG_END());
   if (!b->orq) {
     msg_destroy(m);               /* nta took m only if it made the transaction */
@@ -1009,8 +1009,7 @@ int luasip_forward(lsip_agent_t *a, msg_t *m, const char *uri, const char *hop,
   }
   method = sip->sip_request->rq_method;
   /* nta_msg_tsend takes m: once sent (at once to an address) it may be freed already */
-  if (nta_msg_tsend(nta, m, hop ? URL_STRING_MAKE(hop) : next_hop(sip, NULL),
-                    TAG_END()) < 0) {
+  if (nta_msg_tsend(nta, m, next_hop(sip, hop ? URL_STRING_MAKE(hop) : NULL), TAG_END()) < 0) {
     *why = "cannot forward", *code = "send";
     return -1;
   }
